@@ -1,0 +1,8 @@
+"""ComfyUI glue: one module per node family, each node a thin shell over qrlora_core."""
+
+from .apply import QRLoRAApply
+from .loader import QRLoRALoader
+from .merge import QRLoRAMerge
+from .save import QRLoRAExportLoRA, QRLoRASave
+
+NODES = [QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA]

@@ -1,0 +1,77 @@
+"""Apply to Model: MODEL + QR_LORA -> MODEL, through ComfyUI's ModelPatcher."""
+
+from comfy_api.latest import io
+
+from ..qrlora_core.errors import AdapterError
+from ..qrlora_core.fingerprint import same_weight, sketch
+from . import keymap
+from .types import CATEGORY, QRLoRAType, STRENGTH_RANGE
+from .weight_adapter import QRLoRAPatch
+
+FINGERPRINT_CHECKS = 8  # layers compared against the adapter's base fingerprint
+
+
+def build_patches(model, adapter) -> tuple[dict, list[str]]:
+    """{ComfyUI key or (key, slice): patch} for the layers the model has; names it lacks."""
+    key_map = keymap.lora_key_map(model)
+    patches, missing, wrong_shape = {}, [], []
+    for name, target in adapter.targets.items():
+        where = key_map.get(name)
+        if where is None:
+            missing.append(name)
+            continue
+        shape = keymap.target_shape(model, where)
+        if shape != (target.out_features, target.in_features):
+            wrong_shape.append(f"{name}: adapter {(target.out_features, target.in_features)}, model {shape}")
+            continue
+        patches[where] = QRLoRAPatch(target.q, target.delta_r, adapter.scale)
+    if wrong_shape:
+        raise AdapterError(
+            f"{adapter.source} was made for another base model: {len(wrong_shape)} layers have other shapes "
+            f"(e.g. {wrong_shape[0]}); load the model this adapter was trained on."
+        )
+    if not patches:
+        example = next(iter(adapter.targets))
+        raise AdapterError(
+            f"{adapter.source} matches none of this model's layers (its layers are named like '{example}'); "
+            "it was made for another kind of model: load a matching base model."
+        )
+    return patches, missing
+
+
+def fingerprint_mismatches(model, adapter, patches) -> int:
+    """How many of a few spread-out layers differ from the base the adapter was trained on."""
+    checked = [(w, adapter.targets[n]) for n, w in keymap.lora_key_map(model).items() if n in adapter.targets and w in patches]
+    checked = [(w, t) for w, t in checked if t.fingerprint is not None]
+    step = max(1, len(checked) // FINGERPRINT_CHECKS)
+    return sum(not same_weight(t.fingerprint, sketch(keymap.target_weight(model, w))) for w, t in checked[::step][:FINGERPRINT_CHECKS])
+
+
+class QRLoRAApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QRLoRAApply",
+            display_name="Apply to Model",
+            category=CATEGORY,
+            description="Patches the model with W + strength · s · Q · ΔR per layer, applied lazily by ComfyUI like a LoRA.",
+            inputs=[
+                io.Model.Input("model"),
+                QRLoRAType.Input("qr_lora"),
+                io.Float.Input("strength", default=1.0, **STRENGTH_RANGE, display_mode=io.NumberDisplay.slider, tooltip="How strongly the adapter is applied (0 leaves the model as it is)."),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, qr_lora, strength) -> io.NodeOutput:
+        patches, missing = build_patches(model, qr_lora)
+        patched = model.clone()
+        if strength != 0:
+            patched.add_patches(patches, strength)
+        lines = [f"Patched {len(patches)} of {len(qr_lora.targets)} adapter layers at strength {strength:g}."]
+        if missing:
+            lines.append(f"{len(missing)} layers are not in this model and were skipped (e.g. {missing[0]}).")
+        if fingerprint_mismatches(model, qr_lora, patches):
+            lines.append("This model's weights differ from the base the adapter was trained on; results may differ from the trainer's.")
+        return io.NodeOutput(patched, ui={"text": ["\n".join(lines)]})

@@ -1,0 +1,57 @@
+"""Adapter files in ComfyUI's folders: `loras` for adapters, `qrlora_bases` for shared bases."""
+
+import os
+from pathlib import PurePath
+
+import folder_paths
+
+from ..qrlora_core.basis import BasisStore
+from ..qrlora_core.errors import AdapterError
+
+LORAS = "loras"
+BASES = "qrlora_bases"
+
+folder_paths.add_model_folder_path(BASES, os.path.join(folder_paths.models_dir, BASES))
+
+
+def basis_store() -> BasisStore:
+    return BasisStore(folder_paths.get_folder_paths(BASES)[0])
+
+
+def _check_relative(name: str) -> None:
+    parts = PurePath(name).parts
+    if not name or os.path.isabs(name) or ".." in parts or name.startswith(("/", "\\")):
+        raise AdapterError(f"'{name}' is not a file name inside the loras folder: pick one from the list (absolute paths and '..' are refused).")
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r) for r in roots)
+
+
+def adapter_names() -> list[str]:
+    return [n for n in folder_paths.get_filename_list(LORAS) if n.endswith(".safetensors")]
+
+
+def adapter_path(name: str) -> str:
+    """The full path of an adapter in the loras folder, refusing anything that leaves it."""
+    _check_relative(name)
+    path = folder_paths.get_full_path(LORAS, name)
+    if path is None:
+        raise AdapterError(f"{name} is not in the loras folder: put the file into {folder_paths.get_folder_paths(LORAS)[0]} and refresh the node list (press R).")
+    if not _inside(path, folder_paths.get_folder_paths(LORAS)):
+        raise AdapterError(f"{name} is a link to a file outside the loras folder; for safety only files inside it are loaded: copy the file into the loras folder instead.")
+    return path
+
+
+def output_path(name: str) -> str:
+    """Where a new adapter named `name` is written (first loras folder, subfolders allowed)."""
+    name = name.strip()
+    if not name.endswith(".safetensors"):
+        name += ".safetensors"
+    _check_relative(name)
+    root = folder_paths.get_folder_paths(LORAS)[0]
+    path = os.path.join(root, name)
+    if not _inside(os.path.dirname(path) or root, [root]):
+        raise AdapterError(f"'{name}' would be written outside the loras folder; choose a plain file name.")
+    return path

@@ -1,0 +1,67 @@
+"""Where an adapter's layer names land in a ComfyUI model.
+
+Names are the spellings ComfyUI's own LoRA key map knows
+(`comfy.lora.model_lora_keys_unet`): `transformer.<diffusers path>` for
+Flux, SD3 and other DiTs (the published checkpoints' names), kohya's
+`lora_unet_<diffusers path with _>` for SD1.5/SDXL UNets, and
+`diffusion_model.<ComfyUI path>` for anything else. The map resolves them
+to a ComfyUI weight key, or to (key, (dim, start, length)) for a row slice
+of a fused matrix (Flux/SD3 qkv, Flux single blocks' linear1).
+"""
+
+import math
+
+import comfy.lora
+import comfy.utils
+
+TRANSFORMER_PREFIX = "transformer."
+UNET_PREFIX = "lora_unet_"
+
+
+def lora_key_map(model_patcher) -> dict:
+    return comfy.lora.model_lora_keys_unet(model_patcher.model, {})
+
+
+def split_target(target) -> tuple[str, tuple | None]:
+    """(ComfyUI key, row slice or None); key-map values may also carry a convert function."""
+    return (target, None) if isinstance(target, str) else (target[0], target[1])
+
+
+def target_shape(model_patcher, target) -> tuple[int, int]:
+    """(out, in) of the matrix a target addresses, slices included."""
+    key, offset = split_target(target)
+    shape = list(comfy.utils.get_attr(model_patcher.model, key).shape)
+    if offset is not None:
+        shape[offset[0]] = offset[2]
+    return shape[0], math.prod(shape[1:])
+
+
+def target_weight(model_patcher, target):
+    """The base weight (or its row slice) a target addresses, as a 2-D view."""
+    key, offset = split_target(target)
+    weight = comfy.utils.get_attr(model_patcher.model, key)
+    if offset is not None:
+        weight = weight.narrow(offset[0], offset[1], offset[2])
+    return weight.reshape(weight.shape[0], -1)
+
+
+def _is_trainable(weight) -> bool:
+    return weight is not None and (weight.dim() == 2 or (weight.dim() == 4 and weight.shape[2] * weight.shape[3] == 1))
+
+
+def named_targets(model_patcher) -> dict:
+    """Every linear / 1x1-conv weight of the model under its canonical adapter name.
+
+    Prefers the diffusers names ComfyUI maps (so our adapters line up with
+    published ones), and falls back to ComfyUI's own key names.
+    """
+    key_map = lora_key_map(model_patcher)
+    names = {k: v for k, v in key_map.items() if k.startswith(TRANSFORMER_PREFIX)}
+    if not names:
+        diffusers = comfy.utils.unet_to_diffusers(model_patcher.model.model_config.unet_config)
+        spelled = (UNET_PREFIX + k[: -len(".weight")].replace(".", "_") for k in diffusers if k.endswith(".weight"))
+        names = {k: key_map[k] for k in spelled if k in key_map}
+    if not names:
+        names = {k: v for k, v in key_map.items() if k.startswith("diffusion_model.") and isinstance(v, str) and k + ".weight" == v}
+    state = model_patcher.model.state_dict()
+    return {k: v for k, v in sorted(names.items()) if _is_trainable(state.get(split_target(v)[0]))}

@@ -1,0 +1,89 @@
+"""Save QR-LoRA (native or compact) and Export as LoRA, into the loras folder."""
+
+import os
+
+import torch
+from comfy_api.latest import io
+
+from ..qrlora_core.basis import basis_id
+from ..qrlora_core.errors import AdapterError
+from ..qrlora_core.fingerprint import sketch
+from ..qrlora_core.formats import export_lora, save_native
+from . import files
+from .types import CATEGORY, QRLoRAType
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def unused_path(prefix: str) -> tuple[str, str]:
+    """(full path, name relative to loras) for prefix_00001.safetensors, the first free number."""
+    for counter in range(1, 100_000):
+        name = f"{prefix}_{counter:05}.safetensors"
+        path = files.output_path(name)
+        if not os.path.exists(path):
+            return path, name
+    raise AdapterError(f"There are already 99,999 files named {prefix}_*.safetensors; choose another file name prefix.")
+
+
+def _compact_basis(adapter) -> str:
+    """Make sure the shared basis of `adapter` is on disk; return its id."""
+    if not adapter.shared_basis:
+        raise AdapterError("This mix falls back to summed deltas of different bases, so it has no single shared basis: save it without 'compact'.")
+    store = files.basis_store()
+    known = adapter.metadata.get("basis")
+    if known and os.path.isfile(store.path(known)):
+        return known
+    qs = {name: t.q for name, t in adapter.targets.items()}
+    key = basis_id({name: sketch(q) for name, q in qs.items()}, adapter.rank)
+    if not os.path.isfile(store.path(key)):
+        store.save(key, qs, {n: t.fingerprint for n, t in adapter.targets.items() if t.fingerprint is not None})
+    return key
+
+
+class QRLoRASave(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QRLoRASave",
+            display_name="Save QR-LoRA",
+            category=CATEGORY,
+            description="Saves an adapter (or a mix) in this pack's format into the loras folder.",
+            is_output_node=True,
+            inputs=[
+                QRLoRAType.Input("qr_lora"),
+                io.String.Input("filename_prefix", default="qrlora/adapter", tooltip="File name inside the loras folder; a counter is appended."),
+                io.Boolean.Input("compact", default=False, tooltip="Store ΔR only; Q goes once per base model into models/qrlora_bases (half a LoRA's size)."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="fp32", tooltip="Precision of the stored ΔR."),
+            ],
+            outputs=[io.String.Output(display_name="filename")],
+        )
+
+    @classmethod
+    def execute(cls, qr_lora, filename_prefix, compact, dtype) -> io.NodeOutput:
+        path, name = unused_path(filename_prefix)
+        save_native(qr_lora, path, basis_id=_compact_basis(qr_lora) if compact else None, dtype=DTYPES[dtype])
+        return io.NodeOutput(name, ui={"text": [f"Saved {name}"]})
+
+
+class QRLoRAExportLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QRLoRAExportLoRA",
+            display_name="Export as LoRA",
+            category=CATEGORY,
+            description="Writes the adapter (or a mix) as an ordinary LoRA (up = s·Q, down = ΔR) that any LoRA loader reads, with the same weights.",
+            is_output_node=True,
+            inputs=[
+                QRLoRAType.Input("qr_lora"),
+                io.String.Input("filename_prefix", default="qrlora/exported_lora"),
+                io.Combo.Input("dtype", options=list(DTYPES), default="fp32"),
+            ],
+            outputs=[io.String.Output(display_name="filename")],
+        )
+
+    @classmethod
+    def execute(cls, qr_lora, filename_prefix, dtype) -> io.NodeOutput:
+        path, name = unused_path(filename_prefix)
+        export_lora(qr_lora, path, dtype=DTYPES[dtype])
+        return io.NodeOutput(name, ui={"text": [f"Exported {name}"]})

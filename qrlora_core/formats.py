@@ -1,0 +1,259 @@
+"""Reading and writing adapter files. Safetensors only, never pickle.
+
+Formats
+- published: the reference implementation's diffusers checkpoint,
+  `<name>.lora.q.weight` (Q), `<name>.lora.base_r.weight` (R),
+  `<name>.lora.delta_r.weight` (ΔR); no alpha (s = 1).
+- native: ours. Per target `<name>.qr.q`, `<name>.qr.fingerprint` and
+  either `<name>.qr.delta_r` or, when ΔR is upper triangular,
+  `<name>.qr.delta_r_upper` (its upper-trapezoid entries only). Metadata
+  under `qrlora.*` (FORMAT_VERSION, rank, alpha, trigger words, ...).
+- compact: native without the per-target Q; `qrlora.basis_id` names the
+  shared basis file for that base model (see basis.py).
+- lora: an ordinary LoRA (up = s·Q, down = ΔR) for any tool; export only.
+
+Every write goes to a temporary file in the target folder and is renamed
+into place, so a failed or interrupted write never leaves a partial file.
+"""
+
+import json
+import os
+import tempfile
+
+import safetensors
+import safetensors.torch
+import torch
+
+from .adapter import QRLoRA, QRTarget
+from .errors import AdapterError
+
+FORMAT_VERSION = 1
+META_PREFIX = "qrlora."
+PUBLISHED_SUFFIXES = {"q": ".lora.q.weight", "base_r": ".lora.base_r.weight", "delta_r": ".lora.delta_r.weight"}
+NATIVE_Q, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT = ".qr.q", ".qr.delta_r", ".qr.delta_r_upper", ".qr.fingerprint"
+
+
+# ---------------------------------------------------------------- writing
+
+
+def atomic_save(tensors: dict, path: str, metadata: dict | None = None) -> None:
+    """Write a safetensors file so that `path` is either untouched or complete."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    try:
+        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _pack_upper(delta_r: torch.Tensor) -> torch.Tensor | None:
+    """The entries with column >= row, or None if ΔR has anything below the diagonal."""
+    if torch.any(torch.tril(delta_r, diagonal=-1) != 0):
+        return None
+    rows, cols = torch.triu_indices(*delta_r.shape, device=delta_r.device)
+    return delta_r[rows, cols]
+
+
+def _unpack_upper(packed: torch.Tensor, rank: int, name: str, source: str) -> torch.Tensor:
+    # r*n - r(r-1)/2 entries for an r x n upper-trapezoid matrix.
+    total = packed.numel() + rank * (rank - 1) // 2
+    if packed.dim() != 1 or rank < 1 or total % rank:
+        raise AdapterError(f"{source}: layer {name} has a packed ΔR of {packed.numel()} values, which does not fit rank {rank}; the file is damaged, export it again.")
+    out = torch.zeros(rank, total // rank, dtype=packed.dtype)
+    rows, cols = torch.triu_indices(rank, total // rank)
+    out[rows, cols] = packed
+    return out
+
+
+def native_metadata(adapter: QRLoRA, **extra) -> dict:
+    meta = {"format_version": str(FORMAT_VERSION), "rank": str(adapter.rank), "alpha": repr(float(adapter.alpha))}
+    meta["shared_basis"] = "1" if adapter.shared_basis else "0"
+    for key, value in {**adapter.metadata, **extra}.items():
+        meta[key] = value if isinstance(value, str) else json.dumps(value)
+    return {META_PREFIX + k: v for k, v in meta.items()}
+
+
+def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=None) -> None:
+    """Native file; with `basis_id`, the compact variant (ΔR only, Q from the shared basis)."""
+    tensors = {}
+    for name, target in adapter.targets.items():
+        delta_r = target.delta_r if dtype is None else target.delta_r.to(dtype)
+        packed = _pack_upper(delta_r)
+        if packed is None:
+            tensors[name + NATIVE_DELTA] = delta_r
+        else:
+            tensors[name + NATIVE_DELTA_UPPER] = packed
+        if basis_id is None:
+            tensors[name + NATIVE_Q] = target.q
+        if target.fingerprint is not None:
+            tensors[name + NATIVE_FINGERPRINT] = target.fingerprint.to(torch.float32)
+    extra = {"basis_id": basis_id} if basis_id else {}
+    atomic_save(tensors, path, native_metadata(adapter, **extra))
+
+
+def export_lora(adapter: QRLoRA, path: str, dtype=None) -> None:
+    """An ordinary LoRA with the same weights: up = s·Q, down = ΔR.
+
+    Names under `transformer.` get diffusers/PEFT keys (lora_A/lora_B, no
+    alpha, so scale 1 everywhere); others (kohya `lora_unet_...`) get
+    lora_up/lora_down with alpha = rank, which is also scale 1.
+    """
+    tensors = {}
+    for name, target in adapter.targets.items():
+        up, down = target.up_down(adapter.scale)
+        if dtype is not None:
+            up, down = up.to(dtype), down.to(dtype)
+        if name.startswith("transformer."):
+            tensors[name + ".lora_B.weight"], tensors[name + ".lora_A.weight"] = up, down
+        else:
+            tensors[name + ".lora_up.weight"], tensors[name + ".lora_down.weight"] = up, down
+            tensors[name + ".alpha"] = torch.tensor(float(down.shape[0]))
+    meta = {"ss_network_module": "networks.lora", "qrlora.exported_from": adapter.source or "merged QR-LoRA"}
+    atomic_save(tensors, path, meta)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _open(path: str):
+    name = os.path.basename(path)
+    try:
+        return safetensors.safe_open(path, framework="pt")
+    except FileNotFoundError:
+        raise AdapterError(f"{name} was not found: put the adapter file in the loras folder and refresh the node list.") from None
+    except Exception as e:  # safetensors raises its own error types for every damage it finds
+        raise AdapterError(
+            f"{name} is not a readable safetensors file ({e}); it may be truncated, damaged or another format "
+            "(only .safetensors adapters are loaded, never pickles): download or export it again."
+        ) from None
+
+
+def read_safetensors(path: str) -> tuple[dict, dict]:
+    """All tensors and metadata of a file, or an AdapterError a person can act on."""
+    name = os.path.basename(path)
+    with _open(path) as f:
+        metadata = f.metadata() or {}
+        tensors = {}
+        for key in f.keys():
+            try:
+                tensors[key] = f.get_tensor(key)
+            except Exception as e:
+                raise AdapterError(f"{name}: tensor {key} cannot be read ({e}); the file is damaged, download or export it again.") from None
+    return tensors, metadata
+
+
+def _check_finite(tensor: torch.Tensor, what: str, source: str) -> None:
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise AdapterError(f"{source}: {what} contains NaN or infinite values; the adapter is broken (a diverged training?), use another checkpoint.")
+
+
+def _float(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.float32) if tensor.is_floating_point() else tensor
+
+
+def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str) -> QRTarget:
+    if q.dim() != 2 or delta_r.dim() != 2 or q.shape[1] != delta_r.shape[0]:
+        raise AdapterError(
+            f"{source}: layer {name} has Q of shape {tuple(q.shape)} and ΔR of shape {tuple(delta_r.shape)}, "
+            "which do not fit together (Q must be m x r and ΔR r x n); the file is damaged or not a QR-LoRA."
+        )
+    if q.shape[1] == 0:
+        raise AdapterError(f"{source}: layer {name} has rank 0; such an adapter changes nothing, train or export it with a rank of 1 or more.")
+    _check_finite(q, f"Q of layer {name}", source)
+    _check_finite(delta_r, f"ΔR of layer {name}", source)
+    return QRTarget(q=_float(q), delta_r=_float(delta_r))
+
+
+def detect_format(tensors: dict, metadata: dict) -> str:
+    if META_PREFIX + "format_version" in metadata:
+        return "compact" if metadata.get(META_PREFIX + "basis_id") else "native"
+    if any(k.endswith(PUBLISHED_SUFFIXES["q"]) for k in tensors):
+        return "published"
+    if any(k.endswith((".lora_up.weight", ".lora_B.weight", ".lora.up.weight")) for k in tensors):
+        return "lora"
+    return "unknown"
+
+
+def _load_published(tensors: dict, source: str) -> QRLoRA:
+    suffix = PUBLISHED_SUFFIXES["q"]
+    targets, ranks = {}, set()
+    for key in tensors:
+        if not key.endswith(suffix):
+            continue
+        name = key[: -len(suffix)]
+        delta_key = name + PUBLISHED_SUFFIXES["delta_r"]
+        if delta_key not in tensors:
+            raise AdapterError(f"{source}: layer {name} has Q but no ΔR ({delta_key}); the file is incomplete, download it again.")
+        targets[name] = _check_target(name, tensors[key], tensors[delta_key], source)
+        ranks.add(targets[name].rank)
+    if len(ranks) > 1:
+        raise AdapterError(f"{source}: its layers have different ranks {sorted(ranks)}; a QR-LoRA file has one rank, the file is damaged.")
+    rank = ranks.pop()
+    return QRLoRA(targets, rank=rank, alpha=float(rank), format="published", source=source)
+
+
+def _meta_int(metadata: dict, key: str, source: str) -> int:
+    try:
+        return int(metadata[META_PREFIX + key])
+    except (KeyError, ValueError):
+        raise AdapterError(f"{source}: its metadata lacks a valid {META_PREFIX + key}; the file is damaged, save or export it again.") from None
+
+
+def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QRLoRA:
+    version = _meta_int(metadata, "format_version", source)
+    if version > FORMAT_VERSION:
+        raise AdapterError(f"{source} uses QR-LoRA file format version {version}, newer than this pack reads ({FORMAT_VERSION}): update comfyui-qrlora.")
+    rank = _meta_int(metadata, "rank", source)
+    try:
+        alpha = float(metadata.get(META_PREFIX + "alpha", rank))
+    except ValueError:
+        raise AdapterError(f"{source}: its alpha {metadata.get(META_PREFIX + 'alpha')!r} is not a number; the file is damaged.") from None
+    if rank < 1 or not (alpha == alpha) or alpha in (float("inf"), float("-inf")):
+        raise AdapterError(f"{source}: rank {rank} and alpha {alpha} do not make a valid scale; the file is damaged, save it again.")
+    basis_id = metadata.get(META_PREFIX + "basis_id")
+    shared_q = basis_loader(basis_id, source) if basis_id else {}
+    names = {k[: -len(s)] for k in tensors for s in (NATIVE_DELTA, NATIVE_DELTA_UPPER) if k.endswith(s)}
+    targets = {}
+    for name in sorted(names):
+        q = tensors.get(name + NATIVE_Q, shared_q.get(name))
+        if q is None:
+            raise AdapterError(f"{source}: layer {name} has ΔR but no Q, neither in the file nor in its basis {basis_id}; save the adapter again without 'compact'.")
+        if name + NATIVE_DELTA in tensors:
+            delta_r = tensors[name + NATIVE_DELTA]
+        else:
+            delta_r = _unpack_upper(tensors[name + NATIVE_DELTA_UPPER], q.shape[1] if q.dim() == 2 else 0, name, source)
+        target = _check_target(name, q, delta_r, source)
+        target.fingerprint = tensors.get(name + NATIVE_FINGERPRINT)
+        targets[name] = target
+    meta = {k[len(META_PREFIX):]: v for k, v in metadata.items() if k.startswith(META_PREFIX)}
+    for fact in ("format_version", "rank", "alpha", "shared_basis"):
+        meta.pop(fact, None)
+    shared = metadata.get(META_PREFIX + "shared_basis", "1") == "1"
+    kind = "compact" if basis_id else "native"
+    return QRLoRA(targets, rank=rank, alpha=alpha, format=kind, metadata=meta, source=source, shared_basis=shared)
+
+
+def load_adapter(path: str, basis_loader=None, source: str | None = None) -> QRLoRA:
+    """Any QR-LoRA file (native, compact or published) as a QRLoRA.
+
+    `basis_loader(basis_id, source)` returns {name: Q} for compact files.
+    """
+    source = source or os.path.basename(path)
+    tensors, metadata = read_safetensors(path)
+    kind = detect_format(tensors, metadata)
+    if kind == "published":
+        return _load_published(tensors, source)
+    if kind in ("native", "compact"):
+        if kind == "compact" and basis_loader is None:
+            raise AdapterError(f"{source} is a compact adapter and needs its shared basis file, which nobody told us where to find.")
+        return _load_native(tensors, metadata, source, basis_loader)
+    if kind == "lora":
+        raise AdapterError(f"{source} is an ordinary LoRA, not a QR-LoRA: load it with the stock 'Load LoRA' node.")
+    raise AdapterError(f"{source} holds no QR-LoRA layers (no '*.lora.q.weight' or '*.qr.*' tensors): pick a QR-LoRA file.")

@@ -1,0 +1,91 @@
+"""Files: the published layout, our native and compact formats, LoRA export."""
+
+import json
+import os
+
+import pytest
+import safetensors.torch
+import torch
+
+from qrlora_core import AdapterError
+from qrlora_core.basis import BasisStore
+from qrlora_core.decompose import decompose
+from qrlora_core.formats import export_lora, load_adapter, save_native
+from support.adapters import write_published
+
+
+@pytest.fixture
+def bases(rng):
+    shapes = {"transformer.a.to_q": (24, 16), "transformer.a.ff.net.0.proj": (40, 16), "transformer.a.ff.net.2": (16, 40)}
+    return {name: decompose(torch.randn(*s, generator=rng), 8) for name, s in shapes.items()}
+
+
+def test_published_file_loads_with_its_own_q_and_delta_r(tmp_path, bases, rng):
+    tensors = write_published(tmp_path / "pub.safetensors", bases, rng)
+    adapter = load_adapter(str(tmp_path / "pub.safetensors"))
+    assert adapter.format == "published" and adapter.rank == 8 and adapter.scale == 1.0
+    assert set(adapter.targets) == set(bases)
+    for name, t in adapter.targets.items():
+        assert torch.equal(t.q, tensors[f"{name}.lora.q.weight"])
+        assert torch.equal(t.delta_r, tensors[f"{name}.lora.delta_r.weight"])
+
+
+@pytest.mark.parametrize("triangular", [True, False])
+def test_native_round_trip_is_exact(tmp_path, bases, rng, triangular):
+    write_published(tmp_path / "pub.safetensors", bases, rng, triangular=triangular)
+    adapter = load_adapter(str(tmp_path / "pub.safetensors"))
+    adapter.metadata.update(trigger_words="<s> style", trained_on={"images": 3})
+    save_native(adapter, str(tmp_path / "native.safetensors"))
+    again = load_adapter(str(tmp_path / "native.safetensors"))
+    assert again.format == "native" and again.rank == adapter.rank and again.alpha == adapter.alpha
+    assert again.metadata["trigger_words"] == "<s> style"
+    assert json.loads(again.metadata["trained_on"]) == {"images": 3}
+    for name, t in adapter.targets.items():
+        assert torch.equal(again.targets[name].q, t.q)
+        assert torch.equal(again.targets[name].delta_r, t.delta_r)
+    keys = safetensors.torch.load_file(str(tmp_path / "native.safetensors")).keys()
+    assert any(k.endswith(".qr.delta_r_upper") for k in keys) == triangular
+
+
+def test_compact_stores_delta_r_only_and_resolves_the_shared_basis(tmp_path, bases, rng):
+    write_published(tmp_path / "pub.safetensors", bases, rng)
+    adapter = load_adapter(str(tmp_path / "pub.safetensors"))
+    store = BasisStore(str(tmp_path / "bases"))
+    store.save("r8-test", {n: t.q for n, t in adapter.targets.items()}, {})
+    save_native(adapter, str(tmp_path / "compact.safetensors"), basis_id="r8-test")
+    keys = safetensors.torch.load_file(str(tmp_path / "compact.safetensors")).keys()
+    assert not any(k.endswith(".qr.q") for k in keys)
+    again = load_adapter(str(tmp_path / "compact.safetensors"), basis_loader=store.load)
+    assert again.format == "compact"
+    for name, t in adapter.targets.items():
+        assert torch.equal(again.targets[name].q, t.q) and torch.equal(again.targets[name].delta_r, t.delta_r)
+    save_native(adapter, str(tmp_path / "native.safetensors"))
+    assert os.path.getsize(tmp_path / "compact.safetensors") < 0.5 * os.path.getsize(tmp_path / "native.safetensors")
+    with pytest.raises(AdapterError, match="basis r8-test is not in"):
+        load_adapter(str(tmp_path / "compact.safetensors"), basis_loader=BasisStore(str(tmp_path / "elsewhere")).load)
+
+
+def test_exported_lora_holds_the_same_delta(tmp_path, bases, rng):
+    write_published(tmp_path / "pub.safetensors", bases, rng)
+    adapter = load_adapter(str(tmp_path / "pub.safetensors"))
+    adapter.alpha = 16.0  # s = 2, so the scale must be folded into up
+    export_lora(adapter, str(tmp_path / "lora.safetensors"))
+    lora = safetensors.torch.load_file(str(tmp_path / "lora.safetensors"))
+    for name, t in adapter.targets.items():
+        up, down = lora[f"{name}.lora_B.weight"].double(), lora[f"{name}.lora_A.weight"].double()
+        expected = 2.0 * t.q.double() @ t.delta_r.double()
+        assert torch.allclose(up @ down, expected, atol=1e-6)
+    with pytest.raises(AdapterError, match="ordinary LoRA"):
+        load_adapter(str(tmp_path / "lora.safetensors"))
+
+
+def test_write_is_atomic_when_it_fails(tmp_path, bases, rng):
+    write_published(tmp_path / "pub.safetensors", bases, rng)
+    adapter = load_adapter(str(tmp_path / "pub.safetensors"))
+    target = tmp_path / "out.safetensors"
+    target.write_bytes(b"previous content")
+    adapter.targets["transformer.a.to_q"].delta_r = "not a tensor"  # makes the writer fail midway
+    with pytest.raises(Exception):
+        save_native(adapter, str(target))
+    assert target.read_bytes() == b"previous content"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".partial")] == []
