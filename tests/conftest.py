@@ -16,3 +16,39 @@ def rng(request):
     seed = int(os.environ.get("QRLORA_TEST_SEED", torch.seed() % 2**31))
     print(f"{request.node.name}: QRLORA_TEST_SEED={seed}")
     return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------ the real server
+
+SERVER_LOG_MARK = "_server_log_offset"
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """One real ComfyUI server for the session, with this pack in its custom_nodes."""
+    from support.server import ComfyServer, make_base_directory
+
+    base = make_base_directory(str(tmp_path_factory.mktemp("comfy-base")))
+    server = ComfyServer(base).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(comfy, request):
+    """An HTTP client for the session's server; the server's log is shown if the test fails."""
+    from support.server import Client
+
+    assert comfy.alive(), f"the ComfyUI server died earlier:\n{comfy.log_tail()}"
+    offset = comfy.log_size()
+    yield Client(comfy.url)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        request.node.add_report_section("call", "ComfyUI server log", comfy.log_tail(offset))
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)

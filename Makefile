@@ -1,0 +1,30 @@
+# The pack's two commands (see README): `make demo` and `make test`.
+# Everything lands in git-ignored folders: .venv/ (Python), .comfyui/ (the
+# real ComfyUI 0.3.75 host), .run/ (the demo server's base directory).
+
+PYTHON := .venv/bin/python
+PORT ?= 8188
+BASE ?= $(CURDIR)/.run/base
+
+.PHONY: setup serve demo test test-unit bench clean
+
+setup:
+	@./scripts/setup_host.sh
+
+serve: setup
+	@$(PYTHON) scripts/demo.py --serve-only --port $(PORT) --base $(BASE)
+
+demo: setup
+	@$(PYTHON) scripts/demo.py --port $(PORT) --base $(BASE)
+
+test: setup
+	@cd tests && ../$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	@cd tests && ../$(PYTHON) -m pytest unit $(PYTEST_ARGS)
+
+bench: setup
+	@$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf .run .cache/stamps
