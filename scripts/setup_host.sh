@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the development host: a Python environment in .venv/ and the real
-# ComfyUI 0.3.75 source tree in .comfyui/, with this pack linked into its
-# custom_nodes/. Idempotent: each step leaves a stamp and is skipped next time.
+# ComfyUI 0.3.75 source tree in .comfyui/. The pack is linked (not copied)
+# into the custom_nodes/ of each base directory the host runs with (the
+# demo's .run/base, the tests' temporary ones), so edits here are live.
+# Idempotent: each step leaves a stamp and is skipped next time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -55,7 +57,4 @@ if [ ! -f "$HOST_REQS_STAMP" ]; then
   touch "$HOST_REQS_STAMP"
 fi
 
-# The pack is linked, not copied: edits here are live in the host.
-mkdir -p "$HOST/custom_nodes"
-ln -sfn "$ROOT" "$HOST/custom_nodes/comfyui-qrlora"
 echo "[setup] host ready: $HOST (python: $VENV/bin/python)"
