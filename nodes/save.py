@@ -62,7 +62,7 @@ class QRLoRASave(io.ComfyNode):
     def execute(cls, qr_lora, filename_prefix, compact, dtype) -> io.NodeOutput:
         path, name = unused_path(filename_prefix)
         save_native(qr_lora, path, basis_id=_compact_basis(qr_lora) if compact else None, dtype=DTYPES[dtype])
-        return io.NodeOutput(name, ui={"text": [f"Saved {name}"]})
+        return io.NodeOutput(name, ui={"text": [f"Saved {name}"], "files": [name]})
 
 
 class QRLoRAExportLoRA(io.ComfyNode):
@@ -86,4 +86,4 @@ class QRLoRAExportLoRA(io.ComfyNode):
     def execute(cls, qr_lora, filename_prefix, dtype) -> io.NodeOutput:
         path, name = unused_path(filename_prefix)
         export_lora(qr_lora, path, dtype=DTYPES[dtype])
-        return io.NodeOutput(name, ui={"text": [f"Exported {name}"]})
+        return io.NodeOutput(name, ui={"text": [f"Exported {name}"], "files": [name]})

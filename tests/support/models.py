@@ -76,3 +76,27 @@ def save_diffusion_model(arch: str, path: str, seed: int = 0) -> dict:
     state = {k: v.contiguous() for k, v in build(arch, seed).diffusion_model.state_dict().items()}
     safetensors.torch.save_file(state, path)
     return state
+
+
+def save_clip_l(path: str, seed: int = 0) -> None:
+    """A CLIP-L text encoder (the size is fixed by ComfyUI) with random weights, in fp16."""
+    import_comfy()
+    import comfy.sd1_clip
+
+    clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+    _randomize(clip.transformer, seed)
+    state = {k[len("transformer."):]: v.to(torch.float16).contiguous() for k, v in clip.state_dict().items() if k.startswith("transformer.")}
+    safetensors.torch.save_file(state, path)
+
+
+def save_taesd(path: str, seed: int = 0) -> None:
+    """A tiny autoencoder (TAESD layout, which the stock VAELoader detects) with random weights."""
+    import_comfy()
+    import comfy.taesd.taesd
+
+    vae = comfy.taesd.taesd.TAESD(latent_channels=4)
+    _randomize(vae, seed)
+    with torch.no_grad():
+        vae.vae_scale.fill_(1.0)
+        vae.vae_shift.fill_(0.0)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, path)
