@@ -6,7 +6,7 @@ PYTHON := .venv/bin/python
 PORT ?= 8188
 BASE ?= $(CURDIR)/.run/base
 
-.PHONY: setup serve demo test test-unit bench clean
+.PHONY: setup serve demo stop test test-unit bench clean
 
 setup:
 	@./scripts/setup_host.sh
@@ -16,6 +16,9 @@ serve: setup
 
 demo: setup
 	@$(PYTHON) scripts/demo.py --port $(PORT) --base $(BASE)
+
+stop:
+	@if [ -f $(BASE)/server.pid ]; then kill $$(cat $(BASE)/server.pid) 2>/dev/null && echo "stopped the demo server"; rm -f $(BASE)/server.pid; fi
 
 test: setup
 	@cd tests && ../$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -53,12 +53,19 @@ class ComfyServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 180) -> "ComfyServer":
+    @property
+    def pid_path(self) -> str:
+        return os.path.join(self.base, "server.pid")
+
+    def start(self, timeout: float = 180, detach: bool = False) -> "ComfyServer":
+        """Start and wait until it answers. Detached servers outlive this process (the demo's)."""
         args = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--base-directory", self.base, "--disable-auto-launch", *self.extra_args]
         log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(args, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(args, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=detach)
+        with open(self.pid_path, "w") as f:
+            f.write(str(self.process.pid))
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:

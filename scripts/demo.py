@@ -1,0 +1,84 @@
+"""`make demo` and `make serve`: the pack on the real ComfyUI host, on the CPU.
+
+demo: builds the small demo model (a one-level SD1.5 UNet, a CLIP-L text
+encoder and a TAESD decoder, random weights: no weights can be downloaded
+here) and two demo adapters (content and style) on one shared basis,
+starts ComfyUI with the pack on 127.0.0.1:PORT, runs the mixing workflow
+through /prompt, reports the image it wrote, and leaves the server running.
+serve: only starts the server, in the foreground.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
+
+from support import demo_assets  # noqa: E402
+from support.server import Client, ComfyServer, make_base_directory  # noqa: E402
+
+WORKFLOWS = os.path.join(ROOT, "workflows")
+
+
+def install_workflows(base: str) -> None:
+    """Put the example workflows into the user's Workflows sidebar."""
+    target = os.path.join(base, "user", "default", "workflows")
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(WORKFLOWS) if os.path.isdir(WORKFLOWS) else []:
+        if name.endswith(".json"):
+            shutil.copy(os.path.join(WORKFLOWS, name), os.path.join(target, name))
+
+
+def running_server(port: int) -> bool:
+    try:
+        return "QRLoRAApply" in Client(f"http://127.0.0.1:{port}").object_info("QRLoRAApply")
+    except OSError:
+        return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--base", default=os.path.join(ROOT, ".run", "base"))
+    parser.add_argument("--serve-only", action="store_true")
+    args = parser.parse_args()
+
+    base = make_base_directory(args.base, ROOT)
+    install_workflows(base)
+    server = ComfyServer(base, port=args.port, python=sys.executable)
+    if args.serve_only:
+        print(f"ComfyUI with comfyui-qrlora: http://127.0.0.1:{args.port}  (base directory {base}; Ctrl-C stops it)")
+        os.chdir(os.path.join(ROOT, ".comfyui"))
+        os.execv(sys.executable, [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(args.port), "--base-directory", base, "--disable-auto-launch"])
+
+    started = time.time()
+    print("[demo] building the demo model and adapters (first run only) ...")
+    demo_assets.build(base)
+    if running_server(args.port):
+        print(f"[demo] reusing the ComfyUI server already on port {args.port}")
+    else:
+        print(f"[demo] starting ComfyUI on 127.0.0.1:{args.port} (log: {server.log_path})")
+        server.start(detach=True)
+    client = Client(server.url)
+    print("[demo] mixing the content and style adapters and generating an image ...")
+    entry = client.run(demo_assets.mix_prompt(), timeout=600)
+    images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    if not images:
+        print("[demo] the workflow ran but saved no image", file=sys.stderr)
+        return 1
+    for img in images:
+        print(f"[demo] image written: {os.path.join(base, 'output', img['subfolder'], img['filename'])}")
+    print(f"[demo] done in {time.time() - started:.0f} s.")
+    print()
+    print(f"  ComfyUI with comfyui-qrlora is running: {server.url}")
+    print(f"  Open it and load the workflow: {os.path.join(WORKFLOWS, demo_assets.MIX_WORKFLOW)}")
+    print("  (also listed in the page's Workflows sidebar). Stop the server with: make stop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
