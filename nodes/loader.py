@@ -4,6 +4,7 @@ import os
 
 from comfy_api.latest import io
 
+from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.formats import load_adapter
 from . import files
 from .types import CATEGORY, QRLoRAType, describe
@@ -25,6 +26,15 @@ class QRLoRALoader(io.ComfyNode):
                 io.String.Output(display_name="info", tooltip="Format, rank, layers, trigger words and base fingerprint."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, lora_name):
+        """Refuse at queue time (HTTP 400, shown on the node) names that are not files in loras."""
+        try:
+            files.adapter_path(lora_name)
+        except AdapterError as e:
+            return str(e)
+        return True
 
     @classmethod
     def fingerprint_inputs(cls, lora_name):

@@ -75,7 +75,8 @@ def _unpack_upper(packed: torch.Tensor, rank: int, name: str, source: str) -> to
 def native_metadata(adapter: QRLoRA, **extra) -> dict:
     meta = {"format_version": str(FORMAT_VERSION), "rank": str(adapter.rank), "alpha": repr(float(adapter.alpha))}
     meta["shared_basis"] = "1" if adapter.shared_basis else "0"
-    for key, value in {**adapter.metadata, **extra}.items():
+    facts = {k: v for k, v in adapter.metadata.items() if k != "basis_id"}
+    for key, value in {**facts, **extra}.items():
         meta[key] = value if isinstance(value, str) else json.dumps(value)
     return {META_PREFIX + k: v for k, v in meta.items()}
 
@@ -158,7 +159,8 @@ def _float(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.float32) if tensor.is_floating_point() else tensor
 
 
-def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str) -> QRTarget:
+def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str, stacked: bool = False) -> QRTarget:
+    """Validate one layer; `stacked` Qs (a mix of several bases) may exceed one layer's rank."""
     if q.dim() != 2 or delta_r.dim() != 2 or q.shape[1] != delta_r.shape[0]:
         raise AdapterError(
             f"{source}: layer {name} has Q of shape {tuple(q.shape)} and ΔR of shape {tuple(delta_r.shape)}, "
@@ -166,6 +168,11 @@ def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str
         )
     if q.shape[1] == 0:
         raise AdapterError(f"{source}: layer {name} has rank 0; such an adapter changes nothing, train or export it with a rank of 1 or more.")
+    if not stacked and q.shape[1] > min(q.shape[0], delta_r.shape[1]):
+        raise AdapterError(
+            f"{source}: layer {name} has rank {q.shape[1]}, more than its {q.shape[0]} x {delta_r.shape[1]} layer allows; "
+            "the file is damaged or not a QR-LoRA."
+        )
     _check_finite(q, f"Q of layer {name}", source)
     _check_finite(delta_r, f"ΔR of layer {name}", source)
     return QRTarget(q=_float(q), delta_r=_float(delta_r))
@@ -217,6 +224,7 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
         raise AdapterError(f"{source}: its alpha {metadata.get(META_PREFIX + 'alpha')!r} is not a number; the file is damaged.") from None
     if rank < 1 or not (alpha == alpha) or alpha in (float("inf"), float("-inf")):
         raise AdapterError(f"{source}: rank {rank} and alpha {alpha} do not make a valid scale; the file is damaged, save it again.")
+    shared = metadata.get(META_PREFIX + "shared_basis", "1") == "1"
     basis_id = metadata.get(META_PREFIX + "basis_id")
     shared_q = basis_loader(basis_id, source) if basis_id else {}
     names = {k[: -len(s)] for k in tensors for s in (NATIVE_DELTA, NATIVE_DELTA_UPPER) if k.endswith(s)}
@@ -229,13 +237,14 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
             delta_r = tensors[name + NATIVE_DELTA]
         else:
             delta_r = _unpack_upper(tensors[name + NATIVE_DELTA_UPPER], q.shape[1] if q.dim() == 2 else 0, name, source)
-        target = _check_target(name, q, delta_r, source)
+        target = _check_target(name, q, delta_r, source, stacked=not shared)
         target.fingerprint = tensors.get(name + NATIVE_FINGERPRINT)
         targets[name] = target
     meta = {k[len(META_PREFIX):]: v for k, v in metadata.items() if k.startswith(META_PREFIX)}
     for fact in ("format_version", "rank", "alpha", "shared_basis"):
         meta.pop(fact, None)
-    shared = metadata.get(META_PREFIX + "shared_basis", "1") == "1"
+    if basis_id:  # which basis it uses is kept as information; only a compact file's header names basis_id
+        meta["basis"] = meta.pop("basis_id")
     kind = "compact" if basis_id else "native"
     return QRLoRA(targets, rank=rank, alpha=alpha, format=kind, metadata=meta, source=source, shared_basis=shared)
 

@@ -61,6 +61,9 @@ def test_compact_stores_delta_r_only_and_resolves_the_shared_basis(tmp_path, bas
         assert torch.equal(again.targets[name].q, t.q) and torch.equal(again.targets[name].delta_r, t.delta_r)
     save_native(adapter, str(tmp_path / "native.safetensors"))
     assert os.path.getsize(tmp_path / "compact.safetensors") < 0.5 * os.path.getsize(tmp_path / "native.safetensors")
+    assert again.metadata["basis"] == "r8-test"
+    save_native(again, str(tmp_path / "resaved.safetensors"))  # a full file again: needs no basis
+    assert load_adapter(str(tmp_path / "resaved.safetensors")).format == "native"
     with pytest.raises(AdapterError, match="basis r8-test is not in"):
         load_adapter(str(tmp_path / "compact.safetensors"), basis_loader=BasisStore(str(tmp_path / "elsewhere")).load)
 
