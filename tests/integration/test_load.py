@@ -1,0 +1,83 @@
+"""Many prompts in a row: each output equals the same prompt run alone, no
+patch leaks from one prompt into the next, and memory settles."""
+
+import hashlib
+import os
+import uuid
+
+import psutil
+import pytest
+import torch
+
+from integration.conftest import SD3
+from integration.test_inference import SD3_TARGETS, rows, saved_model
+from qrlora_core.decompose import decompose
+from support.adapters import write_published
+from support.graph import Graph
+
+pytestmark = pytest.mark.server
+
+QUEUED = 30
+MEMORY_SLACK = 64 * 2**20  # bytes the server may keep after a burst (allocator pools, caches)
+
+
+@pytest.fixture(scope="module")
+def adapters(comfy, base_models):
+    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    bases = {name: decompose(rows(base_models["sd3"][key], block), 4) for name, (key, block) in SD3_TARGETS.items()}
+    os.makedirs(comfy.path("models", "loras", "load"), exist_ok=True)
+    for name in ("a", "b"):
+        write_published(comfy.path("models", "loras", "load", f"{name}.safetensors"), bases, g)
+    return "load/a.safetensors", "load/b.safetensors"
+
+
+def prompt_for(config, adapters, prefix):
+    kind, strength = config
+    g = Graph()
+    unet = g.add("UNETLoader", unet_name=SD3, weight_dtype="default")
+    a = g.add("QRLoRALoader", lora_name=adapters[0])
+    b = g.add("QRLoRALoader", lora_name=adapters[1])
+    qr = {"a": a[0], "b": b[0]}.get(kind) or g.add("QRLoRAMerge", qr_lora_1=a[0], weight_1=0.6, qr_lora_2=b[0], weight_2=-0.4)[0]
+    g.add("ModelSave", model=g.add("QRLoRAApply", model=unet, qr_lora=qr, strength=strength), filename_prefix=prefix)
+    return g.prompt()
+
+
+def digest(comfy, prefix) -> str:
+    h = hashlib.sha256()
+    for key, tensor in sorted(saved_model(comfy, prefix).items()):
+        h.update(key.encode())
+        h.update(tensor.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_queued_prompts_equal_solo_runs_without_leaks(comfy, client, adapters, base_models):
+    configs = [("a", 1.0), ("b", 0.5), ("mix", 1.0), ("a", 0.0), ("b", -2.0)]
+    solo = {}
+    for config in configs:
+        prefix = f"load/{uuid.uuid4().hex[:8]}"
+        client.run(prompt_for(config, adapters, prefix))
+        solo[config] = digest(comfy, prefix)
+    assert len(set(solo.values())) == len(configs)  # every config really differs
+    server = psutil.Process(comfy.process.pid)
+    before = server.memory_info().rss
+
+    queued = []
+    for i in range(QUEUED):
+        config = configs[(i * 3) % len(configs)]
+        prefix = f"load/{uuid.uuid4().hex[:8]}"
+        queued.append((config, prefix, client.queue(prompt_for(config, adapters, prefix))))
+    for config, prefix, prompt_id in queued:
+        entry = client.wait(prompt_id, timeout=600)
+        assert entry["status"]["status_str"] == "success", client.error(entry)
+        assert digest(comfy, prefix) == solo[config], f"{config} gave another result when queued"
+
+    after = server.memory_info().rss
+    print(f"server RSS over {QUEUED} queued prompts: {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")
+    assert after - before < MEMORY_SLACK, f"server memory grew by {(after - before) / 2**20:.0f} MiB over {QUEUED} prompts"
+    prefix = f"load/{uuid.uuid4().hex[:8]}"
+    g = Graph()
+    g.add("ModelSave", model=g.add("UNETLoader", unet_name=SD3, weight_dtype="default"), filename_prefix=prefix)
+    client.run(g.prompt())
+    saved = saved_model(comfy, prefix)
+    for key, w in base_models["sd3"].items():
+        assert torch.equal(saved[key].to(w.dtype), w), f"a patch leaked into the base model at {key}"
