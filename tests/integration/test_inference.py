@@ -195,3 +195,39 @@ def test_sampling_with_the_patched_model_runs_and_changes_the_result(comfy, clie
     assert latents[0.0].shape == (1, 4, 8, 8) and torch.isfinite(latents[3.0]).all()
     change = (latents[3.0] - latents[0.0]).abs().mean() / latents[0.0].abs().mean()
     assert change > 1e-5, f"the patch did not reach the sampler (relative change {change:.2e})"
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_saved_adapter_reloads_to_the_same_patch(comfy, client, base_models, sd3_published, compact):
+    prefix = f"test/saved_{uuid.uuid4().hex[:8]}"
+    g = Graph()
+    qr = g.add("QRLoRALoader", lora_name=sd3_published[0])
+    save = g.add("QRLoRASave", qr_lora=qr[0], filename_prefix=prefix, compact=compact, dtype="fp32")
+    saved_name = client.ui(client.run(g.prompt()), save.node_id)["files"][0]
+    if compact:
+        assert any(f.endswith(".safetensors") for f in os.listdir(comfy.path("models", "qrlora_bases")))
+        sizes = [os.path.getsize(comfy.path("models", "loras", n)) for n in (saved_name, sd3_published[0])]
+        assert sizes[0] < sizes[1] / 3 + 4096  # ΔR only vs Q + R + ΔR
+    original, _, _ = apply_and_save(client, SD3, sd3_published[0], 1.0)
+    again, _, _ = apply_and_save(client, SD3, saved_name, 1.0)
+    a, b = saved_model(comfy, original), saved_model(comfy, again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fingerprint_mismatch_is_reported_on_apply(comfy, client, base_models, sd3_published):
+    """An adapter whose recorded base differs from the loaded model gets a warning, not silence."""
+    from qrlora_core.fingerprint import sketch
+    from qrlora_core.formats import load_adapter
+
+    adapter = load_adapter(comfy.path("models", "loras", sd3_published[0]))
+    for name, t in adapter.targets.items():
+        key, block = SD3_TARGETS[name]
+        t.fingerprint = sketch(rows(base_models["sd3"][key], block))
+    save_native(adapter, comfy.path("models", "loras", "test", "same_fingerprint.safetensors"))
+    for t in adapter.targets.values():
+        t.fingerprint = torch.randn(16)  # as if trained on other weights of the same shapes
+    save_native(adapter, comfy.path("models", "loras", "test", "other_fingerprint.safetensors"))
+    _, entry, apply_id = apply_and_save(client, SD3, "test/same_fingerprint.safetensors", 1.0)
+    assert "differ from the base" not in client.ui(entry, apply_id)["text"][0]
+    _, entry, apply_id = apply_and_save(client, SD3, "test/other_fingerprint.safetensors", 1.0)
+    assert "differ from the base the adapter was trained on" in client.ui(entry, apply_id)["text"][0]
