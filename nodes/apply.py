@@ -11,10 +11,10 @@ from .weight_adapter import QRLoRAPatch
 FINGERPRINT_CHECKS = 8  # layers compared against the adapter's base fingerprint
 
 
-def build_patches(model, adapter) -> tuple[dict, list[str]]:
-    """{ComfyUI key or (key, slice): patch} for the layers the model has; names it lacks."""
+def resolve_targets(model, adapter) -> tuple[dict, list[str]]:
+    """{adapter layer name: ComfyUI key or (key, slice)} for the layers the model has; names it lacks."""
     key_map = keymap.lora_key_map(model)
-    patches, missing, wrong_shape = {}, [], []
+    found, missing, wrong_shape = {}, [], []
     for name, target in adapter.targets.items():
         where = key_map.get(name)
         if where is None:
@@ -24,27 +24,31 @@ def build_patches(model, adapter) -> tuple[dict, list[str]]:
         if shape != (target.out_features, target.in_features):
             wrong_shape.append(f"{name}: adapter {(target.out_features, target.in_features)}, model {shape}")
             continue
-        patches[where] = QRLoRAPatch(target.q, target.delta_r, adapter.scale)
+        found[name] = where
     if wrong_shape:
         raise AdapterError(
             f"{adapter.source} was made for another base model: {len(wrong_shape)} layers have other shapes "
             f"(e.g. {wrong_shape[0]}); load the model this adapter was trained on."
         )
-    if not patches:
+    if not found:
         example = next(iter(adapter.targets))
         raise AdapterError(
             f"{adapter.source} matches none of this model's layers (its layers are named like '{example}'); "
             "it was made for another kind of model: load a matching base model."
         )
-    return patches, missing
+    return found, missing
 
 
-def fingerprint_mismatches(model, adapter, patches) -> int:
+def patches_for(adapter, found: dict) -> dict:
+    """ModelPatcher patches {key or (key, slice): QRLoRAPatch} for resolved layers."""
+    return {where: QRLoRAPatch(adapter.targets[name].q, adapter.targets[name].delta_r, adapter.scale) for name, where in found.items()}
+
+
+def fingerprint_mismatches(model, adapter, found: dict) -> int:
     """How many of a few spread-out layers differ from the base the adapter was trained on."""
-    checked = [(w, adapter.targets[n]) for n, w in keymap.lora_key_map(model).items() if n in adapter.targets and w in patches]
-    checked = [(w, t) for w, t in checked if t.fingerprint is not None]
+    checked = [(where, adapter.targets[name].fingerprint) for name, where in found.items() if adapter.targets[name].fingerprint is not None]
     step = max(1, len(checked) // FINGERPRINT_CHECKS)
-    return sum(not same_weight(t.fingerprint, sketch(keymap.target_weight(model, w))) for w, t in checked[::step][:FINGERPRINT_CHECKS])
+    return sum(not same_weight(fp, sketch(keymap.target_weight(model, where))) for where, fp in checked[::step][:FINGERPRINT_CHECKS])
 
 
 class QRLoRAApply(io.ComfyNode):
@@ -65,13 +69,14 @@ class QRLoRAApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, qr_lora, strength) -> io.NodeOutput:
-        patches, missing = build_patches(model, qr_lora)
+        found, missing = resolve_targets(model, qr_lora)
+        patches = patches_for(qr_lora, found)
         patched = model.clone()
         if strength != 0:
             patched.add_patches(patches, strength)
         lines = [f"Patched {len(patches)} of {len(qr_lora.targets)} adapter layers at strength {strength:g}."]
         if missing:
             lines.append(f"{len(missing)} layers are not in this model and were skipped (e.g. {missing[0]}).")
-        if fingerprint_mismatches(model, qr_lora, patches):
+        if fingerprint_mismatches(model, qr_lora, found):
             lines.append("This model's weights differ from the base the adapter was trained on; results may differ from the trainer's.")
         return io.NodeOutput(patched, ui={"text": ["\n".join(lines)]})
