@@ -36,10 +36,18 @@ def target_shape(model_patcher, target) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
+def base_weight(model_patcher, key: str):
+    """The unpatched weight. Clones share one module, and whichever clone ran
+    last may have patched it in place; ComfyUI then keeps the original in the
+    backup that all clones share."""
+    backup = model_patcher.backup.get(key)
+    return backup.weight if backup is not None else comfy.utils.get_attr(model_patcher.model, key)
+
+
 def target_weight(model_patcher, target):
-    """The base weight (or its row slice) a target addresses, as a 2-D view."""
+    """The unpatched base weight (or its row slice) a target addresses, as a 2-D view."""
     key, offset = split_target(target)
-    weight = comfy.utils.get_attr(model_patcher.model, key)
+    weight = base_weight(model_patcher, key)
     if offset is not None:
         weight = weight.narrow(offset[0], offset[1], offset[2])
     return weight.reshape(weight.shape[0], -1)

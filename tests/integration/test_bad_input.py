@@ -12,9 +12,10 @@ import safetensors.torch
 import torch
 
 from integration.conftest import SD3
-from integration.test_inference import SD3_TARGETS, rows, saved_model
+from integration.test_inference import SD3_TARGETS, rows
 from qrlora_core.decompose import decompose
 from support.adapters import published_tensors
+from support.checks import assert_base_untouched
 from support.graph import Graph
 
 pytestmark = pytest.mark.server
@@ -120,18 +121,7 @@ def test_bad_file_gives_a_clear_error_and_harms_nothing(comfy, client, valid_ten
     assert os.path.basename(name) in text, f"the message does not name the file: {text}"
     assert "Traceback" not in text and len(text) < 600
     assert not os.path.exists(MARKER), "a pickle was executed"
-    assert_base_untouched(comfy, client, base_models)
-
-
-def assert_base_untouched(comfy, client, base_models):
-    """The cached base model, saved as it is now, equals its file bit for bit."""
-    prefix = f"checks/{uuid.uuid4().hex[:8]}"
-    g = Graph()
-    g.add("ModelSave", model=g.add("UNETLoader", unet_name=SD3, weight_dtype="default"), filename_prefix=prefix)
-    client.run(g.prompt())
-    saved = saved_model(comfy, prefix)
-    for key, w in base_models["sd3"].items():
-        assert torch.equal(saved[key].to(w.dtype), w), f"{key} of the base model changed"
+    assert_base_untouched(comfy, client, SD3, base_models["sd3"])
 
 
 def test_partial_adapter_applies_what_matches_and_says_how_many(comfy, client, valid_tensors, base_models):
@@ -144,7 +134,7 @@ def test_partial_adapter_applies_what_matches_and_says_how_many(comfy, client, v
     text = client.ui(entry, apply_id)["text"][0]
     assert f"Patched {len(SD3_TARGETS)} of {len(SD3_TARGETS) + 1}" in text
     assert "1 layers are not in this model" in text and "transformer_blocks.7" in text
-    assert_base_untouched(comfy, client, base_models)
+    assert_base_untouched(comfy, client, SD3, base_models["sd3"])
 
 
 @pytest.mark.parametrize("name", ["../escape.safetensors", "/etc/passwd", "bad/../../escape.safetensors"])

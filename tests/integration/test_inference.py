@@ -19,6 +19,7 @@ from qrlora_core import QRLoRA, QRTarget
 from qrlora_core.decompose import decompose
 from qrlora_core.formats import save_native
 from support.adapters import write_published
+from support.checks import saved_model
 from support.graph import Graph
 
 pytestmark = pytest.mark.server
@@ -43,14 +44,6 @@ SD15_TARGETS = {  # kohya name -> ComfyUI key (proj_in is a 1x1 convolution)
 
 def rows(weight, block):
     return weight if block is None else weight[block * H:(block + 1) * H]
-
-
-def saved_model(comfy, prefix) -> dict:
-    """The stock ModelSave node's file, keyed like the diffusion model's own state dict."""
-    folder, stem = os.path.split(comfy.path("output", prefix))
-    name = next(f for f in sorted(os.listdir(folder)) if f.startswith(stem) and f.endswith(".safetensors"))
-    state = safetensors.torch.load_file(os.path.join(folder, name))
-    return {k.split("diffusion_model.", 1)[-1]: v for k, v in state.items() if "diffusion_model." in k}
 
 
 def apply_and_save(client, model_file, adapter_name, strength):

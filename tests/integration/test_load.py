@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from integration.conftest import SD3
-from integration.test_inference import SD3_TARGETS, rows, saved_model
+from integration.test_inference import SD3_TARGETS, rows
 from qrlora_core.decompose import decompose
 from support.adapters import write_published
+from support.checks import assert_base_untouched, saved_model
 from support.graph import Graph
 
 pytestmark = pytest.mark.server
@@ -74,10 +75,4 @@ def test_queued_prompts_equal_solo_runs_without_leaks(comfy, client, adapters, b
     after = server.memory_info().rss
     print(f"server RSS over {QUEUED} queued prompts: {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")
     assert after - before < MEMORY_SLACK, f"server memory grew by {(after - before) / 2**20:.0f} MiB over {QUEUED} prompts"
-    prefix = f"load/{uuid.uuid4().hex[:8]}"
-    g = Graph()
-    g.add("ModelSave", model=g.add("UNETLoader", unet_name=SD3, weight_dtype="default"), filename_prefix=prefix)
-    client.run(g.prompt())
-    saved = saved_model(comfy, prefix)
-    for key, w in base_models["sd3"].items():
-        assert torch.equal(saved[key].to(w.dtype), w), f"a patch leaked into the base model at {key}"
+    assert_base_untouched(comfy, client, SD3, base_models["sd3"])  # no patch leaked into the cached base

@@ -64,3 +64,23 @@ def test_apply_patches_exactly_and_unpatches_to_the_original_bits(arch, targets,
     patched.unpatch_model()
     for key, w in base.items():
         assert torch.equal(model.model.diffusion_model.state_dict()[key], w), f"{key} not restored bit for bit"
+
+
+def test_base_weights_are_read_unpatched_while_a_clone_holds_them_patched(rng):
+    """Clones share one module; a patched clone must not leak into what the pack reads as the base."""
+    host.import_pack()
+    from comfyui_qrlora.nodes import keymap
+    from comfyui_qrlora.nodes.apply import QRLoRAApply
+
+    model = models.patcher("flux")
+    name, (key, start, length) = next(iter(FLUX_TARGETS.items()))
+    original = block(model.model.diffusion_model.state_dict()[key], start, length).clone()
+    b = decompose(original, 4)
+    adapter = QRLoRA({name: QRTarget(q=b.q, delta_r=torch.randn(4, b.r.shape[1], generator=rng))}, rank=4, alpha=4.0, format="native")
+    patched = QRLoRAApply.execute(model=model, qr_lora=adapter, strength=1.0).args[0]
+    patched.patch_model()
+    where = keymap.lora_key_map(model)[name]
+    live = block(model.model.diffusion_model.state_dict()[key], start, length)
+    assert not torch.equal(live, original)  # the shared module really is patched in place now
+    assert torch.equal(keymap.target_weight(model, where).reshape(original.shape), original)
+    patched.unpatch_model()
