@@ -191,6 +191,13 @@ def _diagnostics(ctx, decompose_mod, weights, groups, rank) -> dict:
         del stack
     out["legacy_seconds_extrapolated"] = seconds
     out["legacy_sampled_every"] = every
+    # A small memory budget (a 24 GB card with a model loaded): more, smaller chunks.
+    budget = 2 * 1024**3 if ctx.full else 64 * 1024**2
+    held = sum(w.numel() * w.element_size() for w in weights.values())
+    free_cache(device)
+    reset_peak(device)
+    _, s = timed(device, decompose_mod.decompose_many, weights, rank, method="subspace", memory_budget=budget)
+    out["small_budget"] = {"budget_bytes": budget, "seconds": s, "peak_above_weights_bytes": peak_bytes(device) - held}
     ctx.log(f"  diagnostics: legacy subspace method {seconds:.1f} s (extrapolated); phases {out['phases']}")
     free_cache(device)
     return out

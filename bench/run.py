@@ -38,8 +38,8 @@ class Context:
         self.repeats = 3 if self.full else 1
         self.train_px = 512 if self.full else 64
         self.train_tokens = 512 if self.full else 16
-        self.train_steps = 3 if self.full else 1
-        self.train_rounds = 2 if self.full else 1
+        self.train_steps = 4 if self.full else 1
+        self.train_rounds = 3 if self.full else 1
         self.scratch = args.scratch or tempfile.gettempdir()
         self.started = time.time()
         self.pack = None
@@ -111,6 +111,11 @@ def table(results: dict) -> list[list[str]]:
             ours1 = b["p1"]["ours"]["seconds"]
             rows.append(["  (diagnostic) previous subspace code, p=1", f"{d['legacy_seconds_extrapolated']:.1f} s",
                          f"{d['legacy_seconds_extrapolated'] / ours1:.1f}x ours", "-", "n/a"])
+            small = d.get("small_budget")
+            if small:
+                rows.append([f"  (diagnostic) ours with a {small['budget_bytes'] / 1024**3:g} GiB chunk budget, p=1",
+                             f"{small['seconds']:.2f} s, working memory {small['peak_above_weights_bytes'] / 1024**3:.2f} GiB",
+                             f"{small['seconds'] / ours1:.2f}x default", "-", "n/a"])
     p = results.get("patch")
     if isinstance(p, dict) and "host" in p:
         floor = p["floor"]["seconds"]
@@ -128,6 +133,9 @@ def table(results: dict) -> list[list[str]]:
                 rows.append([f"  QR-LoRA mix k={k} vs 1 plain LoRA ({label})",
                              f"{q['total_s'] * 1e3:.0f} vs {one_lora * 1e3:.0f} ms (k LoRAs: {cases[f'lora_{k}']['total_s'] * 1e3:.0f})",
                              f"{ratio:.2f}", "<= 1.00", _met(ratio <= 1.0)])
+            noop = cases["noop"]["patch_s"]
+            rows.append([f"  ComfyUI's own per-weight float32 round trip (noop patch) vs memory floor ({label})",
+                         f"{noop * 1e3:.1f} vs {floor * 1e3:.2f} ms", f"{noop / floor:.1f}x floor", "-", "n/a"])
             worst = max(cases[f"qrlora_{k}"]["patch_s"] for k in (1, 2, 4, 8))
             rows.append([f"  QR-LoRA patch (worst k) vs memory floor of the targets ({label})",
                          f"{worst * 1e3:.1f} vs {floor * 1e3:.2f} ms", f"{worst / floor:.1f}x floor", "<= 2x", _met(worst / floor <= 2)])
@@ -141,6 +149,7 @@ def table(results: dict) -> list[list[str]]:
     t = results.get("train")
     if isinstance(t, dict) and "qrlora" in t:
         q, l = t["qrlora"], t["lora"]
+        rows.append(["  (check) QR-LoRA train module vs float64 reference", f"{t['layer_check_error']:.1e} of the delta", "-", "bf16 rounding", "n/a"])
         rows.append([f"training step {t['px']} px ({t['blocks']['double']}+{t['blocks']['single']} blocks, r={t['rank']}): QR-LoRA vs LoRA time",
                      f"{q['step_s']:.3f} vs {l['step_s']:.3f} s", f"{q['step_s'] / l['step_s']:.3f}", "<= 1.05", _met(q["step_s"] / l["step_s"] <= 1.05)])
         rows.append(["  peak memory QR-LoRA vs LoRA (above model weights)",

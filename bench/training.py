@@ -18,10 +18,12 @@ guider calls.
   layer being built on branch `train` (qrlora_core/training/layer.py, not
   available to this bench): per published target (a row slice of the
   fused weight) W + s·Q·triu(ΔR), Q a frozen buffer, ΔR (zero-init) the
-  only parameter. It materializes the adapted weight like LoRADiff does.
+  only parameter. It materializes the adapted weight like LoRADiff does,
+  in one addmm per ComfyUI weight.
 """
 
 import contextlib
+import gc
 import inspect
 import re
 import textwrap
@@ -34,31 +36,32 @@ from .flux import target_map
 
 
 class QRLoRATrainDiff(torch.nn.Module):
-    """W + s·Q_i·triu(ΔR_i) on each targeted row slice of one ComfyUI weight."""
+    """W + s·Q_i·triu(ΔR_i) on each targeted row slice of one ComfyUI weight, as one addmm.
 
-    def __init__(self, pieces, in_features: int, scale: float, dtype, triangular: bool = True):
+    The targets' Qs sit in one frozen block-diagonal buffer (rows of W that
+    no target covers, like the MLP rows of a single block's linear1, are
+    zero), so the adapted weight is addmm(W, Q_blocks, stack(ΔR_i), alpha=s):
+    one fused op, where LoRADiff does up @ down, a scale and an add.
+    """
+
+    def __init__(self, pieces, out_features: int, in_features: int, scale: float, dtype, triangular: bool = True):
         super().__init__()
-        self.slices = [(start, q.shape[0]) for start, q in pieces]
-        self.scale = scale
         rank = pieces[0][1].shape[1]
-        for i, (_, q) in enumerate(pieces):
-            self.register_buffer(f"q{i}", q.to(dtype))
-            setattr(self, f"delta_r{i}", torch.nn.Parameter(torch.zeros(rank, in_features, dtype=dtype)))
-        self.register_buffer("mask", torch.ones(rank, in_features, dtype=torch.bool).triu() if triangular else None)
+        blocks = torch.zeros(out_features, rank * len(pieces), dtype=dtype, device=pieces[0][1].device)
+        for i, (start, q) in enumerate(pieces):
+            blocks[start : start + q.shape[0], i * rank : (i + 1) * rank] = q.to(dtype)
+        self.register_buffer("q_blocks", blocks)
+        self.delta_r = torch.nn.ParameterList(
+            torch.nn.Parameter(torch.zeros(rank, in_features, dtype=dtype, device=blocks.device)) for _ in pieces
+        )
+        mask = torch.ones(rank, in_features, dtype=torch.bool, device=blocks.device).triu() if triangular else None
+        self.register_buffer("mask", mask)
+        self.scale = scale
 
     def __call__(self, w):
-        rows, pos = [], 0
-        for i, (start, length) in enumerate(self.slices):
-            if start > pos:
-                rows.append(w[pos:start])
-            delta_r = getattr(self, f"delta_r{i}")
-            if self.mask is not None:
-                delta_r = delta_r * self.mask
-            rows.append(w[start : start + length] + self.scale * (getattr(self, f"q{i}") @ delta_r))
-            pos = start + length
-        if pos < w.shape[0]:
-            rows.append(w[pos:])
-        return (torch.cat(rows) if len(rows) > 1 else rows[0]).to(w.dtype)
+        delta_r = [d * self.mask if self.mask is not None else d for d in self.delta_r]
+        stacked = torch.cat(delta_r) if len(delta_r) > 1 else delta_r[0]
+        return torch.addmm(w.reshape(w.shape[0], -1), self.q_blocks, stacked, alpha=self.scale).reshape(w.shape).to(w.dtype)
 
     def passive_memory_usage(self):
         return sum(t.numel() * t.element_size() for t in [*self.parameters(), *self.buffers()])
@@ -143,7 +146,7 @@ def _wrappers(ctx, method, model, targets, qs):
         if method == "lora":
             out[key] = LoRAAdapter.create_train(weight, rank=ctx.rank, alpha=1.0).to(torch.bfloat16)
         else:
-            out[key] = QRLoRATrainDiff(sorted(pieces, key=lambda p: p[0]), weight.shape[1], 1.0, torch.bfloat16)
+            out[key] = QRLoRATrainDiff(sorted(pieces, key=lambda p: p[0]), weight.shape[0], weight.shape[1], 1.0, torch.bfloat16)
     return out
 
 
@@ -196,11 +199,16 @@ def _run_method(ctx, method, model, targets, qs, inputs, steps):
 
     step()  # warm-up: optimizer state, kernels
     times, peaks, before = [], [], allocated_bytes(device)
-    for _ in range(steps):
-        reset_peak(device)
-        loss, s = timed(device, step)
-        times.append(s)
-        peaks.append(peak_bytes(device))
+    gc.collect()
+    gc.disable()  # a collection inside a timed step would land on one method by chance
+    try:
+        for _ in range(steps):
+            reset_peak(device)
+            loss, s = timed(device, step)
+            times.append(s)
+            peaks.append(peak_bytes(device))
+    finally:
+        gc.enable()
     out = {
         "step_s": times, "peak_bytes": max(peaks), "allocated_before_step_bytes": before, "loss": loss,
         "trainable_parameters": sum(p.numel() for p in params), "wrapped_weights": len(wrappers),
@@ -216,6 +224,28 @@ def _run_method(ctx, method, model, targets, qs, inputs, steps):
     return out
 
 
+def _check_layer(ctx, model, targets, qs) -> float:
+    """The QR-LoRA train module against a float64 reference, with random ΔRs, on one fused weight."""
+    import comfy.utils
+
+    wrappers = _wrappers(ctx, "qrlora", model, targets, qs)
+    key = next(k for k, m in wrappers.items() if len(m.delta_r) > 1)
+    module = wrappers[key]
+    generator = torch.Generator(device=ctx.device).manual_seed(13)
+    with torch.no_grad():
+        for d in module.delta_r:
+            d.copy_(torch.randn(d.shape, device=ctx.device, generator=generator) * 0.1)
+        w = comfy.utils.get_attr(model, key).detach()
+        got = module(w).double()
+        reference = w.double().clone()
+        names = [n for n, where in targets.items() if not isinstance(where, str) and where[0] == key or where == key]
+        for i, name in enumerate(sorted(names, key=lambda n: targets[n][1][1] if not isinstance(targets[n], str) else 0)):
+            start = 0 if isinstance(targets[name], str) else targets[name][1][1]
+            q = qs[name].to(torch.bfloat16).double()
+            reference[start : start + q.shape[0]] += q @ torch.triu(module.delta_r[i].double())
+    return float((got - reference).norm() / (reference - w.double()).norm())
+
+
 def run(ctx) -> dict:
     device = ctx.device
     _, keymap = ctx.pack
@@ -226,6 +256,8 @@ def run(ctx) -> dict:
     qs = {n: torch.linalg.qr(torch.randn(m, ctx.rank, device=device, generator=generator))[0] for n, (m, _) in shapes.items()}
     inputs = _inputs(ctx)
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    layer_error = _check_layer(ctx, model, targets, qs)
+    ctx.log(f"training: QR-LoRA train module vs float64 reference, error relative to the delta {layer_error:.1e} (bf16)")
     runs = {"lora": [], "qrlora": []}
     with out_of_place_residuals():
         for round_ in range(ctx.train_rounds):  # interleaved, so drift in clocks hits both
@@ -234,7 +266,7 @@ def run(ctx) -> dict:
                 r, _ = timed(device, _run_method, ctx, method, model, targets, qs, inputs, ctx.train_steps)
                 runs[method].append(r)
                 ctx.log(f"  {method}: step {median(r['step_s']):.3f} s, peak {gib(r['peak_bytes']):.2f} GiB, loss {r['loss']:.4f}")
-    res = {"px": ctx.train_px, "text_tokens": ctx.train_tokens, "model_weight_bytes": weights_bytes,
+    res = {"layer_check_error": layer_error, "px": ctx.train_px, "text_tokens": ctx.train_tokens, "model_weight_bytes": weights_bytes,
            "blocks": {"double": ctx.size.depth, "single": ctx.size.single}, "rank": ctx.rank}
     for method, rs in runs.items():
         res[method] = {
