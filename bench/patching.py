@@ -140,6 +140,10 @@ def run(ctx) -> dict:
         cases["noop"] = measure("noop", lambda: [{targets[n]: noop() for n in shapes}], repeats)
         for k in KS:
             cases[f"qrlora_{k}"] = measure(f"qrlora k={k}", lambda k=k: [qr_patches(weight_adapter, targets, merged[k], dev)], repeats)
+        if where == "host" and device.type == "cuda":  # what page-locked adapter tensors would save on the copies
+            pinned = lambda: [{w: weight_adapter.QRLoRAPatch(p.weights[0].pin_memory(), p.weights[1].pin_memory(), p.scale)
+                               for w, p in qr_patches(weight_adapter, targets, merged[1]).items()}]
+            cases["qrlora_1_pinned"] = measure("qrlora k=1, pinned host tensors", pinned, repeats)
         for k in KS:
             cases[f"lora_{k}"] = measure(
                 f"lora k={k}", lambda k=k: [comfy.lora.load_lora({n: _on(t, dev) for n, t in sd.items()}, key_map, log_missing=False) for sd in lora_sds[:k]], repeats
