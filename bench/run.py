@@ -144,11 +144,11 @@ def table(results: dict) -> list[list[str]]:
                          f"{worst * 1e3:.1f} vs {floor * 1e3:.2f} ms", f"{worst / floor:.1f}x floor", "<= 2x", _met(worst / floor <= 2)])
         direct = p["direct_addmm"]["seconds"]
         rows.append(["  our direct bf16 addmm (any k) vs memory floor", f"{direct * 1e3:.2f} vs {floor * 1e3:.2f} ms",
-                     f"{direct / floor:.1f}x floor", "<= 2x", _met(direct / floor <= 2)])
+                     f"{direct / floor:.2f}x floor", "<= 2x", _met(direct / floor <= 2)])
         graph = p["direct_addmm"].get("graph_seconds")
         if graph:
             rows.append(["  the same addmms replayed as one CUDA graph", f"{graph * 1e3:.2f} vs {floor * 1e3:.2f} ms",
-                         f"{graph / floor:.1f}x floor", "<= 2x", _met(graph / floor <= 2)])
+                         f"{graph / floor:.2f}x floor", "<= 2x", _met(graph / floor <= 2)])
     t = results.get("train")
     if isinstance(t, dict) and "qrlora" in t:
         q, l = t["qrlora"], t["lora"]
@@ -194,7 +194,13 @@ def main(argv=None) -> int:
     parser.add_argument("--rank", type=int, default=None, help="adapter rank (default 64; 16 with --smoke)")
     parser.add_argument("--comfyui", default=None, help="ComfyUI source folder (default $QRLORA_COMFYUI or .comfyui/)")
     parser.add_argument("--scratch", default=None, help="folder for temporary files (default the system's temp dir)")
+    parser.add_argument("--table-from", default=None, metavar="JSON", help="only print the table of an earlier run's JSON (measures nothing)")
     args = parser.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as f:
+            saved = json.load(f)
+        print(render(table(saved), saved["environment"]))
+        return 0
     ctx = Context(args)
     torch.set_float32_matmul_precision("highest")
     host.import_comfy(args.comfyui, cpu=ctx.device.type == "cpu")
