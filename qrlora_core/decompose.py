@@ -14,8 +14,17 @@ Two ways to the top-r subspace:
   Rayleigh-Ritz step, mostly in float32, for many same-shaped layers at
   once on a GPU. On decaying spectra it lands far closer to the exact subspace than
   the published float32 SVD does (METHOD.md's anchors).
+
+On a GPU every step of "subspace" is one batched library call: blocks are
+orthonormalized by Cholesky QR on a float64 Gram matrix (Householder QR
+and SVD loop over the batch inside the solver libraries, one small launch
+sequence per matrix), the Rayleigh-Ritz step solves a small k x k
+eigenproblem, and the final QR is that of an r x r block. decompose_many
+works through same-shaped weights in chunks sized to a memory budget, so
+the float32/float64 copies of a whole model never sit in memory at once.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +33,9 @@ EXACT_MAX_ELEMENTS = 1024 * 1024  # a float64 SVD of this size takes about a sec
 SUBSPACE_OVERSAMPLE = 64
 SUBSPACE_ITERATIONS = 12  # float32
 REFINE_ITERATIONS = 2  # float64
+CPU_CHUNK_BUDGET = 2 * 1024**3  # bytes of working copies per chunk on the CPU
+GPU_CHUNK_FRACTION = 0.5  # of the free device memory ...
+GPU_CHUNK_BUDGET = 16 * 1024**3  # ... but never more than this
 
 
 @dataclass
@@ -52,32 +64,78 @@ def max_rank(weight_shape) -> int:
     return min(weight_shape[0], int(torch.Size(weight_shape[1:]).numel()))
 
 
-def _qr_of_core(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, scale: float):
-    """Q, R of core = u diag(s/scale) vh from the QR of the small factor."""
-    small = (s / scale).unsqueeze(-1) * vh  # (..., r, n)
-    q_small, r = torch.linalg.qr(small, mode="reduced")  # (..., r, r), (..., r, r?)
-    # For r <= n, mode="reduced" gives q_small (r, r) and r (r, n).
-    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+def _qr_of_core(u: torch.Tensor, small: torch.Tensor):
+    """Q, R of core = u @ small, where small = diag(S_r / s) V_r^T is (..., r, n) with r <= n.
+
+    For a wide matrix, QR is decided by its leading r x r block: small[:, :r] = Q' R1
+    gives small = Q' (Q'^T small). That block's QR runs on the CPU in float64
+    (tiny, and the same LAPACK answer on every device); R's diagonal is made positive.
+    """
+    rank = small.shape[-2]
+    q_small, r_lead = torch.linalg.qr(small[..., :rank].to("cpu", torch.float64))
+    signs = torch.sign(torch.diagonal(r_lead, dim1=-2, dim2=-1))
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-    q_small = q_small * signs.unsqueeze(-2)
-    r = r * signs.unsqueeze(-1)
-    return u @ q_small, r
+    q_small = (q_small * signs.unsqueeze(-2)).to(device=small.device, dtype=small.dtype)
+    return u @ q_small, q_small.mT @ small
 
 
-def _exact_top(w: torch.Tensor, rank: int):
+def _exact_top(w: torch.Tensor, rank: int, scale: float):
+    """(U_r, diag(S_r / s) V_r^T) from a full float64 SVD."""
     u, s, vh = torch.linalg.svd(w.to(torch.float64), full_matrices=False)
-    return u[..., :rank], s[..., :rank], vh[..., :rank, :]
+    return u[..., :rank], (s[..., :rank] / scale).unsqueeze(-1) * vh[..., :rank, :]
+
+
+@contextlib.contextmanager
+def _ieee_float32():
+    """float32 products in true float32: TF32 (10-bit mantissa) would stall the iteration near 1e-3."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _orthonormalize(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal columns with the span of x's (..., m, k): Cholesky QR on a float64 Gram matrix.
+
+    x R^-1 loses orthogonality like eps(x.dtype) * cond(x); one product of
+    an orthonormal block with a trained weight gives cond(x) ~ sigma_1 /
+    sigma_k (~1e2), which float32 and float64 both absorb. A block that
+    is (nearly) rank deficient, from a zero or low-rank weight, is caught by
+    its Cholesky factor's diagonal and falls back to Householder QR.
+    """
+    x64 = x.to(torch.float64)
+    chol, info = torch.linalg.cholesky_ex(x64.mT @ x64)
+    diag = torch.diagonal(chol, dim1=-2, dim2=-1)
+    limit = 1e-5 if x.dtype == torch.float32 else 1e-7  # smallest / largest pivot: about 1 / cond(x)
+    if bool(info.any()) or bool((diag.amin(-1) <= limit * diag.amax(-1)).any()):
+        return torch.linalg.qr(x)[0]
+    return torch.linalg.solve_triangular(chol.mT.to(x.dtype), x, upper=True, left=False)
 
 
 def _power_steps(w: torch.Tensor, x: torch.Tensor, steps: int) -> torch.Tensor:
-    wt = w.transpose(-2, -1)
+    wt = w.mT
     for _ in range(steps):
-        y, _ = torch.linalg.qr(wt @ x)
-        x, _ = torch.linalg.qr(w @ y)
+        y = _orthonormalize(wt @ x)
+        x = _orthonormalize(w @ y)
     return x
 
 
-def _subspace_top(w: torch.Tensor, rank: int, generator=None):
+def _rayleigh_ritz(w64: torch.Tensor, x: torch.Tensor, rank: int, scale: float):
+    """(U_r, diag(S_r / s) V_r^T) of w restricted to span(x), x orthonormal, all float64.
+
+    The k x k problem (x^T w)(x^T w)^T is solved by a symmetric eigensolver;
+    in float64 its eigenvectors are accurate to ~1e-12 even when singular
+    values r and r+1 are close.
+    """
+    bt = w64.mT @ x  # (..., n, k) = (x^T w)^T
+    _, vectors = torch.linalg.eigh(bt.mT @ bt)  # ascending eigenvalues
+    top = vectors[..., -rank:].flip(-1)  # (..., k, r), largest first
+    return x @ top, (bt @ top).mT / scale
+
+
+def _subspace_top(w: torch.Tensor, rank: int, scale: float, generator=None):
     """Block power iteration on a stack (b, m, n), then Rayleigh-Ritz.
 
     The bulk of the iterations run in float32; float32 products alone
@@ -85,18 +143,17 @@ def _subspace_top(w: torch.Tensor, rank: int, generator=None):
     REFINE_ITERATIONS and the Rayleigh-Ritz step run in float64 (cheap:
     each is two products with an n x (r + oversample) block).
     """
-    w32 = w if w.dtype == torch.float32 else w.to(torch.float32)
     m, n = w.shape[-2:]
     width = min(rank + SUBSPACE_OVERSAMPLE, m, n)
-    probe = torch.randn(*w.shape[:-2], n, width, device=w.device, dtype=torch.float32, generator=generator)
-    x, _ = torch.linalg.qr(w32 @ probe)
-    x = _power_steps(w32, x, SUBSPACE_ITERATIONS)
-    del w32
+    with _ieee_float32():
+        w32 = w if w.dtype == torch.float32 else w.to(torch.float32)
+        probe = torch.randn(*w.shape[:-2], n, width, device=w.device, dtype=torch.float32, generator=generator)
+        x = _orthonormalize(w32 @ probe)
+        x = _power_steps(w32, x, SUBSPACE_ITERATIONS)
+        del w32, probe
     w64 = w.to(torch.float64)
     x = _power_steps(w64, x.to(torch.float64), REFINE_ITERATIONS)
-    uu, s, vh = torch.linalg.svd(x.transpose(-2, -1) @ w64, full_matrices=False)
-    u = x @ uu
-    return u[..., :rank], s[..., :rank], vh[..., :rank, :]
+    return _rayleigh_ritz(w64, x, rank, scale)
 
 
 def _pick_method(weight: torch.Tensor, method: str) -> str:
@@ -109,12 +166,12 @@ def _pick_method(weight: torch.Tensor, method: str) -> str:
 
 def _decompose_stack(w: torch.Tensor, rank: int, scale: float, method: str, generator=None):
     if method == "exact":
-        u, s, vh = _exact_top(w, rank)
+        u, small = _exact_top(w, rank, scale)
     elif method == "subspace":
-        u, s, vh = _subspace_top(w, rank, generator)
+        u, small = _subspace_top(w, rank, scale, generator)
     else:
         raise ValueError(f"unknown decomposition method {method!r}")
-    return _qr_of_core(u, s, vh, scale)
+    return _qr_of_core(u, small)
 
 
 def check_rank(weight_shape, rank: int, name: str = "layer") -> None:
@@ -132,11 +189,33 @@ def decompose(weight: torch.Tensor, rank: int, alpha: float | None = None, metho
     return Basis(q.to(torch.float32), r.to(torch.float32), scale)
 
 
-def decompose_many(weights: dict, rank: int, alpha: float | None = None, method: str = "auto", progress=None) -> dict:
-    """Decompose many weights, batching same-shaped ones into one call.
+def chunk_budget(device: torch.device) -> int:
+    """Bytes of working copies one batched call may hold on `device`."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(free * GPU_CHUNK_FRACTION, GPU_CHUNK_BUDGET))
+    return CPU_CHUNK_BUDGET
 
-    `weights` maps a name to a tensor; returns name -> Basis. `progress`, if
-    given, is called with the number of weights just finished.
+
+def working_bytes(shape, dtype: torch.dtype, rank: int) -> int:
+    """About what decomposing one (m, n) weight holds at its peak: the stacked
+    input, its float64 copy, room for as much again (the float32 copy, or the
+    exact SVD's float64 factors), and the iteration's blocks."""
+    m, n = shape
+    item = torch.empty((), dtype=dtype).element_size()
+    return m * n * (item + 16) + 8 * (m + n) * min(rank + SUBSPACE_OVERSAMPLE, m, n) * 8
+
+
+def decompose_many(
+    weights: dict, rank: int, alpha: float | None = None, method: str = "auto", progress=None, memory_budget: int | None = None
+) -> dict:
+    """Decompose many weights, batching same-shaped ones into chunked calls.
+
+    `weights` maps a name to a tensor; returns name -> Basis (on the weights'
+    device). Same-shaped weights are stacked a chunk at a time, each chunk
+    holding at most `memory_budget` bytes of working copies (default: half
+    the free GPU memory up to 16 GiB, or 2 GiB on the CPU), and at least one
+    weight. `progress`, if given, is called with the number of weights just finished.
     """
     scale = (alpha if alpha is not None else rank) / rank
     groups: dict[tuple, list[str]] = {}
@@ -145,20 +224,38 @@ def decompose_many(weights: dict, rank: int, alpha: float | None = None, method:
         check_rank(w.shape, rank, name)
         groups.setdefault((tuple(w.shape), w.device, w.dtype), []).append(name)
     out = {}
-    for (_shape, _device, _dtype), names in groups.items():
-        stack = torch.stack([as_matrix(weights[n]) for n in names])
-        q, r = _decompose_stack(stack, rank, scale, _pick_method(stack, method))
-        for i, name in enumerate(names):
-            out[name] = Basis(q[i].to(torch.float32).contiguous(), r[i].to(torch.float32).contiguous(), scale)
-        if progress is not None:
-            progress(len(names))
+    for (shape, device, dtype), names in groups.items():
+        budget = memory_budget if memory_budget is not None else chunk_budget(device)
+        size = max(1, budget // working_bytes(shape, dtype, rank))
+        for start in range(0, len(names), size):
+            chunk = names[start : start + size]
+            stack = torch.stack([as_matrix(weights[n]) for n in chunk])
+            q, r = _decompose_stack(stack, rank, scale, _pick_method(stack, method))
+            del stack
+            for i, name in enumerate(chunk):
+                out[name] = Basis(q[i].to(torch.float32).contiguous(), r[i].to(torch.float32).contiguous(), scale)
+            if progress is not None:
+                progress(len(chunk))
     return out
 
 
+def _orthonormal64(q: torch.Tensor) -> torch.Tensor:
+    """q's columns re-orthonormalized in float64 (a float32 Q is orthonormal only to ~1e-7)."""
+    q = q.to(torch.float64)
+    chol, info = torch.linalg.cholesky_ex(q.mT @ q)
+    if bool(info.any()):
+        return torch.linalg.qr(q)[0]
+    return torch.linalg.solve_triangular(chol.mT, q, upper=True, left=False)
+
+
 def subspace_error(qa: torch.Tensor, qb: torch.Tensor) -> float:
-    """sin of the largest principal angle between the column spaces of qa and qb."""
+    """sin of the largest principal angle between the column spaces of qa and qb.
+
+    Both are re-orthonormalized in float64 first: measured on the stored
+    float32 columns directly, rounding alone reads as ~1e-4 (sin θ ~ sqrt(2ε)).
+    """
     if qa.shape != qb.shape:
         return 1.0
-    cos = torch.linalg.svdvals(qa.to(torch.float64).T @ qb.to(torch.float64))
+    cos = torch.linalg.svdvals(_orthonormal64(qa).mT @ _orthonormal64(qb))
     smallest = float(cos.min().clamp(max=1.0))
     return (1.0 - smallest * smallest) ** 0.5

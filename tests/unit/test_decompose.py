@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qrlora_core.decompose import decompose, decompose_many, subspace_error
+from qrlora_core.decompose import _orthonormalize, decompose, decompose_many, subspace_error, working_bytes
 
 
 def decaying(m, n, power, generator, dtype=torch.float32):
@@ -83,3 +83,86 @@ def test_subspace_error_detects_rotation_and_difference(rng):
     assert subspace_error(q, q @ rotation) < 1e-7
     other, _ = torch.linalg.qr(torch.randn(30, 5, generator=rng, dtype=torch.float64))
     assert subspace_error(q, other) > 0.5
+
+
+# ---------------------------------------------------------------- speed work: chunking, Cholesky QR, metric
+
+
+def test_chunked_decompose_many_stays_within_budget_and_exact(rng):
+    weights = {f"w{i}": decaying(48, 40, 1.0, rng) for i in range(5)}
+    weights["tall"] = decaying(64, 24, 0.5, rng)
+    chunks = []
+    one = decompose_many({"w0": weights["w0"]}, 6, method="exact")["w0"]
+    budget = working_bytes((48, 40), torch.float32, 6) * 2  # two 48x40 weights per chunk
+    bases = decompose_many(weights, 6, method="subspace", progress=chunks.append, memory_budget=budget)
+    assert sorted(chunks) == [1, 1, 2, 2]  # 5 same-shaped weights in chunks of 2, 2, 1; the tall one alone
+    for name, w in weights.items():
+        exact = torch.linalg.svd(w.double(), full_matrices=False)[0][:, :6]
+        assert subspace_error(bases[name].q, exact) < 1e-6
+    assert torch.allclose(bases["w0"].q.double().T @ one.q.double(), torch.eye(6, dtype=torch.float64), atol=1e-5)  # same canonical signs
+
+
+def test_chunked_exact_equals_unchunked(rng):
+    weights = {f"w{i}": torch.randn(20, 16, generator=rng) for i in range(4)}
+    whole = decompose_many(weights, 5, method="exact")
+    chunked = decompose_many(weights, 5, method="exact", memory_budget=1)  # at least one weight per chunk
+    for name in weights:
+        assert torch.allclose(whole[name].q, chunked[name].q, atol=1e-6)
+        assert torch.allclose(whole[name].r, chunked[name].r, atol=1e-5)
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0])
+def test_subspace_q_and_r_match_published_algorithm(power, rng):
+    w = decaying(200, 120, power, rng)
+    basis = decompose(w, 12, alpha=24.0, method="subspace")
+    q_ref, r_ref, _ = published_reference(w, 12, 24.0)
+    signs = torch.sign((basis.q.double() * q_ref).sum(0))
+    assert torch.allclose(basis.q.double(), q_ref * signs, atol=1e-5)
+    assert torch.allclose(basis.r.double(), r_ref * signs[:, None], atol=1e-5 * r_ref.abs().max())
+    assert torch.all(torch.diagonal(basis.r) > 0)
+
+
+def test_cholesky_orthonormalization_spans_the_block(rng):
+    x = torch.randn(3, 300, 40, generator=rng, dtype=torch.float64) @ torch.diag(torch.logspace(0, -3, 40, dtype=torch.float64))
+    q = _orthonormalize(x.float())
+    eye = torch.eye(40, dtype=torch.float64)
+    for i in range(3):
+        qi = q[i].double()
+        assert torch.allclose(qi.T @ qi, eye, atol=1e-3)  # one float32 pass; good enough to iterate on
+        ref = torch.linalg.qr(x[i])[0]
+        assert subspace_error(qi, ref) < 1e-4
+    q64 = _orthonormalize(x)
+    assert torch.allclose(q64[0].T @ q64[0], eye, atol=1e-10)
+
+
+def test_rank_deficient_block_falls_back_to_householder(rng):
+    x = torch.randn(50, 6, generator=rng, dtype=torch.float64)
+    x[:, 3] = x[:, 0]  # singular Gram matrix
+    q = _orthonormalize(x)
+    assert torch.isfinite(q).all()
+    assert torch.allclose(q.T @ q, torch.eye(6, dtype=torch.float64), atol=1e-10)
+
+
+def test_zero_weight_decomposes_without_nan(rng):
+    basis = decompose(torch.zeros(40, 30), 4, method="subspace")
+    assert torch.isfinite(basis.q).all() and torch.isfinite(basis.r).all()
+    assert torch.allclose(basis.r, torch.zeros_like(basis.r))
+
+
+def test_float32_matmul_precision_is_restored(rng):
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        decompose(decaying(60, 50, 1.0, rng), 5, method="subspace")
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_subspace_error_is_not_fooled_by_float32_rounding(rng):
+    q, _ = torch.linalg.qr(torch.randn(4096, 64, generator=rng, dtype=torch.float64))
+    assert subspace_error(q.float(), q.float()) < 1e-6
+    assert subspace_error(q.float(), q) < 1e-6
+    tilted = q.clone()
+    tilted[:, 0] = torch.cos(torch.tensor(1e-4, dtype=torch.float64)) * q[:, 0] + torch.sin(torch.tensor(1e-4, dtype=torch.float64)) * torch.linalg.qr(torch.randn(4096, 65, generator=rng, dtype=torch.float64))[0][:, -1]
+    assert subspace_error(tilted.float(), q) == pytest.approx(1e-4, rel=0.05)

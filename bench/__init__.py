@@ -1,0 +1,1 @@
+"""The speed bench (see README.md beside this file); run it as `python bench/run.py`."""
