@@ -5,6 +5,15 @@ weights pass through a `QRWeightWrapper` (ModelPatcher weight wrappers,
 as ComfyUI's own LoRA trainer does), and the wrappers are removed again
 afterwards. The MODEL output is the base with the trained adapter applied
 as ordinary patches, exactly what Load QR-LoRA + Apply to Model give.
+
+Memory beyond the model (measured: bench/train_memory.py, bench/train_memory.md).
+Per target of m x n weights at rank r, for the whole run: Q (4·r·m bytes)
+and ΔR, its gradient and AdamW's two moments (4·4·r·n), so 4·r·(m + 4n);
+no residual and no R. Per step: each trained weight key hands its layer a
+patched W' = W + s·Q·ΔR (m x n in the training dtype) that autograd keeps
+until that layer's backward; with gradient checkpointing (the default)
+only one block's W' live at a time, without it all of them at once (about
+one more copy of the trained weights).
 """
 
 import json
@@ -172,16 +181,19 @@ class Checkpoints:
 
 
 def _release(mp, wrappers: dict) -> None:
-    """Take the training wrappers off the (shared) model's layers and unload the training clone."""
+    """Take the training wrappers off the layers of the model all clones share.
+
+    ComfyUI only rebuilds a layer's weight functions when it loads another
+    patcher, so without this a later forward of the still-loaded base model
+    could run through the trained ΔR. The model itself stays loaded (the
+    trained MODEL output, a clone, reuses it).
+    """
     ours = list(wrappers.values())
     for module in mp.model.modules():
         functions = getattr(module, "weight_function", None)
         if functions and any(f is w for f in functions for w in ours):
             module.weight_function = [f for f in functions if not any(f is w for w in ours)]
-    loaded = comfy.model_management.current_loaded_models
-    for i in range(len(loaded) - 1, -1, -1):
-        if loaded[i].model is mp:
-            loaded.pop(i).model_unload()
+    mp.weight_wrapper_patches = {}
 
 
 class QRLoRATrain(io.ComfyNode):

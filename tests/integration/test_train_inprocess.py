@@ -249,3 +249,18 @@ def test_continuing_an_adapter_keeps_its_basis_and_counts_steps(pack, folders, r
         assert torch.equal(second.targets[name].q, t.q)
     assert any(not torch.equal(second.targets[n].delta_r, t.delta_r) for n, t in first.targets.items())
     assert "Continuing" in out.ui["text"][0]
+
+
+def test_images_of_different_sizes_train_one_at_a_time_in_bf16(pack, folders, rng):
+    model = models.patcher("sd15")
+    latents = [{"samples": torch.randn(1, 4, 8, 8, generator=rng)}, {"samples": torch.randn(1, 4, 8, 12, generator=rng)}]
+    caption = [[torch.randn(1, 8, 768, generator=rng), {}]]
+    out = train(pack, model, latents, [caption], steps=2, batch_size=2, grad_accumulation=2, training_dtype="bf16", gradient_checkpointing=True)
+    adapter, _, loss_map, _, steps = out.args
+    assert steps == 2 and len(loss_map["loss"]) == 2 and all(torch.isfinite(torch.tensor(loss_map["loss"])))
+    assert any(t.delta_r.any() for t in adapter.targets.values())
+    assert all(t.delta_r.dtype == torch.float32 for t in adapter.targets.values())  # ΔR is kept in fp32 whatever the training dtype
+    from comfyui_qrlora.qrlora_core.errors import AdapterError
+
+    with pytest.raises(AdapterError, match=r"3 captions \(conditionings\) for 2 training images"):
+        train(pack, model, latents, [caption, caption, caption], steps=1)
