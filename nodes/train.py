@@ -16,7 +16,6 @@ only one block's W' live at a time, without it all of them at once (about
 one more copy of the trained weights).
 """
 
-import json
 import logging
 import os
 

@@ -11,7 +11,9 @@ that and replace its outer loop, which
   before it spoils ΔR),
 - reports progress and honours the interrupt button once per optimizer step
   (and per accumulated micro-batch), and
-- hands each finished step to a callback (loss history, checkpoints).
+- hands each finished step to a callback (loss history, checkpoints),
+and runs every forward pass under OutOfPlaceUpdates (below), without which
+ComfyUI's Flux blocks give autograd errors or, checkpointed, wrong gradients.
 """
 
 import dis
@@ -24,7 +26,6 @@ import torch.utils.checkpoint
 from PIL import Image, ImageDraw, ImageFont
 
 import comfy.model_management
-import comfy.utils
 from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
 from comfy_extras.nodes_train import TrainSampler, process_cond_list
 

@@ -17,7 +17,6 @@ sigmas at every step): every trained step after the first must be lower.
 
 import glob
 import os
-import threading
 import time
 
 import pytest

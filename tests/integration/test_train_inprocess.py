@@ -99,7 +99,7 @@ def forward(patcher, arch, generator):
 
 @pytest.mark.parametrize("arch", ["flux", "sd15"])
 def test_wrapped_model_is_the_base_at_step_zero_and_only_delta_r_learns(pack, folders, arch, rng):
-    from comfyui_qrlora.nodes import files, keymap
+    from comfyui_qrlora.nodes import files
     from comfyui_qrlora.nodes.train import _base_weights, _release, trainable_targets
     from comfyui_qrlora.nodes.train_loop import OutOfPlaceUpdates
     from comfyui_qrlora.qrlora_core.training import TrainConfig, TrainTargets, select
