@@ -4,5 +4,6 @@ from .apply import QRLoRAApply
 from .loader import QRLoRALoader
 from .merge import QRLoRAMerge
 from .save import QRLoRAExportLoRA, QRLoRASave
+from .train import QRLoRATrain
 
-NODES = [QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA]
+NODES = [QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrain]

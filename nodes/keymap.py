@@ -36,16 +36,8 @@ def target_shape(model_patcher, target) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
-def base_weight(model_patcher, key: str):
-    """The unpatched weight. Clones share one module, and whichever clone ran
-    last may have patched it in place; ComfyUI then keeps the original in the
-    backup that all clones share."""
-    backup = model_patcher.backup.get(key)
-    return backup.weight if backup is not None else comfy.utils.get_attr(model_patcher.model, key)
-
-
 def target_weight(model_patcher, target):
-    """The unpatched base weight (or its row slice) a target addresses, as a 2-D view."""
+    """The weight (or its row slice) a target addresses as this patcher makes it (see base_weight), 2-D."""
     key, offset = split_target(target)
     weight = base_weight(model_patcher, key)
     if offset is not None:
@@ -73,3 +65,28 @@ def named_targets(model_patcher) -> dict:
         names = {k: v for k, v in key_map.items() if k.startswith("diffusion_model.") and isinstance(v, str) and k + ".weight" == v}
     state = model_patcher.model.state_dict()
     return {k: v for k, v in sorted(names.items()) if _is_trainable(state.get(split_target(v)[0]))}
+
+
+def base_weight(model_patcher, key: str):
+    """A weight as this patcher makes it: its own patches applied, none that another clone left in place.
+
+    ComfyUI patches the one shared model in place for whichever clone was
+    loaded last (keeping the originals in the clones' shared backup), so
+    the stored tensor alone may carry someone else's LoRA. No copy is made
+    when the stored weight already is the answer.
+    """
+    import torch
+    from comfy.model_patcher import get_key_weight
+
+    weight, _, convert = get_key_weight(model_patcher.model, key)
+    backup = model_patcher.backup.get(key)
+    if backup is not None:
+        weight = backup.weight
+    if convert is None and key not in model_patcher.patches:
+        return weight
+    out = weight.to(torch.float32, copy=True)
+    if convert is not None:
+        out = convert(out, inplace=True)
+    if key in model_patcher.patches:
+        out = comfy.lora.calculate_weight(model_patcher.patches[key], out, key)
+    return out if convert is not None else out.to(weight.dtype)

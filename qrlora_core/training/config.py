@@ -1,0 +1,106 @@
+"""Training settings: one dataclass whose field help texts are the node's tooltips.
+
+Defaults follow the reference training setup (METHOD.md) where it has one:
+rank 64, alpha = rank (s = 1), lr 1e-4, AdamW, the triangular ΔR, and the
+paper's attention + MLP targets.
+"""
+
+import re
+from dataclasses import MISSING, dataclass, field, fields
+
+# The paper's targets on canonical adapter names, in both spellings:
+# diffusers-style `transformer.transformer_blocks.0.attn.to_q` (Flux, SD3) and
+# kohya-style `lora_unet_..._transformer_blocks_0_attn1_to_q` (SD1.5, SDXL,
+# whose UNets number their attentions attn1 / attn2).
+_ATTENTION = r"attn\d?[._](?:to_q|to_k|to_v|to_out[._]0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+_MLP = r"(?:ff|ff_context)[._]net[._](?:0[._]proj|2)"
+PRESETS = {
+    "attention + MLP (paper)": rf"(?:^|[._])(?:{_ATTENTION}|{_MLP})$",
+    "attention only": rf"(?:^|[._]){_ATTENTION}$",
+    "custom pattern": None,
+}
+OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
+TRAINING_DTYPES = ("bf16", "fp32")
+
+
+def _help(text: str, **limits) -> dict:
+    return {"help": text, **limits}
+
+
+@dataclass
+class TrainConfig:
+    rank: int = field(default=64, metadata=_help(
+        "Rank r of the frozen basis Q (m x r) and the trained ΔR (r x n) per layer; the reference uses 64.", min=1, max=1024))
+    alpha: float = field(default=0.0, metadata=_help(
+        "Scale numerator: the delta is (alpha / rank) · Q · ΔR. 0 means alpha = rank (scale 1, as the reference).", min=0.0, max=4096.0))
+    steps: int = field(default=1000, metadata=_help(
+        "Optimizer steps to train (each sees batch size x gradient accumulation images).", min=1, max=1_000_000))
+    learning_rate: float = field(default=1e-4, metadata=_help(
+        "Learning rate of the optimizer; the reference uses 1e-4 (constant).", min=1e-7, max=1.0))
+    batch_size: int = field(default=1, metadata=_help(
+        "Images per forward pass, drawn at random from the latents.", min=1, max=1024))
+    grad_accumulation: int = field(default=1, metadata=_help(
+        "Forward passes whose gradients are summed before each optimizer step; the reference uses 4.", min=1, max=1024))
+    seed: int = field(default=0, metadata=_help(
+        "Seed for the noise, timesteps and image order: the same seed and inputs train the same adapter.", min=0, max=0xFFFFFFFFFFFFFFFF))
+    optimizer: str = field(default="AdamW", metadata=_help(
+        "Optimizer for ΔR (constant learning rate); the reference uses AdamW.", options=OPTIMIZERS))
+    training_dtype: str = field(default="bf16", metadata=_help(
+        "Precision of the model's forward and backward passes (ΔR itself is kept in fp32).", options=TRAINING_DTYPES))
+    gradient_checkpointing: bool = field(default=True, metadata=_help(
+        "Recompute activations block by block in the backward pass: much less memory, about a third more time."))
+    target_preset: str = field(default="attention + MLP (paper)", metadata=_help(
+        "Which layers get a QR-LoRA: the paper's attention + MLP projections, attention only, or the pattern below.", options=tuple(PRESETS)))
+    target_pattern: str = field(default="", metadata=_help(
+        "With 'custom pattern': a regular expression searched in the layer names (e.g. 'attn1?[._]to_[qkv]$'); "
+        "names look like 'transformer.transformer_blocks.0.attn.to_q' (Flux, SD3) or "
+        "'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q' (SD1.5, SDXL)."))
+    triangular: bool = field(default=True, metadata=_help(
+        "Keep ΔR upper triangular (entries below the diagonal stay 0), the reference scripts' default; "
+        "its files store only the upper part."))
+    checkpoint_every: int = field(default=0, metadata=_help(
+        "Save a checkpoint into the loras folder every N steps (0: only at the end, or when interrupted).", min=0, max=1_000_000))
+    filename_prefix: str = field(default="qrlora/trained", metadata=_help(
+        "Checkpoint names inside the loras folder: <prefix>_<run>_step<steps>.safetensors."))
+    trigger_words: str = field(default="", metadata=_help(
+        "The word(s) your captions use for the new concept or style (e.g. '<s> style'); stored in the file's metadata."))
+
+    @property
+    def scale_alpha(self) -> float:
+        return float(self.alpha) if self.alpha > 0 else float(self.rank)
+
+    def target_regex(self) -> "re.Pattern":
+        from ..errors import AdapterError
+
+        pattern = PRESETS.get(self.target_preset, MISSING)
+        if pattern is MISSING:
+            raise AdapterError(f"'{self.target_preset}' is not a target preset; choose one of: {', '.join(PRESETS)}.")
+        if pattern is None:
+            pattern = self.target_pattern.strip()
+            if not pattern:
+                raise AdapterError("The target preset is 'custom pattern' but the pattern is empty: enter a regular expression for the layer names.")
+        try:
+            return re.compile(pattern)
+        except re.error as e:
+            raise AdapterError(f"The target pattern {pattern!r} is not a valid regular expression ({e}); fix it or pick a preset.") from None
+
+
+def help_text(name: str) -> str:
+    """The tooltip of a TrainConfig field."""
+    return _field(name).metadata["help"]
+
+
+def limits(name: str) -> dict:
+    """min / max / options of a field, for the node's widget."""
+    return {k: v for k, v in _field(name).metadata.items() if k != "help"}
+
+
+def default(name: str):
+    return _field(name).default
+
+
+def _field(name: str):
+    for f in fields(TrainConfig):
+        if f.name == name:
+            return f
+    raise KeyError(name)

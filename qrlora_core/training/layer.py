@@ -1,0 +1,99 @@
+"""The layer math of training: W' = W + s · Q · (M ⊙ ΔR), only ΔR learned.
+
+Training needs neither the residual W_res nor R: W_res + s·Q·(R + ΔR)
+equals W + s·Q·ΔR (METHOD.md, point 6), so the frozen extra per target is
+Q alone (m x r, a buffer, never a parameter) and the trained part is ΔR
+(r x n, zero at the start, so the first forward is the base model's).
+The triangular variant masks ΔR with M = triu(ones(r, n)) on every
+forward; `torch.triu(ΔR)` is that product without storing M.
+
+`QRWeightWrapper` is what ComfyUI calls on a weight before using it (a
+ModelPatcher weight wrapper): one per weight key, holding one `QRDelta`
+per target. A fused matrix (Flux/SD3 qkv, Flux single blocks' linear1)
+holds several targets, each adding only to its own rows.
+"""
+
+import torch
+
+
+class QRDelta(torch.nn.Module):
+    """One target: frozen Q (m x r), trainable ΔR (r x n), scale s = alpha / rank."""
+
+    def __init__(self, q: torch.Tensor, delta_r: torch.Tensor, scale: float = 1.0, triangular: bool = True):
+        super().__init__()
+        q = q.detach()  # float32 from the basis store; float64 in the tests' references
+        if delta_r.dim() != 2 or delta_r.shape[0] != q.shape[1]:
+            raise ValueError(f"ΔR of shape {tuple(delta_r.shape)} does not fit Q of shape {tuple(q.shape)}")
+        self.register_buffer("q", q.contiguous())
+        self.delta_r = torch.nn.Parameter(delta_r.detach().to(device=q.device, dtype=q.dtype).clone())
+        self.scale = float(scale)
+        self.triangular = triangular
+
+    @classmethod
+    def zeros(cls, q: torch.Tensor, in_features: int, scale: float = 1.0, triangular: bool = True) -> "QRDelta":
+        """A fresh target: ΔR = 0, so W' = W until the first optimizer step."""
+        return cls(q, torch.zeros(q.shape[1], in_features, device=q.device, dtype=q.dtype), scale, triangular)
+
+    @property
+    def out_features(self) -> int:
+        return self.q.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.delta_r.shape[1]
+
+    @property
+    def rank(self) -> int:
+        return self.q.shape[1]
+
+    def masked_delta_r(self) -> torch.Tensor:
+        return torch.triu(self.delta_r) if self.triangular else self.delta_r
+
+    def add_to(self, matrix: torch.Tensor) -> torch.Tensor:
+        """matrix + s · Q · (M ⊙ ΔR), out of place, in the matrix's dtype (one fused addmm)."""
+        q = self.q.to(device=matrix.device, dtype=matrix.dtype)
+        delta_r = self.masked_delta_r().to(device=matrix.device, dtype=matrix.dtype)
+        return torch.addmm(matrix, q, delta_r, alpha=self.scale)
+
+    def add_to_(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The same, in place (on a tensor this module's caller owns)."""
+        q = self.q.to(device=matrix.device, dtype=matrix.dtype)
+        delta_r = self.masked_delta_r().to(device=matrix.device, dtype=matrix.dtype)
+        return matrix.addmm_(q, delta_r, alpha=self.scale)
+
+
+class QRWeightWrapper(torch.nn.Module):
+    """W -> W' for one weight key: each target adds s·Q·ΔR to its rows (all rows when unsliced).
+
+    `rows` holds (start, length) per target, or None for a target that is
+    the whole weight. Linear weights (m, n) and 1x1 convolutions (m, n, 1, 1).
+    """
+
+    def __init__(self, targets: list[QRDelta], rows: list[tuple[int, int] | None]):
+        super().__init__()
+        if len(targets) != len(rows) or not targets:
+            raise ValueError("one row range (or None) per target, at least one target")
+        if None in rows and len(rows) > 1:
+            raise ValueError("a target covering the whole weight cannot share it with other targets")
+        self.targets = torch.nn.ModuleList(targets)
+        self.rows = list(rows)
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.forward(weight)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        matrix = weight.reshape(weight.shape[0], -1)
+        if self.rows[0] is None:
+            return self.targets[0].add_to(matrix).reshape(weight.shape)
+        out = matrix.clone()  # never write into the caller's tensor
+        for target, (start, length) in zip(self.targets, self.rows):
+            target.add_to_(out.narrow(0, start, length))
+        return out.reshape(weight.shape)
+
+    def passive_memory_usage(self) -> int:
+        """Bytes held by the wrapper itself (ComfyUI counts this when loading the model)."""
+        return sum(t.numel() * t.element_size() for t in [*self.parameters(), *self.buffers()])
+
+    def move_to(self, device) -> int:
+        self.to(device=device)
+        return self.passive_memory_usage()

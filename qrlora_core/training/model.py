@@ -1,0 +1,108 @@
+"""Finding the layers to train and building their QR-LoRA training layers.
+
+Works on plain data: a dict of canonical adapter names -> base weight (a
+2-D view, row slices of fused matrices included) and, for wiring, names ->
+(weight key, row range or None). The ComfyUI side (nodes/train.py) supplies
+both from the model's own LoRA key map. The basis comes from a
+`BasisStore`, so a second training on the same base loads it from disk.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ..adapter import QRLoRA, QRTarget
+from ..basis import BasisStore
+from ..decompose import max_rank
+from ..errors import AdapterError
+from ..fingerprint import digest, sketch
+from .layer import QRDelta, QRWeightWrapper
+
+
+def select(names, regex) -> list[str]:
+    """The names the target regex finds (re.search), in order."""
+    return [n for n in names if regex.search(n)]
+
+
+def _check_rank(shapes: dict, rank: int) -> None:
+    too_small = {n: s for n, s in shapes.items() if rank > max_rank(s)}
+    if too_small:
+        name, shape = min(too_small.items(), key=lambda item: max_rank(item[1]))
+        raise AdapterError(
+            f"Rank {rank} is larger than layer {name} allows ({tuple(shape)}, at most rank {max_rank(shape)}): "
+            f"lower the rank to {max_rank(shape)} or less, or leave such layers out with the target pattern."
+        )
+
+
+@dataclass
+class TrainTargets:
+    """The QR-LoRA layers of one training run, by canonical name."""
+
+    layers: dict  # name -> QRDelta
+    rank: int
+    alpha: float
+    sketches: dict  # name -> fingerprint sketch of the base weight
+    basis_id: str | None = None
+
+    @classmethod
+    def new(cls, weights: dict, rank: int, alpha: float, triangular: bool, store: BasisStore, progress=None) -> "TrainTargets":
+        """Fresh targets (ΔR = 0) on the base weights' basis, decomposed once per base and rank."""
+        _check_rank({n: tuple(w.shape) for n, w in weights.items()}, rank)
+        basis_id, qs, sketches = store.get_or_build(weights, rank, progress=progress)
+        scale = alpha / rank
+        layers = {n: QRDelta.zeros(qs[n].to(weights[n].device), weights[n].shape[1], scale, triangular) for n in weights}
+        return cls(layers, rank, alpha, sketches, basis_id)
+
+    @classmethod
+    def resume(cls, adapter: QRLoRA, weights: dict, triangular: bool) -> "TrainTargets":
+        """Continue an adapter: its own Q and ΔR for the layers the model has (`weights`)."""
+        if not adapter.shared_basis:
+            raise AdapterError(
+                f"{adapter.source} is a mix of adapters with different bases, which cannot be trained further: "
+                "continue from one of the adapters it was mixed from."
+            )
+        layers, sketches = {}, {}
+        for name, weight in weights.items():
+            t = adapter.targets[name]
+            layers[name] = QRDelta(t.q.to(weight.device), t.delta_r.to(weight.device), adapter.scale, triangular)
+            sketches[name] = t.fingerprint if t.fingerprint is not None else sketch(weight)
+        return cls(layers, adapter.rank, adapter.alpha, sketches, adapter.metadata.get("basis"))
+
+    def parameters(self) -> list:
+        return [layer.delta_r for layer in self.layers.values()]
+
+    def trainable_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def wrappers(self, where: dict) -> dict:
+        """weight key -> QRWeightWrapper; `where` maps a name to (key, None) or (key, (dim, start, length))."""
+        grouped: dict = {}
+        for name, layer in self.layers.items():
+            key, offset = where[name]
+            if offset is not None and offset[0] != 0:
+                raise AdapterError(f"Layer {name} is a column slice of {key}, which QR-LoRA training does not support: leave it out with the target pattern.")
+            rows = None if offset is None else (offset[1], offset[2])
+            grouped.setdefault(key, []).append((layer, rows))
+        return {key: QRWeightWrapper([l for l, _ in parts], [r for _, r in parts]) for key, parts in grouped.items()}
+
+    def base_fingerprint(self) -> str:
+        return digest(self.sketches)
+
+    @torch.no_grad()
+    def to_adapter(self, metadata: dict | None = None, source: str = "") -> QRLoRA:
+        """The trained adapter, ΔR stored masked (what is added to the model), on the CPU in float32."""
+        targets = {
+            name: QRTarget(
+                q=layer.q.detach().to("cpu", torch.float32).clone(),
+                delta_r=layer.masked_delta_r().detach().to("cpu", torch.float32).clone(),
+                fingerprint=self.sketches.get(name),
+            )
+            for name, layer in self.layers.items()
+        }
+        meta = {"base_fingerprint": self.base_fingerprint(), **(metadata or {})}
+        if self.basis_id:
+            meta["basis"] = self.basis_id
+        return QRLoRA(targets, rank=self.rank, alpha=self.alpha, format="native", metadata=meta, source=source)
+
+    def all_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.parameters())

@@ -1,0 +1,189 @@
+"""Training layers and targets (qrlora_core.training), against float64 references."""
+
+import re
+
+import pytest
+import torch
+
+from qrlora_core import AdapterError
+from qrlora_core.basis import BasisStore
+from qrlora_core.training import PRESETS, QRDelta, QRWeightWrapper, TrainConfig, TrainTargets, select
+from qrlora_core.training import config as settings
+
+
+def orthonormal(m, r, generator):
+    q, _ = torch.linalg.qr(torch.randn(m, r, generator=generator, dtype=torch.float64))
+    return q
+
+
+def random_delta(q, n, generator, scale=1.0, triangular=True):
+    return QRDelta(q, torch.randn(q.shape[1], n, generator=generator, dtype=torch.float64), scale, triangular)
+
+
+def test_patched_weight_is_w_plus_s_q_masked_delta_r(rng):
+    w = torch.randn(24, 16, generator=rng, dtype=torch.float64)
+    q = orthonormal(24, 6, rng)
+    for triangular in (True, False):
+        layer = random_delta(q, 16, rng, scale=2.5, triangular=triangular)
+        mask = torch.triu(torch.ones(6, 16, dtype=torch.float64)) if triangular else torch.ones(6, 16, dtype=torch.float64)
+        expected = w + 2.5 * q @ (mask * layer.delta_r.detach())
+        got = QRWeightWrapper([layer], [None])(w)
+        assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_step_zero_is_the_base_weight_exactly(rng):
+    for shape in ((24, 16), (24, 16, 1, 1)):  # linear and 1x1 conv
+        w = torch.randn(*shape, generator=rng)
+        layer = QRDelta.zeros(orthonormal(24, 4, rng).float(), 16, scale=3.0)
+        assert torch.equal(QRWeightWrapper([layer], [None])(w), w)
+    fused = torch.randn(40, 16, generator=rng)
+    parts = [QRDelta.zeros(orthonormal(8, 4, rng).float(), 16) for _ in range(3)]
+    assert torch.equal(QRWeightWrapper(parts, [(0, 8), (8, 8), (16, 8)])(fused), fused)
+
+
+def test_fused_wrapper_adds_only_to_each_targets_rows(rng):
+    w = torch.randn(3 * 10 + 7, 12, generator=rng, dtype=torch.float64)  # q, k, v and rows no target owns
+    rows = [(0, 10), (10, 10), (20, 10)]
+    layers = [random_delta(orthonormal(10, 3, rng), 12, rng, scale=0.5) for _ in rows]
+    before = w.clone()
+    got = QRWeightWrapper(layers, rows)(w)
+    assert torch.equal(w, before)  # the caller's tensor is never written
+    for layer, (start, length) in zip(layers, rows):
+        expected = before[start : start + length] + 0.5 * layer.q @ torch.triu(layer.delta_r.detach())
+        assert torch.allclose(got[start : start + length], expected, rtol=0, atol=1e-12)
+    assert torch.equal(got[30:], before[30:])
+
+
+def test_triangular_mask_holds_in_forward_and_gradient(rng):
+    q = orthonormal(20, 5, rng)
+    layer = random_delta(q, 9, rng)
+    x = torch.randn(4, 9, generator=rng, dtype=torch.float64)
+    w = torch.randn(20, 9, generator=rng, dtype=torch.float64)
+    wrapper = QRWeightWrapper([layer], [None])
+    y = torch.nn.functional.linear(x, wrapper(w))
+    y.square().sum().backward()
+    below = torch.tril(torch.ones(5, 9, dtype=torch.bool), diagonal=-1)
+    assert torch.all(layer.delta_r.grad[below] == 0)
+    assert torch.all(layer.delta_r.grad[~below] != 0)
+    with torch.no_grad():  # entries below the diagonal do not reach the weight
+        layer.delta_r[below] = 1e3
+    assert torch.allclose(wrapper(w), w + q @ torch.triu(layer.delta_r.detach()), atol=1e-9)
+
+
+def test_only_delta_r_is_trained_and_it_is_half_a_lora_on_square_layers(rng):
+    shapes = {"a.to_q": (32, 32), "a.to_k": (32, 32), "a.ff.net.2": (32, 48)}
+    rank = 4
+    weights = {n: torch.randn(*s, generator=rng) for n, s in shapes.items()}
+    layers = {n: QRDelta.zeros(orthonormal(s[0], rank, rng).float(), s[1]) for n, s in shapes.items()}
+    wrappers = {n: QRWeightWrapper([layers[n]], [None]) for n in shapes}
+    trainable = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable} == {id(layers[n].delta_r) for n in shapes}
+    assert all(not b.requires_grad for w in wrappers.values() for b in w.buffers())  # Q is a frozen buffer
+    x = torch.randn(5, 32, generator=rng)
+    h = torch.nn.functional.linear(x, wrappers["a.to_q"](weights["a.to_q"])) + torch.nn.functional.linear(x, wrappers["a.to_k"](weights["a.to_k"]))
+    torch.nn.functional.linear(torch.cat([h, h[:, :16]], 1), wrappers["a.ff.net.2"](weights["a.ff.net.2"])).sum().backward()
+    assert all(layers[n].delta_r.grad is not None and layers[n].delta_r.grad.shape == (rank, s[1]) for n, s in shapes.items())
+    assert all(layers[n].q.grad is None for n in shapes)
+    count = sum(p.numel() for p in trainable)
+    assert count == sum(rank * n for _, n in shapes.values())
+    square = [n for n, (m, k) in shapes.items() if m == k]
+    assert sum(layers[n].delta_r.numel() for n in square) * 2 == sum(rank * (m + k) for m, k in (shapes[n] for n in square))
+
+
+def test_frozen_extra_per_target_is_q_alone(rng):
+    """Beyond the base weight a target holds Q (m x r) and ΔR (r x n): no residual, no R, no m x n copy."""
+    m, n, rank = 48, 32, 4
+    wrapper = QRWeightWrapper([QRDelta.zeros(orthonormal(m, rank, rng).float(), n)], [None])
+    assert [tuple(b.shape) for b in wrapper.buffers()] == [(m, rank)]
+    assert [tuple(p.shape) for p in wrapper.parameters()] == [(rank, n)]
+    assert wrapper.passive_memory_usage() == 4 * rank * (m + n)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return BasisStore(str(tmp_path / "bases"))
+
+
+def test_second_training_on_the_same_base_loads_the_basis_from_disk(store, rng):
+    weights = {"x.to_q": torch.randn(20, 12, generator=rng), "x.ff.net.2": torch.randn(12, 20, generator=rng)}
+    first = TrainTargets.new(weights, 4, 4.0, True, store)
+    stored = store.load(first.basis_id)
+    assert set(stored) == set(weights)
+    # Change what is on disk: a second run must return the file's Q, not a fresh decomposition.
+    store.save(first.basis_id, {name: -q for name, q in stored.items()}, first.sketches)
+    second = TrainTargets.new(weights, 4, 4.0, True, store)
+    assert second.basis_id == first.basis_id
+    for name in weights:
+        assert torch.equal(second.layers[name].q, -first.layers[name].q)
+        assert torch.equal(second.layers[name].delta_r, torch.zeros(4, weights[name].shape[1]))
+
+
+def test_trained_adapter_stores_the_masked_delta_and_its_basis(store, rng):
+    weights = {"x.to_q": torch.randn(20, 12, generator=rng)}
+    targets = TrainTargets.new(weights, 4, 8.0, True, store)
+    with torch.no_grad():
+        targets.layers["x.to_q"].delta_r.copy_(torch.randn(4, 12, generator=rng))
+    adapter = targets.to_adapter({"trigger_words": "<s>"})
+    t = adapter.targets["x.to_q"]
+    assert torch.equal(t.delta_r, torch.triu(targets.layers["x.to_q"].delta_r.detach()))
+    assert adapter.scale == 2.0 and adapter.metadata["basis"] == targets.basis_id and adapter.metadata["trigger_words"] == "<s>"
+    assert adapter.metadata["base_fingerprint"] == targets.base_fingerprint()
+    resumed = TrainTargets.resume(adapter, weights, triangular=True)
+    assert torch.equal(resumed.layers["x.to_q"].q, t.q) and torch.equal(resumed.layers["x.to_q"].delta_r, t.delta_r)
+
+
+def test_rank_larger_than_a_layer_allows_is_refused_with_advice(store, rng):
+    weights = {"x.to_q": torch.randn(20, 12, generator=rng), "x.small": torch.randn(6, 12, generator=rng)}
+    with pytest.raises(AdapterError, match=r"Rank 8 is larger than layer x.small allows .* at most rank 6"):
+        TrainTargets.new(weights, 8, 8.0, True, store)
+
+
+FLUX_LIKE = [
+    "transformer.transformer_blocks.0.attn.to_q", "transformer.transformer_blocks.0.attn.to_out.0",
+    "transformer.transformer_blocks.0.attn.add_v_proj", "transformer.transformer_blocks.0.attn.to_add_out",
+    "transformer.transformer_blocks.0.ff.net.0.proj", "transformer.transformer_blocks.0.ff.net.2",
+    "transformer.transformer_blocks.0.ff_context.net.0.proj", "transformer.transformer_blocks.0.ff_context.net.2",
+    "transformer.single_transformer_blocks.0.attn.to_k",
+]
+UNET_LIKE = [
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_v",
+    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_out_0",
+    "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_ff_net_0_proj",
+    "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_ff_net_2",
+]
+NEVER = [
+    "transformer.transformer_blocks.0.norm1.linear", "transformer.single_transformer_blocks.0.proj_mlp",
+    "transformer.single_transformer_blocks.0.proj_out", "transformer.proj_out", "transformer.context_embedder",
+    "lora_unet_down_blocks_0_attentions_0_proj_in", "lora_unet_down_blocks_0_attentions_0_proj_out",
+    "lora_unet_down_blocks_0_resnets_0_time_emb_proj", "lora_unet_time_embedding_linear_1",
+]
+
+
+def test_paper_preset_finds_the_published_targets_in_both_spellings():
+    regex = TrainConfig().target_regex()
+    assert select(FLUX_LIKE + UNET_LIKE + NEVER, regex) == FLUX_LIKE + UNET_LIKE
+
+
+def test_attention_preset_leaves_the_mlp_out():
+    regex = TrainConfig(target_preset="attention only").target_regex()
+    mlp = [n for n in FLUX_LIKE + UNET_LIKE if re.search(r"ff(_context)?[._]net", n)]
+    assert select(FLUX_LIKE + UNET_LIKE + NEVER, regex) == [n for n in FLUX_LIKE + UNET_LIKE if n not in mlp]
+
+
+def test_custom_pattern_is_used_and_a_bad_one_is_explained():
+    regex = TrainConfig(target_preset="custom pattern", target_pattern=r"attn1?[._]to_q$").target_regex()
+    assert select(FLUX_LIKE + UNET_LIKE, regex) == [FLUX_LIKE[0], UNET_LIKE[0]]
+    with pytest.raises(AdapterError, match="not a valid regular expression"):
+        TrainConfig(target_preset="custom pattern", target_pattern="attn(").target_regex()
+    with pytest.raises(AdapterError, match="the pattern is empty"):
+        TrainConfig(target_preset="custom pattern").target_regex()
+
+
+def test_every_setting_has_help_text_and_the_presets_are_offered():
+    from dataclasses import fields
+
+    for f in fields(TrainConfig):
+        assert len(settings.help_text(f.name)) > 20, f.name
+    assert tuple(PRESETS) == settings.limits("target_preset")["options"]
+    assert TrainConfig().scale_alpha == 64.0 and TrainConfig(rank=8, alpha=4.0).scale_alpha == 4.0
