@@ -32,7 +32,7 @@ from ..qrlora_core.formats import save_native
 from ..qrlora_core.training import TrainConfig, TrainTargets, select
 from ..qrlora_core.training import config as settings
 from . import files, keymap
-from .apply import build_patches
+from .apply import patches_for, resolve_targets
 from .train_loop import NonFiniteLoss, QRTrainSampler, checkpoint, loss_curve, make_optimizer
 from .types import QRLoRAType, describe
 
@@ -100,7 +100,7 @@ def _choose(model, config: TrainConfig, existing) -> tuple[dict, list[str]]:
     candidates = trainable_targets(model)
     notes = []
     if existing is not None:
-        build_patches(model, existing)  # refuses adapters of another base model, in the words Apply uses
+        resolve_targets(model, existing)  # refuses adapters of another base model, in the words Apply uses
         names = [n for n in existing.targets if n in candidates]
         if not names:
             raise AdapterError(f"{existing.source} has no layer this model can train; continue from an adapter made for this model.")
@@ -329,8 +329,7 @@ class QRLoRATrain(io.ComfyNode):
         name = checkpoints.save(total, losses[-1]) if checkpoints.saved_step != total else checkpoints.saved_name
         adapter = targets.to_adapter({**metadata, "steps": total, "loss": losses[-1]}, source=name)
         patched = model.clone()
-        patches, _ = build_patches(patched, adapter)
-        patched.add_patches(patches, 1.0)
+        patched.add_patches(patches_for(adapter, resolve_targets(patched, adapter)[0]), 1.0)
 
         curve = loss_curve(losses, first_step=steps_before + 1)
         text = "\n".join([
