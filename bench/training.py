@@ -14,12 +14,10 @@ guider calls.
 - lora: comfy.weight_adapter.LoRAAdapter.create_train(weight, rank, alpha=1)
   on every ComfyUI weight that holds a published target (fused qkv,
   proj, MLPs, single blocks' linear1), as the node does per weight.
-- qrlora: QRLoRATrainDiff below, the minimal equivalent of the training
-  layer being built on branch `train` (qrlora_core/training/layer.py, not
-  available to this bench): per published target (a row slice of the
-  fused weight) W + s·Q·triu(ΔR), Q a frozen buffer, ΔR (zero-init) the
-  only parameter. It materializes the adapted weight like LoRADiff does,
-  in one addmm per ComfyUI weight.
+- qrlora: the pack's own training layer (qrlora_core/training/layer.py):
+  one QRWeightWrapper per ComfyUI weight holding one QRDelta per published
+  target (a row slice of a fused weight): W + s·Q·triu(ΔR), Q a frozen
+  buffer, ΔR (zero-init) the only parameter, one addmm per target.
 """
 
 import contextlib
@@ -33,42 +31,6 @@ import torch.utils.checkpoint
 
 from .common import allocated_bytes, free_cache, gib, median, peak_bytes, reset_peak, timed
 from .flux import target_map
-
-
-class QRLoRATrainDiff(torch.nn.Module):
-    """W + s·Q_i·triu(ΔR_i) on each targeted row slice of one ComfyUI weight, as one addmm.
-
-    The targets' Qs sit in one frozen block-diagonal buffer (rows of W that
-    no target covers, like the MLP rows of a single block's linear1, are
-    zero), so the adapted weight is addmm(W, Q_blocks, stack(ΔR_i), alpha=s):
-    one fused op, where LoRADiff does up @ down, a scale and an add.
-    """
-
-    def __init__(self, pieces, out_features: int, in_features: int, scale: float, dtype, triangular: bool = True):
-        super().__init__()
-        rank = pieces[0][1].shape[1]
-        blocks = torch.zeros(out_features, rank * len(pieces), dtype=dtype, device=pieces[0][1].device)
-        for i, (start, q) in enumerate(pieces):
-            blocks[start : start + q.shape[0], i * rank : (i + 1) * rank] = q.to(dtype)
-        self.register_buffer("q_blocks", blocks)
-        self.delta_r = torch.nn.ParameterList(
-            torch.nn.Parameter(torch.zeros(rank, in_features, dtype=dtype, device=blocks.device)) for _ in pieces
-        )
-        mask = torch.ones(rank, in_features, dtype=torch.bool, device=blocks.device).triu() if triangular else None
-        self.register_buffer("mask", mask)
-        self.scale = scale
-
-    def __call__(self, w):
-        delta_r = [d * self.mask if self.mask is not None else d for d in self.delta_r]
-        stacked = torch.cat(delta_r) if len(delta_r) > 1 else delta_r[0]
-        return torch.addmm(w.reshape(w.shape[0], -1), self.q_blocks, stacked, alpha=self.scale).reshape(w.shape).to(w.dtype)
-
-    def passive_memory_usage(self):
-        return sum(t.numel() * t.element_size() for t in [*self.parameters(), *self.buffers()])
-
-    def move_to(self, device):
-        self.to(device)
-        return self.passive_memory_usage()
 
 
 @contextlib.contextmanager
@@ -136,17 +98,20 @@ def _wrappers(ctx, method, model, targets, qs):
     import comfy.utils
     from comfy.weight_adapter import LoRAAdapter
 
+    layer = ctx.core("training.layer")
     by_key = {}
     for name, where in targets.items():
         key, offset = (where, None) if isinstance(where, str) else where
-        by_key.setdefault(key, []).append((offset[1] if offset else 0, qs[name]))
+        by_key.setdefault(key, []).append(((offset[1], offset[2]) if offset else None, qs[name]))
     out = {}
     for key, pieces in by_key.items():
         weight = comfy.utils.get_attr(model, key)
         if method == "lora":
             out[key] = LoRAAdapter.create_train(weight, rank=ctx.rank, alpha=1.0).to(torch.bfloat16)
         else:
-            out[key] = QRLoRATrainDiff(sorted(pieces, key=lambda p: p[0]), weight.shape[0], weight.shape[1], 1.0, torch.bfloat16)
+            pieces = sorted(pieces, key=lambda p: p[0] or (0, 0))
+            deltas = [layer.QRDelta.zeros(q.to(torch.bfloat16), weight.shape[1], scale=1.0, triangular=True) for _, q in pieces]
+            out[key] = layer.QRWeightWrapper(deltas, [rows for rows, _ in pieces])
     return out
 
 
@@ -229,12 +194,12 @@ def _check_layer(ctx, model, targets, qs) -> float:
     import comfy.utils
 
     wrappers = _wrappers(ctx, "qrlora", model, targets, qs)
-    key = next(k for k, m in wrappers.items() if len(m.delta_r) > 1)
+    key = next(k for k, m in wrappers.items() if len(m.targets) > 1)
     module = wrappers[key]
     generator = torch.Generator(device=ctx.device).manual_seed(13)
     with torch.no_grad():
-        for d in module.delta_r:
-            d.copy_(torch.randn(d.shape, device=ctx.device, generator=generator) * 0.1)
+        for t in module.targets:
+            t.delta_r.copy_(torch.randn(t.delta_r.shape, device=ctx.device, generator=generator) * 0.1)
         w = comfy.utils.get_attr(model, key).detach()
         got = module(w).double()
         reference = w.double().clone()
@@ -242,7 +207,7 @@ def _check_layer(ctx, model, targets, qs) -> float:
         for i, name in enumerate(sorted(names, key=lambda n: targets[n][1][1] if not isinstance(targets[n], str) else 0)):
             start = 0 if isinstance(targets[name], str) else targets[name][1][1]
             q = qs[name].to(torch.bfloat16).double()
-            reference[start : start + q.shape[0]] += q @ torch.triu(module.delta_r[i].double())
+            reference[start : start + q.shape[0]] += q @ torch.triu(module.targets[i].delta_r.double())
     return float((got - reference).norm() / (reference - w.double()).norm())
 
 
