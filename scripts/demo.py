@@ -22,15 +22,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
 from support import demo_assets, workflow  # noqa: E402
-from support.server import PACK_FOLDER_NAME, Client, ComfyServer, make_base_directory  # noqa: E402
+from support.server import Client, ComfyServer, make_base_directory  # noqa: E402
 
 WORKFLOWS = os.path.join(ROOT, "workflows")
-
-
-def page_url(server_url: str, workflow_file: str) -> str:
-    """The page opened on one of the pack's example workflows."""
-    name = os.path.splitext(os.path.basename(workflow_file))[0]
-    return f"{server_url}/?template={name}&source={PACK_FOLDER_NAME}"
 
 
 def install_workflows(base: str) -> None:
@@ -85,7 +79,7 @@ def main() -> int:
     print(f"[demo] done in {time.time() - started:.0f} s.")
     print()
     print(f"  ComfyUI with comfyui-qrlora is running. Open the mixing workflow, ready to run:")
-    print(f"    {page_url(server.url, demo_assets.MIX_WORKFLOW)}")
+    print(f"    {demo_assets.page_url(server.url)}")
     print(f"  (the file: {demo_assets.MIX_WORKFLOW}; all four examples are in the page's Templates > Extensions")
     print("  and Workflows sidebar). Stop the server with: make stop")
     return 0

@@ -27,7 +27,7 @@ function setup(node) {
 }
 
 api.addEventListener(EVENT, ({ detail }) => {
-  const node = app.graph?.getNodeById(detail?.node);
+  const node = app.graph?.getNodeById(Number(detail?.node) || detail?.node);
   if (node?.type !== NODE || !node.qrlora) return;
   if (detail.step <= node.qrlora.losses.length) node.qrlora.losses.length = Math.max(0, detail.step - 1);
   node.qrlora.losses.push(Number(detail.loss));

@@ -53,6 +53,15 @@ def _write_adapters(base: str) -> None:
         save_native(adapter, _path(base, "models", "loras", file))
 
 
+def page_url(server_url: str, workflow_file: str = MIX_WORKFLOW) -> str:
+    """The page opened on one of the pack's example workflows (the frontend's own ?template= loader
+    reads it from the pack's example_workflows/, under the pack's folder name in custom_nodes)."""
+    from .server import PACK_FOLDER_NAME
+
+    name = os.path.splitext(os.path.basename(workflow_file))[0]
+    return f"{server_url}/?template={name}&source={PACK_FOLDER_NAME}"
+
+
 # The demo's model files and the tests' small ones (tests/integration/conftest.py)
 # come from the same builders with the same seeds: one can be a hard link of the other.
 TWINS = (
