@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -301,6 +302,7 @@ def build(names, url: str, info: dict) -> dict:
             groups, links = WORKFLOW_SPECS[name]()
             workflow, layout = draft(groups, links, info)
             out[name] = page.evaluate(LAYOUT_JS, {"workflow": workflow, "layout": layout})
+            out[name]["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-qrlora/workflows/{name}"))  # stable across rebuilds
         if page.errors:
             raise SystemExit(f"the page reported errors: {page.errors}")
     return out
