@@ -80,8 +80,9 @@ NOTE_INFO = {"Note": {"input": {"required": {"text": ["STRING", {"multiline": Tr
 BLUE, GREEN, PURPLE, BROWN = "#3f5f7f", "#3f6f4f", "#5f4f7f", "#6f5a3f"
 
 
-def N(key, node_type, title, width=300, **widgets):
-    return {"key": key, "type": node_type, "title": title, "width": width, "widgets": widgets}
+def N(key, node_type, title, box_w=300, box_h=0, **widgets):
+    """A node: its key in this script, type, title, least width/height on the canvas, widget values by name."""
+    return {"key": key, "type": node_type, "title": title, "width": box_w, "height": box_h, "widgets": widgets}
 
 
 def G(title, color, *columns):
@@ -98,15 +99,15 @@ def model_group(title="1 · Base model (demo SD1.5)"):
 
 def generate_group(title, prompt, prefix, model_from, steps=8, size=256, negative=""):
     nodes = G(title, BROWN, [
-        N("prompt", "CLIPTextEncode", "Prompt (with the trigger words)", width=360, text=prompt),
-        N("negative", "CLIPTextEncode", "Negative prompt", width=360, text=negative),
-        N("latent", "EmptyLatentImage", "Image size", width=360, width_=size, height=size, batch_size=1),
+        N("prompt", "CLIPTextEncode", "Prompt (with the trigger words)", box_w=360, text=prompt),
+        N("negative", "CLIPTextEncode", "Negative prompt", box_w=360, text=negative),
+        N("latent", "EmptyLatentImage", "Image size", box_w=360, width=size, height=size, batch_size=1),
     ], [
         N("sampler", "KSampler", "Sampler", seed=42, _control="fixed", steps=steps, cfg=4.0, sampler_name="euler",
           scheduler="normal", denoise=1.0),
         N("decode", "VAEDecode", "Decode"),
     ], [
-        N("save", "SaveImage", "Result", width=380, filename_prefix=prefix),
+        N("save", "SaveImage", "Result", box_w=380, box_h=330, filename_prefix=prefix),
     ])
     links = [
         (*model_from, "sampler", "model"), ("clip", 0, "prompt", "clip"), ("clip", 0, "negative", "clip"),
@@ -154,16 +155,16 @@ def train(kind: str):
             N("image", "LoadImage", f"{kind.capitalize()} image (drop your own here)", image=image, _upload="image"),
             N("encode", "VAEEncode", "Encode the image"),
         ], [
-            N("caption", "CLIPTextEncode", "Caption with the trigger word", width=360, text=caption),
+            N("caption", "CLIPTextEncode", "Caption with the trigger word", box_w=360, text=caption),
         ]),
         G(f"3 · Train the {kind} adapter", GREEN, [
-            N("train", "QRLoRATrain", f"Train {kind} adapter", width=340, rank=8, alpha=0.0, steps=200, learning_rate=1e-4,
+            N("train", "QRLoRATrain", f"Train {kind} adapter", box_w=340, box_h=640, rank=8, alpha=0.0, steps=200, learning_rate=1e-4,
               batch_size=1, grad_accumulation=1, seed=0, optimizer="AdamW", training_dtype="fp32",
               gradient_checkpointing=False, target_preset="attention + MLP (paper)", target_pattern="", triangular=True,
               checkpoint_every=0, filename_prefix=f"qrlora/{kind}", trigger_words=trigger),
         ], [
-            N("loss", "PreviewImage", "Loss curve", width=380),
-            N("note", "Note", "About training", text=TRAIN_NOTE.format(kind=kind, trigger=trigger)),
+            N("note", "Note", "About training", box_w=380, text=TRAIN_NOTE.format(kind=kind, trigger=trigger)),
+            N("loss", "PreviewImage", "Loss curve", box_w=380, box_h=300),
         ]),
         generate,
     ]
@@ -182,10 +183,10 @@ def compare():
             N("style", "QRLoRALoader", "Style adapter", lora_name=demo_assets.STYLE),
         ]),
         G("2 · ΔR cosine per layer", PURPLE, [
-            N("similarity", "QRLoRASimilarity", "Content vs style", width=420),
-            N("note", "Note", "Reading the plot", text=COMPARE_NOTE),
+            N("note", "Note", "Reading the plot", box_w=420, text=COMPARE_NOTE),
+            N("similarity", "QRLoRASimilarity", "Content vs style", box_w=420, box_h=480),
         ], [
-            N("save", "SaveImage", "Save the plot", width=420, filename_prefix="qrlora_compare/similarity"),
+            N("save", "SaveImage", "Save the plot", box_w=420, box_h=360, filename_prefix="qrlora_compare/similarity"),
         ]),
     ]
     links = [("content", 0, "similarity", "qr_lora_a"), ("style", 0, "similarity", "qr_lora_b"), ("similarity", 0, "save", "images")]
@@ -226,7 +227,7 @@ def draft(groups, links, info: dict) -> tuple[dict, dict]:
             for spec in column:
                 node_info = info[spec["type"]]
                 values = []
-                widgets = {("width" if k == "width_" else k): v for k, v in spec["widgets"].items()}
+                widgets = spec["widgets"]
                 for name in widget_names(node_info):
                     if name is None:
                         values.append(widgets.get("_control") or widgets.get("_upload"))
@@ -255,6 +256,7 @@ def draft(groups, links, info: dict) -> tuple[dict, dict]:
     layout = {
         "groups": [{"title": g["title"], "color": g["color"], "columns": [[ids[s["key"]] for s in c] for c in g["columns"]]} for g in groups],
         "widths": {ids[s["key"]]: s["width"] for g in groups for c in g["columns"] for s in c},
+        "heights": {ids[s["key"]]: s["height"] for g in groups for c in g["columns"] for s in c},
     }
     workflow = {"last_node_id": len(nodes), "last_link_id": len(link_rows), "nodes": nodes, "links": link_rows,
                 "groups": [], "config": {}, "extra": {}, "version": 0.4}
@@ -264,6 +266,12 @@ def draft(groups, links, info: dict) -> tuple[dict, dict]:
 LAYOUT_JS = """async ({workflow, layout}) => {
     await app.loadGraphData(workflow, true, true, null, {showMissingNodesDialog: false, showMissingModelsDialog: false});
     const TITLE = LiteGraph.NODE_TITLE_HEIGHT, GROUP_TITLE = 34, PAD = 16, GAP = 36;
+    const nodes = layout.groups.flatMap(g => g.columns.flat()).map(id => app.graph.getNodeById(id));
+    for (const node of nodes) {
+        const [w, h] = node.computeSize();
+        node.size = [Math.max(w, layout.widths[node.id]), Math.max(h, layout.heights[node.id])];
+    }
+    app.canvas.draw(true, true);  // drawing lays out the widgets, which may grow a node: place them after
     let x = 0;
     for (const g of layout.groups) {
         let colX = x + PAD, bottom = 0;
@@ -271,10 +279,8 @@ LAYOUT_JS = """async ({workflow, layout}) => {
             let y = GROUP_TITLE + PAD + TITLE, colWidth = 0;
             for (const id of column) {
                 const node = app.graph.getNodeById(id);
-                const [w, h] = node.computeSize();
-                node.size = [Math.max(w, layout.widths[id]), h];
                 node.pos = [colX, y];
-                y += h + TITLE + PAD;
+                y += node.size[1] + TITLE + PAD;
                 colWidth = Math.max(colWidth, node.size[0]);
             }
             colX += colWidth + GAP;
@@ -284,13 +290,19 @@ LAYOUT_JS = """async ({workflow, layout}) => {
         group.font_size = 18;
         group.color = g.color;
         group.pos = [x, 0];
-        group.size = [colX - GAP + PAD - x, bottom - PAD + PAD];
+        group.size = [colX - GAP + PAD - x, bottom];
         app.graph.add(group);
         x = colX - GAP + PAD + 60;
     }
     app.canvas.ds.offset = [100, 170];
     app.canvas.ds.scale = 0.6;
-    return JSON.parse(JSON.stringify(app.graph.serialize()));
+    const data = JSON.parse(JSON.stringify(app.graph.serialize()));
+    for (const n of data.nodes) {  // a node of a type the page lacks serializes as it was loaded: keep its new place
+        const live = app.graph.getNodeById(n.id);
+        n.pos = [...live.pos];
+        n.size = [...live.size];
+    }
+    return data;
 }"""
 
 

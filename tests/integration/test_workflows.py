@@ -32,7 +32,9 @@ def image_of(comfy, entry, node):
 def test_mix_workflow_runs_and_mixes_as_one_delta_r_sum(comfy, client, demo_models, object_info):
     wf, prompt = prompt_of("qrlora_mix", object_info)
     merge = workflow.node_id(wf, "Mix content + style")
-    workflow.set_inputs(prompt, workflow.node_id(wf, "Image size"), width=64, height=64)
+    size = workflow.node_id(wf, "Image size")
+    assert (prompt[size]["inputs"]["width"], prompt[size]["inputs"]["height"]) == (256, 256)  # as a user gets it
+    workflow.set_inputs(prompt, size, width=64, height=64)
     workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
     assert prompt[merge]["inputs"]["weight_1"] == 1.0 and prompt[merge]["inputs"]["weight_2"] == 0.8
     entry = client.run(prompt)
