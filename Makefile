@@ -6,7 +6,7 @@ PYTHON := .venv/bin/python
 PORT ?= 8188
 BASE ?= $(CURDIR)/.run/base
 
-.PHONY: setup serve demo stop test test-unit bench clean
+.PHONY: setup serve demo stop test test-unit test-browser workflows bench clean
 
 setup:
 	@./scripts/setup_host.sh
@@ -25,6 +25,13 @@ test: setup
 
 test-unit: setup
 	@cd tests && ../$(PYTHON) -m pytest unit $(PYTEST_ARGS)
+
+test-browser: setup
+	@cd tests && ../$(PYTHON) -m pytest browser $(PYTEST_ARGS)
+
+# Rebuild workflows/*.json (and example_workflows/) in the real page; see scripts/build_workflows.py.
+workflows: setup
+	@$(PYTHON) scripts/build_workflows.py
 
 bench: setup
 	@$(PYTHON) bench/run.py $(BENCH_ARGS)

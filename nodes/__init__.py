@@ -1,9 +1,13 @@
 """ComfyUI glue: one module per node family, each node a thin shell over qrlora_core."""
 
+from . import routes
 from .apply import QRLoRAApply
 from .loader import QRLoRALoader
 from .merge import QRLoRAMerge
 from .save import QRLoRAExportLoRA, QRLoRASave
+from .similarity import QRLoRASimilarity
 from .train import QRLoRATrain
 
-NODES = [QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrain]
+NODES = [QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrain, QRLoRASimilarity]
+
+routes.register()

@@ -4,7 +4,10 @@ demo: builds the small demo model (a one-level SD1.5 UNet, a CLIP-L text
 encoder and a TAESD decoder, random weights: no weights can be downloaded
 here) and two demo adapters (content and style) on one shared basis,
 starts ComfyUI with the pack on 127.0.0.1:PORT, runs the mixing workflow
-through /prompt, reports the image it wrote, and leaves the server running.
+(workflows/qrlora_mix.json, turned into its API form) through /prompt,
+reports the image it wrote, and leaves the server running. The URL it
+prints opens the page on that workflow (the frontend's ?template= loader
+reads it from the pack's example_workflows/).
 serve: only starts the server, in the foreground.
 """
 
@@ -18,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
-from support import demo_assets  # noqa: E402
+from support import demo_assets, workflow  # noqa: E402
 from support.server import Client, ComfyServer, make_base_directory  # noqa: E402
 
 WORKFLOWS = os.path.join(ROOT, "workflows")
@@ -65,7 +68,8 @@ def main() -> int:
         server.start(detach=True)
     client = Client(server.url)
     print("[demo] mixing the content and style adapters and generating an image ...")
-    entry = client.run(demo_assets.mix_prompt(), timeout=600)
+    prompt = workflow.to_api(workflow.load(demo_assets.MIX_WORKFLOW), client.object_info())
+    entry = client.run(prompt, timeout=600)
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
     if not images:
         print("[demo] the workflow ran but saved no image", file=sys.stderr)
@@ -74,9 +78,10 @@ def main() -> int:
         print(f"[demo] image written: {os.path.join(base, 'output', img['subfolder'], img['filename'])}")
     print(f"[demo] done in {time.time() - started:.0f} s.")
     print()
-    print(f"  ComfyUI with comfyui-qrlora is running: {server.url}")
-    print(f"  Open it and load the workflow: {os.path.join(WORKFLOWS, demo_assets.MIX_WORKFLOW)}")
-    print("  (also listed in the page's Workflows sidebar). Stop the server with: make stop")
+    print(f"  ComfyUI with comfyui-qrlora is running. Open the mixing workflow, ready to run:")
+    print(f"    {demo_assets.page_url(server.url)}")
+    print(f"  (the file: {demo_assets.MIX_WORKFLOW}; all four examples are in the page's Templates > Extensions")
+    print("  and Workflows sidebar). Stop the server with: make stop")
     return 0
 
 

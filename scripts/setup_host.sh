@@ -57,4 +57,17 @@ if [ ! -f "$HOST_REQS_STAMP" ]; then
   touch "$HOST_REQS_STAMP"
 fi
 
+# The browser tests drive Debian's chromium through the playwright package
+# (requirements-dev.txt); `playwright install` is never used (it downloads).
+CHROMIUM=${QRLORA_CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$CHROMIUM" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian's chromium for the browser tests"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "[setup] $CHROMIUM is missing and this is not a root Debian shell: install it (apt-get install chromium) for the browser tests" >&2
+  fi
+fi
+
 echo "[setup] host ready: $HOST (python: $VENV/bin/python)"

@@ -34,6 +34,24 @@ def comfy(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def demo_models(comfy):
+    """The demo's model, adapters and training images in the server's folders (workflows/*.json use them)."""
+    from support import demo_assets
+
+    demo_assets.link_twins(comfy.base)
+    demo_assets.build(comfy.base)
+    demo_assets.link_twins(comfy.base)
+    return comfy.base
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy):
+    from support.server import Client
+
+    return Client(comfy.url).object_info()
+
+
 @pytest.fixture
 def client(comfy, request):
     """An HTTP client for the session's server; the server's log is shown if the test fails."""

@@ -11,6 +11,7 @@ PACK_NODES = {
     "QRLoRASave": "Save QR-LoRA",
     "QRLoRAExportLoRA": "Export as LoRA",
     "QRLoRATrain": "Train QR-LoRA",
+    "QRLoRASimilarity": "ΔR Similarity",
 }
 
 

@@ -45,6 +45,11 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
         for p in module.parameters():
             fan_in = p[0].numel() if p.dim() > 1 else p.numel()
             p.copy_(torch.randn(p.shape, generator=generator) / max(fan_in, 1) ** 0.5)
+        # Buffers too: SD3's pos_embed is allocated with torch.empty, and whatever memory
+        # it got (NaN at times) would otherwise be saved into the file (flaky equality checks).
+        for b in module.buffers():
+            if b.is_floating_point():
+                b.copy_(torch.randn(b.shape, generator=generator) * 0.02)
 
 
 def build(arch: str, seed: int = 0):

@@ -36,6 +36,16 @@ def make_base_directory(base: str, pack_root: str = PACK_ROOT) -> str:
     return base
 
 
+def require_nodes(object_info: dict, *names: str) -> None:
+    """Skip the calling test while a node it needs is not on the server (QRLoRATrain is built on another branch)."""
+    import pytest
+
+    missing = [n for n in names if n not in object_info]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} is not on this server yet (it is built on the `train` branch); "
+                    "this test runs once that branch is merged")
+
+
 class PromptFailed(AssertionError):
     pass
 

@@ -1,0 +1,262 @@
+"""The pack as a person uses it: the ComfyUI page in headless Chromium against the real server.
+
+Workflows are loaded the way a drop or the template browser loads them
+(app.loadGraphData), queued with the page's Run button, and watched until
+the server reports them done and the page shows their results. Sliders and
+buttons are moved with the mouse on the canvas.
+"""
+
+import os
+
+import pytest
+
+from support import browser, demo_assets, workflow
+from support.server import PACK_FOLDER_NAME, Client, require_nodes
+
+pytestmark = pytest.mark.browser
+
+NAMES = ("qrlora_mix", "qrlora_compare", "qrlora_train_content", "qrlora_train_style")
+
+LINK_PROBLEMS_JS = """() => {
+    const problems = [];
+    const links = app.graph.links instanceof Map ? [...app.graph.links.values()] : Object.values(app.graph.links ?? {});
+    for (const link of links) {
+        const origin = app.graph.getNodeById(link.origin_id), target = app.graph.getNodeById(link.target_id);
+        if (!origin || !target) { problems.push(`link ${link.id} joins a missing node`); continue; }
+        const input = target.inputs?.[link.target_slot], output = origin.outputs?.[link.origin_slot];
+        if (!input || input.link !== link.id) problems.push(`link ${link.id} is not the link of ${target.title}'s input ${link.target_slot}`);
+        if (!output || !(output.links ?? []).includes(link.id)) problems.push(`link ${link.id} is not listed by ${origin.title}'s output`);
+        if (input && output && !LiteGraph.isValidConnection(output.type, input.type)) problems.push(`link ${link.id}: ${output.type} into ${input.type}`);
+    }
+    for (const node of app.graph.nodes) for (const input of node.inputs ?? [])
+        if (input.link != null && !links.some(l => l.id === input.link)) problems.push(`${node.title}.${input.name} points at missing link ${input.link}`);
+    return problems;
+}"""
+
+WIDGET_BOX_JS = """({id, name}) => {
+    const node = app.graph.getNodeById(id), w = node.widgets.find(w => w.name === name);
+    const rect = app.canvas.canvas.getBoundingClientRect(), margin = 15, h = LiteGraph.NODE_WIDGET_HEIGHT;
+    const [x0, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0] + margin, node.pos[1] + w.y + h / 2]);
+    const [x1] = app.canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] - margin, 0]);
+    return {left: rect.left + x0, right: rect.left + x1, y: rect.top + y, value: w.value};
+}"""
+
+SHOW_NODE_JS = """(id) => {
+    const node = app.graph.getNodeById(id);
+    app.canvas.ds.scale = 1;
+    app.canvas.ds.offset = [700 - node.pos[0] - node.size[0] / 2, 450 - node.pos[1] - node.size[1] / 2];
+    app.canvas.setDirty(true, true);
+    app.canvas.draw(true, true);
+}"""
+
+MERGE_STATE_JS = """(id) => {
+    const node = app.graph.getNodeById(id);
+    return {
+        sockets: node.inputs.filter(s => s.name.startsWith("qr_lora_")).map(s => s.name).sort(),
+        connected: node.inputs.filter(s => s.name.startsWith("qr_lora_") && s.link != null).map(s => s.name).sort(),
+        weights: node.widgets.filter(w => w.name.startsWith("weight_") && !w.hidden).map(w => w.name),
+        values: Object.fromEntries(node.widgets.filter(w => w.name.startsWith("weight_")).map(w => [w.name, w.value])),
+        balance: (b => ({value: b.value, hidden: !!b.hidden}))(node.widgets.find(w => w.name === "content ↔ style")),
+    };
+}"""
+
+
+def load(page, object_info, name):
+    if name.startswith("qrlora_train"):
+        require_nodes(object_info, "QRLoRATrain")
+    wf = workflow.load(os.path.join(demo_assets.WORKFLOWS, name + ".json"))
+    missing = browser.load_workflow(page, wf)
+    assert missing == [], f"{name}: the page lacks node types {missing}"
+    return wf
+
+
+def without_titles(prompt):
+    return {k: {**v, "_meta": None} for k, v in prompt.items()}
+
+
+def show(page, node_id):
+    page.evaluate(SHOW_NODE_JS, int(node_id))
+    page.wait_for_timeout(150)
+
+
+def widget_box(page, node_id, name):
+    return page.evaluate(WIDGET_BOX_JS, {"id": int(node_id), "name": name})
+
+
+def drag_slider(page, node_id, name, value, lo=-4.0, hi=4.0):
+    """Press on the slider and drag it to where `value` sits, as a person would."""
+    box = widget_box(page, node_id, name)
+    at = lambda v: box["left"] + (box["right"] - box["left"]) * (v - lo) / (hi - lo)
+    page.mouse.move(at(box["value"]), box["y"])
+    page.mouse.down()
+    page.mouse.move(at((box["value"] + value) / 2), box["y"], steps=4)
+    page.mouse.move(at(value), box["y"], steps=4)
+    page.mouse.up()
+    return widget_box(page, node_id, name)["value"]
+
+
+def click_widget(page, node_id, name):
+    box = widget_box(page, node_id, name)
+    page.mouse.click((box["left"] + box["right"]) / 2, box["y"])
+    page.wait_for_timeout(100)
+
+
+def run_from_page(page, comfy, timeout=300):
+    """Press Run; return (what the page sent to POST /prompt, the finished /history entry)."""
+    browser.close_dialogs(page)
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/prompt")) as answer:
+        page.get_by_role("button", name="Run", exact=True).click()
+    assert answer.value.ok, f"/prompt refused the page's workflow: {answer.value.text()}"
+    sent = answer.value.request.post_data_json["prompt"]
+    entry = Client(comfy.url).wait(answer.value.json()["prompt_id"], timeout)
+    assert entry["status"]["status_str"] == "success", f"the run failed: {Client.error(entry)}"
+    return sent, entry
+
+
+def panel(page, node_id, name, state, timeout=30_000):
+    """The text of a node's info panel once it reaches `state` (see web/qrlora_ui.js)."""
+    selector = f'.qrlora-panel[data-qrlora-panel="{name}"][data-qrlora-node="{node_id}"][data-qrlora-state="{state}"]'
+    page.wait_for_selector(selector, state="attached", timeout=timeout)
+    return page.eval_on_selector(selector, "e => e.innerText")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_loads_with_no_missing_nodes_or_broken_links(ui, object_info, name):
+    wf = load(ui, object_info, name)
+    assert ui.evaluate(LINK_PROBLEMS_JS) == []
+    assert ui.evaluate("() => app.graph.nodes.length") == len(wf["nodes"])
+    # What the Run button would send is exactly what the suite's converter makes of the file.
+    sent = ui.evaluate("async () => (await app.graphToPrompt()).output")
+    assert without_titles(sent) == without_titles(workflow.to_api(wf, object_info))
+
+
+def test_mix_workflow_runs_from_the_page_and_shows_its_results(ui, comfy, object_info, artifacts):
+    wf = load(ui, object_info, "qrlora_mix")
+    ids = {t: workflow.node_id(wf, t) for t in ("Content adapter", "Style adapter", "Mix content + style", "Result")}
+    sent, entry = run_from_page(ui, comfy)
+    assert entry["outputs"][ids["Result"]]["images"]
+
+    content = panel(ui, ids["Content adapter"], "adapter_info", "executed")
+    style = panel(ui, ids["Style adapter"], "adapter_info", "executed")
+    assert "native" in content and f"{demo_assets.RANK} · alpha" in content and "a <c> dog" in content
+    assert "in <s> style" in style
+    assert "merged as one ΔR sum" in panel(ui, ids["Mix content + style"], "mix_report", "executed")
+    ui.wait_for_function(f"() => app.graph.getNodeById({ids['Result']}).imgs?.[0]?.complete", timeout=30_000)
+
+    # Wide enough to show the whole graph at a zoom where the canvas still draws its text.
+    ui.set_viewport_size({"width": 2300, "height": 900})
+    try:
+        ui.evaluate("""() => { app.canvas.ds.scale = 0.8; app.canvas.ds.offset = [90, 190]; app.canvas.setDirty(true, true); }""")
+        ui.wait_for_timeout(800)
+        ui.screenshot(path=os.path.join(artifacts, "qrlora_mix_after_run.png"))
+    finally:
+        ui.set_viewport_size(browser.VIEWPORT)
+
+
+def test_compare_workflow_runs_from_the_page_and_shows_the_numbers(ui, comfy, object_info):
+    wf = load(ui, object_info, "qrlora_compare")
+    node = workflow.node_id(wf, "Content vs style")
+    _, entry = run_from_page(ui, comfy)
+    stats = entry["outputs"][node]["qrlora_similarity"][0]
+    text = panel(ui, node, "similarity", "executed")
+    assert f"{stats['mean_abs']:.4f}" in text and f"{stats['max_abs']:.4f}" in text
+    assert str(len(stats["layers"])) in text
+    ui.wait_for_function(f"() => app.graph.getNodeById({node}).imgs?.[0]?.naturalWidth === 768", timeout=30_000)
+
+
+@pytest.mark.parametrize("kind", ["content", "style"])
+def test_train_workflow_runs_from_the_page_and_draws_the_loss_curve(ui, comfy, object_info, kind):
+    wf = load(ui, object_info, f"qrlora_train_{kind}")
+    train = workflow.node_id(wf, f"Train {kind} adapter")
+    ui.evaluate("""([train, size, sampler]) => {
+        const set = (id, name, v) => { app.graph.getNodeById(id).widgets.find(w => w.name === name).value = v; };
+        set(train, "steps", 3); set(train, "rank", 4); set(size, "width", 64); set(size, "height", 64); set(sampler, "steps", 2);
+    }""", [int(train), int(workflow.node_id(wf, "Image size")), int(workflow.node_id(wf, "Sampler"))])
+    _, entry = run_from_page(ui, comfy, timeout=600)
+    panel(ui, train, "loss_curve", "executed")
+    assert ui.get_attribute(f'.qrlora-panel[data-qrlora-node="{train}"]', "data-qrlora-steps") == "3"
+
+
+def test_moving_a_merge_weight_slider_reaches_the_servers_prompt(ui, comfy, object_info):
+    wf = load(ui, object_info, "qrlora_mix")
+    merge = workflow.node_id(wf, "Mix content + style")
+    show(ui, merge)
+    before = ui.evaluate(MERGE_STATE_JS, int(merge))["values"]["weight_2"]
+    value = drag_slider(ui, merge, "weight_2", 0.25)
+    assert value != before and abs(value - 0.25) < 0.1, f"the drag left weight_2 at {value}"
+    state = ui.evaluate(MERGE_STATE_JS, int(merge))
+    assert state["balance"]["value"] == pytest.approx(value / 2, abs=0.01), "the balance follows the weights"
+
+    sent, entry = run_from_page(ui, comfy)
+    assert sent[merge]["inputs"]["weight_2"] == value
+    assert entry["prompt"][2][merge]["inputs"]["weight_2"] == value  # what the server ran
+
+
+def test_merge_slots_come_and_go_and_the_balance_sets_both_weights(ui):
+    ids = ui.evaluate("""() => {
+        app.graph.clear();
+        const add = (type, x, y) => { const n = LiteGraph.createNode(type); n.pos = [x, y]; app.graph.add(n); return n; };
+        const merge = add("QRLoRAMerge", 400, 100);
+        const loaders = [0, 1, 2].map(i => add("QRLoRALoader", 0, 60 + i * 200));
+        return {merge: merge.id, loaders: loaders.map(n => n.id)};
+    }""")
+    merge = str(ids["merge"])
+    state = lambda: ui.evaluate(MERGE_STATE_JS, ids["merge"])
+    connect = lambda i, slot: ui.evaluate("""([from, to, slot]) => { const m = app.graph.getNodeById(to);
+        app.graph.getNodeById(from).connect(0, m, m.findInputSlot(slot)); }""", [ids["loaders"][i], ids["merge"], slot])
+
+    s = state()
+    assert (s["sockets"], s["weights"], s["balance"]["hidden"]) == (["qr_lora_1", "qr_lora_2"], ["weight_1", "weight_2"], False)
+    connect(0, "qr_lora_1")
+    connect(1, "qr_lora_2")
+    assert state()["sockets"] == ["qr_lora_1", "qr_lora_2", "qr_lora_3"], "both used: one empty socket for the next adapter"
+
+    show(ui, merge)
+    click_widget(ui, merge, "+ adapter")
+    s = state()
+    assert s["weights"] == ["weight_1", "weight_2", "weight_3"] and s["balance"]["hidden"], "three slots: no two-way balance"
+    connect(2, "qr_lora_3")
+    assert state()["sockets"] == [f"qr_lora_{i}" for i in range(1, 5)]
+
+    click_widget(ui, merge, "− adapter")
+    s = state()
+    assert s["connected"] == ["qr_lora_1", "qr_lora_2"] and s["weights"] == ["weight_1", "weight_2"]
+    assert s["sockets"] == ["qr_lora_1", "qr_lora_2", "qr_lora_3"] and not s["balance"]["hidden"]
+
+    show(ui, merge)
+    drag_slider(ui, merge, "content ↔ style", 0.9, lo=0.0, hi=1.0)
+    s = state()
+    assert s["balance"]["value"] > 0.8 and s["values"]["weight_2"] == 1.0
+    assert s["values"]["weight_1"] == pytest.approx(2 * (1 - s["balance"]["value"]), abs=0.011)
+    sent = ui.evaluate("async () => (await app.graphToPrompt()).output")[merge]["inputs"]
+    assert sent["weight_1"] == s["values"]["weight_1"] and sent["weight_2"] == 1.0
+    assert "qr_lora_3" not in sent and "content ↔ style" not in sent
+
+
+def test_loader_shows_what_a_file_is_when_it_is_picked(ui, comfy):
+    with open(comfy.path("models", "loras", "not_a_qrlora.safetensors"), "wb") as f:
+        import safetensors.torch
+        import torch
+        f.write(safetensors.torch.save({"weight": torch.zeros(2)}))
+    node = str(ui.evaluate("""() => { app.graph.clear(); const n = LiteGraph.createNode("QRLoRALoader");
+        n.pos = [200, 200]; app.graph.add(n); return n.id; }"""))
+    pick = """([id, name]) => { const w = app.graph.getNodeById(id).widgets.find(w => w.name === "lora_name");
+        w.options.values = [...new Set([...w.options.values, name])]; w.value = name; w.callback?.(name); }"""
+    ui.evaluate(pick, [int(node), demo_assets.STYLE])
+    text = panel(ui, node, "adapter_info", "selected")
+    assert "native" in text and "in <s> style" in text and "32 ·" in text
+    ui.evaluate(pick, [int(node), "not_a_qrlora.safetensors"])
+    assert "holds no QR-LoRA layers" in panel(ui, node, "adapter_info", "error")
+
+
+def test_demo_url_opens_the_mix_workflow_and_templates_list_each_example_once(chromium, comfy, demo_models):
+    page = chromium.new_page(viewport=browser.VIEWPORT)
+    try:
+        page.goto(demo_assets.page_url(comfy.url))  # what `make demo` prints
+        page.wait_for_function("window.app?.graph?.nodes?.some(n => n.title === 'Mix content + style')", timeout=90_000)
+        titles = page.evaluate("() => app.graph.nodes.map(n => n.title)")
+        assert len(titles) == len(workflow.load(demo_assets.MIX_WORKFLOW)["nodes"])
+        templates = page.evaluate("async () => await window.comfyAPI.api.api.getWorkflowTemplates()")
+        assert sorted(templates[PACK_FOLDER_NAME]) == sorted(NAMES)
+    finally:
+        page.close()

@@ -1,0 +1,74 @@
+"""Each example workflow (workflows/*.json, UI format) runs headless through /prompt.
+
+The files are turned into API prompts with support.workflow (widget order
+from /object_info), then run on the demo's small models, with smaller
+images and fewer steps where that only saves time.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qrlora_core.formats import load_adapter
+from qrlora_core.similarity import delta_cosine
+from support import demo_assets, workflow
+from support.server import require_nodes
+
+pytestmark = pytest.mark.server
+
+
+def prompt_of(name, object_info):
+    wf = workflow.load(os.path.join(demo_assets.WORKFLOWS, name + ".json"))
+    return wf, workflow.to_api(wf, object_info)
+
+
+def image_of(comfy, entry, node):
+    info = entry["outputs"][node]["images"][0]
+    return np.asarray(Image.open(comfy.path("output", info["subfolder"], info["filename"])).convert("RGB"))
+
+
+def test_mix_workflow_runs_and_mixes_as_one_delta_r_sum(comfy, client, demo_models, object_info):
+    wf, prompt = prompt_of("qrlora_mix", object_info)
+    merge = workflow.node_id(wf, "Mix content + style")
+    size = workflow.node_id(wf, "Image size")
+    assert (prompt[size]["inputs"]["width"], prompt[size]["inputs"]["height"]) == (256, 256)  # as a user gets it
+    workflow.set_inputs(prompt, size, width=64, height=64)
+    workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
+    assert prompt[merge]["inputs"]["weight_1"] == 1.0 and prompt[merge]["inputs"]["weight_2"] == 0.8
+    entry = client.run(prompt)
+    assert "32 layers merged as one ΔR sum" in client.ui(entry, merge)["text"][0]
+    summary = client.ui(entry, workflow.node_id(wf, "Content adapter"))["qrlora"][0]
+    assert (summary["format"], summary["rank"], summary["trigger_words"]) == ("native", demo_assets.RANK, "a <c> dog")
+    image = image_of(comfy, entry, workflow.node_id(wf, "Result"))
+    assert image.shape == (64, 64, 3) and image.std() > 0
+
+
+def test_compare_workflow_reports_the_demo_adapters_similarity(comfy, client, demo_models, object_info):
+    wf, prompt = prompt_of("qrlora_compare", object_info)
+    entry = client.run(prompt)
+    got = client.ui(entry, workflow.node_id(wf, "Content vs style"))["qrlora_similarity"][0]
+    loras = os.path.join(demo_models, "models", "loras")
+    expected = delta_cosine(load_adapter(os.path.join(loras, demo_assets.CONTENT)), load_adapter(os.path.join(loras, demo_assets.STYLE)))
+    assert got["layers"] == list(expected) and np.allclose(got["cosine"], list(expected.values()), atol=1e-9)
+    # The demo's ΔRs are independent random draws, so they barely overlap (the disentangled case).
+    assert got["max_abs"] < 0.1
+    assert image_of(comfy, entry, workflow.node_id(wf, "Save the plot")).shape == (384, 768, 3)
+
+
+@pytest.mark.parametrize("kind", ["content", "style"])
+def test_train_workflow_trains_saves_and_samples(comfy, client, demo_models, object_info, kind):
+    require_nodes(object_info, "QRLoRATrain")
+    wf, prompt = prompt_of(f"qrlora_train_{kind}", object_info)
+    train = workflow.node_id(wf, f"Train {kind} adapter")
+    workflow.set_inputs(prompt, train, steps=3, rank=4)
+    workflow.set_inputs(prompt, workflow.node_id(wf, "Image size"), width=64, height=64)
+    workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
+    entry = client.run(prompt, timeout=600)
+    ui = client.ui(entry, train)
+    assert len(ui["loss"]) == 3, "the train node sends its loss history in its ui payload"
+    assert image_of(comfy, entry, workflow.node_id(wf, "Result")).shape == (64, 64, 3)
+    assert entry["outputs"][workflow.node_id(wf, "Loss curve")]["images"]
+    saved = [f for f in os.listdir(os.path.join(demo_models, "models", "loras", "qrlora")) if f.startswith(kind)]
+    assert saved, f"no {kind} adapter was saved in loras/qrlora/"

@@ -1,0 +1,94 @@
+"""The example workflow files and the UI -> API converter, without a server.
+
+The converter is also checked against the page's own graphToPrompt in
+tests/browser; here it meets the cases the example files do not have.
+"""
+
+import filecmp
+import os
+
+import pytest
+
+from support import workflow
+from support.demo_assets import WORKFLOWS
+
+ROOT = os.path.dirname(WORKFLOWS)
+EXAMPLES = os.path.join(ROOT, "example_workflows")
+NAMES = ("qrlora_mix", "qrlora_train_content", "qrlora_train_style", "qrlora_compare")
+
+
+def test_example_workflows_are_the_same_files_as_workflows():
+    ours = sorted(f for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
+    assert ours == sorted(n + ".json" for n in NAMES)
+    assert sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".json")) == ours
+    differ = [f for f in ours if not filecmp.cmp(os.path.join(WORKFLOWS, f), os.path.join(EXAMPLES, f), shallow=False)]
+    assert not differ, f"example_workflows/ is out of date for {differ}: run `make workflows` (or scripts/build_workflows.py --sync-only)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_file_is_a_followable_ui_graph(name):
+    wf = workflow.load(os.path.join(WORKFLOWS, name + ".json"))
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert wf["groups"] and all(g["title"][0].isdigit() for g in wf["groups"]), "groups numbered in reading order"
+    assert all(n.get("title") for n in nodes.values()), "every node has a title a person can follow"
+    inside = lambda n, g: g["bounding"][0] <= n["pos"][0] <= g["bounding"][0] + g["bounding"][2] and g["bounding"][1] <= n["pos"][1] <= g["bounding"][1] + g["bounding"][3]
+    assert all(any(inside(n, g) for g in wf["groups"]) for n in nodes.values()), "every node sits in a group"
+    for link_id, origin, origin_slot, target, target_slot, kind in wf["links"]:
+        assert nodes[target]["inputs"][target_slot]["link"] == link_id
+        assert link_id in nodes[origin]["outputs"][origin_slot]["links"]
+        assert nodes[origin]["outputs"][origin_slot]["type"] == kind
+    linked = {i["link"] for n in nodes.values() for i in n.get("inputs", []) if i.get("link") is not None}
+    assert linked == {link[0] for link in wf["links"]}
+
+
+OBJECT_INFO = {
+    "Sampler": {
+        "input": {"required": {"model": ["MODEL", {}], "seed": ["INT", {"control_after_generate": True}], "steps": ["INT", {}],
+                               "name": [["a", "b"], {}]},
+                  "optional": {"noise_seed": ["INT", {}], "strength": ["FLOAT", {"forceInput": True}], "flag": ["BOOLEAN", {}]}},
+        "input_order": {"required": ["model", "seed", "steps", "name"], "optional": ["noise_seed", "strength", "flag"]},
+        "output": ["LATENT"],
+    },
+    "Loader": {"input": {"required": {"image": [["x.png"], {"image_upload": True}]}}, "output": ["MODEL", "FLOAT"]},
+    "Patch": {"input": {"required": {"model": ["MODEL", {}], "amount": ["FLOAT", {}]}}, "output": ["MODEL"]},
+}
+
+
+def node(id, type, inputs=(), values=None, mode=0, outputs=()):
+    return {"id": id, "type": type, "mode": mode, "inputs": list(inputs), "outputs": list(outputs), "widgets_values": values or []}
+
+
+def test_widget_values_skip_frontend_only_extras():
+    # seed: control combo after it; noise_seed: the frontend's old by-name rule; forceInput: no widget at all
+    wf = {"nodes": [node(1, "Sampler", values=[7, "fixed", 20, "b", 3, "randomize", True, "extension widget"])], "links": []}
+    assert workflow.to_api(wf, OBJECT_INFO)["1"]["inputs"] == {"seed": 7, "steps": 20, "name": "b", "noise_seed": 3, "flag": True}
+
+
+def test_links_follow_reroutes_and_bypasses_and_drop_notes_and_muted_nodes():
+    wf = {
+        "nodes": [
+            node(1, "Loader", values=["x.png", "image"], outputs=[{"links": [1]}, {"links": [4]}]),
+            node(2, "Reroute", inputs=[{"name": "", "link": 1}]),
+            node(3, "Patch", inputs=[{"name": "model", "type": "MODEL", "link": 2}], values=[0.5], mode=4),
+            node(4, "Sampler", inputs=[{"name": "model", "type": "MODEL", "link": 3}, {"name": "strength", "type": "FLOAT", "link": 4},
+                                       {"name": "steps", "type": "INT", "link": 5, "widget": {"name": "steps"}}],
+                 values=[1, "fixed", 9, "a", 0, "fixed", False]),
+            node(5, "Note", values=["read me"]),
+            node(6, "Loader", values=["x.png", "image"], mode=2),
+        ],
+        "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "MODEL"], [3, 3, 0, 4, 0, "MODEL"], [4, 1, 1, 4, 1, "FLOAT"],
+                  [5, 6, 1, 4, 2, "INT"]],
+    }
+    prompt = workflow.to_api(wf, OBJECT_INFO)
+    assert set(prompt) == {"1", "4"}
+    assert prompt["1"]["inputs"] == {"image": "x.png"}
+    assert prompt["4"]["inputs"]["model"] == ["1", 0]  # through the bypassed sampler and the reroute
+    assert prompt["4"]["inputs"]["strength"] == ["1", 1]
+    assert "steps" not in prompt["4"]["inputs"]  # its link comes from a muted node
+
+
+def test_unknown_node_types_and_dangling_links_are_named():
+    with pytest.raises(workflow.WorkflowError, match="QRLoRATrain"):
+        workflow.to_api({"nodes": [node(1, "QRLoRATrain")], "links": []}, OBJECT_INFO)
+    with pytest.raises(workflow.WorkflowError, match="link 9"):
+        workflow.to_api({"nodes": [node(1, "Sampler", inputs=[{"name": "model", "link": 9}])], "links": []}, OBJECT_INFO)

@@ -1,0 +1,128 @@
+// Merge ΔR: adapter slots that come and go, a weight slider each, and a
+// content/style balance for the common two-adapter mix.
+//
+// The node always has eight weight widgets (so saved workflows keep one
+// layout); only the first `count` are shown. `count` is the larger of two,
+// the number the user asked for with "+ adapter" / "− adapter", and the
+// highest connected slot. Sockets: the shown slots, plus one empty socket
+// to connect the next adapter to.
+import { addPanel, app, chain, first, fitHeight, frontendOnly, onNodeOfType, setHidden, widget } from "./qrlora_ui.js";
+
+const MAX = 8;
+const MIN = 2;
+const BALANCE = "content ↔ style";
+
+const socket = (node, i) => node.inputs?.find((s) => s.name === `qr_lora_${i}`);
+const connected = (node, i) => socket(node, i)?.link != null;
+
+function lastConnected(node) {
+  let last = 0;
+  for (let i = 1; i <= MAX; i++) if (connected(node, i)) last = i;
+  return last;
+}
+
+export function slotCount(node) {
+  const asked = node.properties?.qrloraSlots ?? MIN;
+  return Math.min(MAX, Math.max(MIN, asked, lastConnected(node)));
+}
+
+/** Weights from the balance b in [0, 1]: 0.5 keeps both at 1, the ends fade one out. */
+export function weightsFromBalance(b) {
+  return [Math.min(1, 2 * (1 - b)), Math.min(1, 2 * b)];
+}
+
+function balanceFromWeights(w1, w2) {
+  if (Math.abs(w1 - 1) < 1e-6 && w2 >= 0 && w2 <= 1) return w2 / 2;
+  if (Math.abs(w2 - 1) < 1e-6 && w1 >= 0 && w1 <= 1) return 1 - w1 / 2;
+  return null;
+}
+
+function round(v) {
+  return Math.round(v * 100) / 100;
+}
+
+function refresh(node) {
+  if (!node.qrlora || app.configuringGraph) return;
+  const count = slotCount(node);
+  const allUsed = Array.from({ length: count }, (_, i) => connected(node, i + 1)).every(Boolean);
+  const sockets = Math.min(MAX, count + (allUsed ? 1 : 0));
+  for (let i = MAX; i > sockets; i--) {
+    const index = node.inputs.findIndex((s) => s.name === `qr_lora_${i}`);
+    if (index >= 0 && node.inputs[index].link == null) node.removeInput(index);
+  }
+  for (let i = 1; i <= sockets; i++) {
+    if (!socket(node, i)) node.addInput(`qr_lora_${i}`, "QR_LORA", i > MIN ? { shape: 7 } : undefined);
+  }
+  for (let i = 1; i <= MAX; i++) setHidden(widget(node, `weight_${i}`), i > count);
+  const { balance, less } = node.qrlora;
+  setHidden(balance, count !== 2);
+  less.disabled = count <= MIN;
+  syncBalance(node);
+  fitHeight(node);
+}
+
+function syncBalance(node) {
+  const b = balanceFromWeights(widget(node, "weight_1").value, widget(node, "weight_2").value);
+  if (b !== null) node.qrlora.balance.value = round(b);
+}
+
+function setBalance(node, b) {
+  const [w1, w2] = weightsFromBalance(b);
+  for (const [name, value] of [["weight_1", w1], ["weight_2", w2]]) {
+    const w = widget(node, name);
+    w.value = round(value);
+    w.callback?.(w.value);
+  }
+  node.setDirtyCanvas(true, true);
+}
+
+function addSlot(node) {
+  node.properties.qrloraSlots = Math.min(MAX, slotCount(node) + 1);
+  refresh(node);
+}
+
+function removeSlot(node) {
+  const count = slotCount(node);
+  if (count <= MIN) return;
+  const index = node.inputs.findIndex((s) => s.name === `qr_lora_${count}`);
+  if (index >= 0 && node.inputs[index].link != null) node.disconnectInput(index);
+  node.properties.qrloraSlots = count - 1;
+  refresh(node);
+}
+
+function setup(node) {
+  node.properties = node.properties ?? {};
+  const balance = frontendOnly(node.addWidget("slider", BALANCE, 0.5, (b) => setBalance(node, b), {
+    min: 0, max: 1, step: 0.1, step2: 0.01, round: 0.01, precision: 2,
+  }));
+  balance.tooltip = "Two adapters: left keeps only the first (content), right only the second (style); the middle uses both at full weight.";
+  const more = frontendOnly(node.addWidget("button", "+ adapter", null, () => addSlot(node)));
+  const less = frontendOnly(node.addWidget("button", "− adapter", null, () => removeSlot(node)));
+  more.tooltip = "Show one more adapter slot with its weight slider.";
+  less.tooltip = "Remove the last adapter slot (disconnecting its adapter).";
+  for (const name of ["weight_1", "weight_2"]) chain(widget(node, name), "callback", () => syncBalance(node));
+  const report = addPanel(node, "mix_report", { height: 40 });
+  report.note("After a run: how the adapters were mixed.");
+  node.qrlora = { balance, more, less, report, refresh: () => refresh(node) };
+  refresh(node);
+}
+
+app.registerExtension({
+  name: "qrlora.merge",
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!onNodeOfType(nodeType, nodeData, "QRLoRAMerge", setup)) return;
+    chain(nodeType.prototype, "onConfigure", function () {
+      queueMicrotask(() => refresh(this));
+    });
+    chain(nodeType.prototype, "onConnectionsChange", function () {
+      refresh(this);
+    });
+    chain(nodeType.prototype, "onExecuted", function (message) {
+      const text = first(message, "text");
+      if (text) this.qrlora?.report.note(text, "executed");
+    });
+  },
+  afterConfigureGraph() {
+    for (const node of app.graph.nodes) if (node.type === "QRLoRAMerge") refresh(node);
+  },
+});

@@ -1,0 +1,172 @@
+// Shared helpers for the QR-LoRA node UIs: hooks, widgets, the info panel, a line chart.
+// Each node's UI lives in its own module (merge.js, loader.js, train.js, similarity.js).
+import { app } from "../../scripts/app.js";
+
+export { app };
+export { api } from "../../scripts/api.js";
+
+/** Run `fn` after `object[method]`, keeping whatever was there (other extensions' hooks). */
+export function chain(object, method, fn) {
+  const original = object[method];
+  object[method] = function (...args) {
+    const result = original?.apply(this, args);
+    fn.apply(this, args);
+    return result;
+  };
+}
+
+/** Hook a node type of ours in beforeRegisterNodeDef: `setup(node)` once per new node. */
+export function onNodeOfType(nodeType, nodeData, id, setup) {
+  if (nodeData.name !== id) return false;
+  chain(nodeType.prototype, "onNodeCreated", function () {
+    setup(this);
+  });
+  return true;
+}
+
+export function widget(node, name) {
+  return node.widgets?.find((w) => w.name === name);
+}
+
+/** Hide a widget on the canvas (LiteGraph) and in the Vue node view; its value still saves. */
+export function setHidden(w, hidden) {
+  w.hidden = hidden;
+  w.options = w.options ?? {};
+  w.options.hidden = hidden;
+  // The canvas lays out every widget, visible or not; a hidden one must take no height.
+  if (hidden) w.computeSize = () => [0, -4];
+  else if (Object.hasOwn(w, "computeSize")) delete w.computeSize;
+}
+
+/** A widget the page shows but neither saves in the workflow nor sends to the server. */
+export function frontendOnly(w) {
+  w.serialize = false;
+  w.options = w.options ?? {};
+  w.options.serialize = false;
+  return w;
+}
+
+/** Grow or shrink the node to fit its visible widgets, keeping its width. */
+export function fitHeight(node) {
+  const [, h] = node.computeSize();
+  node.setSize([node.size[0], h]);
+  node.setDirtyCanvas(true, true);
+}
+
+let styled = false;
+function addStyles() {
+  if (styled) return;
+  styled = true;
+  const style = document.createElement("style");
+  style.textContent = `
+    .qrlora-panel { font: 11px/1.35 system-ui, sans-serif; color: var(--input-text, #ddd);
+      background: var(--comfy-input-bg, #222); border-radius: 6px; padding: 4px 6px; overflow: auto;
+      box-sizing: border-box; }
+    .qrlora-panel table { border-collapse: collapse; width: 100%; }
+    .qrlora-panel td { padding: 0 4px 0 0; vertical-align: top; word-break: break-all; }
+    .qrlora-panel td:first-child { color: var(--descrip-text, #999); white-space: nowrap; word-break: normal; }
+    .qrlora-panel .qrlora-note { color: var(--descrip-text, #999); white-space: pre-wrap; }
+    .qrlora-panel .qrlora-error { color: #e57373; }
+    .qrlora-panel canvas { width: 100%; height: 100%; display: block; }
+  `;
+  document.head.appendChild(style);
+}
+
+/**
+ * A small read-only panel on the node (a DOM widget): rows of label/value,
+ * a note, an error or a chart. The element carries data-qrlora-node=<id>
+ * and data-qrlora-state, which the browser tests read.
+ */
+export function addPanel(node, name, { height = 96 } = {}) {
+  addStyles();
+  const element = document.createElement("div");
+  element.className = "qrlora-panel";
+  element.dataset.qrloraPanel = name;
+  const w = frontendOnly(node.addDOMWidget(name, "qrlora_panel", element, {
+    hideOnZoom: false,
+    getValue: () => undefined,
+    setValue: () => {},
+    getMinHeight: () => height,
+    getMaxHeight: () => height * 3,
+  }));
+  const mark = (state) => {
+    element.dataset.qrloraNode = String(node.id);
+    element.dataset.qrloraState = state;
+  };
+  const panel = {
+    element,
+    widget: w,
+    rows(pairs, state = "ready") {
+      const table = document.createElement("table");
+      for (const [label, value] of pairs) {
+        const tr = table.insertRow();
+        tr.insertCell().textContent = label;
+        tr.insertCell().textContent = value;
+      }
+      element.replaceChildren(table);
+      mark(state);
+    },
+    note(text, state = "note") {
+      const p = document.createElement("div");
+      p.className = "qrlora-note";
+      p.textContent = text;
+      element.replaceChildren(p);
+      mark(state);
+    },
+    error(text) {
+      panel.note(text, "error");
+      element.firstChild.className = "qrlora-error";
+    },
+    canvas() {
+      let canvas = element.querySelector("canvas");
+      if (!canvas) {
+        canvas = document.createElement("canvas");
+        element.replaceChildren(canvas);
+      }
+      return canvas;
+    },
+    mark,
+  };
+  mark("empty");
+  return panel;
+}
+
+/** The first entry of a ui payload key: nodes send their ui values as lists. */
+export function first(message, key) {
+  const value = message?.[key];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** Draw a line chart of `values` (y) against 1..n (x) into a canvas, sized to its box. */
+export function drawLineChart(canvas, values, { label = "", color = "#6cb6ff" } = {}) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = Math.max(120, canvas.clientWidth || 240);
+  const height = Math.max(60, canvas.clientHeight || 100);
+  canvas.width = width * ratio;
+  canvas.height = height * ratio;
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  ctx.font = "10px system-ui, sans-serif";
+  ctx.fillStyle = "#999";
+  if (!values.length) {
+    ctx.fillText("no values yet", 8, height / 2);
+    return;
+  }
+  const lo = Math.min(...values);
+  const hi = Math.max(...values);
+  const span = hi - lo || 1;
+  const pad = { left: 40, right: 6, top: 14, bottom: 14 };
+  const x = (i) => pad.left + (values.length === 1 ? 0 : (i / (values.length - 1)) * (width - pad.left - pad.right));
+  const y = (v) => pad.top + (1 - (v - lo) / span) * (height - pad.top - pad.bottom);
+  ctx.fillText(hi.toPrecision(3), 2, pad.top + 4);
+  ctx.fillText(lo.toPrecision(3), 2, height - pad.bottom);
+  ctx.fillText(`${label} · step ${values.length}: ${values.at(-1).toPrecision(4)}`, pad.left, 10);
+  ctx.strokeStyle = "#555";
+  ctx.strokeRect(pad.left, pad.top, width - pad.left - pad.right, height - pad.top - pad.bottom);
+  ctx.strokeStyle = color;
+  ctx.lineWidth = 1.5;
+  ctx.beginPath();
+  values.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
+  ctx.stroke();
+}
