@@ -28,14 +28,20 @@ def summary(lora_name: str) -> dict:
     return _cache[key]
 
 
-def register() -> None:
-    """Add the routes when running inside ComfyUI's server (not when imported by tests)."""
+def running_server():
+    """ComfyUI's PromptServer when the pack runs inside it; None when imported elsewhere (tests, bench)."""
     try:
-        from aiohttp import web
         from server import PromptServer
     except ImportError:
-        return
-    instance = getattr(PromptServer, "instance", None)
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
+def register() -> None:
+    """Add the routes when running inside ComfyUI's server (not when imported by tests)."""
+    from aiohttp import web
+
+    instance = running_server()
     if instance is None:
         return
 

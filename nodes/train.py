@@ -33,11 +33,13 @@ from ..qrlora_core.training import TrainConfig, TrainTargets, select
 from ..qrlora_core.training import config as settings
 from . import files, keymap
 from .apply import patches_for, resolve_targets
+from .routes import running_server
 from .train_loop import NonFiniteLoss, QRTrainSampler, checkpoint, loss_curve, make_optimizer
 from .types import QRLoRAType, describe
 
 CATEGORY = "QR-LoRA/training"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+LIVE_LOSS_EVENT = "qrlora.train.loss"  # web/train.js draws these while the run goes on
 LossMap = io.Custom("LOSS_MAP")  # ComfyUI's loss history type: {"loss": [float, ...]}
 
 
@@ -207,6 +209,7 @@ class QRLoRATrain(io.ComfyNode):
                 "and only ΔR (zero at the start) is learned. Uses the model's own noise schedule and prediction type."
             ),
             is_input_list=True,
+            hidden=[io.Hidden.unique_id],
             is_output_node=True,  # it writes checkpoints and shows the loss curve
             inputs=[
                 io.Model.Input("model", tooltip="The base model to train on (any model the stock loaders load)."),
@@ -280,8 +283,12 @@ class QRLoRATrain(io.ComfyNode):
         losses: list[float] = []
         progress = comfy.utils.ProgressBar(config.steps)
 
+        node_id, server = (cls.hidden.unique_id if cls.hidden else None), running_server()
+
         def on_step(step: int, loss: float) -> None:
             losses.append(loss)
+            if server is not None:
+                server.send_sync(LIVE_LOSS_EVENT, {"node": node_id, "step": step, "loss": loss})
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
                 checkpoints.save(steps_before + step, loss)
             progress.update_absolute(step)  # the server's progress hook also raises on interrupt
@@ -340,7 +347,7 @@ class QRLoRATrain(io.ComfyNode):
         ])
         preview = ui.PreviewImage(curve, cls=cls).as_dict()
         summary = {"file": name, "steps": total, "losses": losses, "layers": len(targets.layers), "trained_values": targets.trainable_count()}
-        return io.NodeOutput(adapter, patched, {"loss": losses}, curve, total, ui={**preview, "text": [text], "qrlora": [summary]})
+        return io.NodeOutput(adapter, patched, {"loss": losses}, curve, total, ui={**preview, "text": [text], "qrlora": [summary], "loss": losses})
 
     @staticmethod
     def _keep(checkpoints: Checkpoints, steps: int, losses: list) -> str | None:
