@@ -77,6 +77,7 @@ class QRWeightWrapper(torch.nn.Module):
             raise ValueError("a target covering the whole weight cannot share it with other targets")
         self.targets = torch.nn.ModuleList(targets)
         self.rows = list(rows)
+        self.span = None if None in rows else _back_to_back(self.rows, {t.scale for t in targets})
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
         return self.forward(weight)
@@ -85,10 +86,23 @@ class QRWeightWrapper(torch.nn.Module):
         matrix = weight.reshape(weight.shape[0], -1)
         if self.rows[0] is None:
             return self.targets[0].add_to(matrix).reshape(weight.shape)
+        if self.span is not None:
+            return self._forward_batched(matrix).reshape(weight.shape)
         out = matrix.clone()  # never write into the caller's tensor
         for target, (start, length) in zip(self.targets, self.rows):
             target.add_to_(out.narrow(0, start, length))
         return out.reshape(weight.shape)
+
+    def _forward_batched(self, matrix: torch.Tensor) -> torch.Tensor:
+        """All slices in one batched multiply-add: W reads once, the result writes once, no clone."""
+        start, end = self.span
+        k = len(self.targets)
+        span = matrix[start:end].reshape(k, (end - start) // k, matrix.shape[1])
+        q = torch.stack([t.q.to(device=matrix.device, dtype=matrix.dtype) for t in self.targets])
+        delta_r = torch.stack([t.masked_delta_r().to(device=matrix.device, dtype=matrix.dtype) for t in self.targets])
+        patched = torch.baddbmm(span, q, delta_r, alpha=self.targets[0].scale).reshape(end - start, matrix.shape[1])
+        pieces = [matrix[:start], patched, matrix[end:]]
+        return torch.cat([p for p in pieces if p.shape[0]])
 
     def passive_memory_usage(self) -> int:
         """Bytes held by the wrapper itself (ComfyUI counts this when loading the model)."""
@@ -97,3 +111,14 @@ class QRWeightWrapper(torch.nn.Module):
     def move_to(self, device) -> int:
         self.to(device=device)
         return self.passive_memory_usage()
+
+
+def _back_to_back(rows: list[tuple[int, int]], scales: set) -> tuple[int, int] | None:
+    """(start, end) when the slices are equal-height, back to back and in order (q, k, v) with one scale."""
+    heights = {length for _, length in rows}
+    if len(heights) != 1 or len(scales) != 1:
+        return None
+    height, first = heights.pop(), rows[0][0]
+    if [start for start, _ in rows] != [first + i * height for i in range(len(rows))]:
+        return None
+    return first, first + height * len(rows)

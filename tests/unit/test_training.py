@@ -41,17 +41,25 @@ def test_step_zero_is_the_base_weight_exactly(rng):
     assert torch.equal(QRWeightWrapper(parts, [(0, 8), (8, 8), (16, 8)])(fused), fused)
 
 
-def test_fused_wrapper_adds_only_to_each_targets_rows(rng):
+@pytest.mark.parametrize("rows", [
+    [(0, 10), (10, 10), (20, 10)],  # q, k, v back to back: one batched multiply-add
+    [(3, 10), (13, 10), (23, 10)],  # the same after rows no target owns
+    [(0, 10), (12, 8), (20, 10)],  # irregular slices: one multiply-add per slice
+])
+def test_fused_wrapper_adds_only_to_each_targets_rows(rng, rows):
     w = torch.randn(3 * 10 + 7, 12, generator=rng, dtype=torch.float64)  # q, k, v and rows no target owns
-    rows = [(0, 10), (10, 10), (20, 10)]
-    layers = [random_delta(orthonormal(10, 3, rng), 12, rng, scale=0.5) for _ in rows]
+    layers = [random_delta(orthonormal(length, 3, rng), 12, rng, scale=0.5) for _, length in rows]
     before = w.clone()
-    got = QRWeightWrapper(layers, rows)(w)
+    wrapper = QRWeightWrapper(layers, rows)
+    assert (wrapper.span is not None) == (rows[1][1] == rows[0][1])
+    got = wrapper(w)
     assert torch.equal(w, before)  # the caller's tensor is never written
+    owned = torch.zeros(w.shape[0], dtype=torch.bool)
     for layer, (start, length) in zip(layers, rows):
         expected = before[start : start + length] + 0.5 * layer.q @ torch.triu(layer.delta_r.detach())
         assert torch.allclose(got[start : start + length], expected, rtol=0, atol=1e-12)
-    assert torch.equal(got[30:], before[30:])
+        owned[start : start + length] = True
+    assert torch.equal(got[~owned], before[~owned])
 
 
 def test_triangular_mask_holds_in_forward_and_gradient(rng):
