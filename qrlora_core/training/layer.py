@@ -77,7 +77,10 @@ class QRWeightWrapper(torch.nn.Module):
             raise ValueError("a target covering the whole weight cannot share it with other targets")
         self.targets = torch.nn.ModuleList(targets)
         self.rows = list(rows)
-        self.span = None if None in rows else _back_to_back(self.rows, {t.scale for t in targets})
+        same = {(t.scale, t.triangular, t.q.dtype) for t in targets}
+        self.span = None if None in rows or len(same) > 1 else _back_to_back(self.rows)
+        if self.span is not None:  # the batched path's Qs, stacked once (a copy of the fused slices' Q only)
+            self.register_buffer("q_stack", torch.stack([t.q for t in targets]), persistent=False)
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
         return self.forward(weight)
@@ -94,15 +97,21 @@ class QRWeightWrapper(torch.nn.Module):
         return out.reshape(weight.shape)
 
     def _forward_batched(self, matrix: torch.Tensor) -> torch.Tensor:
-        """All slices in one batched multiply-add: W reads once, the result writes once, no clone."""
+        """All slices in one batched multiply-add: W read once, the result written once, few kernel launches.
+
+        A training step runs this for every fused weight in the forward, the
+        checkpointed recompute and the backward, so launches count as much as bytes.
+        """
         start, end = self.span
-        k = len(self.targets)
-        span = matrix[start:end].reshape(k, (end - start) // k, matrix.shape[1])
-        q = torch.stack([t.q.to(device=matrix.device, dtype=matrix.dtype) for t in self.targets])
-        delta_r = torch.stack([t.masked_delta_r().to(device=matrix.device, dtype=matrix.dtype) for t in self.targets])
-        patched = torch.baddbmm(span, q, delta_r, alpha=self.targets[0].scale).reshape(end - start, matrix.shape[1])
-        pieces = [matrix[:start], patched, matrix[end:]]
-        return torch.cat([p for p in pieces if p.shape[0]])
+        first = self.targets[0]
+        span = matrix[start:end].reshape(len(self.targets), -1, matrix.shape[1])
+        delta_r = torch.stack([t.delta_r for t in self.targets])
+        if first.triangular:
+            delta_r = torch.triu(delta_r)
+        q = self.q_stack.to(device=matrix.device, dtype=matrix.dtype)
+        patched = torch.baddbmm(span, q, delta_r.to(matrix.dtype), alpha=first.scale).reshape(end - start, matrix.shape[1])
+        pieces = [p for p in (matrix[:start], patched, matrix[end:]) if p.shape[0]]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def passive_memory_usage(self) -> int:
         """Bytes held by the wrapper itself (ComfyUI counts this when loading the model)."""
@@ -113,10 +122,10 @@ class QRWeightWrapper(torch.nn.Module):
         return self.passive_memory_usage()
 
 
-def _back_to_back(rows: list[tuple[int, int]], scales: set) -> tuple[int, int] | None:
-    """(start, end) when the slices are equal-height, back to back and in order (q, k, v) with one scale."""
+def _back_to_back(rows: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """(start, end) when the slices are equal-height, back to back and in order (q, k, v)."""
     heights = {length for _, length in rows}
-    if len(heights) != 1 or len(scales) != 1:
+    if len(heights) != 1:
         return None
     height, first = heights.pop(), rows[0][0]
     if [start for start, _ in rows] != [first + i * height for i in range(len(rows))]:
