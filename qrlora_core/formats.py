@@ -37,19 +37,32 @@ NATIVE_Q, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT = ".qr.q", ".qr.d
 
 
 def atomic_save(tensors: dict, path: str, metadata: dict | None = None) -> None:
-    """Write a safetensors file so that `path` is either untouched or complete."""
+    """Write a safetensors file so that `path` is either untouched or complete.
+
+    A failed write (a full disk, a file-size limit, a vanished folder)
+    removes its temporary file and says so in words; any earlier file at
+    `path` is left as it was.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
-    os.close(fd)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise AdapterError(f"Could not write {os.path.basename(path)} into {folder}: {e.strerror or e}. Check that the folder is writable and has free space.") from None
     try:
         safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) or "I/O error" in str(e):  # safetensors reports failed writes as its own error type
+            raise AdapterError(
+                f"Could not write {os.path.basename(path)} into {folder} ({getattr(e, 'strerror', None) or e}): the disk may be full. "
+                "Free some space and run it again; no partial file was left and earlier files are untouched."
+            ) from None
         raise
 
 

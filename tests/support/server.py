@@ -6,9 +6,11 @@ Tests talk to it the way users' scripts do: POST /prompt, poll
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -46,13 +48,21 @@ def require_nodes(object_info: dict, *names: str) -> None:
                     "this test runs once that branch is merged")
 
 
+def _drain(source, log) -> None:
+    for line in iter(source.readline, b""):
+        log.write(line)
+        log.flush()
+
+
 class PromptFailed(AssertionError):
     pass
 
 
 class ComfyServer:
-    def __init__(self, base_directory: str, port: int | None = None, python: str = sys.executable, extra_args=()):
+    def __init__(self, base_directory: str, port: int | None = None, python: str = sys.executable, extra_args=(), file_size_limit: int | None = None):
+        """`file_size_limit` (bytes) makes every file write of the server past that size fail, as a full disk would."""
         self.base = base_directory
+        self.file_size_limit = file_size_limit
         self.port = port or free_port()
         self.python = python
         self.extra_args = list(extra_args)
@@ -75,7 +85,13 @@ class ComfyServer:
         # One compute thread: on the shared 2-core CI machine, OpenMP's spinning
         # threads made a tiny model's training step about 10x slower (measured).
         env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(args, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=detach)
+        limited = self.file_size_limit is not None
+        self.process = subprocess.Popen(
+            args, cwd=COMFYUI_DIR, stdout=subprocess.PIPE if limited else log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=detach, preexec_fn=self._limit_file_size if limited else None,
+        )
+        if limited:  # the log is written by this process, so the server's limit does not apply to it
+            threading.Thread(target=_drain, args=(self.process.stdout, log), daemon=True).start()
         with open(self.pid_path, "w") as f:
             f.write(str(self.process.pid))
         deadline = time.time() + timeout
@@ -89,6 +105,9 @@ class ComfyServer:
                 time.sleep(0.25)
         self.stop()
         raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def _limit_file_size(self) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_limit, self.file_size_limit))
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -92,3 +92,29 @@ def test_write_is_atomic_when_it_fails(tmp_path, bases, rng):
         save_native(adapter, str(target))
     assert target.read_bytes() == b"previous content"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".partial")] == []
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_earlier_files_untouched(tmp_path, bases, rng):
+    """A file-size limit (RLIMIT_FSIZE) makes every write past it fail as a full disk would."""
+    import subprocess
+    import sys
+    import textwrap
+
+    write_published(tmp_path / "pub.safetensors", bases, rng)
+    (tmp_path / "out.safetensors").write_bytes(b"an earlier checkpoint")
+    script = textwrap.dedent(f"""
+        import resource, sys
+        sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))!r})
+        from qrlora_core.formats import load_adapter, save_native
+        from qrlora_core import AdapterError
+        adapter = load_adapter({str(tmp_path / "pub.safetensors")!r})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+        try:
+            save_native(adapter, {str(tmp_path / "out.safetensors")!r})
+        except AdapterError as e:
+            print(e)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "Could not write out.safetensors" in out.stdout and "disk may be full" in out.stdout, out.stdout + out.stderr
+    assert (tmp_path / "out.safetensors").read_bytes() == b"an earlier checkpoint"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".partial")]
