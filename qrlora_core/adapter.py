@@ -12,11 +12,8 @@ import torch
 from .errors import AdapterError
 
 
-@dataclass
-class QRTarget:
-    q: torch.Tensor  # (m, k): orthonormal columns for one adapter, stacked blocks after a fallback merge
-    delta_r: torch.Tensor  # (k, n)
-    fingerprint: torch.Tensor | None = None  # sketch of the base weight the basis came from
+class QRShape:
+    """Sizes of anything holding q (m x r) and delta_r (r x n): a stored target or a training layer."""
 
     @property
     def out_features(self) -> int:
@@ -29,6 +26,13 @@ class QRTarget:
     @property
     def rank(self) -> int:
         return self.q.shape[1]
+
+
+@dataclass
+class QRTarget(QRShape):
+    q: torch.Tensor  # (m, k): orthonormal columns for one adapter, stacked blocks after a fallback merge
+    delta_r: torch.Tensor  # (k, n)
+    fingerprint: torch.Tensor | None = None  # sketch of the base weight the basis came from
 
     def up_down(self, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The same delta as an ordinary LoRA pair: up = s·Q, down = ΔR."""

@@ -15,8 +15,10 @@ holds several targets, each adding only to its own rows.
 
 import torch
 
+from ..adapter import QRShape
 
-class QRDelta(torch.nn.Module):
+
+class QRDelta(QRShape, torch.nn.Module):
     """One target: frozen Q (m x r), trainable ΔR (r x n), scale s = alpha / rank."""
 
     def __init__(self, q: torch.Tensor, delta_r: torch.Tensor, scale: float = 1.0, triangular: bool = True):
@@ -33,18 +35,6 @@ class QRDelta(torch.nn.Module):
     def zeros(cls, q: torch.Tensor, in_features: int, scale: float = 1.0, triangular: bool = True) -> "QRDelta":
         """A fresh target: ΔR = 0, so W' = W until the first optimizer step."""
         return cls(q, torch.zeros(q.shape[1], in_features, device=q.device, dtype=q.dtype), scale, triangular)
-
-    @property
-    def out_features(self) -> int:
-        return self.q.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.delta_r.shape[1]
-
-    @property
-    def rank(self) -> int:
-        return self.q.shape[1]
 
     def masked_delta_r(self) -> torch.Tensor:
         return torch.triu(self.delta_r) if self.triangular else self.delta_r
