@@ -195,23 +195,26 @@ def test_flux_slices_are_decomposed_per_published_module(pack, folders, rng):
     assert any(t.delta_r.any() for t in adapter.targets.values())
 
 
-def test_interrupt_keeps_the_steps_done(pack, folders, progress_hook, rng):
+@pytest.mark.parametrize("stop_after", [1, 3, STEPS - 1])
+def test_interrupt_keeps_the_steps_done(pack, folders, progress_hook, rng, stop_after):
     import comfy.model_management
 
-    def press_stop_after_step_3(value, total, preview, node_id=None):
-        if total == STEPS and value == 3:
+    def press_stop(value, total, preview, node_id=None):
+        if total == STEPS and value == stop_after:
             comfy.model_management.interrupt_current_processing(True)
 
-    progress_hook(press_stop_after_step_3)
+    progress_hook(press_stop)
     latents, positive = inputs("sd15", rng)
     with pytest.raises(comfy.model_management.InterruptProcessingException):
-        train(pack, models.patcher("sd15"), latents, positive, filename_prefix="t/stopped")
+        train(pack, models.patcher("sd15"), latents, positive, filename_prefix="t/stopped", checkpoint_every=2)
     files = sorted(os.path.basename(p) for p in glob.glob(str(folders / "loras" / "t" / "*")))
-    assert files == ["stopped_00001_step000003.safetensors"]  # saved on the way out, nothing partial
+    # checkpoints every 2 steps, plus what was trained saved on the way out; nothing partial
+    expected = {f"stopped_00001_step{s:06}.safetensors" for s in [*range(2, stop_after + 1, 2), stop_after]}
+    assert files == sorted(expected)
     from comfyui_qrlora.qrlora_core.formats import load_adapter
 
-    kept = load_adapter(str(folders / "loras" / "t" / files[0]))
-    assert int(kept.metadata["steps"]) == 3 and any(t.delta_r.any() for t in kept.targets.values())
+    kept = load_adapter(str(folders / "loras" / "t" / f"stopped_00001_step{stop_after:06}.safetensors"))
+    assert int(kept.metadata["steps"]) == stop_after and any(t.delta_r.any() for t in kept.targets.values())
 
 
 def test_diverging_loss_stops_with_advice_and_keeps_the_last_good_state(pack, folders, progress_hook, rng):
