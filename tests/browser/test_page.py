@@ -34,6 +34,7 @@ LINK_PROBLEMS_JS = """() => {
 }"""
 
 WIDGET_BOX_JS = """({id, name}) => {
+    app.canvas.draw(true, true);  // widget positions (w.y) are laid out when the node is drawn
     const node = app.graph.getNodeById(id), w = node.widgets.find(w => w.name === name);
     const rect = app.canvas.canvas.getBoundingClientRect(), margin = 15, h = LiteGraph.NODE_WIDGET_HEIGHT;
     const [x0, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0] + margin, node.pos[1] + w.y + h / 2]);
