@@ -33,6 +33,13 @@ def adapter_names() -> list[str]:
     return [n for n in folder_paths.get_filename_list(LORAS) if n.endswith(".safetensors")]
 
 
+def identity(name: str) -> tuple[str, int, int]:
+    """(path, mtime, size) of an adapter file: changes whenever the file does."""
+    path = adapter_path(name)
+    stat = os.stat(path)
+    return path, stat.st_mtime_ns, stat.st_size
+
+
 def adapter_path(name: str) -> str:
     """The full path of an adapter in the loras folder, refusing anything that leaves it."""
     _check_relative(name)

@@ -11,8 +11,11 @@ of a fused matrix (Flux/SD3 qkv, Flux single blocks' linear1).
 
 import math
 
+import torch
+
 import comfy.lora
 import comfy.utils
+from comfy.model_patcher import get_key_weight
 
 TRANSFORMER_PREFIX = "transformer."
 UNET_PREFIX = "lora_unet_"
@@ -39,7 +42,11 @@ def target_shape(model_patcher, target) -> tuple[int, int]:
 def target_weight(model_patcher, target):
     """The weight (or its row slice) a target addresses as this patcher makes it (see base_weight), 2-D."""
     key, offset = split_target(target)
-    weight = base_weight(model_patcher, key)
+    return rows_of(base_weight(model_patcher, key), offset)
+
+
+def rows_of(weight, offset):
+    """The row slice `offset` (or all) of a weight, as a 2-D (out, in) view."""
     if offset is not None:
         weight = weight.narrow(offset[0], offset[1], offset[2])
     return weight.reshape(weight.shape[0], -1)
@@ -75,9 +82,6 @@ def base_weight(model_patcher, key: str):
     the stored tensor alone may carry someone else's LoRA. No copy is made
     when the stored weight already is the answer.
     """
-    import torch
-    from comfy.model_patcher import get_key_weight
-
     weight, _, convert = get_key_weight(model_patcher.model, key)
     backup = model_patcher.backup.get(key)
     if backup is not None:

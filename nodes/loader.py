@@ -1,7 +1,5 @@
 """Load QR-LoRA: a file from the loras folder -> QR_LORA."""
 
-import os
-
 from comfy_api.latest import io
 
 from ..qrlora_core.errors import AdapterError
@@ -38,9 +36,7 @@ class QRLoRALoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, lora_name):
-        path = files.adapter_path(lora_name)
-        stat = os.stat(path)
-        return (path, stat.st_mtime_ns, stat.st_size)
+        return files.identity(lora_name)
 
     @classmethod
     def execute(cls, lora_name) -> io.NodeOutput:

@@ -8,7 +8,6 @@ Errors come back as {"error": sentence} with status 400.
 
 import asyncio
 import logging
-import os
 
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.formats import load_adapter
@@ -18,11 +17,9 @@ _cache: dict[tuple, dict] = {}  # (path, mtime, size) -> summary
 
 
 def summary(lora_name: str) -> dict:
-    path = files.adapter_path(lora_name)
-    stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size)
+    key = files.identity(lora_name)
     if key not in _cache:
-        adapter = load_adapter(path, basis_loader=files.basis_store().load, source=lora_name)
+        adapter = load_adapter(key[0], basis_loader=files.basis_store().load, source=lora_name)
         _cache.clear()  # one file at a time is all the page asks for
         _cache[key] = adapter.summary()
     return _cache[key]

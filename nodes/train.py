@@ -126,8 +126,7 @@ def _base_weights(model, where: dict, device) -> dict:
     for name, (key, offset) in where.items():
         if key not in full:
             full[key] = keymap.base_weight(model, key)
-        weight = full[key] if offset is None else full[key].narrow(offset[0], offset[1], offset[2])
-        out[name] = weight.reshape(weight.shape[0], -1).to(device)
+        out[name] = keymap.rows_of(full[key], offset).to(device)
     return out
 
 

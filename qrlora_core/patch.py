@@ -10,8 +10,3 @@ def add_delta_(weight: torch.Tensor, q: torch.Tensor, delta_r: torch.Tensor, fac
     delta_r = delta_r.to(device=weight.device, dtype=weight.dtype)
     matrix.addmm_(q, delta_r, alpha=factor)
     return weight
-
-
-def patched(weight: torch.Tensor, q: torch.Tensor, delta_r: torch.Tensor, factor: float) -> torch.Tensor:
-    """A patched copy, for callers that must keep the original."""
-    return add_delta_(weight.clone(), q, delta_r, factor)

@@ -5,7 +5,7 @@ import torch
 
 from qrlora_core import QRLoRA, QRTarget, delta_cosine, merge
 from qrlora_core.decompose import decompose
-from qrlora_core.patch import patched
+from qrlora_core.patch import add_delta_
 
 
 def adapter(bases, generator, alpha=None, source="a", sign_flip=False):
@@ -33,7 +33,7 @@ def test_patch_is_w_plus_s_q_delta_r(base, bases, rng):
     a = adapter(bases, rng, alpha=12.0)  # s = 2
     for name, w in base.items():
         t = a.targets[name]
-        got = patched(w, t.q, t.delta_r, 0.7 * a.scale)
+        got = add_delta_(w.clone(), t.q, t.delta_r, 0.7 * a.scale)
         expected = w.double() + 0.7 * 2.0 * t.q.double() @ t.delta_r.double()
         assert torch.allclose(got.double(), expected, atol=1e-5)
 
