@@ -1,9 +1,9 @@
 """The frozen basis of QR-LoRA: top-r SVD of W, then QR of the scaled core.
 
-Published algorithm (METHOD.md): core = U_r diag(S_r / s) V_r^T, reduced QR
+Published algorithm (docs/method.md, "The basis"): core = U_r diag(S_r / s) V_r^T, reduced QR
 core = Q R, keep r columns of Q and r rows of R, with s = alpha / rank.
 We take the QR of the small r x n factor diag(S_r / s) V_r^T instead of
-the m x n core (same Q and R, see METHOD.md) and make the diagonal of R
+the m x n core (same Q and R, see docs/method.md, "The basis") and make the diagonal of R
 positive, so Q is canonical: the same W and rank give the same Q on any
 device up to rounding, whatever signs the SVD picked.
 
@@ -13,7 +13,7 @@ Two ways to the top-r subspace:
 - "subspace": batched block power iteration with oversampling and a
   Rayleigh-Ritz step, mostly in float32, for many same-shaped layers at
   once on a GPU. On decaying spectra it lands far closer to the exact subspace than
-  the published float32 SVD does (METHOD.md's anchors).
+  the published float32 SVD does (docs/method.md, "Computing the basis").
 
 On a GPU every step of "subspace" is one batched library call: blocks are
 orthonormalized by Cholesky QR on a float64 Gram matrix (Householder QR

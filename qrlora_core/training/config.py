@@ -1,6 +1,6 @@
 """Training settings: one dataclass whose field help texts are the node's tooltips.
 
-Defaults follow the reference training setup (METHOD.md) where it has one:
+Defaults follow the reference training setup (docs/method.md, "Training objective and defaults") where it has one:
 rank 64, alpha = rank (s = 1), lr 1e-4, AdamW, the triangular ΔR, and the
 paper's attention + MLP targets.
 """

@@ -1,7 +1,7 @@
 """The layer math of training: W' = W + s · Q · (M ⊙ ΔR), only ΔR learned.
 
 Training needs neither the residual W_res nor R: W_res + s·Q·(R + ΔR)
-equals W + s·Q·ΔR (METHOD.md, point 6), so the frozen extra per target is
+equals W + s·Q·ΔR (docs/method.md, "The patch"), so the frozen extra per target is
 Q alone (m x r, a buffer, never a parameter) and the trained part is ΔR
 (r x n, zero at the start, so the first forward is the base model's).
 The triangular variant masks ΔR with M = triu(ones(r, n)) on every

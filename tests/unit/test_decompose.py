@@ -15,7 +15,7 @@ def decaying(m, n, power, generator, dtype=torch.float32):
 
 
 def published_reference(w, rank, alpha):
-    """METHOD.md's algorithm, literally: QR of the full m x n core, in float64."""
+    """The published algorithm (docs/method.md, "The basis"), literally: QR of the full m x n core, in float64."""
     w = w.to(torch.float64)
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     scale = alpha / rank
