@@ -1,6 +1,6 @@
 """ComfyUI glue: one module per node family, each node a thin shell over qrlora_core."""
 
-from . import routes
+from . import routes, weight_adapter
 from .apply import QRLoRAApply
 from .loader import QRLoRALoader
 from .merge import QRLoRAMerge
@@ -11,3 +11,4 @@ from .train import QRLoRATrain
 NODES = [QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrain, QRLoRASimilarity]
 
 routes.register()
+weight_adapter.register()  # LoraLoader and friends read QR-LoRA files from here on

@@ -5,14 +5,52 @@ ModelPatcher keeps a list of patches per weight and calls
 GPU, in low-VRAM offloading, or per layer on the fly. Being a
 `WeightAdapterBase` lets that machinery apply, offload and unpatch us
 exactly like its own LoRA, and restore the original weights bit for bit.
+
+The same class is registered in `comfy.weight_adapter.adapters`, the list
+`comfy.lora.load_lora` asks to recognise a file's keys, so LoraLoader,
+LoraLoaderModelOnly, CreateHookLora and every pack built on them read
+QR-LoRA files (qrlora_core/stock_keys.py says which) into the very patch
+Apply to Model makes.
 """
+
+import logging
 
 import torch
 
 import comfy.model_management
+import comfy.weight_adapter
 from comfy.weight_adapter.base import WeightAdapterBase
 
 from ..qrlora_core.patch import add_delta_
+from ..qrlora_core.reference_formats import UP, is_q_and_r
+from ..qrlora_core.stock_keys import Refused, read_layer
+
+_seen: dict[tuple, bool] = {}  # per state dict: is it a Q-and-R file; present once its warning is out
+
+
+def _file_key(lora: dict) -> tuple:
+    """Tells state dicts apart for the length of one load (an id alone can be reused after one is freed)."""
+    return id(lora), len(lora), next(iter(lora), None)
+
+
+def _warn_once(lora: dict, message: str) -> None:
+    """One warning per file, not one per layer."""
+    key = ("warned", *_file_key(lora))
+    if key not in _seen:
+        _remember(key, True)
+        logging.warning("[QR-LoRA] %s", message)
+
+
+def _remember(key: tuple, value: bool) -> bool:
+    if len(_seen) > 256:
+        _seen.clear()
+    _seen[key] = value
+    return value
+
+
+def _q_and_r(lora: dict) -> bool:
+    key = _file_key(lora)
+    return _seen[key] if key in _seen else _remember(key, is_q_and_r(lora))
 
 
 def _is_identity(function) -> bool:
@@ -25,10 +63,29 @@ class QRLoRAPatch(WeightAdapterBase):
 
     name = "qrlora"
 
-    def __init__(self, q: torch.Tensor, delta_r: torch.Tensor, scale: float):
-        self.loaded_keys = set()
+    def __init__(self, q: torch.Tensor, delta_r: torch.Tensor, scale: float, loaded_keys: set | None = None):
+        self.loaded_keys = loaded_keys or set()
         self.weights = [q, delta_r]
         self.scale = scale
+
+    @classmethod
+    def load(cls, x, lora, alpha=None, dora_scale=None, loaded_keys=None):
+        """The stock loaders' question: is there a QR-LoRA layer under prefix `x` in this file?"""
+        if x + UP in lora or x + ".to_out.0" + UP in lora:
+            if _q_and_r(lora):
+                _warn_once(lora, "This LoRA is the QR-LoRA reference's Q-and-R checkpoint (…to_out.0.to_out.0 layers): its update is "
+                                 "Q_t·R_t minus the base's top-r part, which a LoRA loader cannot compute, so its layers are left "
+                                 "unchanged. Load it with the Load QR-LoRA node and connect the model.")
+                return _Refusal(x, lora)
+            return None
+        try:
+            layer = read_layer(x, lora, alpha)
+        except Refused as e:
+            _warn_once(lora, f"A QR-LoRA layer ({x}) {e}. Its layers are not loaded.")
+            return None
+        if layer is None:
+            return None
+        return cls(layer.q, layer.delta_r, layer.scale, layer.keys)
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function, intermediate_dtype=torch.float32, original_weight=None):
         q, delta_r = (comfy.model_management.cast_to_device(t, weight.device, intermediate_dtype) for t in self.weights)
@@ -38,3 +95,27 @@ class QRLoRAPatch(WeightAdapterBase):
         delta = torch.mm(q, delta_r).mul_(factor).reshape(weight.shape)
         weight += function(delta).type(weight.dtype)
         return weight
+
+    def h(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """Newer ComfyUI's bypass mode (the model's weights stay as they are): s · (x ΔR^T) Q^T for a linear layer."""
+        q, delta_r = (t.to(device=x.device, dtype=x.dtype) for t in self.weights)
+        return (x @ delta_r.T @ q.T) * (self.scale * getattr(self, "multiplier", 1.0))
+
+
+class _Refusal(WeightAdapterBase):
+    """Takes a layer another adapter would load wrongly and leaves the weight as it is (the log says why)."""
+
+    name = "qrlora-refused"
+
+    def __init__(self, x: str, lora: dict):
+        self.loaded_keys = {k for k in (x + UP, x + ".lora.down.weight", x + ".to_out.0" + UP, x + ".to_out.0.lora.down.weight") if k in lora}
+        self.weights = []
+
+    def calculate_weight(self, weight, *args, **kwargs):
+        return weight
+
+
+def register() -> None:
+    """Put QRLoRAPatch into ComfyUI's adapter list, once: re-imports replace an earlier copy, never add a second."""
+    adapters = comfy.weight_adapter.adapters
+    adapters[:] = [a for a in adapters if getattr(a, "name", None) != QRLoRAPatch.name] + [QRLoRAPatch]

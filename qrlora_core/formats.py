@@ -26,11 +26,13 @@ import torch
 
 from .adapter import QRLoRA, QRTarget
 from .errors import AdapterError
+from .metadata import modelspec
 
 FORMAT_VERSION = 1
 META_PREFIX = "qrlora."
 PUBLISHED_SUFFIXES = {"q": ".lora.q.weight", "base_r": ".lora.base_r.weight", "delta_r": ".lora.delta_r.weight"}
 NATIVE_Q, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT = ".qr.q", ".qr.delta_r", ".qr.delta_r_upper", ".qr.fingerprint"
+NATIVE_SCALE = ".qr.scale"  # s = alpha / rank per layer, float64: the stock loaders see tensors only
 
 
 # ---------------------------------------------------------------- writing
@@ -108,8 +110,9 @@ def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=N
             tensors[name + NATIVE_Q] = target.q
         if target.fingerprint is not None:
             tensors[name + NATIVE_FINGERPRINT] = target.fingerprint.to(torch.float32)
+        tensors[name + NATIVE_SCALE] = torch.tensor(float(adapter.scale), dtype=torch.float64)  # s for ComfyUI's own loaders (stock_keys.py)
     extra = {"basis_id": basis_id} if basis_id else {}
-    atomic_save(tensors, path, native_metadata(adapter, **extra))
+    atomic_save(tensors, path, {**native_metadata(adapter, **extra), **modelspec(adapter, path, "qr-lora")})
 
 
 def export_lora(adapter: QRLoRA, path: str, dtype=None) -> None:
@@ -130,6 +133,7 @@ def export_lora(adapter: QRLoRA, path: str, dtype=None) -> None:
             tensors[name + ".lora_up.weight"], tensors[name + ".lora_down.weight"] = up, down
             tensors[name + ".alpha"] = torch.tensor(float(down.shape[0]))
     meta = {"ss_network_module": "networks.lora", "qrlora.exported_from": adapter.source or "merged QR-LoRA"}
+    meta.update(modelspec(adapter, path, "lora"))
     atomic_save(tensors, path, meta)
 
 

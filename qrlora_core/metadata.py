@@ -1,0 +1,68 @@
+"""Standard metadata for every file the pack writes: Stability AI's model spec (`modelspec.*`).
+
+Model managers, the ComfyUI frontend and LoRA browsers read these keys to
+show a title, the base model and the trigger phrase, so our files carry
+them next to our own `qrlora.*` keys. The base architecture is read from
+the adapter's layer names and shapes (no file of ours needs to record it):
+Flux has single-stream blocks, SD3 joint blocks only, and a UNet's
+cross-attention width tells SD1.x (768), SD2.x (1024) and SDXL (2048) apart.
+"""
+
+import datetime
+import json
+import os
+
+SPEC_VERSION = "1.0.0"
+IMPLEMENTATION = "https://arxiv.org/abs/2507.04599"  # QR-LoRA; files written by comfyui-qrlora
+BASES = {  # base -> (architecture id, its reference implementation)
+    "flux": ("flux-1-dev", "https://github.com/black-forest-labs/flux"),
+    "sd3": ("stable-diffusion-v3-medium", "https://github.com/Stability-AI/sd3.5"),
+    "sdxl": ("stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models"),
+    "sd2": ("stable-diffusion-v2", "https://github.com/Stability-AI/stablediffusion"),
+    "sd1": ("stable-diffusion-v1", "https://github.com/CompVis/stable-diffusion"),
+}
+CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def base_of(adapter) -> str | None:
+    """'flux', 'sd3', 'sdxl', 'sd2', 'sd1' or None, from the adapter's layer names and shapes."""
+    names = adapter.targets
+    if any(n.startswith("transformer.single_transformer_blocks.") for n in names):
+        return "flux"
+    if any(n.startswith("transformer.transformer_blocks.") for n in names):
+        return "sd3"
+    for name, target in names.items():
+        if name.startswith("lora_unet_") and name.endswith("_attn2_to_k"):
+            return CONTEXT_WIDTHS.get(target.in_features)
+    if any(n.startswith("lora_unet_down_blocks_0_attentions_") for n in names):
+        return "sd1"  # SDXL has no attention in its first level
+    return None
+
+
+def modelspec(adapter, path: str, network: str) -> dict:
+    """`modelspec.*` keys for a file at `path`; `network` is 'qr-lora' (our formats) or 'lora' (exports)."""
+    base = base_of(adapter)
+    architecture, _ = BASES.get(base, ("unknown", None))
+    meta = {
+        "modelspec.sai_model_spec": SPEC_VERSION,
+        "modelspec.architecture": f"{architecture}/{network}",
+        "modelspec.implementation": IMPLEMENTATION,
+        "modelspec.title": adapter.metadata.get("title") or os.path.splitext(os.path.basename(path))[0],
+        "modelspec.date": datetime.date.today().isoformat(),
+        "modelspec.description": f"QR-LoRA ({adapter.format}), rank {adapter.rank}, {len(adapter.targets)} layers, written by comfyui-qrlora",
+    }
+    if trigger := adapter.metadata.get("trigger_words"):
+        meta["modelspec.trigger_phrase"] = trigger
+    if merged := adapter.metadata.get("merged_from"):
+        if isinstance(merged, str):  # as read back from one of our files
+            try:
+                merged = json.loads(merged)
+            except ValueError:
+                merged = [merged]
+        meta["modelspec.merged_from"] = ", ".join(str(m.get("source", m)) if isinstance(m, dict) else str(m) for m in merged)
+    return meta
+
+
+def trigger_words(adapter) -> str:
+    """The words a prompt needs for this adapter ('' if none are known)."""
+    return adapter.metadata.get("trigger_words", "") or ""

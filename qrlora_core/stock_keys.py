@@ -1,0 +1,87 @@
+"""One layer of a QR-LoRA file, read the way ComfyUI's stock LoRA loader reads files.
+
+`comfy.lora.load_lora` walks the model's LoRA key map and, for every
+prefix `x` (a layer name such as `transformer.transformer_blocks.0.attn.to_q`),
+asks each registered weight adapter whether the file's tensors hold a layer
+under `x`. It passes only the tensors, never the file's metadata, so what
+a layer needs must be in its own tensors:
+
+- published: `x.lora.q.weight` (Q) and `x.lora.delta_r.weight` (ΔR);
+  `x.lora.base_r.weight` (R) is read past. No alpha in the file: s = 1
+  (or alpha / rank when a stock `x.alpha` tensor is present). The
+  triangular variant of the reference keeps ΔR zero below the diagonal
+  (its mask is applied at init and in every forward, so those entries
+  never move), so ΔR is used as stored in both variants.
+- native: `x.qr.q`, `x.qr.delta_r` or the packed `x.qr.delta_r_upper`, and
+  `x.qr.scale` (s = alpha / rank as float64, written since this reader
+  exists). A native layer without `x.qr.scale` is refused: its alpha lives
+  only in the file's metadata, which the stock path cannot see.
+- compact: native without Q. Q is in a shared basis file that only the
+  file's metadata names, so the stock path cannot reach it: refused.
+- Q-and-R (the reference's second script): `x.lora.up.weight` /
+  `x.lora.down.weight`, whose update depends on the base weights
+  (reference_formats.py). Read by Load QR-LoRA with a model; the stock
+  path refuses it rather than counting the base's top-r part twice.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import AdapterError
+from .formats import NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT, NATIVE_Q, NATIVE_SCALE, PUBLISHED_SUFFIXES, _unpack_upper
+
+
+@dataclass
+class StockLayer:
+    q: torch.Tensor
+    delta_r: torch.Tensor
+    scale: float
+    keys: set  # every tensor of the file this layer accounts for
+
+
+class Refused(Exception):
+    """A layer the stock path recognises but must not load; the message says why and what to do."""
+
+
+def _layer(q, delta_r, scale, keys) -> StockLayer:
+    if q.dim() != 2 or delta_r.dim() != 2 or q.shape[1] != delta_r.shape[0] or q.shape[1] == 0:
+        raise Refused(f"has Q of shape {tuple(q.shape)} and ΔR of shape {tuple(delta_r.shape)}, which do not fit together; the file is damaged")
+    if not (torch.isfinite(q).all() and torch.isfinite(delta_r).all()):
+        raise Refused("contains NaN or infinite values; the adapter is broken, use another file")
+    return StockLayer(q, delta_r, scale, keys)
+
+
+def read_layer(x: str, lora: dict, alpha: float | None = None) -> StockLayer | None:
+    """The QR-LoRA layer stored under prefix `x`, None if there is none, Refused if it must not load."""
+    q_key = x + PUBLISHED_SUFFIXES["q"]
+    if q_key in lora:
+        delta_key = x + PUBLISHED_SUFFIXES["delta_r"]
+        if delta_key not in lora:
+            raise Refused(f"has Q but no ΔR ({delta_key}); the file is incomplete")
+        q, delta_r = lora[q_key], lora[delta_key]
+        keys = {q_key, delta_key} | ({x + PUBLISHED_SUFFIXES["base_r"]} & lora.keys())
+        scale = 1.0 if alpha is None else alpha / q.shape[-1]
+        return _layer(q, delta_r, scale, keys)
+
+    full, upper = x + NATIVE_DELTA, x + NATIVE_DELTA_UPPER
+    if full not in lora and upper not in lora:
+        return None
+    q_key, scale_key = x + NATIVE_Q, x + NATIVE_SCALE
+    if q_key not in lora:
+        raise Refused(
+            "is a compact QR-LoRA layer (ΔR only): its Q is in a shared basis file that only the file's metadata names, "
+            "which ComfyUI's LoRA loaders cannot read; load it with the Load QR-LoRA node, or save it again without 'compact'"
+        )
+    if scale_key not in lora:
+        raise Refused(
+            "was saved before native files carried their scale per layer, so the stock loaders cannot know its alpha; "
+            "load it with the Load QR-LoRA node, or load and save it again with Save QR-LoRA"
+        )
+    q = lora[q_key]
+    try:
+        delta_r = lora[full] if full in lora else _unpack_upper(lora[upper], q.shape[1] if q.dim() == 2 else 0, x, "the file")
+    except AdapterError as e:
+        raise Refused(str(e).split(": ", 1)[-1]) from None
+    keys = {q_key, scale_key, full if full in lora else upper} | ({x + NATIVE_FINGERPRINT} & lora.keys())
+    return _layer(q, delta_r, float(lora[scale_key].item()), keys)
