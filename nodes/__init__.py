@@ -2,13 +2,19 @@
 
 from . import routes, weight_adapter
 from .apply import QRLoRAApply
+from .blocks import QRLoRABlockWeights
+from .hooks import QRLoRAHook
 from .loader import QRLoRALoader
 from .merge import QRLoRAMerge
+from .reference import QRLoRAExportReference
 from .save import QRLoRAExportLoRA, QRLoRASave
 from .similarity import QRLoRASimilarity
 from .train import QRLoRATrain
 
-NODES = [QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrain, QRLoRASimilarity]
+NODES = [
+    QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrain, QRLoRASimilarity,
+    QRLoRAHook, QRLoRABlockWeights, QRLoRAExportReference,
+]
 
 routes.register()
 weight_adapter.register()  # LoraLoader and friends read QR-LoRA files from here on

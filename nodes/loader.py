@@ -4,7 +4,8 @@ from comfy_api.latest import io
 
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.formats import load_adapter
-from . import files
+from ..qrlora_core.metadata import trigger_words
+from . import files, reference
 from .types import CATEGORY, QRLoRAType, describe
 
 
@@ -18,15 +19,17 @@ class QRLoRALoader(io.ComfyNode):
             description="Loads a QR-LoRA adapter (this pack's files or the published reference format) from the loras folder.",
             inputs=[
                 io.Combo.Input("lora_name", options=files.adapter_names(), tooltip="A QR-LoRA .safetensors file in the loras folder (subfolders allowed)."),
+                io.Model.Input("model", optional=True, tooltip="Needed only for the reference's Q-and-R checkpoints, whose update depends on the base weights."),
             ],
             outputs=[
                 QRLoRAType.Output(display_name="qr_lora"),
                 io.String.Output(display_name="info", tooltip="Format, rank, layers, trigger words and base fingerprint."),
+                io.String.Output(display_name="trigger_words", tooltip="The adapter's trigger words, to put into your prompt ('' if the file names none)."),
             ],
         )
 
     @classmethod
-    def validate_inputs(cls, lora_name):
+    def validate_inputs(cls, lora_name, model=None):
         """Refuse at queue time (HTTP 400, shown on the node) names that are not files in loras."""
         try:
             files.adapter_path(lora_name)
@@ -35,12 +38,15 @@ class QRLoRALoader(io.ComfyNode):
         return True
 
     @classmethod
-    def fingerprint_inputs(cls, lora_name):
+    def fingerprint_inputs(cls, lora_name, model=None):
         return files.identity(lora_name)
 
     @classmethod
-    def execute(cls, lora_name) -> io.NodeOutput:
+    def execute(cls, lora_name, model=None) -> io.NodeOutput:
         path = files.adapter_path(lora_name)
-        adapter = load_adapter(path, basis_loader=files.basis_store().load, source=lora_name)
+        if reference.is_q_and_r_file(path):
+            adapter = reference.load_q_and_r(path, model, lora_name)
+        else:
+            adapter = load_adapter(path, basis_loader=files.basis_store().load, source=lora_name)
         info = describe(adapter)
-        return io.NodeOutput(adapter, info, ui={"text": [info], "qrlora": [adapter.summary()]})
+        return io.NodeOutput(adapter, info, trigger_words(adapter), ui={"text": [info], "qrlora": [adapter.summary()]})

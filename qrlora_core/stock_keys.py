@@ -85,3 +85,13 @@ def read_layer(x: str, lora: dict, alpha: float | None = None) -> StockLayer | N
         raise Refused(str(e).split(": ", 1)[-1]) from None
     keys = {q_key, scale_key, full if full in lora else upper} | ({x + NATIVE_FINGERPRINT} & lora.keys())
     return _layer(q, delta_r, float(lora[scale_key].item()), keys)
+
+
+def state_dict(adapter) -> dict:
+    """An adapter as the tensors a stock loader reads back into the same patches (for hooks: comfy.hooks.create_hook_lora)."""
+    tensors = {}
+    for name, t in adapter.targets.items():
+        tensors[name + NATIVE_Q] = t.q
+        tensors[name + NATIVE_DELTA] = t.delta_r
+        tensors[name + NATIVE_SCALE] = torch.tensor(float(adapter.scale), dtype=torch.float64)
+    return tensors
