@@ -1,0 +1,56 @@
+"""The registered weight adapter in-process: ComfyUI's own `comfy.lora.load_lora` on a Flux model
+(fused qkv and linear1 slices) gives the very patches Apply to Model makes, and registering is idempotent."""
+
+import torch
+
+from integration.test_model_patcher import FLUX_TARGETS, block
+from qrlora_core import QRLoRA, QRTarget
+from qrlora_core.decompose import decompose
+from qrlora_core.formats import save_native
+from support import host, models
+
+
+def test_stock_load_lora_gives_apply_s_patches_on_fused_flux_slices(tmp_path, rng):
+    host.import_pack()
+    import comfy.lora
+    import comfy.utils
+    from comfyui_qrlora.nodes.apply import QRLoRAApply
+
+    model = models.patcher("flux")
+    base = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    targets = {}
+    for name, (key, start, length) in FLUX_TARGETS.items():
+        b = decompose(block(base[key], start, length), 6)
+        targets[name] = QRTarget(q=b.q, delta_r=torch.triu(torch.randn(6, b.r.shape[1], generator=rng)) * 0.05)
+    adapter = QRLoRA(targets, rank=6, alpha=1.5, format="native")
+    path = str(tmp_path / "flux.safetensors")
+    save_native(adapter, path)
+
+    stock = model.clone()
+    stock.add_patches(comfy.lora.load_lora(comfy.utils.load_torch_file(path, safe_load=True), comfy.lora.model_lora_keys_unet(model.model, {})), 0.9)
+    ours = QRLoRAApply.execute(model=model, qr_lora=adapter, strength=0.9).args[0]
+    results = []
+    for patched in (stock, ours):
+        patched.patch_model()
+        results.append({k: v.clone() for k, v in patched.model.diffusion_model.state_dict().items()})
+        patched.unpatch_model()
+    changed = {key for key, *_ in FLUX_TARGETS.values()}
+    for key, w in base.items():
+        assert torch.equal(results[0][key], results[1][key]), f"{key}: stock and Apply differ"
+        assert torch.equal(results[0][key], w) == (key not in changed), key
+    for name, (key, start, length) in FLUX_TARGETS.items():
+        t = adapter.targets[name]
+        want = block(base[key], start, length).double() + 0.9 * 0.25 * t.q.double() @ t.delta_r.double()
+        assert torch.allclose(block(results[0][key], start, length).double(), want, atol=1e-6), name
+
+
+def test_registering_twice_keeps_one_entry_and_it_is_apply_s_class():
+    host.import_pack()
+    import comfy.weight_adapter
+    from comfyui_qrlora.nodes import weight_adapter
+
+    weight_adapter.register()
+    weight_adapter.register()
+    ours = [a for a in comfy.weight_adapter.adapters if getattr(a, "name", None) == "qrlora"]
+    assert ours == [weight_adapter.QRLoRAPatch]
+    assert comfy.weight_adapter.adapters[-1] is weight_adapter.QRLoRAPatch  # after LoRA's, so a refusal overrides its guess
