@@ -108,9 +108,9 @@ def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=N
             tensors[name + NATIVE_DELTA_UPPER] = packed
         if basis_id is None:
             tensors[name + NATIVE_Q] = target.q
+            tensors[name + NATIVE_SCALE] = torch.tensor(float(adapter.scale), dtype=torch.float64)  # s for ComfyUI's own loaders (stock_keys.py)
         if target.fingerprint is not None:
             tensors[name + NATIVE_FINGERPRINT] = target.fingerprint.to(torch.float32)
-        tensors[name + NATIVE_SCALE] = torch.tensor(float(adapter.scale), dtype=torch.float64)  # s for ComfyUI's own loaders (stock_keys.py)
     extra = {"basis_id": basis_id} if basis_id else {}
     atomic_save(tensors, path, {**native_metadata(adapter, **extra), **modelspec(adapter, path, "qr-lora")})
 
