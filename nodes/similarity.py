@@ -5,6 +5,7 @@ import torch
 from comfy_api.latest import io, ui
 from PIL import Image, ImageDraw, ImageFont
 
+from ..qrlora_core.blocks import block_overlap, overlap_spec
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.similarity import delta_cosine
 from .types import CATEGORY, QRLoRAType
@@ -73,6 +74,10 @@ def report(stats: dict, name_a: str, name_b: str, only_a: int, only_b: int) -> s
     if only_a or only_b:
         lines.append(f"not compared: {only_a} layers only in A, {only_b} only in B")
     lines += [f"{i + 1:>3}  {c:+.4f}  {name}" for i, (name, c) in enumerate(zip(stats["layers"], stats["cosine"]))]
+    means = block_overlap(dict(zip(stats["layers"], stats["cosine"])))
+    lines.append("mean |cos| per block: " + ", ".join(f"{b} {m:.3f}" for b, m in means.items()))
+    if spec := overlap_spec(means, LOW):
+        lines.append(f"blocks where they overlap (mean |cos| > {LOW}): keep them for one adapter, e.g. Block Weights '{spec}' on the other")
     return "\n".join(lines)
 
 
@@ -94,7 +99,9 @@ class QRLoRASimilarity(io.ComfyNode):
             ],
             outputs=[
                 io.Image.Output(display_name="plot", tooltip=f"Cosine per layer as a {WIDTH}x{HEIGHT} bar chart."),
-                io.String.Output(display_name="numbers", tooltip="Mean and max |cos| and the cosine of every layer."),
+                io.String.Output(display_name="numbers", tooltip="Mean and max |cos| and the cosine of every layer and block."),
+                io.String.Output(display_name="overlap_blocks", tooltip=f"Block weights 'BLOCK=0, ...' for the blocks where the adapters overlap (mean |cos| > {LOW}): "
+                                                                        "wire it into Block Weights (custom) of one of the two adapters."),
             ],
         )
 
@@ -114,4 +121,5 @@ class QRLoRASimilarity(io.ComfyNode):
         picture = torch.from_numpy(np.asarray(plot(stats, title), dtype=np.float32) / 255.0)[None]
         payload = {**stats, "a": qr_lora_a.source, "b": qr_lora_b.source, "only_a": only_a, "only_b": only_b}
         preview = ui.PreviewImage(picture, cls=cls).as_dict()
-        return io.NodeOutput(picture, text, ui={**preview, "text": [text], "qrlora_similarity": [payload]})
+        overlap = overlap_spec(block_overlap(cosines), LOW)
+        return io.NodeOutput(picture, text, overlap, ui={**preview, "text": [text], "qrlora_similarity": [payload]})

@@ -185,3 +185,18 @@ def apply_block_weights(adapter: QRLoRA, spec: str) -> tuple[QRLoRA, dict[str, f
     out = QRLoRA(targets, rank=adapter.rank, alpha=adapter.alpha, format=adapter.format, metadata=metadata,
                  source=adapter.source, shared_basis=adapter.shared_basis)
     return out, dict(sorted(used.items(), key=lambda kv: _order_key(kv[0]) if kv[0] != "other" else (3, 0)))
+
+
+def block_overlap(cosines: dict[str, float]) -> dict[str, float]:
+    """Mean |cos| of two adapters' ΔR per block (ΔR Similarity's per-layer numbers, gathered by block)."""
+    per_level = _unet_levels(cosines)
+    sums: dict[str, list[float]] = {}
+    for name, c in cosines.items():
+        sums.setdefault(block_of(name, per_level) or "other", []).append(abs(c))
+    means = {b: sum(v) / len(v) for b, v in sums.items()}
+    return dict(sorted(means.items(), key=lambda kv: _order_key(kv[0]) if kv[0] != "other" else (3, 0)))
+
+
+def overlap_spec(means: dict[str, float], threshold: float) -> str:
+    """Block weights that leave out the blocks where two adapters overlap (mean |cos| above threshold): for one of the two."""
+    return ", ".join(f"{b}=0" for b, m in means.items() if b != "other" and m > threshold)

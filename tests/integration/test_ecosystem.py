@@ -223,7 +223,7 @@ def test_block_weights_change_exactly_the_blocks_they_name(comfy, client, base_m
     g = Graph()
     unet = g.add("UNETLoader", unet_name=SD15, weight_dtype="default")
     weighted = g.add("QRLoRABlockWeights", qr_lora=g.add("QRLoRALoader", lora_name="eco/sd15_content.safetensors")[0],
-                     preset="custom (text below)", block_weights="IN=0, OUT01=2.5")
+                     preset="all blocks", block_weights="IN=0, OUT01=2.5")
     g.add("ModelSave", model=g.add("QRLoRAApply", model=unet, qr_lora=weighted[0], strength=1.0), filename_prefix=prefix)
     entry = client.run(g.prompt())
     assert "IN01 0, MID 1, OUT01 2.5" in client.ui(entry, weighted.node_id)["text"][0]
@@ -235,6 +235,30 @@ def test_block_weights_change_exactly_the_blocks_they_name(comfy, client, base_m
             t = sd15_content.targets[name]
             expected[key] = base[key].double() + (w * t.q.double() @ t.delta_r.double()).reshape(base[key].shape)
     assert_only_targets_changed(base, saved_model(comfy, prefix), expected)  # IN01's layers stay bit-identical
+
+
+def test_similarity_overlap_feeds_block_weights(comfy, client, base_models, sd15_content):
+    """A style adapter that repeats the content's ΔR in OUT01 only: ΔR Similarity names OUT01, and Block Weights drops it there."""
+    g = seeded()
+    overlapping = "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_ff_net_2"
+    targets = {n: QRTarget(q=t.q, delta_r=t.delta_r.clone() if n == overlapping else torch.randn(t.delta_r.shape, generator=g) * 0.05)
+               for n, t in sd15_content.targets.items()}
+    save_native(QRLoRA(targets, rank=4, alpha=4.0, format="native"), comfy.path("models", "loras", "eco", "sd15_style.safetensors"))
+    prefix = f"checks/{uuid.uuid4().hex[:8]}"
+    graph = Graph()
+    unet = graph.add("UNETLoader", unet_name=SD15, weight_dtype="default")
+    content = graph.add("QRLoRALoader", lora_name="eco/sd15_content.safetensors")
+    style = graph.add("QRLoRALoader", lora_name="eco/sd15_style.safetensors")
+    similarity = graph.add("QRLoRASimilarity", qr_lora_a=content[0], qr_lora_b=style[0])
+    shown = graph.add("PreviewAny", source=similarity[2])
+    kept_out = graph.add("QRLoRABlockWeights", qr_lora=style[0], preset="all blocks", block_weights=similarity[2])
+    graph.add("ModelSave", model=graph.add("QRLoRAApply", model=unet, qr_lora=kept_out[0], strength=1.0), filename_prefix=prefix)
+    entry = client.run(graph.prompt())
+    assert client.ui(entry, shown.node_id)["text"][0] == "OUT01=0"
+    assert "mean |cos| per block: IN01" in client.ui(entry, similarity.node_id)["text"][0]
+    base, saved = base_models["sd15"], saved_model(comfy, prefix)
+    for name, key in SD15_TARGETS.items():
+        assert torch.equal(saved[key], base[key]) == (name == overlapping), name
 
 
 def test_hook_keyframes_change_the_strength_between_steps(comfy, client, base_models, sd15_content, text_and_vae):
