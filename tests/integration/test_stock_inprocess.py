@@ -54,3 +54,15 @@ def test_registering_twice_keeps_one_entry_and_it_is_apply_s_class():
     ours = [a for a in comfy.weight_adapter.adapters if getattr(a, "name", None) == "qrlora"]
     assert ours == [weight_adapter.QRLoRAPatch]
     assert comfy.weight_adapter.adapters[-1] is weight_adapter.QRLoRAPatch  # after LoRA's, so a refusal overrides its guess
+
+
+def test_bypass_h_adds_the_same_delta_to_a_linear_layer_s_output(rng):
+    """Newer ComfyUI's bypass mode adds h(x) to the layer's output instead of patching W."""
+    host.import_pack()
+    from comfyui_qrlora.nodes.weight_adapter import QRLoRAPatch
+
+    q, delta_r, x = torch.randn(12, 3, generator=rng), torch.randn(3, 7, generator=rng), torch.randn(2, 5, 7, generator=rng)
+    patch = QRLoRAPatch(q, delta_r, 0.5)
+    patch.multiplier = 0.8
+    want = x.double() @ (0.4 * q.double() @ delta_r.double()).T
+    assert torch.allclose(patch.h(x, None).double(), want, atol=1e-5)
