@@ -21,7 +21,7 @@ subspace); our s is folded into ΔR.
 import torch
 
 from .adapter import QRLoRA, QRTarget
-from .decompose import decompose
+from .decompose import decompose_many
 from .errors import AdapterError
 from .formats import PUBLISHED_SUFFIXES
 
@@ -53,40 +53,41 @@ def q_and_r_pairs(tensors, source: str) -> dict[str, tuple[torch.Tensor, torch.T
     return pairs
 
 
-def top_part(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q0, R0) with Q0·R0 the top-r part of W (alpha = rank), by the pack's decomposition."""
-    basis = decompose(weight, rank)
-    return basis.q, basis.r
-
-
 def resolve_q_and_r(tensors, base_weight, source: str, alpha: float | None = None) -> tuple[QRLoRA, list[str]]:
     """The file's exact update against the base weights; `base_weight(name)` gives W (m x n) or None.
 
     Returns the adapter (stacked pairs, scale 1) and the names the model lacks.
     """
     pairs = q_and_r_pairs(tensors, source)
-    targets, missing, ranks = {}, [], set()
+    ranks = {q_t.shape[1] for q_t, _ in pairs.values()}
+    if len(ranks) > 1:
+        raise AdapterError(f"{source}: its layers have different ranks {sorted(ranks)}; a Q-and-R checkpoint has one rank, the file is damaged.")
+    weights, missing = {}, []
     for name, (q_t, r_t) in pairs.items():
         weight = base_weight(name)
         if weight is None:
             missing.append(name)
-            continue
-        if tuple(weight.shape) != (q_t.shape[0], r_t.shape[1]):
+        elif tuple(weight.shape) != (q_t.shape[0], r_t.shape[1]):
             raise AdapterError(
                 f"{source} was trained on another base model: layer {name} is {(q_t.shape[0], r_t.shape[1])} in the file and "
                 f"{tuple(weight.shape)} in this model; connect the model it was trained on."
             )
-        rank = q_t.shape[1]
-        ranks.add(rank)
-        scale = 1.0 if alpha is None else alpha / rank
-        q0, r0 = top_part(weight, rank)
-        targets[name] = QRTarget(q=torch.cat([q_t, q0], dim=1), delta_r=torch.cat([scale * r_t, -r0], dim=0))
-    if not targets:
+        else:
+            weights[name] = weight
+    if not weights:
         example = next(iter(pairs), "(none)")
         raise AdapterError(f"{source} matches none of this model's layers (its layers are named like '{example}'); connect the model it was trained on.")
-    if len(ranks) > 1:
-        raise AdapterError(f"{source}: its layers have different ranks {sorted(ranks)}; a Q-and-R checkpoint has one rank, the file is damaged.")
     rank = ranks.pop()
+    scale = 1.0 if alpha is None else alpha / rank
+    try:
+        tops = decompose_many(weights, rank)  # Q0·R0: the top-r part of each W (alpha = rank), batched by shape
+    except ValueError as e:  # a rank the layers cannot have
+        raise AdapterError(f"{source}: {e}; the file is damaged.") from None
+    targets = {}
+    for name, top in tops.items():
+        q_t, r_t = pairs[name]
+        q0, r0 = top.q.to(q_t.device), top.r.to(q_t.device)
+        targets[name] = QRTarget(q=torch.cat([q_t, q0], dim=1), delta_r=torch.cat([scale * r_t, -r0], dim=0))
     adapter = QRLoRA(targets, rank=rank, alpha=float(rank), format="q_and_r", source=source, shared_basis=False,
                      metadata={"note": "the reference's Q-and-R checkpoint, resolved against the base model's top-r part"})
     return adapter, missing
@@ -108,8 +109,8 @@ def reference_tensors(adapter: QRLoRA, base_weight) -> tuple[dict, int]:
     tensors, not_triangular = {}, 0
     for name, t in adapter.targets.items():
         weight = base_weight(name)
-        if weight is None:
-            raise AdapterError(f"The connected model has no layer {name}: connect the model this adapter was made for.")
+        if weight is None or tuple(weight.shape) != (t.out_features, t.in_features):
+            raise AdapterError(f"The connected model has no {t.out_features} x {t.in_features} layer {name}: connect the model this adapter was made for.")
         q = t.q.to(torch.float32)
         base_r = (q.double().T @ weight.to(torch.float64).reshape(weight.shape[0], -1)).to(torch.float32)
         delta_r = (t.delta_r.double() * adapter.scale).to(torch.float32)
