@@ -5,6 +5,7 @@ from comfy_api.latest import io
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.formats import load_adapter
 from ..qrlora_core.metadata import trigger_words
+from ..qrlora_core.reference_formats import is_q_and_r_file
 from . import files, reference
 from .types import CATEGORY, QRLoRAType, describe
 
@@ -44,7 +45,7 @@ class QRLoRALoader(io.ComfyNode):
     @classmethod
     def execute(cls, lora_name, model=None) -> io.NodeOutput:
         path = files.adapter_path(lora_name)
-        if reference.is_q_and_r_file(path):
+        if is_q_and_r_file(path):
             adapter = reference.load_q_and_r(path, model, lora_name)
         else:
             adapter = load_adapter(path, basis_loader=files.basis_store().load, source=lora_name)

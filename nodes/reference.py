@@ -5,25 +5,15 @@ base's top-r part, and the reference layout stores the base's R = Q^T W
 (qrlora_core/reference_formats.py says why).
 """
 
-import safetensors
 from comfy_api.latest import io
 
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.formats import atomic_save, read_safetensors
 from ..qrlora_core.metadata import modelspec
-from ..qrlora_core.reference_formats import is_q_and_r, reference_tensors, resolve_q_and_r
+from ..qrlora_core.reference_formats import reference_tensors, resolve_q_and_r
 from . import keymap
 from .save import unused_path
 from .types import CATEGORY, QRLoRAType
-
-
-def is_q_and_r_file(path: str) -> bool:
-    """From the header alone (no tensor is read); unreadable files are left to the normal loader's messages."""
-    try:
-        with safetensors.safe_open(path, framework="pt") as f:
-            return is_q_and_r(f.keys())
-    except Exception:
-        return False
 
 
 def _base_weights(model):

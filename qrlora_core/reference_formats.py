@@ -18,6 +18,7 @@ the base's R = Q^T·W (what the decomposition gives when Q spans the top-r
 subspace); our s is folded into ΔR.
 """
 
+import safetensors
 import torch
 
 from .adapter import QRLoRA, QRTarget
@@ -32,6 +33,15 @@ DOUBLED_OUT = ".to_out.0.to_out.0"  # how the Q-and-R script's output projection
 def is_q_and_r(tensors) -> bool:
     """A file in the Q-and-R script's layout: up/down pairs carrying its doubled `to_out.0` names."""
     return any(k.endswith(DOUBLED_OUT + UP) for k in tensors)
+
+
+def is_q_and_r_file(path: str) -> bool:
+    """The same, from the file's header alone (no tensor is read); unreadable files are left to the loaders' messages."""
+    try:
+        with safetensors.safe_open(path, framework="pt") as f:
+            return is_q_and_r(f.keys())
+    except Exception:
+        return False
 
 
 def q_and_r_pairs(tensors, source: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -121,9 +121,19 @@ def test_q_and_r_update_is_trained_product_minus_the_base_top_part(weights, rng)
         assert torch.allclose(got, want, atol=1e-6), f"{name}: {(got - want).abs().max():.2e}"
 
 
-def test_plain_lora_pairs_are_not_taken_for_q_and_r(weights, rng):
+def test_plain_lora_pairs_are_not_taken_for_q_and_r(tmp_path, weights, rng):
     tensors, _ = q_and_r_tensors({FLUX_NAMES[0]: weights[FLUX_NAMES[0]]}, rng)
     assert not is_q_and_r(tensors)  # no doubled to_out.0: an ordinary diffusers LoRA for all we know
+    safetensors.torch.save_file(tensors, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(AdapterError, match="ordinary LoRA"):
+        load_adapter(str(tmp_path / "plain.safetensors"))
+
+
+def test_loading_a_q_and_r_file_without_a_model_says_to_connect_one(tmp_path, weights, rng):
+    tensors, _ = q_and_r_tensors(weights, rng)
+    safetensors.torch.save_file(tensors, str(tmp_path / "qr.safetensors"))
+    with pytest.raises(AdapterError, match="Q-and-R checkpoint: load it with Load QR-LoRA and connect the base model"):
+        load_adapter(str(tmp_path / "qr.safetensors"))
 
 
 def test_q_and_r_for_another_model_is_refused(weights, rng):
