@@ -16,6 +16,7 @@ from .decompose import decompose_many
 from .errors import AdapterError
 from .fingerprint import digest, sketch
 from .formats import atomic_save, read_safetensors
+from .metadata import basis_modelspec
 
 BASIS_VERSION = 1  # bump when the decomposition changes what Q it produces
 
@@ -47,7 +48,7 @@ class BasisStore:
     def save(self, basis_id: str, qs: dict, sketches: dict) -> None:
         tensors = {name + ".q": q.contiguous() for name, q in qs.items()}
         tensors.update({name + ".fingerprint": s for name, s in sketches.items()})
-        atomic_save(tensors, self.path(basis_id), {"qrlora.basis_id": basis_id})
+        atomic_save(tensors, self.path(basis_id), {"qrlora.basis_id": basis_id, **basis_modelspec(basis_id, qs)})
 
     def get_or_build(self, weights: dict, rank: int, method: str = "auto", progress=None) -> tuple[str, dict, dict]:
         """(basis id, name -> Q, name -> sketch) for these base weights, from disk when known."""

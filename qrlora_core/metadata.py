@@ -26,16 +26,21 @@ CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 def base_of(adapter) -> str | None:
     """'flux', 'sd3', 'sdxl', 'sd2', 'sd1' or None, from the adapter's layer names and shapes."""
-    names = adapter.targets
+    return _base_from({name: t.in_features for name, t in adapter.targets.items()})
+
+
+def _base_from(in_features: dict) -> str | None:
+    """The base from {layer name: its input width, or None where unknown}."""
+    names = in_features
     if any(n.startswith("transformer.single_transformer_blocks.") for n in names):
         return "flux"
     if any(n.startswith("transformer.transformer_blocks.") for n in names):
         return "sd3"
-    for name, target in names.items():
-        if name.startswith("lora_unet_") and name.endswith("_attn2_to_k"):
-            return CONTEXT_WIDTHS.get(target.in_features)
-    if any(n.startswith("lora_unet_down_blocks_0_attentions_") for n in names):
-        return "sd1"  # SDXL has no attention in its first level
+    for name, width in names.items():
+        if width is not None and name.startswith("lora_unet_") and name.endswith("_attn2_to_k"):
+            return CONTEXT_WIDTHS.get(width)
+    if any(n.startswith("lora_unet_") for n in names) and not any(n.startswith("lora_unet_down_blocks_0_attentions_") for n in names):
+        return "sdxl"  # SDXL has no attention in its first level (SD1.x and SD2.x do, and need the width to tell apart)
     return None
 
 
@@ -61,6 +66,19 @@ def modelspec(adapter, path: str, network: str) -> dict:
                 merged = [merged]
         meta["modelspec.merged_from"] = ", ".join(str(m.get("source", m)) if isinstance(m, dict) else str(m) for m in merged)
     return meta
+
+
+def basis_modelspec(basis_id: str, qs: dict) -> dict:
+    """`modelspec.*` keys for a shared basis file (Q per layer of one base model and rank)."""
+    architecture, _ = BASES.get(_base_from(dict.fromkeys(qs)), ("unknown", None))
+    return {
+        "modelspec.sai_model_spec": SPEC_VERSION,
+        "modelspec.architecture": f"{architecture}/qr-lora-basis",
+        "modelspec.implementation": IMPLEMENTATION,
+        "modelspec.title": basis_id,
+        "modelspec.date": datetime.date.today().isoformat(),
+        "modelspec.description": f"QR-LoRA shared basis: Q of {len(qs)} layers, for compact adapters and training (comfyui-qrlora)",
+    }
 
 
 def trigger_words(adapter) -> str:

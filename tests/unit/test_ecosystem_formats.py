@@ -12,6 +12,7 @@ from qrlora_core import QRLoRA, QRTarget
 from qrlora_core.decompose import decompose
 from qrlora_core.errors import AdapterError
 from qrlora_core.formats import export_lora, load_adapter, save_native
+from qrlora_core.basis import BasisStore
 from qrlora_core.metadata import base_of, modelspec
 from qrlora_core.reference_formats import is_q_and_r, reference_tensors, resolve_q_and_r
 from qrlora_core.stock_keys import Refused, read_layer, state_dict
@@ -182,7 +183,8 @@ def test_reference_layout_refuses_mixed_bases_and_unet_names(weights, rng):
     (["transformer.transformer_blocks.0.attn.add_q_proj"], (8, 8), "sd3"),
     (["lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"], (640, 2048), "sdxl"),
     (["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"], (320, 768), "sd1"),
-    (["lora_unet_down_blocks_0_attentions_0_proj_in"], (8, 8), "sd1"),
+    (["lora_unet_down_blocks_0_attentions_0_proj_in"], (8, 8), None),  # SD1.x or SD2.x: the width would tell
+    (["lora_unet_down_blocks_1_attentions_0_proj_in"], (8, 8), "sdxl"),
     (["diffusion_model.foo"], (8, 8), None),
 ])
 def test_base_architecture_from_layer_names(names, shape, base):
@@ -204,3 +206,12 @@ def test_saved_and_exported_files_carry_modelspec(tmp_path, weights, rng):
         assert meta["modelspec.trigger_phrase"] == "<s> style"
         assert meta["modelspec.merged_from"] == "a.safetensors, b.safetensors"
     assert modelspec(adapter_on(weights, rng), "x.safetensors", "qr-lora").keys().isdisjoint({"modelspec.trigger_phrase", "modelspec.merged_from"})
+
+
+def test_basis_files_carry_modelspec(tmp_path, weights, rng):
+    store = BasisStore(str(tmp_path))
+    store.save("r4-test", {n: decompose(w, 4).q for n, w in weights.items()}, {})
+    with safetensors.safe_open(store.path("r4-test"), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.architecture"] == "flux-1-dev/qr-lora-basis" and meta["modelspec.title"] == "r4-test"
+    assert meta["modelspec.sai_model_spec"] == "1.0.0" and meta["qrlora.basis_id"] == "r4-test"
