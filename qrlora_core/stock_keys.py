@@ -84,7 +84,10 @@ def read_layer(x: str, lora: dict, alpha: float | None = None) -> StockLayer | N
     except AdapterError as e:
         raise Refused(str(e).split(": ", 1)[-1]) from None
     keys = {q_key, scale_key, full if full in lora else upper} | ({x + NATIVE_FINGERPRINT} & lora.keys())
-    return _layer(q, delta_r, float(lora[scale_key].item()), keys)
+    scale = lora[scale_key]
+    if scale.numel() != 1 or not torch.isfinite(scale).all():
+        raise Refused(f"has a scale {scale.tolist()} that is not one finite number; the file is damaged")
+    return _layer(q, delta_r, float(scale.item()), keys)
 
 
 def state_dict(adapter) -> dict:
