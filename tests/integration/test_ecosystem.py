@@ -262,7 +262,7 @@ def test_similarity_overlap_feeds_block_weights(comfy, client, base_models, sd15
 
 
 def test_hook_keyframes_change_the_strength_between_steps(comfy, client, base_models, sd15_content, text_and_vae):
-    """A hook at strength 3 for the first part of sampling and 0 after equals sampling the first k steps patched, the rest not."""
+    """A hook at strength 3 for the first quarter of sampling and 0 after equals sampling the first k steps patched, the rest not."""
     clip_name, _ = text_and_vae
     steps, strength, seed = 4, 3.0, 11
     g = Graph()
@@ -273,7 +273,7 @@ def test_hook_keyframes_change_the_strength_between_steps(comfy, client, base_mo
     negative = g.add("CLIPTextEncode", clip=clip, text="")
     latent = g.add("EmptyLatentImage", width=64, height=64, batch_size=1)
     early = g.add("CreateHookKeyframe", strength_mult=1.0, start_percent=0.0)
-    keyframes = g.add("CreateHookKeyframe", strength_mult=0.0, start_percent=0.5, prev_hook_kf=early)
+    keyframes = g.add("CreateHookKeyframe", strength_mult=0.0, start_percent=0.25, prev_hook_kf=early)
 
     def sample(model, cond, start=0, end=10000, add_noise="enable", leftover="disable", latent_image=latent):
         return g.add("KSamplerAdvanced", model=model, add_noise=add_noise, noise_seed=seed, steps=steps, cfg=1.0, sampler_name="euler",
@@ -296,11 +296,18 @@ def test_hook_keyframes_change_the_strength_between_steps(comfy, client, base_mo
         info = client.ui(entry, node.node_id)["latents"][0]
         latents[name] = safetensors.torch.load_file(comfy.path("output", info["subfolder"], info["filename"]))["latent_tensor"]
 
-    def close(a, b):
-        return torch.allclose(latents[a], latents[b], rtol=1e-4, atol=1e-4)
+    def distance(a, b):
+        return (latents[a] - latents[b]).abs().max().item()
 
-    assert close("hook", "applied"), "a hook without keyframes must act like Apply at the same strength"
-    assert not close("applied", "plain"), "the adapter must change the sample at strength 3"
-    assert not close("keyframed", "hook") and not close("keyframed", "plain")
-    matching = [k for k in range(1, steps) if close("keyframed", f"split{k}")]
-    assert len(matching) == 1, f"keyframed sampling should equal exactly one patched-then-plain split, matched {matching}"
+    # The two-sampler split rounds once more (the latent is scaled out and back in between), and the late steps
+    # of an eps-model move the latent by sigma times the model's change, so distances are compared, not thresholded.
+    scale = latents["plain"].abs().max().item()
+    splits = {k: distance("keyframed", f"split{k}") for k in range(1, steps)}
+    best = min(splits, key=splits.get)
+    print(f"|latent| {scale:.3g}; hook vs applied {distance('hook', 'applied'):.2e}; keyframed vs split k {splits}; "
+          f"vs hook {distance('keyframed', 'hook'):.2e}, vs plain {distance('keyframed', 'plain'):.2e}")
+    assert distance("hook", "applied") <= 1e-6 * scale, "a hook without keyframes must act like Apply at the same strength"
+    assert distance("applied", "plain") > 1e-4 * scale, "the adapter must change the sample at strength 3"
+    assert splits[best] <= 1e-6 * scale, f"keyframed sampling should equal a patched-then-plain split: {splits}"
+    assert all(d > 10 * splits[best] for k, d in splits.items() if k != best), f"only one split may match: {splits}"
+    assert distance("keyframed", "hook") > 10 * splits[best] and distance("keyframed", "plain") > 10 * splits[best]
