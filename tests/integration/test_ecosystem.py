@@ -86,15 +86,6 @@ def test_stock_lora_loader_equals_apply_bit_for_bit_and_the_float64_sum(comfy, c
     assert_only_targets_changed(base_models["sd3"], stock_weights, expected_sd3(base_models["sd3"], sd3_files[name], strength))
 
 
-def test_create_hook_lora_reads_a_native_file(comfy, client, sd3_files):
-    """The stock hook node loads the file through the registered adapter without a key left over."""
-    offset = comfy.log_size()
-    g = Graph()
-    g.add("PreviewAny", source=g.add("CreateHookLoraModelOnly", lora_name="eco/native.safetensors", strength_model=1.0))
-    client.run(g.prompt())
-    assert "lora key not loaded" not in comfy.log_tail(offset)
-
-
 def test_compact_file_through_the_stock_loader_is_refused_in_the_log_and_changes_nothing(comfy, client, base_models, sd3_files):
     g = Graph()
     save = g.add("QRLoRASave", qr_lora=g.add("QRLoRALoader", lora_name="eco/native.safetensors")[0], filename_prefix="eco/compact", compact=True, dtype="fp32")
@@ -262,7 +253,8 @@ def test_similarity_overlap_feeds_block_weights(comfy, client, base_models, sd15
 
 
 def test_hook_keyframes_change_the_strength_between_steps(comfy, client, base_models, sd15_content, text_and_vae):
-    """A hook at strength 3 for the first quarter of sampling and 0 after equals sampling the first k steps patched, the rest not."""
+    """A hook at strength 3 for the first quarter of sampling and 0 after equals sampling the first k steps patched, the rest not.
+    Without keyframes, our hook and the stock Create Hook LoRA (reading the native file) sample as Apply to Model does."""
     clip_name, _ = text_and_vae
     steps, strength, seed = 4, 3.0, 11
     g = Graph()
@@ -285,7 +277,10 @@ def test_hook_keyframes_change_the_strength_between_steps(comfy, client, base_mo
         return g.add("ConditioningSetProperties", cond_NEW=positive, strength=1.0, set_cond_area="default", hooks=hooks)
 
     patched = g.add("QRLoRAApply", model=unet, qr_lora=adapter, strength=strength)
-    runs = {"keyframed": sample(unet, hooked(keyframes)), "hook": sample(unet, hooked()), "plain": sample(unet, positive), "applied": sample(patched, positive)}
+    stock_hooks = g.add("CreateHookLoraModelOnly", lora_name="eco/sd15_content.safetensors", strength_model=strength)  # the stock node, our file
+    stock = g.add("ConditioningSetProperties", cond_NEW=positive, strength=1.0, set_cond_area="default", hooks=stock_hooks)
+    runs = {"keyframed": sample(unet, hooked(keyframes)), "hook": sample(unet, hooked()), "plain": sample(unet, positive),
+            "applied": sample(patched, positive), "stock hook": sample(unet, stock)}
     for k in range(1, steps):
         first = sample(patched, positive, end=k, leftover="enable")
         runs[f"split{k}"] = sample(unet, positive, start=k, add_noise="disable", latent_image=first)
@@ -307,6 +302,7 @@ def test_hook_keyframes_change_the_strength_between_steps(comfy, client, base_mo
     print(f"|latent| {scale:.3g}; hook vs applied {distance('hook', 'applied'):.2e}; keyframed vs split k {splits}; "
           f"vs hook {distance('keyframed', 'hook'):.2e}, vs plain {distance('keyframed', 'plain'):.2e}")
     assert distance("hook", "applied") <= 1e-6 * scale, "a hook without keyframes must act like Apply at the same strength"
+    assert distance("stock hook", "applied") <= 1e-6 * scale, "the stock Create Hook LoRA must read the native file into the same patch"
     assert distance("applied", "plain") > 1e-4 * scale, "the adapter must change the sample at strength 3"
     assert splits[best] <= 1e-6 * scale, f"keyframed sampling should equal a patched-then-plain split: {splits}"
     assert all(d > 10 * splits[best] for k, d in splits.items() if k != best), f"only one split may match: {splits}"
