@@ -1,6 +1,7 @@
 """QR-LoRA training in PEFT's layout: config (settings and their help),
-layer (the math of one trained layer), model (choosing and building targets).
-Plain PyTorch; the training loop itself is ComfyUI's (nodes/train.py)."""
+layer (the math of one trained layer), model (choosing and building targets),
+objective (the losses), session (the step loop), out_of_place (autograd-safe
+residual updates). Plain PyTorch; the ComfyUI side is nodes/train_session.py."""
 
 from .config import PRESETS, TrainConfig
 from .layer import QRDelta, QRWeightWrapper

@@ -1,12 +1,19 @@
-"""Training settings: one dataclass whose field help texts are the node's tooltips.
+"""Training settings: one dataclass whose fields are the node's inputs, tooltips and file metadata.
 
-Defaults follow the reference training setup (docs/method.md, "Training objective and defaults") where it has one:
-rank 64, alpha = rank (s = 1), lr 1e-4, AdamW, the triangular ΔR, and the
-paper's attention + MLP targets.
+Defaults follow the reference training setup (docs/method.md, "Training
+objective and defaults") where a single GPU allows: rank 64, alpha = rank
+(s = 1), lr 1e-4 constant, AdamW with weight decay 1e-4, gradient
+accumulation 4, clipping at norm 1.0, 1000 steps, the triangular ΔR, the
+paper's attention + MLP targets, the reference objective and Flux guidance
+1.0 while training.
 """
 
+import math
 import re
 from dataclasses import MISSING, dataclass, field, fields
+
+from ..errors import AdapterError
+from .objective import OBJECTIVES, REFERENCE
 
 # The paper's targets on canonical adapter names, in both spellings:
 # diffusers-style `transformer.transformer_blocks.0.attn.to_q` (Flux, SD3) and
@@ -23,55 +30,82 @@ OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
 TRAINING_DTYPES = ("bf16", "fp32")
 
 
-def _help(text: str, **limits) -> dict:
-    return {"help": text, **limits}
+def _help(text: str, record: bool = True, optional: bool = False, widget: dict | None = None, **limits) -> dict:
+    """A field's tooltip, its widget's limits/options, whether the file's metadata records it,
+    and whether the node offers it as an optional input (added after the first release, so
+    earlier workflows, which lack it, still run with its default)."""
+    return {"help": text, "record": record, "optional": optional, "widget": widget or {}, **limits}
 
 
 @dataclass
 class TrainConfig:
     rank: int = field(default=64, metadata=_help(
-        "Rank r of the frozen basis Q (m x r) and the trained ΔR (r x n) per layer; the reference uses 64.", min=1, max=1024))
+        "Rank r of the frozen basis Q (m x r) and the trained ΔR (r x n) per layer; the reference uses 64. "
+        "Layers smaller than the rank are left out (the node says which).", min=1, max=1024))
     alpha: float = field(default=0.0, metadata=_help(
-        "Scale numerator: the delta is (alpha / rank) · Q · ΔR. 0 means alpha = rank (scale 1, as the reference).", min=0.0, max=4096.0))
+        "Scale numerator: the delta is (alpha / rank) · Q · ΔR. 0 means alpha = rank (scale 1, as the reference).",
+        min=0.0, max=4096.0, widget={"step": 0.5}))
     steps: int = field(default=1000, metadata=_help(
-        "Optimizer steps to train (each sees batch size x gradient accumulation images).", min=1, max=1_000_000))
+        "Optimizer steps to train (each sees batch size x gradient accumulation images); the reference trains 1000.", min=1, max=1_000_000))
     learning_rate: float = field(default=1e-4, metadata=_help(
-        "Learning rate of the optimizer; the reference uses 1e-4 (constant).", min=1e-7, max=1.0))
+        "Learning rate of the optimizer; the reference uses 1e-4 (constant).", min=1e-7, max=1.0, widget={"step": 1e-6}))
     batch_size: int = field(default=1, metadata=_help(
-        "Images per forward pass, drawn at random from the latents.", min=1, max=1024))
-    grad_accumulation: int = field(default=1, metadata=_help(
-        "Forward passes whose gradients are summed before each optimizer step; the reference uses 4.", min=1, max=1024))
+        "Images per forward pass, drawn at random from the latents; the reference uses 1.", min=1, max=1024))
+    grad_accumulation: int = field(default=4, metadata=_help(
+        "Forward passes whose gradients are averaged before each optimizer step; the reference uses 4.", min=1, max=1024))
     seed: int = field(default=0, metadata=_help(
-        "Seed for the noise, timesteps and image order: the same seed and inputs train the same adapter.", min=0, max=0xFFFFFFFFFFFFFFFF))
+        "Seed for the noise, timesteps and image order: the same seed and inputs train the same adapter.",
+        min=0, max=0xFFFFFFFFFFFFFFFF, widget={"control_after_generate": False}))
     optimizer: str = field(default="AdamW", metadata=_help(
         "Optimizer for ΔR (constant learning rate); the reference uses AdamW.", options=OPTIMIZERS))
     training_dtype: str = field(default="bf16", metadata=_help(
-        "Precision of the model's forward and backward passes (ΔR itself is kept in fp32).", options=TRAINING_DTYPES))
+        "Precision of the model's forward and backward passes (ΔR itself is kept in fp32); the reference trains in bf16.",
+        options=TRAINING_DTYPES))
     gradient_checkpointing: bool = field(default=True, metadata=_help(
-        "Recompute activations block by block in the backward pass: much less memory, about a third more time."))
+        "Recompute activations block by block in the backward pass: much less memory, about a third more time.", record=False))
     target_preset: str = field(default="attention + MLP (paper)", metadata=_help(
         "Which layers get a QR-LoRA: the paper's attention + MLP projections, attention only, or the pattern below.", options=tuple(PRESETS)))
     target_pattern: str = field(default="", metadata=_help(
         "With 'custom pattern': a regular expression searched in the layer names (e.g. 'attn1?[._]to_[qkv]$'); "
         "names look like 'transformer.transformer_blocks.0.attn.to_q' (Flux, SD3) or "
-        "'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q' (SD1.5, SDXL)."))
+        "'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q' (SD1.5, SDXL).", record=False))
     triangular: bool = field(default=True, metadata=_help(
         "Keep ΔR upper triangular (entries below the diagonal stay 0), the reference scripts' default; "
         "its files store only the upper part."))
     checkpoint_every: int = field(default=0, metadata=_help(
-        "Save a checkpoint into the loras folder every N steps (0: only at the end, or when interrupted).", min=0, max=1_000_000))
+        "Save a checkpoint into the loras folder every N steps (0: only at the end, or when interrupted).", min=0, max=1_000_000, record=False))
     filename_prefix: str = field(default="qrlora/trained", metadata=_help(
-        "Checkpoint names inside the loras folder: <prefix>_<run>_step<steps>.safetensors."))
+        "Checkpoint names inside the loras folder: <prefix>_<run>_step<steps>.safetensors.", record=False))
     trigger_words: str = field(default="", metadata=_help(
-        "The word(s) your captions use for the new concept or style (e.g. '<s> style'); stored in the file's metadata."))
+        "The word(s) your captions use for the new concept or style (e.g. '<s> style'); stored in the file's metadata.", record=False))
+    objective: str = field(default=REFERENCE, metadata=_help(
+        "What the loss compares. Reference (the paper's scripts): the model's own prediction against its target "
+        "(flow models: velocity noise - x0 at sigma uniform in (0, 1], no shift; SD1.5/SDXL: noise or v at uniform timesteps), plain MSE. "
+        "ComfyUI: its trainer's objective, the denoised x0 against x0 at sigmas of the model's (shifted) sampling schedule, "
+        "which for flow models weights each step by sigma² and so trains mostly at high noise.",
+        options=tuple(OBJECTIVES), optional=True))
+    guidance: float = field(default=1.0, metadata=_help(
+        "Flux's distilled guidance input while training; the reference trains at 1.0 (not the 3.5 used for sampling). "
+        "0 keeps what the caption's conditioning carries. Models without a guidance input ignore it.",
+        min=0.0, max=100.0, optional=True, widget={"step": 0.1}))
+    weight_decay: float = field(default=1e-4, metadata=_help(
+        "Weight decay of AdamW (decoupled; other optimizers: L2); the reference uses 1e-4.",
+        min=0.0, max=1.0, optional=True, widget={"step": 1e-5}))
+    max_grad_norm: float = field(default=1.0, metadata=_help(
+        "Clip the gradient of all ΔRs together to this norm before each optimizer step (0: no clipping); the reference uses 1.0.",
+        min=0.0, max=1e6, optional=True, widget={"step": 0.1}))
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise AdapterError(f"{f.name} is {value}, which is not a number training can use: enter a finite value (default {f.default:g}).")
 
     @property
     def scale_alpha(self) -> float:
         return float(self.alpha) if self.alpha > 0 else float(self.rank)
 
     def target_regex(self) -> "re.Pattern":
-        from ..errors import AdapterError
-
         pattern = PRESETS.get(self.target_preset, MISSING)
         if pattern is MISSING:
             raise AdapterError(f"'{self.target_preset}' is not a target preset; choose one of: {', '.join(PRESETS)}.")
@@ -84,6 +118,10 @@ class TrainConfig:
         except re.error as e:
             raise AdapterError(f"The target pattern {pattern!r} is not a valid regular expression ({e}); fix it or pick a preset.") from None
 
+    def recorded(self) -> dict:
+        """The settings an adapter file keeps in its metadata (what trained it, not where it was saved)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["record"]}
+
 
 def help_text(name: str) -> str:
     """The tooltip of a TrainConfig field."""
@@ -92,7 +130,7 @@ def help_text(name: str) -> str:
 
 def limits(name: str) -> dict:
     """min / max / options of a field, for the node's widget."""
-    return {k: v for k, v in _field(name).metadata.items() if k != "help"}
+    return {k: v for k, v in _field(name).metadata.items() if k not in ("help", "record", "optional", "widget")}
 
 
 def default(name: str):

@@ -1,0 +1,355 @@
+"""One training run on a ComfyUI MODEL: set up, run the steps, release.
+
+The node (nodes/train.py), the tests and the bench all train through
+`TrainingSession`; nothing of its wiring is repeated elsewhere.
+
+Set up: choose the target layers (the model's own LoRA key map), build
+their frozen bases (BasisStore: decomposed once per base and rank), wrap
+each trained weight on a clone of the model (ModelPatcher weight wrappers,
+as ComfyUI's LoRA trainer does), make the residual updates of the model's
+blocks autograd-safe (training/out_of_place.py), checkpoint each top-level
+block when asked (nodes_train.patch), load the model (model_management)
+and encode the captions through the model's own `extra_conds`
+(samplers.process_conds; Flux's guidance input set to the configured
+value first). Each micro-batch evaluates the model through
+`samplers.calc_cond_batch`, the call ComfyUI's samplers make, under the
+training dtype's autocast, and scores it with the configured objective
+(qrlora_core/training/objective.py). The step loop, accumulation,
+clipping and the NaN stop are qrlora_core's `StepLoop`; progress and the
+interrupt button are ComfyUI's. Release takes every wrapper and rewrite
+off the shared model, whatever happened.
+
+Memory beyond the model (measured: bench/train_memory.py, bench/train_memory.md).
+Per target of m x n weights at rank r, for the whole run: Q (4·r·m bytes)
+and ΔR, its gradient and AdamW's two moments (4·4·r·n), so 4·r·(m + 4n);
+no residual and no R. Per step: each trained weight key hands its layer a
+patched W' = W + s·Q·ΔR (m x n in the training dtype) that autograd keeps
+until that layer's backward; with gradient checkpointing only one block's
+W' live at a time, without it all of them at once.
+"""
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.sampler_helpers
+import comfy.samplers
+import comfy.utils
+from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
+
+from ..qrlora_core.decompose import max_rank
+from ..qrlora_core.errors import AdapterError
+from ..qrlora_core.training import TrainConfig, TrainTargets, select
+from ..qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
+from ..qrlora_core.training.out_of_place import OutOfPlaceForwards
+from ..qrlora_core.training.session import StepLoop
+from . import files, keymap
+from .apply import resolve_targets
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+# ------------------------------------------------------------ inputs
+
+
+def training_latents(latents: list) -> list[torch.Tensor]:
+    """One (1, C, H, W) tensor per training image, from one or more LATENT inputs."""
+    singles = [s[None].to(torch.float32, copy=True) for latent in latents for s in latent["samples"]]  # ordinary tensors, not inference-mode ones
+    if not singles:
+        raise AdapterError("The latents are empty: encode at least one training image with VAE Encode.")
+    return singles
+
+
+def captions_per_image(positive: list, images: int) -> list:
+    """One [embedding, options] entry per image from the CONDITIONING input(s)."""
+    flat = [c for cond in positive for c in cond]
+    if len(flat) == 1:
+        return flat * images
+    if len(flat) != images:
+        raise AdapterError(
+            f"There are {len(flat)} captions (conditionings) for {images} training images: give one caption for all images, or one per image."
+        )
+    return flat
+
+
+def trainable_targets(model) -> dict:
+    """name -> (weight key, row slice or None) for every layer a QR-LoRA can train."""
+    out = {}
+    for name, value in keymap.named_targets(model).items():
+        if isinstance(value, tuple) and len(value) > 2 and value[2] is not None:
+            continue  # stored in another layout than the adapter's (e.g. swapped scale/shift halves)
+        out[name] = keymap.split_target(value)
+    return out
+
+
+def choose_targets(model, config: TrainConfig, existing=None) -> tuple[dict, list[str]]:
+    """(name -> (key, row slice)) of the layers to train, and notes for the node."""
+    candidates = trainable_targets(model)
+    notes = []
+    if existing is not None:
+        resolve_targets(model, existing)  # refuses adapters of another base model, in the words Apply uses
+        names = [n for n in existing.targets if n in candidates]
+        if not names:
+            raise AdapterError(f"{existing.source} has no layer this model can train; continue from an adapter made for this model.")
+        if len(names) < len(existing.targets):
+            notes.append(f"{len(existing.targets) - len(names)} of the adapter's layers are not in this model and stay as they are.")
+        notes.append(f"Continuing {existing.source or 'the adapter'}: its layers, rank {existing.rank} and alpha {existing.alpha:g} are used; the target and rank inputs are ignored.")
+        return {n: candidates[n] for n in names}, notes
+    names = select(candidates, config.target_regex())
+    if not names:
+        example = next(iter(candidates), "(none)")
+        raise AdapterError(
+            f"The targets '{config.target_preset}' match none of this model's {len(candidates)} trainable layers "
+            f"(they are named like '{example}'): pick another preset or write a pattern that matches those names."
+        )
+    return {n: candidates[n] for n in names}, notes
+
+
+def base_weights(model, where: dict, device) -> dict:
+    """name -> the base weight (or its row slice) as a 2-D tensor on `device`, each fused key read once."""
+    full, out = {}, {}
+    for name, (key, offset) in where.items():
+        if key not in full:
+            full[key] = keymap.base_weight(model, key)
+        out[name] = keymap.rows_of(full[key], offset).to(device)
+    return out
+
+
+def layers_that_fit(weights: dict, rank: int) -> tuple[dict, str | None]:
+    """The weights a rank-`rank` basis fits, and a note on those left out (refused only if none fits)."""
+    small = {n: tuple(w.shape) for n, w in weights.items() if rank > max_rank(w.shape)}
+    if not small:
+        return weights, None
+    name, shape = min(small.items(), key=lambda item: max_rank(item[1]))
+    if len(small) == len(weights):
+        raise AdapterError(
+            f"Rank {rank} is larger than every chosen layer allows (e.g. {name}, {shape}, at most rank {max_rank(shape)}): "
+            f"lower the rank to {max(max_rank(s) for s in small.values())} or less."
+        )
+    note = (f"{len(small)} of {len(weights)} layers are smaller than rank {rank} and are not trained "
+            f"(e.g. {name}, {shape}, at most rank {max_rank(shape)}); lower the rank to train them too.")
+    return {n: w for n, w in weights.items() if n not in small}, note
+
+
+def _usable_for_autograd(module) -> None:
+    """Weights loaded inside ComfyUI's inference mode cannot be saved for backward: give them equal ordinary storage.
+
+    Same values, new tensor objects (an inference tensor stays one even
+    with its .data replaced), one layer at a time, so the model is never
+    held twice. (ComfyUI's LoRA trainer avoids this by wrapping every
+    weight, which copies the whole model on every forward.)
+    """
+    for m in module.modules():
+        for name, p in m._parameters.items():
+            if p is not None and p.is_inference():
+                m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+        for name, b in m._buffers.items():
+            if b is not None and b.is_inference():
+                m._buffers[name] = b.clone()
+
+
+def _release_wrappers(mp, wrappers: dict) -> None:
+    """Take the training wrappers off the layers of the model all clones share.
+
+    ComfyUI only rebuilds a layer's weight functions when it loads another
+    patcher, so without this a later forward of the still-loaded base model
+    could run through the trained ΔR.
+    """
+    ours = list(wrappers.values())
+    for module in mp.model.modules():
+        functions = getattr(module, "weight_function", None)
+        if functions and any(f is w for f in functions for w in ours):
+            module.weight_function = [f for f in functions if not any(f is w for w in ours)]
+    mp.weight_wrapper_patches = {}
+
+
+# ------------------------------------------------------------ the session
+
+
+@dataclass
+class Batch:
+    """One micro-batch: which images, their clean latents, the noise and the sigmas."""
+
+    images: list[int]
+    x0: torch.Tensor
+    noise: torch.Tensor
+    sigma: torch.Tensor
+    conds: list = field(repr=False, default_factory=list)
+
+
+class TrainingSession:
+    """A training run of `model` on `latents` + `positive` with `config`.
+
+    `existing`: a QR_LORA to continue. `trainable`: anything with
+    `wrappers(where) -> {weight key: module}` and `parameters()` to train
+    instead of fresh QR-LoRA targets (the bench's stock LoRA), on the layers
+    `choose_targets` picks. Use as a context manager: setup on entry,
+    release on exit.
+    """
+
+    def __init__(self, model, config: TrainConfig, latents: list, positive: list, existing=None, trainable=None):
+        self.model, self.config, self.existing = model, config, existing
+        self.dtype = DTYPES[config.training_dtype]
+        self.latents = training_latents(latents)
+        self.captions = captions_per_image(positive, len(self.latents))
+        self.where, self.notes = choose_targets(model, config, existing)
+        self.steps_before = int(existing.metadata.get("steps", 0) or 0) if existing is not None else 0
+        self.triangular = config.triangular
+        self.targets = trainable if trainable is not None else self._targets()
+        self.patcher = None
+        self._active = False
+
+    def _targets(self) -> TrainTargets:
+        weights = base_weights(self.model, self.where, self.model.load_device)
+        if self.existing is not None:
+            if self.triangular and any(torch.tril(self.existing.targets[n].delta_r, -1).any() for n in self.where):
+                self.triangular = False
+                self.notes.append("The adapter's ΔR is not triangular, so it is trained without the triangular mask.")
+            return TrainTargets.resume(self.existing, weights, self.triangular)
+        weights, note = layers_that_fit(weights, self.config.rank)
+        if note:
+            self.notes.append(note)
+            self.where = {n: self.where[n] for n in weights}
+        decomposed = comfy.utils.ProgressBar(len(weights))
+        return TrainTargets.new(weights, self.config.rank, self.config.scale_alpha, self.triangular, files.basis_store(), progress=decomposed.update)
+
+    # -------------------------------------------------------- setup and release
+
+    def __enter__(self) -> "TrainingSession":
+        try:
+            self.setup()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def setup(self) -> None:
+        config, model = self.config, self.model
+        self._active = True
+        self.patcher = mp = model.clone()
+        mp.set_model_compute_dtype(self.dtype)
+        self.wrappers = self.targets.wrappers(self.where)
+        for key, wrapper in self.wrappers.items():
+            mp.add_weight_wrapper(key, wrapper)
+        diffusion_model = mp.model.diffusion_model
+        self.rewrites = OutOfPlaceForwards(diffusion_model)  # before checkpointing wraps the forwards
+        self.checkpointed = find_all_highest_child_module_with_forward(diffusion_model) if config.gradient_checkpointing else []
+        self._own_forward = {id(m) for m in self.checkpointed if "forward" in vars(m)}  # the rewritten ones
+        for m in self.checkpointed:
+            patch(m)
+        mp.model.requires_grad_(False)
+        for p in self.targets.parameters():
+            p.requires_grad_(True)
+        comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
+        _usable_for_autograd(mp.model)
+        mp.pre_run()
+        self.device = mp.load_device
+        self.sampling = mp.model.model_sampling
+        self.x0 = [mp.model.process_latent_in(x.to(self.device)) for x in self.latents]
+        self._conds = {}
+        self.loop = StepLoop(
+            self.targets.parameters(), optimizer=config.optimizer, learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay, grad_accumulation=config.grad_accumulation,
+            max_grad_norm=config.max_grad_norm, seed=config.seed,
+        )
+
+    def release(self) -> None:
+        if not self._active:
+            return
+        self._active = False
+        mp = self.patcher
+        for m in getattr(self, "checkpointed", []):
+            unpatch(m)
+            if id(m) not in self._own_forward:
+                vars(m).pop("forward", None)  # nodes_train.unpatch leaves the class's forward bound on the instance
+        if getattr(self, "rewrites", None) is not None:
+            self.rewrites.restore()
+        _release_wrappers(mp, getattr(self, "wrappers", {}))
+        mp.cleanup()
+        for p in self.targets.parameters():
+            p.requires_grad_(False)
+        self.loop = None
+
+    # -------------------------------------------------------- one micro-batch
+
+    def conds_for(self, image: int) -> list:
+        """The caption of one image as the model's processed conditioning (cached per caption and latent shape)."""
+        caption = self.captions[image]
+        key = (id(caption), tuple(self.x0[image].shape))
+        if key not in self._conds:
+            embedding, options = caption
+            options = dict(options)
+            if self.config.guidance > 0:
+                options["guidance"] = self.config.guidance
+            conds = comfy.sampler_helpers.convert_cond([[embedding, options]])
+            x0 = self.x0[image]
+            processed = comfy.samplers.process_conds(self.patcher.model, x0, {"positive": conds}, self.device, x0, None, self.config.seed)
+            self._conds[key] = processed["positive"]
+        return self._conds[key]
+
+    def sigmas(self, uniform: torch.Tensor) -> torch.Tensor:
+        """sigma per sample from uniform draws in [0, 1), as the objective prescribes."""
+        s = self.sampling
+        if self.config.objective == COMFYUI:
+            values = torch.tensor([float(s.percent_to_sigma(float(u))) for u in uniform])
+        elif isinstance(s, comfy.model_sampling.CONST):
+            values = flow_sigmas(uniform)
+        elif hasattr(s, "sigmas"):
+            values = s.sigmas.detach().cpu().double()[discrete_timesteps(uniform, len(s.sigmas))]
+        else:
+            values = torch.tensor([float(s.percent_to_sigma(float(u))) for u in uniform])
+        return values.to(self.device, torch.float32)
+
+    def draw(self, draws) -> list[Batch]:
+        """The next micro-batch from the run's seeded draws: images grouped by caption and size."""
+        images = draws.images(len(self.x0), self.config.batch_size)
+        groups: dict = {}
+        for i in images:
+            groups.setdefault((id(self.captions[i]), tuple(self.x0[i].shape)), []).append(i)
+        batches = []
+        for members in groups.values():
+            x0 = torch.cat([self.x0[i] for i in members])
+            sigma = self.sigmas(draws.uniform(len(members)))
+            batches.append(Batch(members, x0, draws.noise(x0), sigma, self.conds_for(members[0])))
+        return batches
+
+    def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, conds: list) -> torch.Tensor:
+        """The model's denoised estimate, through ComfyUI's own conditioning and model wrappers."""
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else contextlib.nullcontext()
+        with autocast:
+            return comfy.samplers.calc_cond_batch(self.patcher.model, [conds], x_t, sigma, self.patcher.model_options)[0]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The configured objective on one batch (the loss the run reports and trains on)."""
+        s = self.sampling
+        x_t = s.noise_scaling(batch.sigma, batch.noise, batch.x0, False)
+        denoised = self.denoise(x_t, batch.sigma, batch.conds)
+        if self.config.objective == COMFYUI:
+            return denoised_mse(denoised, batch.x0)
+        ones = torch.ones((len(batch.images),) + (1,) * (batch.x0.dim() - 1), device=self.device)
+        output_scale = s.calculate_denoised(batch.sigma, ones, torch.zeros_like(ones)).flatten()  # b(sigma): D = a x + b out
+        return prediction_mse(denoised, batch.x0, output_scale)
+
+    def micro_loss(self, draws) -> torch.Tensor:
+        batches = self.draw(draws)
+        total = sum(self.loss(b) * len(b.images) for b in batches)
+        return total / sum(len(b.images) for b in batches)
+
+    # -------------------------------------------------------- the run
+
+    def run(self, steps: int, after_step=lambda step, loss: None) -> list[float]:
+        """Train `steps` optimizer steps; after_step(step, loss) runs after each (before progress and the interrupt check)."""
+        progress = comfy.utils.ProgressBar(steps)
+
+        def finished(step: int, loss: float) -> None:
+            after_step(step, loss)
+            progress.update_absolute(step)  # the server's progress hook also raises on interrupt
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        return self.loop.run(steps, self.micro_loss, comfy.model_management.throw_exception_if_processing_interrupted, finished)
