@@ -33,6 +33,10 @@ EXACT_MAX_ELEMENTS = 1024 * 1024  # a float64 SVD of this size takes about a sec
 SUBSPACE_OVERSAMPLE = 64
 SUBSPACE_ITERATIONS = 12  # float32
 REFINE_ITERATIONS = 2  # float64
+MAX_REFINE_ITERATIONS = 24  # more float64 steps while the top-r energy still grows
+ENERGY_TOLERANCE = 1e-14  # relative growth of the top-r energy counted as settled
+FLAT_RATIO = 0.95  # smallest / r-th singular value in the block above which the iteration cannot separate the top r
+PROBE_SEED = 0x5152  # the starting block's seed ("QR")
 CPU_CHUNK_BUDGET = 2 * 1024**3  # bytes of working copies per chunk on the CPU
 GPU_CHUNK_FRACTION = 0.5  # of the free device memory ...
 GPU_CHUNK_BUDGET = 16 * 1024**3  # ... but never more than this
@@ -123,37 +127,85 @@ def _power_steps(w: torch.Tensor, x: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def _rayleigh_ritz(w64: torch.Tensor, x: torch.Tensor, rank: int, scale: float):
-    """(U_r, diag(S_r / s) V_r^T) of w restricted to span(x), x orthonormal, all float64.
+    """(U_r, diag(S_r / s) V_r^T, Ritz values) of w restricted to span(x), x orthonormal, all float64.
 
     The k x k problem (x^T w)(x^T w)^T is solved by a symmetric eigensolver;
     in float64 its eigenvectors are accurate to ~1e-12 even when singular
-    values r and r+1 are close.
+    values r and r+1 are close. The Ritz values (squared singular values
+    in the block, ascending) tell how far the iteration got.
     """
     bt = w64.mT @ x  # (..., n, k) = (x^T w)^T
-    _, vectors = torch.linalg.eigh(bt.mT @ bt)  # ascending eigenvalues
+    values, vectors = torch.linalg.eigh(bt.mT @ bt)  # ascending eigenvalues
     top = vectors[..., -rank:].flip(-1)  # (..., k, r), largest first
-    return x @ top, (bt @ top).mT / scale
+    return x @ top, (bt @ top).mT / scale, values
+
+
+def _svd_seeded_top(w64: torch.Tensor, rank: int, width: int, scale: float):
+    """For spectra the iteration cannot separate: the published float32 SVD's top `width` left vectors,
+    refined by one float64 power step and Rayleigh-Ritz (so never less energy than that SVD's top r)."""
+    x = torch.linalg.svd(w64.to(torch.float32), full_matrices=False)[0][..., :width].to(torch.float64)
+    x = _power_steps(w64, _orthonormalize(x), 1)
+    u, small, _ = _rayleigh_ritz(w64, x, rank, scale)
+    return u, small
+
+
+def _probe(w: torch.Tensor, width: int, generator=None) -> torch.Tensor:
+    """The starting block: one seeded (n, width) draw shared by every matrix of the stack.
+
+    Seeded (never the global RNG) and independent of how the weights are
+    chunked, so the same weights give the same Q on every run.
+    """
+    if generator is None:
+        generator = torch.Generator(device=w.device).manual_seed(PROBE_SEED)
+    probe = torch.randn(w.shape[-1], width, device=w.device, dtype=torch.float32, generator=generator)
+    return probe.expand(*w.shape[:-2], *probe.shape)
 
 
 def _subspace_top(w: torch.Tensor, rank: int, scale: float, generator=None):
-    """Block power iteration on a stack (b, m, n), then Rayleigh-Ritz.
+    """Block power iteration on a stack (b, m, n), then Rayleigh-Ritz until the top-r energy settles.
 
     The bulk of the iterations run in float32; float32 products alone
-    stall near 1e-3 when singular values r and r+1 are close, so the last
-    REFINE_ITERATIONS and the Rayleigh-Ritz step run in float64 (cheap:
-    each is two products with an n x (r + oversample) block).
+    stall near 1e-3 when singular values r and r+1 are close, so the
+    refinement and the Rayleigh-Ritz steps run in float64 (cheap: each is
+    two products with an n x (r + oversample) block). Refinement goes on
+    while the energy the top r Ritz vectors capture still grows (at most
+    MAX_REFINE_ITERATIONS). A matrix whose spectrum is too flat for the
+    iteration to separate its top r (the block's smallest Ritz value close
+    to its r-th) or that has not settled gets the published float32 SVD's
+    subspace, refined in float64, instead, so the basis never captures less energy than the published float32 SVD's.
     """
     m, n = w.shape[-2:]
     width = min(rank + SUBSPACE_OVERSAMPLE, m, n)
     with _ieee_float32():
         w32 = w if w.dtype == torch.float32 else w.to(torch.float32)
-        probe = torch.randn(*w.shape[:-2], n, width, device=w.device, dtype=torch.float32, generator=generator)
-        x = _orthonormalize(w32 @ probe)
+        x = _orthonormalize(w32 @ _probe(w32, width, generator))
         x = _power_steps(w32, x, SUBSPACE_ITERATIONS)
-        del w32, probe
+        del w32
     w64 = w.to(torch.float64)
     x = _power_steps(w64, x.to(torch.float64), REFINE_ITERATIONS)
-    return _rayleigh_ritz(w64, x, rank, scale)
+    u, small, values = _rayleigh_ritz(w64, x, rank, scale)
+    energy = values[..., -rank:].sum(-1)
+    # too flat to separate: the block's smallest Ritz value is close to its r-th
+    hard = values[..., 0] > FLAT_RATIO**2 * values[..., -rank] if width > rank else torch.zeros_like(energy, dtype=torch.bool)
+    settled = torch.zeros_like(hard) if width > rank else torch.ones_like(hard)
+    growth = None
+    for left in range(MAX_REFINE_ITERATIONS, 0, -1):
+        if bool((settled | hard).all()):
+            break
+        x = _power_steps(w64, x, 1)
+        u, small, values = _rayleigh_ritz(w64, x, rank, scale)
+        before, energy = energy, values[..., -rank:].sum(-1)
+        growth, last = (energy - before).clamp(min=0), growth
+        settled = settled | (growth <= ENERGY_TOLERANCE * energy)
+        if last is not None:  # growth shrinks geometrically; would it settle in the iterations left?
+            rate = (growth / last.clamp(min=1e-300)).clamp(max=1.0)
+            needed = torch.log(ENERGY_TOLERANCE * energy / growth.clamp(min=1e-300)) / torch.log(rate.clamp(min=1e-300, max=1 - 1e-12))
+            hard = hard | (~settled & (needed > left - 1))
+    hard = hard | ~settled
+    for i in hard.reshape(-1).nonzero().flatten().tolist():
+        index = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), hard.shape))
+        u[index], small[index] = _svd_seeded_top(w64[index], rank, width, scale)
+    return u, small
 
 
 def _pick_method(weight: torch.Tensor, method: str) -> str:
