@@ -95,7 +95,7 @@ def _phases(decompose_mod, stack: torch.Tensor, rank: int, device) -> dict:
         x = d._power_steps(w64, x.to(torch.float64), d.REFINE_ITERATIONS)
     out["float64_refinement_s"] = t.seconds
     with Timer(device) as t:
-        u, small = d._rayleigh_ritz(w64, x, rank, 1.0)
+        u, small, _ = d._rayleigh_ritz(w64, x, rank, 1.0)
     out["rayleigh_ritz_s"] = t.seconds
     with Timer(device) as t:
         d._qr_of_core(u, small)
@@ -133,6 +133,7 @@ def run(ctx) -> dict:
     timing_samples = [names[0] for names in groups.values()]
     res = {"targets": len(shapes), "rank": rank, "shapes": {f"{m}x{n}": len(v) for (m, n), v in groups.items()}}
     res["accuracy_samples"], res["timing_samples"] = accuracy_samples, timing_samples
+    res["energy"] = energy(ctx)
 
     for power in (0.5, 1.0):
         tag = f"p{power:g}"
@@ -164,11 +165,51 @@ def run(ctx) -> dict:
         res[tag] = {"ours": ours, "published": pub, "speedup": pub["seconds_extrapolated"] / ours["seconds"]}
 
         if power == 1.0:
+            again = decompose_mod.decompose_many(weights, rank, method="subspace")
+            first = decompose_mod.decompose_many(weights, rank, method="subspace")
+            res["repeatable"] = all(torch.equal(first[n].q, again[n].q) for n in weights)
+            ctx.log(f"  same Q on a second run: {res['repeatable']}")
+            del again, first
             res["diagnostics"] = _diagnostics(ctx, decompose_mod, weights, groups, rank)
             res["cache"] = _cache(ctx, basis_mod, weights, rank)
         del weights, exact
         free_cache(device)
     return res
+
+
+SPECTRA = {
+    "flat": lambda k: torch.ones(k, dtype=torch.float64),
+    "p=0.25": lambda k: torch.arange(1, k + 1, dtype=torch.float64) ** -0.25,
+    "p=0.5": lambda k: torch.arange(1, k + 1, dtype=torch.float64) ** -0.5,
+    "p=1": lambda k: torch.arange(1, k + 1, dtype=torch.float64) ** -1.0,
+    "noise floor": lambda k: torch.cat([torch.tensor([10.0, 8.0, 6.0, 5.0], dtype=torch.float64), torch.full((k - 4,), 0.1, dtype=torch.float64)]),
+}
+
+
+def energy(ctx) -> dict:
+    """||Q^T W||² / (top-r squared singular values) of ours vs the published float32 SVD, per spectrum (Q re-orthonormalized in float64)."""
+    decompose_mod = importlib.import_module("comfyui_qrlora.qrlora_core.decompose")
+    device, rank = ctx.device, ctx.rank
+    m, n = next(iter(ctx.size.targets().values()))
+    generator = torch.Generator(device=device).manual_seed(23)
+    out = {}
+    for name, spectrum in SPECTRA.items():
+        k = min(m, n)
+        u = _orthonormal(m, k, device, generator).double()
+        v = _orthonormal(n, k, device, generator).double()
+        w = ((u * spectrum(k).to(device)) @ v.T).to(torch.bfloat16)
+        w64 = w.double()
+        top = float(torch.linalg.svdvals(w64)[:rank].square().sum())
+
+        def captured(q):
+            return float((decompose_mod._orthonormal64(q).mT @ w64).square().sum()) / top
+
+        ours, seconds = timed(device, lambda: decompose_mod.decompose_many({"w": w}, rank, method="subspace")["w"].q)
+        pub, _ = published(w, rank)
+        out[name] = {"ours": captured(ours), "published": captured(pub), "ours_seconds": seconds}
+        ctx.log(f"  energy {name}: ours {out[name]['ours']:.12f}, published {out[name]['published']:.12f} ({seconds:.2f} s)")
+        del u, v, w, w64
+    return out
 
 
 def _diagnostics(ctx, decompose_mod, weights, groups, rank) -> dict:

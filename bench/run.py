@@ -102,6 +102,15 @@ def table(results: dict) -> list[list[str]]:
             rows.append([f"subspace error (sin theta_max), p={p}: ours / published",
                          f"{ours['max_subspace_error']:.1e} / {pub['max_subspace_error']:.1e}",
                          f"{ours['max_subspace_error'] / 1e-3:.2f} of goal", "<= 1e-3", _met(ours["max_subspace_error"] <= 1e-3)])
+        e = b.get("energy")
+        if e:
+            worst = min(r["ours"] - r["published"] for r in e.values())
+            rows.append([f"basis energy captured (‖QᵀW‖² / top-r σ² sum), ours vs published float32 SVD ({', '.join(e)})",
+                         "; ".join(f"{k} {r['ours']:.10f} vs {r['published']:.10f}" for k, r in e.items()),
+                         f"worst ours - published {worst:+.1e}", ">= 0 on every spectrum", _met(worst >= -1e-12)])
+        if "repeatable" in b:
+            rows.append([f"basis repeatable: the same Q for the same weights on a second run ({b['targets']} targets)", str(b["repeatable"]),
+                         "-", "True", _met(b["repeatable"])])
         c = b.get("cache", {})
         if c:
             rows.append(["basis cache: second get_or_build (load)", f"{c['warm_seconds']:.3f} s (first: {c['cold_seconds']:.2f} s)",
@@ -153,7 +162,7 @@ def table(results: dict) -> list[list[str]]:
     if isinstance(t, dict) and "qrlora" in t:
         q, l = t["qrlora"], t["lora"]
         rows.append(["  (check) QR-LoRA train module vs float64 reference", f"{t['layer_check_error']:.1e} of the delta", "-", "bf16 rounding", "n/a"])
-        rows.append([f"training step {t['px']} px ({t['blocks']['double']}+{t['blocks']['single']} blocks, r={t['rank']}): QR-LoRA vs LoRA time",
+        rows.append([f"training step {t['px']} px, through {t.get('path', 'the training layer')} ({t['blocks']['double']}+{t['blocks']['single']} blocks, r={t['rank']}): QR-LoRA vs LoRA time",
                      f"{q['step_s']:.3f} vs {l['step_s']:.3f} s", f"{q['step_s'] / l['step_s']:.3f}", "<= 1.05", _met(q["step_s"] / l["step_s"] <= 1.05)])
         rows.append(["  peak memory QR-LoRA vs LoRA (above model weights)",
                      f"{q['peak_bytes'] / 1024**3:.2f} vs {l['peak_bytes'] / 1024**3:.2f} GiB ({q['peak_above_weights_bytes'] / 1024**3:.2f} vs {l['peak_above_weights_bytes'] / 1024**3:.2f})",
