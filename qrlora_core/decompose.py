@@ -31,10 +31,10 @@ import torch
 
 EXACT_MAX_ELEMENTS = 1024 * 1024  # a float64 SVD of this size takes about a second on a CPU
 SUBSPACE_OVERSAMPLE = 64
-SUBSPACE_ITERATIONS = 12  # float32
+SUBSPACE_ITERATIONS = 16  # float32
 REFINE_ITERATIONS = 2  # float64
 MAX_REFINE_ITERATIONS = 24  # more float64 steps while the top-r energy still grows
-ENERGY_TOLERANCE = 1e-14  # relative growth of the top-r energy counted as settled
+ENERGY_TOLERANCE = 1e-12  # relative growth of the top-r energy counted as settled (the published float32 SVD falls 1e-11 to 1e-8 short)
 FLAT_RATIO = 0.95  # smallest / r-th singular value in the block above which the iteration cannot separate the top r
 PROBE_SEED = 0x5152  # the starting block's seed ("QR")
 CPU_CHUNK_BUDGET = 2 * 1024**3  # bytes of working copies per chunk on the CPU
