@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 import comfy.model_management
+import comfy.model_patcher
 import comfy.model_sampling
 import comfy.sampler_helpers
 import comfy.samplers
@@ -248,6 +249,10 @@ class TrainingSession:
             p.requires_grad_(True)
         comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
         _usable_for_autograd(mp.model)
+        # the patcher's wrappers, callbacks and hooks into the options the model runs with, as ComfyUI's guider does
+        self.model_options = comfy.model_patcher.create_model_options_clone(mp.model_options)
+        captions = {"positive": comfy.sampler_helpers.convert_cond(list({id(c): c for c in self.captions}.values()))}
+        comfy.sampler_helpers.prepare_model_patcher(mp, captions, self.model_options)
         mp.pre_run()
         self.device = mp.load_device
         self.sampling = mp.model.model_sampling
@@ -272,6 +277,7 @@ class TrainingSession:
             self.rewrites.restore()
         _release_wrappers(mp, getattr(self, "wrappers", {}))
         mp.cleanup()
+        mp.restore_hook_patches()
         for p in self.targets.parameters():
             p.requires_grad_(False)
         self.loop = None
@@ -323,7 +329,7 @@ class TrainingSession:
         """The model's denoised estimate, through ComfyUI's own conditioning and model wrappers."""
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else contextlib.nullcontext()
         with autocast:
-            return comfy.samplers.calc_cond_batch(self.patcher.model, [conds], x_t, sigma, self.patcher.model_options)[0]
+            return comfy.samplers.calc_cond_batch(self.patcher.model, [conds], x_t, sigma, self.model_options)[0]
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The configured objective on one batch (the loss the run reports and trains on)."""

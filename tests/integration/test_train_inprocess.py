@@ -97,84 +97,189 @@ def forward(patcher, arch, generator):
     return patcher.model.apply_model(x, t, **extra)
 
 
+def config(**overrides):
+    from comfyui_qrlora.qrlora_core.training import TrainConfig
+
+    return TrainConfig(**{k: v[0] for k, v in settings(**overrides).items()})
+
+
+def session(model, latents, positive, **overrides):
+    from comfyui_qrlora.nodes.train_session import TrainingSession
+
+    return TrainingSession(model, config(**overrides), latents, positive)
+
+
 @pytest.mark.parametrize("arch", ["flux", "sd15"])
 def test_wrapped_model_is_the_base_at_step_zero_and_only_delta_r_learns(pack, folders, arch, rng):
-    from comfyui_qrlora.nodes import files
-    from comfyui_qrlora.nodes.train import _base_weights, _release, trainable_targets
-    from comfyui_qrlora.nodes.train_loop import OutOfPlaceUpdates
-    from comfyui_qrlora.qrlora_core.training import TrainConfig, TrainTargets, select
-
     base = models.patcher(arch)
     seed = int(torch.randint(0, 2**31, (1,), generator=rng))
     reference = forward(base, arch, torch.Generator().manual_seed(seed))
-    candidates = trainable_targets(base)
-    where = {n: candidates[n] for n in select(candidates, TrainConfig().target_regex())}
-    targets = TrainTargets.new(_base_weights(base, where, "cpu"), 4, 4.0, True, files.basis_store())
-    mp = base.clone()
-    wrappers = targets.wrappers(where)
-    for key, wrapper in wrappers.items():
-        mp.add_weight_wrapper(key, wrapper)
-    mp.model.requires_grad_(False)  # as the trainer does: the base weights are constants
-    fused = [w for w in wrappers.values() if len(w.targets) > 1]
-    assert bool(fused) == (arch == "flux")  # Flux: q, k, v share img_attn.qkv / linear1
-    with torch.enable_grad(), OutOfPlaceUpdates():  # as the trainer runs it
-        out = forward(mp, arch, torch.Generator().manual_seed(seed))
-        assert torch.equal(out, reference)  # ΔR = 0: exactly the base model
-        out.square().mean().backward()
-    assert all(p.grad is None for p in mp.model.parameters())
-    grads = [layer.delta_r.grad for layer in targets.layers.values()]
-    assert all(g is not None and g.abs().sum() > 0 for g in grads)
-    assert sum(g.numel() for g in grads) == sum(4 * layer.in_features for layer in targets.layers.values()) == targets.trainable_count()
-    _release(mp, wrappers)
+    latents, positive = inputs(arch, rng)
+    run = session(base, latents, positive)
+    with run:
+        fused = [w for w in run.wrappers.values() if len(w.targets) > 1]
+        assert bool(fused) == (arch == "flux")  # Flux: q, k, v share img_attn.qkv / linear1
+        with torch.enable_grad():
+            out = forward(run.patcher, arch, torch.Generator().manual_seed(seed))
+            assert torch.equal(out, reference)  # ΔR = 0: exactly the base model
+            out.square().mean().backward()
+        assert all(p.grad is None for p in run.patcher.model.parameters())
+        grads = [layer.delta_r.grad for layer in run.targets.layers.values()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)
+        assert sum(g.numel() for g in grads) == sum(4 * layer.in_features for layer in run.targets.layers.values()) == run.targets.trainable_count()
     assert not any(getattr(m, "weight_function", None) for m in base.model.modules())
+    assert not any("forward" in vars(m) for m in base.model.modules())  # rewrites and checkpointing taken off
     assert torch.equal(forward(base, arch, torch.Generator().manual_seed(seed)), reference)
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_flux_gradients_match_finite_differences(pack, folders, checkpointing, rng):
-    """ComfyUI's Flux blocks update their residual stream in place; the trainer must still get true gradients."""
-    from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, unpatch
-    from comfyui_qrlora.nodes import files
-    from comfyui_qrlora.nodes.train import _base_weights, trainable_targets
-    from comfyui_qrlora.nodes.train_loop import OutOfPlaceUpdates, checkpoint
-    from comfyui_qrlora.qrlora_core.training import TrainConfig, TrainTargets, select
+def _delta_r_gradients(run, batch) -> dict:
+    for p in run.targets.parameters():
+        p.grad = None
+    with torch.enable_grad():
+        run.loss(batch).backward()
+    return {n: layer.delta_r.grad.double().clone() for n, layer in run.targets.layers.items()}
+
+
+def test_flux_gradients_are_right_with_and_without_checkpointing(pack, folders, rng):
+    """ComfyUI's Flux blocks update their residual stream in place; the trainer must still get true gradients.
+
+    References: the same loss without checkpointing, and central finite
+    differences of the loss along a random direction, in float64 arithmetic
+    on the loss (the model runs in float32).
+    """
+    from comfyui_qrlora.qrlora_core.training.session import Draws
 
     base = models.patcher("flux")
-    candidates = trainable_targets(base)
-    where = {n: candidates[n] for n in select(candidates, TrainConfig().target_regex())}
-    targets = TrainTargets.new(_base_weights(base, where, "cpu"), 4, 4.0, True, files.basis_store())
-    with torch.no_grad():
-        for layer in targets.layers.values():
-            layer.delta_r.copy_(0.05 * torch.randn(layer.delta_r.shape, generator=rng))
-    mp = base.clone()
-    for key, wrapper in targets.wrappers(where).items():
-        mp.add_weight_wrapper(key, wrapper)
-    blocks = find_all_highest_child_module_with_forward(mp.model.diffusion_model) if checkpointing else []
-    for m in blocks:
-        checkpoint(m)
+    latents, positive = inputs("flux", rng)
     seed = int(torch.randint(0, 2**31, (1,), generator=rng))
-
-    def loss():
-        with OutOfPlaceUpdates():
-            return forward(mp, "flux", torch.Generator().manual_seed(seed)).double().square().mean()
-
-    try:
-        with torch.enable_grad():
-            loss().backward()
-        direction = {n: torch.randn(l.delta_r.shape, generator=rng) for n, l in targets.layers.items()}
-        analytic = sum(float((l.delta_r.grad * torch.triu(direction[n])).sum()) for n, l in targets.layers.items())
-        eps = 1e-3
+    gradients, runs = {}, {}
+    for checkpointing in (False, True):
+        run = session(base, latents, positive, gradient_checkpointing=checkpointing)
         with torch.no_grad():
-            for n, l in targets.layers.items():
-                l.delta_r += eps * direction[n]
-            up = float(loss())
-            for n, l in targets.layers.items():
-                l.delta_r -= 2 * eps * direction[n]
-            down = float(loss())
-    finally:
-        for m in blocks:
-            unpatch(m)
-    assert analytic == pytest.approx((up - down) / (2 * eps), rel=2e-2)
+            for layer in run.targets.layers.values():
+                layer.delta_r.copy_(0.05 * torch.randn(layer.delta_r.shape, generator=torch.Generator().manual_seed(seed)))
+        with run:
+            batch = run.draw(Draws(seed))[0]
+            gradients[checkpointing] = _delta_r_gradients(run, batch)
+            assert bool(run.checkpointed) == checkpointing
+            if not checkpointing:
+                direction = {n: torch.randn(l.delta_r.shape, generator=rng) for n, l in run.targets.layers.items()}
+                analytic = sum(float((gradients[False][n] * torch.triu(direction[n]).double()).sum()) for n in direction)
+                eps = 1e-3
+                with torch.no_grad():
+                    for n, l in run.targets.layers.items():
+                        l.delta_r += eps * direction[n]
+                    up = float(run.loss(batch).double())
+                    for n, l in run.targets.layers.items():
+                        l.delta_r -= 2 * eps * direction[n]
+                    down = float(run.loss(batch).double())
+                assert analytic == pytest.approx((up - down) / (2 * eps), rel=2e-2)
+    for name, g in gradients[False].items():
+        assert torch.allclose(gradients[True][name], g, rtol=1e-4, atol=1e-7 * g.abs().max()), name
+
+
+def _raw_flux(run, x_t, sigma, caption, guidance):
+    embedding, options = caption
+    n = x_t.shape[0]
+    model = run.patcher.model.diffusion_model
+    return model(x_t, sigma, context=embedding.expand(n, -1, -1), y=options["pooled_output"].expand(n, -1), guidance=torch.full_like(sigma, guidance)).float()
+
+
+def test_flow_loss_is_the_velocity_mse_of_the_reference(pack, folders, rng):
+    """The loss the trainer reports for Flux is |v - (noise - x0)|² at x_t = (1 - sigma) x0 + sigma noise, sigma in (0, 1], guidance 1."""
+    from comfyui_qrlora.qrlora_core.training.session import Draws
+
+    latents, positive = inputs("flux", rng, images=3)
+    seed = int(torch.randint(0, 2**31, (1,), generator=rng))
+    model = models.patcher("flux")
+    run = session(model, latents, positive, batch_size=2, seed=seed)
+    with run, torch.no_grad():
+        batches = run.draw(Draws(seed))
+        assert len(batches) == 1 and len(batches[0].images) == 2
+        b = batches[0]
+        assert torch.all((b.sigma > 0) & (b.sigma <= 1))
+        x_t = (1 - b.sigma.view(-1, 1, 1, 1)) * b.x0 + b.sigma.view(-1, 1, 1, 1) * b.noise
+        velocity = _raw_flux(run, x_t, b.sigma, positive[0][0], guidance=1.0)
+        expected = float(((velocity - (b.noise - b.x0)) ** 2).mean())
+        assert float(run.loss(b)) == pytest.approx(expected, rel=1e-5)
+        assert torch.equal(b.x0, torch.cat([model.model.process_latent_in(latents[0]["samples"][i : i + 1]) for i in b.images]))
+    # the loss of step 1 (before any update) is that of the run's first draw
+    reported = train(pack, model, latents, positive, steps=1, batch_size=2, seed=seed).args[2]["loss"]
+    assert reported[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_epsilon_loss_is_the_dreambooth_noise_mse(pack, folders, rng):
+    """SD1.5: |eps_pred - noise|² at x_t = sqrt(a) x0 + sqrt(1 - a) noise, a = alphas_cumprod at a uniform integer timestep."""
+    from comfyui_qrlora.qrlora_core.training.session import Draws
+
+    latents, positive = inputs("sd15", rng)
+    seed = int(torch.randint(0, 2**31, (1,), generator=rng))
+    model = models.patcher("sd15")
+    run = session(model, latents, positive, seed=seed)
+    with run, torch.no_grad():
+        b = run.draw(Draws(seed))[0]
+        # SD1.5's training schedule as diffusers' DDPMScheduler defines it ("scaled_linear" betas)
+        alphas_cumprod = torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, 0)
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+        t = int(torch.argmin((sigmas - float(b.sigma)).abs()))
+        assert float(sigmas[t]) == pytest.approx(float(b.sigma), rel=1e-5)  # an integer timestep's sigma
+        a = float(alphas_cumprod[t])
+        x_t = a**0.5 * b.x0 + (1 - a) ** 0.5 * b.noise
+        eps = run.patcher.model.diffusion_model(x_t, torch.tensor([float(t)]), context=positive[0][0][0]).float()
+        expected = float(((eps - b.noise) ** 2).mean())
+        assert float(run.loss(b)) == pytest.approx(expected, rel=1e-4)
+    reported = train(pack, model, latents, positive, steps=1, seed=seed).args[2]["loss"]
+    assert reported[0] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["flux", "sd15"])
+def test_comfyui_objective_option_compares_x0_on_the_sampling_schedule(pack, folders, arch, rng):
+    from comfyui_qrlora.qrlora_core.training.objective import COMFYUI
+    from comfyui_qrlora.qrlora_core.training.session import Draws
+
+    latents, positive = inputs(arch, rng)
+    seed = int(torch.randint(0, 2**31, (1,), generator=rng))
+    model = models.patcher(arch)
+    run = session(model, latents, positive, seed=seed, objective=COMFYUI)
+    with run, torch.no_grad():
+        draws = Draws(seed)
+        b = run.draw(draws)[0]
+        replay = Draws(seed)
+        replay.images(len(run.x0), 1)
+        u = float(replay.uniform(1)[0])
+        sampling = run.patcher.model.model_sampling
+        assert float(b.sigma[0]) == pytest.approx(float(sampling.percent_to_sigma(u)), rel=1e-6)  # the (shifted) schedule
+        s = b.sigma.view(-1, 1, 1, 1)
+        if arch == "flux":
+            x_t = (1 - s) * b.x0 + s * b.noise
+            denoised = x_t - s * _raw_flux(run, x_t, b.sigma, positive[0][0], guidance=1.0)
+        else:
+            x = b.x0 + s * b.noise
+            t = sampling.timestep(b.sigma).float()
+            denoised = x - s * run.patcher.model.diffusion_model(x / (1 + s**2) ** 0.5, t, context=positive[0][0][0]).float()
+        assert float(run.loss(b)) == pytest.approx(float(((denoised - b.x0) ** 2).mean()), rel=1e-4)
+    out = train(pack, model, latents, positive, steps=2, objective=COMFYUI)
+    assert all(torch.isfinite(torch.tensor(out.args[2]["loss"]))) and out.args[0].metadata["training"]["objective"] == COMFYUI
+
+
+def test_flux_trains_at_guidance_one_unless_told_otherwise(pack, folders, rng):
+    import comfy.patcher_extension
+
+    seen = []
+
+    def record(executor, *args, **kwargs):
+        guidance = kwargs.get("guidance", args[4] if len(args) > 4 else None)
+        seen.append(guidance.flatten().tolist())
+        return executor(*args, **kwargs)
+
+    model = models.patcher("flux")
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test.guidance", record)
+    latents, positive = inputs("flux", rng)  # the caption's conditioning says guidance 3.5
+    train(pack, model, latents, positive, steps=1, grad_accumulation=2)
+    assert seen and all(g == [1.0] for g in seen), seen
+    seen.clear()
+    train(pack, model, latents, positive, steps=1, guidance=0.0)  # 0: keep the caption's
+    assert seen and all(g == [3.5] for g in seen), seen
 
 
 def test_flux_slices_are_decomposed_per_published_module(pack, folders, rng):
