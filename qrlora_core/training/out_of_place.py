@@ -16,7 +16,8 @@ training step and depended on the interpreter's opcodes. The rewrite costs
 one Python call per `+=` (a handful per block) and works on every Python
 with `ast` (3.8+). It is applied per module instance (`module.forward`),
 so other models sharing the class are untouched, and `restore()` puts the
-class's forward back.
+class's forward back. Only `forward` itself is rewritten: what it calls
+(including `super().forward`) runs as written.
 """
 
 import ast
@@ -113,6 +114,7 @@ def _rewrite(function):
     new.__defaults__, new.__kwdefaults__ = function.__defaults__, function.__kwdefaults__
     new.__qualname__, new.__doc__, new.__module__ = function.__qualname__, function.__doc__, function.__module__
     new.__wrapped__ = function
+    new.__qrlora_source__ = ast.unparse(module)  # what runs, for reading (and the tests' syntax check)
     return new
 
 

@@ -193,5 +193,174 @@ def test_every_setting_has_help_text_and_the_presets_are_offered():
 
     for f in fields(TrainConfig):
         assert len(settings.help_text(f.name)) > 20, f.name
-    assert tuple(PRESETS) == settings.limits("target_preset")["options"]
+    presets = {name: select(FLUX_LIKE + UNET_LIKE + NEVER, TrainConfig(target_preset=name, target_pattern="to_q$").target_regex())
+               for name in settings.limits("target_preset")["options"]}
+    assert len({tuple(v) for v in presets.values()}) == len(presets) == 3  # every offered preset picks its own layers
     assert TrainConfig().scale_alpha == 64.0 and TrainConfig(rank=8, alpha=4.0).scale_alpha == 4.0
+
+
+def test_defaults_are_the_reference_setup():
+    from qrlora_core.training.objective import REFERENCE
+
+    c = TrainConfig()
+    assert (c.rank, c.scale_alpha, c.learning_rate, c.steps, c.grad_accumulation, c.max_grad_norm, c.weight_decay, c.optimizer) == (
+        64, 64.0, 1e-4, 1000, 4, 1.0, 1e-4, "AdamW")
+    assert c.triangular and c.objective == REFERENCE and c.guidance == 1.0 and c.training_dtype == "bf16"
+    recorded = c.recorded()
+    assert recorded["objective"] == REFERENCE and recorded["max_grad_norm"] == 1.0 and "filename_prefix" not in recorded
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "alpha", "guidance", "weight_decay", "max_grad_norm"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_settings_are_refused_in_one_sentence(name, value):
+    with pytest.raises(AdapterError, match=rf"^{name} is {value}, which is not a number training can use: enter a finite value"):
+        TrainConfig(**{name: value})
+
+
+# ------------------------------------------------------------ objective
+
+
+def test_prediction_mse_is_the_velocity_loss_of_a_flow_model(rng):
+    from qrlora_core.training.objective import denoised_mse, flow_sigmas, prediction_mse
+
+    x0, noise, velocity = (torch.randn(3, 4, 5, 5, generator=rng, dtype=torch.float64) for _ in range(3))
+    sigma = flow_sigmas(torch.rand(3, generator=rng, dtype=torch.float64))
+    s = sigma.view(-1, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * noise
+    denoised = x_t - s * velocity  # a flow model's denoiser
+    expected = ((velocity - (noise - x0)) ** 2).mean()
+    assert float(prediction_mse(denoised, x0, -sigma)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(denoised_mse(denoised, x0)) == pytest.approx(float((s**2 * (velocity - (noise - x0)) ** 2).mean()), rel=1e-5)
+
+
+def test_flow_sigmas_are_the_reference_training_grid():
+    from qrlora_core.training.objective import discrete_timesteps, flow_sigmas
+
+    u = torch.tensor([0.0, 0.5, 1 - 1e-12], dtype=torch.float64)
+    sigma = flow_sigmas(u)
+    assert float(sigma.max()) <= 1.0 and float(sigma.min()) > 0
+    assert discrete_timesteps(u, 1000).tolist() == [0, 500, 999]
+
+
+# ------------------------------------------------------------ step loop
+
+
+def _loop(parameters, **overrides):
+    from qrlora_core.training.session import StepLoop
+
+    settings_ = {"optimizer": "SGD", "learning_rate": 1.0, "weight_decay": 0.0, "grad_accumulation": 3, "max_grad_norm": 0.0, "seed": 0}
+    settings_.update(overrides)
+    return StepLoop(parameters, **settings_)
+
+
+def test_accumulated_step_uses_the_mean_gradient_and_reports_the_mean_loss(rng):
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    targets = [torch.randn(4, generator=rng, dtype=torch.float64) for _ in range(3)]
+    it = iter(targets)
+    loss = _loop([p]).step(1, lambda draws: ((p - next(it)) ** 2).sum())
+    assert loss == pytest.approx(float(sum((t**2).sum() for t in targets) / 3))
+    assert torch.allclose(p.detach(), 2 * torch.stack(targets).mean(0))  # p - lr * mean grad, grad = 2 (p - t)
+
+
+def test_clipping_limits_the_global_gradient_norm(rng):
+    p = torch.nn.Parameter(torch.zeros(8, dtype=torch.float64))
+    direction = torch.randn(8, generator=rng, dtype=torch.float64)
+    _loop([p], grad_accumulation=1, max_grad_norm=0.5).step(1, lambda draws: -(p * direction * 100).sum())
+    assert float(p.detach().norm()) == pytest.approx(0.5)  # lr 1 times a gradient clipped to norm 0.5
+    assert torch.allclose(p.detach() / p.detach().norm(), direction / direction.norm())
+
+
+def test_non_finite_loss_stops_before_the_update(rng):
+    from qrlora_core.training.session import NonFiniteLoss
+
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    losses = iter([torch.tensor(1.0, dtype=torch.float64), torch.tensor(float("nan"), dtype=torch.float64)])
+    with pytest.raises(NonFiniteLoss):
+        _loop([p], grad_accumulation=2).step(7, lambda draws: (p.sum() * next(losses)))
+    assert torch.equal(p.detach(), torch.ones(3, dtype=torch.float64)) and p.grad is None
+
+
+def test_draws_are_seeded_and_independent_of_the_global_rng():
+    from qrlora_core.training.session import Draws
+
+    def sample(seed):
+        d = Draws(seed)
+        torch.manual_seed(seed + 1)  # must not matter
+        return d.images(10, 3), d.uniform(2).tolist(), d.noise(torch.zeros(2, 3)).tolist()
+
+    assert sample(5) == sample(5) and sample(5) != sample(6)
+
+
+# ------------------------------------------------------------ out-of-place residuals
+
+
+class _Residual(torch.nn.Module):
+    """Like ComfyUI's Flux blocks: a residual added in place after a LayerNorm saved its input."""
+
+    def __init__(self, width=6):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(width)
+        self.linear = torch.nn.Linear(width, width)
+
+    def forward(self, x, scale: float = 2.0, *, bias=0.0):
+        h = self.norm(x)
+        x += self.linear(h) * scale
+        x -= bias
+        counts = [1]
+        counts += [2]  # a list: must stay an in-place extend
+        x *= len(counts)
+        return x
+
+    def halve(self, x):
+        return x / 2
+
+
+class _Child(_Residual):
+    def forward(self, x, scale: float = 2.0, *, bias=0.0):
+        h = self.norm(x)
+        x += self.linear(h) * scale
+        x *= 2
+        x = super().halve(x)  # super() still works in the rewritten function (its __class__ cell is kept)
+        return x
+
+
+def test_rewritten_forward_trains_where_the_in_place_one_cannot(rng):
+    from qrlora_core.training.out_of_place import OutOfPlaceForwards
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_Residual(), _Child())
+    x = torch.randn(3, 6, generator=rng)
+    with pytest.raises(RuntimeError):  # autograd refuses the in-place residual as shipped
+        model(x.clone().requires_grad_(True)).sum().backward()
+    rewrites = OutOfPlaceForwards(model)
+    assert rewrites.classes == {_Residual, _Child} and all("forward" in vars(m) for m in model)
+    leaf = x.clone().requires_grad_(True)
+    out = model(leaf)
+    out.sum().backward()
+    with torch.no_grad():  # outside autograd it computes the same, in place
+        y = x.clone()
+        assert model[0](y) is y  # the residual still lands in the caller's tensor
+        assert torch.allclose(model[1](y), out)
+    rewrites.restore()
+    assert not any("forward" in vars(m) for m in model)
+    reference = x.clone().double().requires_grad_(True)  # the same math written out of place, in float64
+    h = model[0].double()
+    r = (h.linear(h.norm(reference)) * 2.0 + reference) * 2
+    c = model[1].double()
+    r2 = (c.linear(c.norm(r)) * 2.0 + r) * 2 / 2
+    r2.sum().backward()
+    assert torch.allclose(leaf.grad.double(), reference.grad, atol=1e-5)
+
+
+def test_rewritten_source_is_python_3_10_syntax_and_keeps_line_numbers():
+    import ast
+
+    from qrlora_core.training.out_of_place import rewritten
+
+    new = rewritten(_Residual.forward)
+    assert new.__code__.co_firstlineno == _Residual.forward.__code__.co_firstlineno
+    assert new.__defaults__ == _Residual.forward.__defaults__ and new.__kwdefaults__ == _Residual.forward.__kwdefaults__
+    source = new.__qrlora_source__
+    assert "x += " not in source and "x = __qrlora_out_of_place__.add(x, " in source and "counts = __qrlora_out_of_place__.add(counts, " in source
+    ast.parse(source, feature_version=(3, 10))  # nothing newer than the oldest Python the pack supports
+    assert rewritten(torch.nn.Linear.forward) is None  # nothing to rewrite: left alone
