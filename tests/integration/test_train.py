@@ -218,8 +218,15 @@ def test_trainer_interface_and_a_wrong_setting_explained(client, base_files):
     assert info["output"] == ["QR_LORA", "MODEL", "LOSS_MAP", "IMAGE", "INT"]
     from qrlora_core.training import config as settings
 
-    required = info["input"]["required"]
-    assert required["rank"][1]["tooltip"] == settings.help_text("rank")
-    assert required["target_preset"][1]["tooltip"] == settings.help_text("target_preset")
+    from dataclasses import fields
+
+    offered = {**info["input"]["required"], **info["input"].get("optional", {})}
+    for f in fields(settings.TrainConfig):  # every setting is a widget with the field's default, tooltip and choices
+        spec = offered[f.name]
+        assert spec[1]["default"] == f.default and spec[1]["tooltip"] == settings.help_text(f.name), f.name
+        if "options" in settings.limits(f.name):
+            assert list(spec[1].get("options", spec[0])) == list(settings.limits(f.name)["options"]), f.name
+    assert "reference uses 4" in offered["grad_accumulation"][1]["tooltip"] and offered["grad_accumulation"][1]["default"] == 4
+    assert {"objective", "guidance", "weight_decay", "max_grad_norm"} <= set(info["input"]["optional"])  # older workflows lack them
     error = client.run_expecting_error(train_prompt("qrtest/too_big", rank=400))
-    assert "Rank 400 is larger than layer" in error["exception_message"] and "lower the rank" in error["exception_message"]
+    assert "Rank 400 is larger than every chosen layer allows" in error["exception_message"] and "lower the rank" in error["exception_message"]

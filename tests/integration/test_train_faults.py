@@ -3,6 +3,7 @@ a full disk, two runs queued back to back. Each ends in a clear message or a
 correct result; nothing half-written, the server keeps serving."""
 
 import glob
+import json
 import os
 
 import pytest
@@ -101,3 +102,60 @@ def test_a_full_disk_is_explained_and_leaves_nothing_half_written(tmp_path, base
         assert client.object_info("QRLoRATrain"), "the server stopped serving"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("prefix,words", [
+    ("qrfault/afile/run", "needs a folder where the file afile is"),
+    ("qrfault/" + "x" * 300, "makes names too long for the file system"),
+    ("qrfault/nul\x00byte", "contains a NUL character"),
+])
+def test_a_bad_filename_prefix_is_found_before_step_1(comfy, client, base_files, prefix, words):
+    """Checked before the basis is decomposed or any step runs: a rank no other test trains at leaves no basis behind."""
+    afile = comfy.path("models", "loras", "qrfault", "afile")
+    os.makedirs(os.path.dirname(afile), exist_ok=True)
+    with open(afile, "w") as f:
+        f.write("a file where the prefix wants a folder")
+    error = client.run_expecting_error(train_prompt(prefix, rank=3, steps=400))
+    text = error["exception_message"]
+    assert words in text and "disk may be full" not in text, text
+    assert not glob.glob(comfy.path("models", "qrlora_bases", "r3-*")), "work was done before the prefix was checked"
+    assert not partial_files(comfy.path("models", "loras"))
+    with open(afile) as f:
+        assert f.read() == "a file where the prefix wants a folder"
+
+
+@pytest.mark.parametrize("setting", ["learning_rate", "alpha", "guidance", "max_grad_norm", "weight_decay"])
+def test_non_finite_numbers_typed_through_prompt_are_refused(client, base_files, setting):
+    """NaN passes ComfyUI's min/max checks (every comparison with it is false), so the node refuses it; infinities
+    already stop at ComfyUI's range check."""
+    error = client.run_expecting_error(train_prompt("qrfault/nonfinite", **{setting: float("nan")}))
+    assert error["exception_message"].startswith(f"{setting} is nan, which is not a number training can use"), error["exception_message"]
+    status, body = client.post("/prompt", {"prompt": train_prompt("qrfault/nonfinite", **{setting: float("inf")})})
+    assert status == 400 and "bigger than max" in json.dumps(body), body
+
+
+SD3 = "qrtrain_sd3.safetensors"
+
+
+def test_layers_smaller_than_the_rank_are_skipped_with_a_note(comfy, client):
+    """SD3's proj_out is 64 x 128: at rank 100 it is left out and said so; the attention layers train."""
+    from support.models import save_diffusion_model
+
+    save_diffusion_model("sd3", comfy.path("models", "diffusion_models", SD3), seed=4)
+    generator = torch.Generator().manual_seed(6)
+    os.makedirs(comfy.path("output", "qrfault_sd3"), exist_ok=True)
+    caption = [[[torch.randn(1, 8, 4096, generator=generator), {"pooled_output": torch.randn(1, 2048, generator=generator)}]]]
+    torch.save({"latents": [{"samples": torch.randn(1, 16, 8, 8, generator=generator)}], "conditioning": caption},
+               comfy.path("output", "qrfault_sd3", "shard_0000.pkl"))
+    prompt = with_dataset(train_prompt("qrfault/sd3", steps=2, rank=100, target_preset="custom pattern", target_pattern=r"(attn\.to_q|proj_out)$"), "qrfault_sd3")
+    prompt["unet"]["inputs"]["unet_name"] = SD3
+    entry = client.run(prompt)
+    text = client.ui(entry, "train")["text"][0]
+    assert "1 of 3 layers are smaller than rank 100 and are not trained (e.g. transformer.proj_out, (64, 128), at most rank 64)" in text, text
+    adapter = load_adapter(comfy.path("models", "loras", client.ui(entry, "train")["qrlora"][0]["file"]))
+    assert sorted(adapter.targets) == ["transformer.transformer_blocks.0.attn.to_q", "transformer.transformer_blocks.1.attn.to_q"]
+    assert adapter.rank == 100 and all(t.delta_r.any() for t in adapter.targets.values())
+    prompt = with_dataset(train_prompt("qrfault/sd3_none", steps=2, rank=200, target_preset="custom pattern", target_pattern=r"proj_out$"), "qrfault_sd3")
+    prompt["unet"]["inputs"]["unet_name"] = SD3
+    text = client.run_expecting_error(prompt)["exception_message"]
+    assert "Rank 200 is larger than every chosen layer allows (e.g. transformer.proj_out, (64, 128), at most rank 64)" in text, text
