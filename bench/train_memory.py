@@ -171,8 +171,8 @@ def sd15(args):
     import_pack()
     import comfy.model_management
     import comfy.utils
-    from comfyui_qrlora.nodes.train import _base_weights, trainable_targets
-    from comfyui_qrlora.nodes.train_loop import OutOfPlaceUpdates
+    from comfyui_qrlora.nodes.train_session import base_weights, trainable_targets
+    from comfyui_qrlora.qrlora_core.training.out_of_place import OutOfPlaceForwards
     from comfyui_qrlora.qrlora_core.basis import BasisStore
     from comfyui_qrlora.qrlora_core.training import TrainConfig, TrainTargets, select
 
@@ -182,7 +182,7 @@ def sd15(args):
     candidates = trainable_targets(base)
     where = {n: candidates[n] for n in select(candidates, TrainConfig().target_regex())}
     with tempfile.TemporaryDirectory() as folder:
-        targets = TrainTargets.new(_base_weights(base, where, "cpu"), args.rank, float(args.rank), True, BasisStore(folder))
+        targets = TrainTargets.new(base_weights(base, where, "cpu"), args.rank, float(args.rank), True, BasisStore(folder))
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 8, 8, generator=generator)
     context = torch.randn(1, 8, 768, generator=generator)
@@ -190,8 +190,10 @@ def sd15(args):
     def saved_by(patcher, make_input_require_grad):
         comfy.model_management.load_models_gpu([patcher])
         saved = SavedTensors()
-        with torch.enable_grad(), saved.hooks(), OutOfPlaceUpdates():
+        rewrites = OutOfPlaceForwards(patcher.model.diffusion_model)  # as the trainer runs the model
+        with torch.enable_grad(), saved.hooks():
             out = patcher.model.apply_model(x.clone().requires_grad_(make_input_require_grad), torch.tensor([400.0]), c_crossattn=context)
+        rewrites.restore()
         out.square().mean().backward()
         params = {p.untyped_storage().data_ptr() for p in patcher.model.parameters()}
         return saved, params
