@@ -13,7 +13,7 @@ D - x0 divided per sample by b(sigma)² (b = -sigma for flow and eps
 models). ComfyUI's trainer instead takes the MSE of D - x0 itself, which
 for a flow model is sigma² times the velocity loss.
 
-The reference (METHOD.md, "Reference training setup"; diffusers' DreamBooth
+The reference (docs/method.md, "Training objective and defaults"; diffusers' DreamBooth
 scripts) draws sigma uniformly in (0, 1] for flow models, with no shift,
 and integer timesteps uniformly for eps / v models; ComfyUI's trainer
 draws a uniform fraction of the model's sampling schedule (for Flux
@@ -45,9 +45,14 @@ def denoised_mse(denoised: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.mse_loss(denoised.float(), x0.float())
 
 
+FLOW_TRAINING_STEPS = 1000  # the reference scheduler's training timesteps
+
+
 def flow_sigmas(uniform: torch.Tensor) -> torch.Tensor:
-    """sigma uniform in (0, 1] from u uniform in [0, 1): the reference's flow-matching draw, unshifted."""
-    return 1.0 - uniform
+    """sigma uniform in (0, 1] from u uniform in [0, 1), unshifted, as the reference draws it:
+    one of the scheduler's 1000 training sigmas 1, 0.999, ..., 0.001 (never so close to 0
+    that the prediction loss would divide rounding error by it)."""
+    return 1.0 - torch.floor(uniform * FLOW_TRAINING_STEPS) / FLOW_TRAINING_STEPS
 
 
 def discrete_timesteps(uniform: torch.Tensor, count: int) -> torch.Tensor:

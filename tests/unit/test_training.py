@@ -236,10 +236,9 @@ def test_prediction_mse_is_the_velocity_loss_of_a_flow_model(rng):
 def test_flow_sigmas_are_the_reference_training_grid():
     from qrlora_core.training.objective import discrete_timesteps, flow_sigmas
 
-    u = torch.tensor([0.0, 0.5, 1 - 1e-12], dtype=torch.float64)
-    sigma = flow_sigmas(u)
-    assert float(sigma.max()) <= 1.0 and float(sigma.min()) > 0
-    assert discrete_timesteps(u, 1000).tolist() == [0, 500, 999]
+    u = torch.tensor([0.0, 0.5, 0.12345, 1 - 1e-12], dtype=torch.float64)
+    assert flow_sigmas(u).tolist() == pytest.approx([1.0, 0.5, 0.877, 0.001])  # the scheduler's 1000 sigmas, uniformly
+    assert discrete_timesteps(u, 1000).tolist() == [0, 500, 123, 999]
 
 
 # ------------------------------------------------------------ step loop
