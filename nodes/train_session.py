@@ -197,7 +197,6 @@ class TrainingSession:
         self.latents = training_latents(latents)
         self.captions = captions_per_image(positive, len(self.latents))
         self.where, self.notes = choose_targets(model, config, existing)
-        self.steps_before = int(existing.metadata.get("steps", 0) or 0) if existing is not None else 0
         self.triangular = config.triangular
         self.targets = trainable if trainable is not None else self._targets()
         self.patcher = None

@@ -8,7 +8,9 @@ after every widget the frontend gives a "control after generate" combo
 (INT inputs with `control_after_generate`, and by the frontend's old rule
 inputs named seed / noise_seed), and one after file combos with an upload
 button (image_upload and friends). Extensions may add their own widgets
-after the node's; their values come last and are ignored here.
+after the node's; their values come last and are ignored here. Widgets a
+node gained after the file was saved (its list is shorter) take their
+defaults, as on the page.
 
 Frontend-only nodes (notes, reroutes) have no API form: notes are dropped,
 links through reroutes are followed to their source. Muted nodes (mode 2)
@@ -72,9 +74,16 @@ def widget_values(node: dict, info: dict) -> dict:
     if isinstance(values, dict):  # some extensions save widget values by name
         return dict(values)
     out = {}
-    for name, value in zip(widget_names(info), values):
+    layout = widget_names(info)
+    for name, value in zip(layout, values):
         if name is not None:
             out[name] = value
+    # Widgets a node gained after the file was saved are missing from its list; the page gives them their defaults.
+    specs = {**info.get("input", {}).get("required", {}), **info.get("input", {}).get("optional", {})}
+    for name in layout[len(values):]:
+        spec = specs.get(name)
+        if name is not None and spec is not None and len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]:
+            out[name] = spec[1]["default"]
     return out
 
 

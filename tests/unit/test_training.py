@@ -7,7 +7,7 @@ import torch
 
 from qrlora_core import AdapterError
 from qrlora_core.basis import BasisStore
-from qrlora_core.training import PRESETS, QRDelta, QRWeightWrapper, TrainConfig, TrainTargets, select
+from qrlora_core.training import QRDelta, QRWeightWrapper, TrainConfig, TrainTargets, select
 from qrlora_core.training import config as settings
 
 
