@@ -7,9 +7,12 @@ import folder_paths
 
 from ..qrlora_core.basis import BasisStore
 from ..qrlora_core.errors import AdapterError
+from ..qrlora_core.formats import BASIS_ID_KEY
+from ..qrlora_core.safefile import content_id, read_metadata
 
 LORAS = "loras"
 BASES = "qrlora_bases"
+EXTENSION = ".safetensors"
 
 folder_paths.add_model_folder_path(BASES, os.path.join(folder_paths.models_dir, BASES))
 
@@ -29,23 +32,38 @@ def _inside(path: str, roots: list[str]) -> bool:
     return any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r) for r in roots)
 
 
+def is_adapter_name(name: str) -> bool:
+    """The one rule for what the node lists and what /prompt may name: .safetensors in any letter case."""
+    return name.lower().endswith(EXTENSION)
+
+
 def adapter_names() -> list[str]:
-    return [n for n in folder_paths.get_filename_list(LORAS) if n.endswith(".safetensors")]
+    return [n for n in folder_paths.get_filename_list(LORAS) if is_adapter_name(n)]
 
 
-def identity(name: str) -> tuple[str, int, int]:
-    """(path, mtime, size) of an adapter file: changes whenever the file does."""
-    path = adapter_path(name)
-    stat = os.stat(path)
-    return path, stat.st_mtime_ns, stat.st_size
+def identity(name: str) -> str:
+    """The content hash of an adapter file: a rewritten file is a new file, even with the same size and mtime."""
+    return content_id(adapter_path(name), name)[0]
+
+
+def basis_identity(name: str) -> str | None:
+    """The content hash of the shared basis a compact adapter names, None for other files or a missing basis."""
+    basis_id = read_metadata(adapter_path(name), name).get(BASIS_ID_KEY)
+    if not basis_id:
+        return None
+    store = basis_store()
+    path = store.path(basis_id)
+    return content_id(path, f"{basis_id}.safetensors")[0] if os.path.isfile(path) else None
 
 
 def adapter_path(name: str) -> str:
     """The full path of an adapter in the loras folder, refusing anything that leaves it."""
     _check_relative(name)
+    if not is_adapter_name(name):
+        raise AdapterError(f"'{name}' is not a .safetensors file: QR-LoRA adapters are read only from .safetensors files, never pickles.")
     path = folder_paths.get_full_path(LORAS, name)
     if path is None:
-        raise AdapterError(f"{name} is not in the loras folder: put the file into {folder_paths.get_folder_paths(LORAS)[0]} and refresh the node list (press R).")
+        raise AdapterError(f"{name} is not in the loras folder: put the file into models/loras and refresh the node list (press R).")
     if not _inside(path, folder_paths.get_folder_paths(LORAS)):
         raise AdapterError(f"{name} is a link to a file outside the loras folder; for safety only files inside it are loaded: copy the file into the loras folder instead.")
     return path
@@ -54,8 +72,8 @@ def adapter_path(name: str) -> str:
 def output_path(name: str) -> str:
     """Where a new adapter named `name` is written (first loras folder, subfolders allowed)."""
     name = name.strip()
-    if not name.endswith(".safetensors"):
-        name += ".safetensors"
+    if not is_adapter_name(name):
+        name += EXTENSION
     _check_relative(name)
     root = folder_paths.get_folder_paths(LORAS)[0]
     path = os.path.join(root, name)
