@@ -1,6 +1,7 @@
 """Adapter files in ComfyUI's folders: `loras` for adapters, `qrlora_bases` for shared bases."""
 
 import os
+from collections import OrderedDict
 from pathlib import PurePath
 
 import folder_paths
@@ -46,9 +47,17 @@ def identity(name: str) -> str:
     return content_id(adapter_path(name), name)[0]
 
 
+_basis_ids: OrderedDict[str, str | None] = OrderedDict()  # adapter content hash -> the basis id its header names
+
+
 def basis_identity(name: str) -> str | None:
     """The content hash of the shared basis a compact adapter names, None for other files or a missing basis."""
-    basis_id = read_metadata(adapter_path(name), name).get(BASIS_ID_KEY)
+    content = identity(name)
+    if content not in _basis_ids:
+        _basis_ids[content] = read_metadata(adapter_path(name), name).get(BASIS_ID_KEY)
+        while len(_basis_ids) > 256:
+            _basis_ids.popitem(last=False)
+    basis_id = _basis_ids[content]
     if not basis_id:
         return None
     store = basis_store()

@@ -29,7 +29,7 @@ class Summaries:
     def __init__(self):
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
         self._lock = threading.Lock()
-        self._reading: dict[tuple, list] = {}  # key -> [lock held while the file is read, requests using it]
+        self._reading: dict[str, list] = {}  # name -> [lock held while the file is looked at, requests waiting]
         self._slots = threading.BoundedSemaphore(PARALLEL_READS)
 
     def _key(self, lora_name: str) -> tuple:
@@ -37,12 +37,12 @@ class Summaries:
             return files.identity(lora_name), files.basis_identity(lora_name)
 
     def get(self, lora_name: str) -> dict:
-        key = self._key(lora_name)
         with self._lock:
-            entry = self._reading.setdefault(key, [threading.Lock(), 0])
+            entry = self._reading.setdefault(lora_name, [threading.Lock(), 0])
             entry[1] += 1
         try:
-            with entry[0]:
+            with entry[0]:  # requests for a file being read wait for that read, then find it cached
+                key = self._key(lora_name)
                 with self._lock:
                     if key in self._cache:
                         self._cache.move_to_end(key)
@@ -60,7 +60,7 @@ class Summaries:
             with self._lock:
                 entry[1] -= 1
                 if not entry[1]:
-                    del self._reading[key]
+                    del self._reading[lora_name]
 
 
 summaries = Summaries()

@@ -55,7 +55,7 @@ def open_file(path: str, name: str):
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a folder, pipe or device would fail, block or never end
             raise AdapterError(f"{name} is not a regular file: pick a .safetensors file.")
-        return open(path, "rb")
+        return open(path, "rb", buffering=0)  # reads exactly what is asked: a header read is a header read
     except FileNotFoundError:
         raise AdapterError(f"{name} was not found: put the file in its folder and refresh the node list (press R).") from None
     except OSError as e:
@@ -79,13 +79,13 @@ class Header:
 
 def read_header(f, name: str) -> Header:
     size = os.fstat(f.fileno()).st_size
-    head = f.read(8)
+    head = _read_exact(f, 8)
     if len(head) < 8:
         raise _unreadable(name, f"only {size} bytes")
     (length,) = struct.unpack("<Q", head)
     if length > min(MAX_HEADER, size - 8):
         raise _unreadable(name, f"its header claims {length:,} bytes of a {size:,}-byte file")
-    raw = f.read(length)
+    raw = _read_exact(f, length)
     if len(raw) != length:
         raise _unreadable(name, "the file ended inside its header")
     try:
@@ -127,14 +127,27 @@ def _entry(key, info, name) -> tuple:
     return dtype, shape, begin, end
 
 
+def _read_exact(f, size: int) -> bytearray:
+    """`size` bytes, or fewer only where the file ends (one read returns at most about 2 GB)."""
+    buffer = bytearray(size)
+    done = 0
+    with memoryview(buffer) as view:
+        while done < size:
+            got = f.readinto(view[done:])
+            if not got:
+                break
+            done += got
+    return buffer if done == size else buffer[:done]
+
+
 def read_tensors(f, header: Header, keys, name: str) -> dict:
     """The given tensors, each in its own buffer (no view of the file remains)."""
     out = {}
     for key in sorted(keys, key=lambda k: header.entries[k][2]):
         dtype, shape, begin, end = header.entries[key]
-        buffer = bytearray(end - begin)
         f.seek(header.data_start + begin)
-        if f.readinto(buffer) != len(buffer):
+        buffer = _read_exact(f, end - begin)
+        if len(buffer) != end - begin:
             raise _unreadable(name, f"the file ended inside tensor {key!r}; was it changed while being read?")
         out[key] = torch.frombuffer(buffer, dtype=dtype).reshape(shape) if buffer else torch.empty(shape, dtype=dtype)
     return out
