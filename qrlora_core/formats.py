@@ -188,6 +188,8 @@ def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str
             f"{source}: layer {name} has Q of shape {tuple(q.shape)} and ΔR of shape {tuple(delta_r.shape)}, "
             "which do not fit together (Q must be m x r and ΔR r x n); the file is damaged or not a QR-LoRA."
         )
+    if not (q.is_floating_point() and delta_r.is_floating_point()):
+        raise AdapterError(f"{source}: layer {name} stores Q as {q.dtype} and ΔR as {delta_r.dtype}, not floating-point numbers; the file is damaged or not a QR-LoRA.")
     if q.shape[1] == 0:
         raise AdapterError(f"{source}: layer {name} has rank 0; such an adapter changes nothing, train or export it with a rank of 1 or more.")
     if not stacked and q.shape[1] > min(q.shape[0], delta_r.shape[1]):

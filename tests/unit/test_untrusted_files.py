@@ -170,3 +170,11 @@ def test_require_finite_names_the_input(value):
     with pytest.raises(AdapterError, match=f"The input weight_2 is {value}"):
         require_finite(weight_1=1.0, weight_2=value, weight_3=None)
     require_finite(strength=-4.0, weight_1=None)
+
+
+def test_integer_q_or_delta_r_is_refused(tmp_path):
+    meta = {"qrlora.format_version": "1", "qrlora.rank": "2", "qrlora.alpha": "2.0"}
+    safetensors.torch.save_file({f"{NAME}.qr.q": torch.eye(4, 2, dtype=torch.int32), f"{NAME}.qr.delta_r": torch.ones(2, 4)},
+                                str(tmp_path / "int.safetensors"), metadata=meta)
+    with pytest.raises(AdapterError, match="int.safetensors: layer transformer.a.to_q stores Q as torch.int32"):
+        load_adapter(str(tmp_path / "int.safetensors"))
