@@ -23,6 +23,8 @@ def basis_store() -> BasisStore:
 
 
 def _check_relative(name: str) -> None:
+    if "\0" in name:
+        raise AdapterError(f"{name!r} contains a NUL character, which no file name may hold: choose a plain file name.")
     parts = PurePath(name).parts
     if not name or os.path.isabs(name) or ".." in parts or name.startswith(("/", "\\")):
         raise AdapterError(f"'{name}' is not a file name inside the loras folder: pick one from the list (absolute paths and '..' are refused).")
@@ -88,4 +90,21 @@ def output_path(name: str) -> str:
     path = os.path.join(root, name)
     if not _inside(os.path.dirname(path) or root, [root]):
         raise AdapterError(f"'{name}' would be written outside the loras folder; choose a plain file name.")
+    _check_writable(name, root)
     return path
+
+
+NAME_MAX = 255  # bytes per path component on the file systems ComfyUI runs on
+
+
+def _check_writable(name: str, root: str) -> None:
+    """Refuse, before anything runs, a name the file system would refuse at the end of the work."""
+    parts = PurePath(name).parts
+    for part in parts:
+        if len(part.encode()) > NAME_MAX:
+            raise AdapterError(f"'{part[:40]}…' in the file name is {len(part.encode())} bytes long, more than a file name may be ({NAME_MAX}): choose a shorter one.")
+    folder = root
+    for part in parts[:-1]:
+        folder = os.path.join(folder, part)
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise AdapterError(f"'{os.path.relpath(folder, root)}' in the loras folder is a file, not a folder, so '{name}' cannot be written: choose another file name prefix.")

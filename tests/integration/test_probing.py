@@ -456,3 +456,21 @@ def test_other_letter_cases_are_listed_and_loadable_and_other_extensions_neither
     assert f"Patched {len(SD3_TARGETS)} of {len(SD3_TARGETS)}" in client.ui(client.run(prompt), apply_id)["text"][0]
     status, body = client.post("/prompt", {"prompt": apply_prompt("probe/model.ckpt")[0]})
     assert status == 400 and "is not a .safetensors file" in json.dumps(body)
+
+
+@pytest.mark.parametrize("prefix, words", [
+    ("probe/nul\0name", "contains a NUL character"),
+    ("probe/" + "x" * 300, "more than a file name may be (255)"),
+    ("probe/a_file/adapter", "is a file, not a folder"),
+])
+def test_an_unwritable_file_name_is_refused_with_a_sentence(comfy, client, base_models, seed, prefix, words):
+    generator = torch.Generator().manual_seed(seed)
+    save_native(sd3_adapter(base_models["sd3"], generator), loras(comfy, "to_save.safetensors"))
+    with open(loras(comfy, "a_file"), "wb") as f:
+        f.write(b"a file where a folder is asked for")
+    before = sorted(os.listdir(os.path.dirname(loras(comfy, "x"))))
+    g = Graph()
+    g.add("QRLoRASave", qr_lora=g.add("QRLoRALoader", lora_name="probe/to_save.safetensors")[0], filename_prefix=prefix, compact=False, dtype="fp32")
+    error = client.run_expecting_error(g.prompt())
+    assert words in error["exception_message"] and error["exception_type"].endswith("AdapterError"), error
+    assert sorted(os.listdir(os.path.dirname(loras(comfy, "x")))) == before
