@@ -52,9 +52,12 @@ def identity(name: str) -> str:
 _basis_ids: OrderedDict[str, str | None] = OrderedDict()  # adapter content hash -> the basis id its header names
 
 
-def basis_identity(name: str) -> str | None:
-    """The content hash of the shared basis a compact adapter names, None for other files or a missing basis."""
-    content = identity(name)
+def basis_identity(name: str, content: str | None = None) -> str | None:
+    """The content hash of the shared basis a compact adapter names, None for other files or a missing basis.
+
+    `content` is the adapter's own identity when the caller has it (saves hashing a new file twice).
+    """
+    content = content or identity(name)
     if content not in _basis_ids:
         _basis_ids[content] = read_metadata(adapter_path(name), name).get(BASIS_ID_KEY)
         while len(_basis_ids) > 256:

@@ -34,7 +34,8 @@ class Summaries:
 
     def _key(self, lora_name: str) -> tuple:
         with self._slots:  # hashing reads the file when it is new or changed
-            return files.identity(lora_name), files.basis_identity(lora_name)
+            content = files.identity(lora_name)
+            return content, files.basis_identity(lora_name, content)
 
     def get(self, lora_name: str) -> dict:
         with self._lock:

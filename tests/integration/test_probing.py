@@ -403,7 +403,10 @@ def test_summary_route_reads_each_file_once_under_concurrent_alternating_request
         adapter = QRLoRA({LAYER: QRTarget(q=q, delta_r=torch.full((1024, 4096), 0.1 * (i + 1)))}, rank=1024, alpha=1024.0, format="native")
         save_native(adapter, loras(comfy, f"busy_{i}.safetensors"))
     names = [f"probe/busy_{i}.safetensors" for i in range(4)]
-    time.sleep(2.5)  # older than a timestamp tick: the files' stat now proves they did not change
+    size = os.path.getsize(loras(comfy, "busy_0.safetensors"))
+    # Past a timestamp tick, the files' stat proves they did not change; past ComfyUI's
+    # 10 s garbage-collection window after the last prompt, no gc.collect() lands in the bursts.
+    time.sleep(10.5)
     server = psutil.Process(comfy.process.pid)
 
     def burst(files, at_once, rounds=1):
@@ -425,11 +428,15 @@ def test_summary_route_reads_each_file_once_under_concurrent_alternating_request
         return _cpu_seconds(server) - started, max(latencies)
 
     two, two_latency = burst(names[2:], 2)
+    read_before = server.io_counters().read_chars
     cold, cold_latency = burst(names[:2], 8)
+    read = server.io_counters().read_chars - read_before
     warm, warm_latency = burst(names[:2], 8, rounds=8)
     print(f"server CPU, two new 32 MiB files: one request each {two:.2f} s (slowest {two_latency:.2f} s wall); "
-          f"four each at once {cold:.2f} s (slowest {cold_latency:.2f} s); 64 more {warm:.2f} s (slowest {warm_latency:.3f} s)")
+          f"four each at once {cold:.2f} s (slowest {cold_latency:.2f} s, {read / 2**20:.0f} MiB read); "
+          f"64 more {warm:.2f} s (slowest {warm_latency:.3f} s)")
     assert cold < 2 * two, "concurrent requests for one file each read it"  # four reads each would cost about 4x
+    assert read <= 2 * (2 * size) * 1.05, "a file was read more than twice (its hash, its tensors)"
     assert warm < 0.5 * two, "cached summaries were computed again"
 
 
