@@ -7,7 +7,6 @@ import uuid
 
 import psutil
 import pytest
-import torch
 
 from integration.conftest import SD3
 from integration.test_inference import SD3_TARGETS, rows
