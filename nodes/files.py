@@ -9,7 +9,7 @@ import folder_paths
 from ..qrlora_core.basis import BasisStore
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.formats import BASIS_ID_KEY
-from ..qrlora_core.safefile import content_id, read_metadata
+from ..qrlora_core.safefile import content_id, header_of
 
 LORAS = "loras"
 BASES = "qrlora_bases"
@@ -59,7 +59,7 @@ def basis_identity(name: str, content: str | None = None) -> str | None:
     """
     content = content or identity(name)
     if content not in _basis_ids:
-        _basis_ids[content] = read_metadata(adapter_path(name), name).get(BASIS_ID_KEY)
+        _basis_ids[content] = header_of(adapter_path(name), name).metadata.get(BASIS_ID_KEY)
         while len(_basis_ids) > 256:
             _basis_ids.popitem(last=False)
     basis_id = _basis_ids[content]

@@ -339,12 +339,12 @@ def load_adapter(path: str, basis_loader=None, source: str | None = None) -> QRL
     (a checkpoint, an ordinary LoRA) is refused without reading its data.
     """
     source = source or os.path.basename(path)
-    kind = "unknown"
+    kind, keys = "unknown", []
 
     def wanted(header):
-        nonlocal kind
-        kind = detect_format(header.keys(), header.metadata)
-        return _needed(kind, header.keys())
+        nonlocal kind, keys
+        kind, keys = detect_format(header.keys(), header.metadata), list(header.keys())
+        return _needed(kind, keys)
 
     tensors, metadata = read_safetensors(path, wanted, name=source)
     if kind == "published":
@@ -354,9 +354,9 @@ def load_adapter(path: str, basis_loader=None, source: str | None = None) -> QRL
             raise AdapterError(f"{source} is a compact adapter and needs its shared basis file, which nobody told us where to find.")
         return _load_native(tensors, metadata, source, basis_loader)
     if kind == "lora":
-        from .reference_formats import is_q_and_r_file  # (that module reads this one)
+        from .reference_formats import is_q_and_r  # (that module reads this one)
 
-        if is_q_and_r_file(path):
+        if is_q_and_r(keys):
             raise AdapterError(f"{source} is the QR-LoRA reference's Q-and-R checkpoint: load it with Load QR-LoRA and connect the base model to its 'model' input.")
         raise AdapterError(f"{source} is an ordinary LoRA, not a QR-LoRA: load it with the stock 'Load LoRA' node.")
     raise AdapterError(f"{source} holds no QR-LoRA layers (no '*.lora.q.weight' or '*.qr.*' tensors): pick a QR-LoRA file.")

@@ -172,11 +172,11 @@ def read(path: str, name: str, wanted=None) -> tuple[dict, dict, tuple]:
     return tensors, header.metadata, before
 
 
-def read_metadata(path: str, name: str) -> dict:
-    """The metadata of a file, reading its header only."""
+def header_of(path: str, name: str) -> Header:
+    """A file's checked header (its tensors' names, shapes and metadata), reading nothing else."""
     with open_file(path, name) as f:
         try:
-            return read_header(f, name).metadata
+            return read_header(f, name)
         except OSError as e:
             raise AdapterError(f"{name} could not be read ({e.strerror or e}): check the disk and try again.") from None
 
