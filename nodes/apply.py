@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..qrlora_core.errors import AdapterError
+from ..qrlora_core.errors import AdapterError, require_finite
 from ..qrlora_core.fingerprint import same_weight, sketch
 from . import keymap
 from .types import CATEGORY, QRLoRAType, STRENGTH_RANGE
@@ -14,10 +14,11 @@ FINGERPRINT_CHECKS = 8  # layers compared against the adapter's base fingerprint
 def resolve_targets(model, adapter) -> tuple[dict, list[str]]:
     """{adapter layer name: ComfyUI key or (key, slice)} for the layers the model has; names it lacks."""
     key_map = keymap.lora_key_map(model)
+    state = model.model.state_dict()
     found, missing, wrong_shape = {}, [], []
     for name, target in adapter.targets.items():
         where = key_map.get(name)
-        if where is None:
+        if where is None or not keymap.in_model(state, where):
             missing.append(name)
             continue
         shape = keymap.target_shape(model, where)
@@ -46,7 +47,10 @@ def patches_for(adapter, found: dict) -> dict:
 
 def fingerprint_mismatches(model, adapter, found: dict) -> int:
     """How many of a few spread-out layers differ from the base the adapter was trained on."""
-    checked = [(where, adapter.targets[name].fingerprint) for name, where in found.items() if adapter.targets[name].fingerprint is not None]
+    checked = [
+        (where, adapter.targets[name].fingerprint) for name, where in found.items()
+        if adapter.targets[name].fingerprint is not None and keymap.convert_of(where) is None  # other layout: not comparable
+    ]
     step = max(1, len(checked) // FINGERPRINT_CHECKS)
     return sum(not same_weight(fp, sketch(keymap.target_weight(model, where))) for where, fp in checked[::step][:FINGERPRINT_CHECKS])
 
@@ -69,6 +73,7 @@ class QRLoRAApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, qr_lora, strength) -> io.NodeOutput:
+        require_finite(strength=strength)
         found, missing = resolve_targets(model, qr_lora)
         patches = patches_for(qr_lora, found)
         patched = model.clone()

@@ -30,6 +30,25 @@ def split_target(target) -> tuple[str, tuple | None]:
     return (target, None) if isinstance(target, str) else (target[0], target[1])
 
 
+def convert_of(target):
+    """The layout function ComfyUI's key map gives a target (SD3's swap_scale_shift), or None.
+
+    ModelPatcher applies it to a patch's delta, which the adapter holds in
+    the diffusers layout; the model's own weight is in ComfyUI's layout.
+    """
+    return None if isinstance(target, str) or len(target) < 3 else target[2]
+
+
+def in_model(state: dict, target) -> bool:
+    """Whether the key a target names is in the model's state dict and its row slice fits. The key
+    map is built from the config, so it names keys some models lack (SD3's last block has no context MLP)."""
+    key, offset = split_target(target)
+    weight = state.get(key)
+    if weight is None:
+        return False
+    return offset is None or (offset[0] < weight.dim() and offset[1] + offset[2] <= weight.shape[offset[0]])
+
+
 def target_shape(model_patcher, target) -> tuple[int, int]:
     """(out, in) of the matrix a target addresses, slices included."""
     key, offset = split_target(target)
@@ -70,8 +89,9 @@ def named_targets(model_patcher) -> dict:
         names = {k: key_map[k] for k in spelled if k in key_map}
     if not names:
         names = {k: v for k, v in key_map.items() if k.startswith("diffusion_model.") and isinstance(v, str) and k + ".weight" == v}
+    # Layers stored in another layout (convert_of) are left out: their weight here is not the one their name means.
     state = model_patcher.model.state_dict()
-    return {k: v for k, v in sorted(names.items()) if _is_trainable(state.get(split_target(v)[0]))}
+    return {k: v for k, v in sorted(names.items()) if convert_of(v) is None and _is_trainable(state.get(split_target(v)[0]))}
 
 
 def base_weight(model_patcher, key: str):

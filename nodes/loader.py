@@ -40,7 +40,9 @@ class QRLoRALoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, lora_name, model=None):
-        return files.identity(lora_name)
+        """Run again whenever the file's content changes, or the basis file a compact adapter uses."""
+        content = files.identity(lora_name)
+        return content, files.basis_identity(lora_name, content)
 
     @classmethod
     def execute(cls, lora_name, model=None) -> io.NodeOutput:

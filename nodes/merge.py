@@ -2,6 +2,7 @@
 
 from comfy_api.latest import io
 
+from ..qrlora_core.errors import require_finite
 from ..qrlora_core.merge import merge
 from .types import CATEGORY, QRLoRAType, STRENGTH_RANGE, describe
 
@@ -35,6 +36,7 @@ class QRLoRAMerge(io.ComfyNode):
     def execute(cls, **kwargs) -> io.NodeOutput:
         pairs = [(kwargs.get(f"qr_lora_{i}"), kwargs.get(f"weight_{i}", 1.0)) for i in range(1, MAX_ADAPTERS + 1)]
         pairs = [(a, w) for a, w in pairs if a is not None]
+        require_finite(**{f"weight_{i}": kwargs.get(f"weight_{i}") for i in range(1, MAX_ADAPTERS + 1)})
         merged, report = merge([a for a, _ in pairs], [w for _, w in pairs])
         text = report.text() + "\n" + describe(merged)
         return io.NodeOutput(merged, text, ui={"text": [text]})

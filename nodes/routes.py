@@ -8,21 +8,67 @@ Errors come back as {"error": sentence} with status 400.
 
 import asyncio
 import logging
+import threading
+from collections import OrderedDict
 
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.formats import load_adapter
 from . import files
 
-_cache: dict[tuple, dict] = {}  # (path, mtime, size) -> summary
+CACHED_SUMMARIES = 16  # the page asks about a handful of files at a time
+PARALLEL_READS = 2  # files read at once; more only compete for the same disk and cores
+
+
+class Summaries:
+    """Adapter summaries by file content, with at most one read of a file at a time.
+
+    Requests for a file being read wait for that read instead of starting
+    their own, so N requests for two alternating files cost two reads.
+    """
+
+    def __init__(self):
+        self._cache: OrderedDict[tuple, dict] = OrderedDict()
+        self._lock = threading.Lock()
+        self._reading: dict[str, list] = {}  # name -> [lock held while the file is looked at, requests waiting]
+        self._slots = threading.BoundedSemaphore(PARALLEL_READS)
+
+    def _key(self, lora_name: str) -> tuple:
+        with self._slots:  # hashing reads the file when it is new or changed
+            content = files.identity(lora_name)
+            return content, files.basis_identity(lora_name, content)
+
+    def get(self, lora_name: str) -> dict:
+        with self._lock:
+            entry = self._reading.setdefault(lora_name, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:  # requests for a file being read wait for that read, then find it cached
+                key = self._key(lora_name)
+                with self._lock:
+                    if key in self._cache:
+                        self._cache.move_to_end(key)
+                        return self._cache[key]
+                with self._slots:
+                    adapter = load_adapter(files.adapter_path(lora_name), basis_loader=files.basis_store().load, source=lora_name)
+                summary = adapter.summary()
+                if self._key(lora_name) == key:  # the file did not change while it was read
+                    with self._lock:
+                        self._cache[key] = summary
+                        while len(self._cache) > CACHED_SUMMARIES:
+                            self._cache.popitem(last=False)
+                return summary
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._reading[lora_name]
+
+
+summaries = Summaries()
 
 
 def summary(lora_name: str) -> dict:
-    key = files.identity(lora_name)
-    if key not in _cache:
-        adapter = load_adapter(key[0], basis_loader=files.basis_store().load, source=lora_name)
-        _cache.clear()  # one file at a time is all the page asks for
-        _cache[key] = adapter.summary()
-    return _cache[key]
+    return summaries.get(lora_name)
 
 
 def running_server():
@@ -49,6 +95,6 @@ def register() -> None:
             return web.json_response(await asyncio.to_thread(summary, name))
         except AdapterError as e:
             return web.json_response({"error": str(e)}, status=400)
-        except Exception as e:  # anything else is our bug; say so instead of a bare 500
+        except Exception:  # anything else is our bug: logged with its traceback, a sentence for the page
             logging.exception("[QR-LoRA] summary of %s failed", name)
-            return web.json_response({"error": f"Reading {name} failed unexpectedly ({e}); see the server log."}, status=500)
+            return web.json_response({"error": f"Reading {name} failed unexpectedly; see the server log."}, status=500)

@@ -5,9 +5,8 @@ import os
 import torch
 from comfy_api.latest import io
 
-from ..qrlora_core.basis import basis_id
 from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.fingerprint import sketch
+from ..qrlora_core.fingerprint import q_digest
 from ..qrlora_core.formats import export_lora, save_native
 from . import files
 from .types import CATEGORY, QRLoRAType
@@ -26,16 +25,21 @@ def unused_path(prefix: str) -> tuple[str, str]:
 
 
 def _compact_basis(adapter) -> str:
-    """Make sure the shared basis of `adapter` is on disk; return its id."""
+    """Make sure a basis file holding exactly the Qs of `adapter` is on disk; return its id.
+
+    The basis it was trained on is reused when that file holds these very
+    Qs; otherwise (a basis computed elsewhere, or none) the Qs are stored
+    under an id made from their exact content, which nothing else can share.
+    """
     if not adapter.shared_basis:
         raise AdapterError("This mix falls back to summed deltas of different bases, so it has no single shared basis: save it without 'compact'.")
     store = files.basis_store()
-    known = adapter.metadata.get("basis")
-    if known and os.path.isfile(store.path(known)):
-        return known
     qs = {name: t.q for name, t in adapter.targets.items()}
-    key = basis_id({name: sketch(q) for name, q in qs.items()}, adapter.rank)
-    if not os.path.isfile(store.path(key)):
+    known = adapter.metadata.get("basis")
+    if known and store.holds(known, qs):
+        return known
+    key = f"r{adapter.rank}-q{q_digest(qs)[:16]}"
+    if not store.holds(key, qs):
         store.save(key, qs, {n: t.fingerprint for n, t in adapter.targets.items() if t.fingerprint is not None})
     return key
 

@@ -54,7 +54,9 @@ def _q_and_r(lora: dict) -> bool:
 
 
 def _is_identity(function) -> bool:
-    probe = torch.zeros(())
+    """ComfyUI passes `lambda a: a` unless the key map gives a layout function (SD3's swap_scale_shift
+    chunks rows), so the probe is a small weight-shaped matrix any such function accepts."""
+    probe = torch.zeros(2, 1)
     return function(probe) is probe
 
 

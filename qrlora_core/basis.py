@@ -14,8 +14,8 @@ import torch
 
 from .decompose import decompose_many
 from .errors import AdapterError
-from .fingerprint import digest, sketch
-from .formats import atomic_save, read_safetensors
+from .fingerprint import digest, q_digest, sketch
+from .formats import atomic_save, check_finite, check_orthonormal, read_safetensors
 from .metadata import basis_modelspec
 
 BASIS_VERSION = 1  # bump when the decomposition changes what Q it produces
@@ -35,15 +35,33 @@ class BasisStore:
         return os.path.join(self.folder, basis_id + ".safetensors")
 
     def load(self, basis_id: str, source: str = "the adapter") -> dict:
-        """name -> Q of a stored basis."""
+        """name -> Q of a stored basis, each checked orthonormal."""
         path = self.path(basis_id)
         if not os.path.isfile(path):
             raise AdapterError(
-                f"{source} is a compact adapter whose shared basis {basis_id} is not in {self.folder}: "
+                f"{source} is a compact adapter whose shared basis {basis_id} is not in models/{os.path.basename(self.folder)}: "
                 "copy that basis file there from the machine it was trained on, or save the adapter again without 'compact'."
             )
-        tensors, _ = read_safetensors(path)
-        return {k[: -len(".q")]: v.to(torch.float32) for k, v in tensors.items() if k.endswith(".q")}
+        file = f"{basis_id}.safetensors (the basis of {source})"
+        tensors, _ = read_safetensors(path, lambda header: [k for k in header.keys() if k.endswith(".q")], name=file)
+        qs = {}
+        for key, q in tensors.items():
+            if q.dim() != 2 or not q.is_floating_point() or not 1 <= q.shape[1] <= q.shape[0]:
+                raise AdapterError(f"{file}: {key} of shape {tuple(q.shape)} is not a basis (m x r, r ≤ m); the basis file is damaged, copy it again.")
+            check_finite(q, f"{file}: {key}")
+            check_orthonormal(q, f"{file}: {key}", "the basis file is damaged or not a basis: copy it again from where the adapter was saved.")
+            qs[key[: -len(".q")]] = q.to(torch.float32)
+        return qs
+
+    def holds(self, basis_id: str, qs: dict) -> bool:
+        """Whether the stored basis `basis_id` has exactly these Qs (see fingerprint.q_digest)."""
+        if not os.path.isfile(self.path(basis_id)):
+            return False
+        try:
+            stored = self.load(basis_id)
+        except AdapterError:
+            return False
+        return qs.keys() <= stored.keys() and q_digest({n: stored[n] for n in qs}) == q_digest(qs)
 
     def save(self, basis_id: str, qs: dict, sketches: dict) -> None:
         tensors = {name + ".q": q.contiguous() for name, q in qs.items()}

@@ -42,3 +42,18 @@ def digest(sketches: dict, *extra) -> str:
         h.update(name.encode())
         h.update(" ".join(f"{x:.4g}" for x in sketches[name].tolist()).encode())
     return h.hexdigest()[:16]
+
+
+def q_digest(qs: dict) -> str:
+    """The exact identity of a set of bases (name -> Q), over their float32 bits.
+
+    A compact adapter stores it when written, so it is applied only with
+    the very Q it was made on: another machine's basis for the same base
+    gets the same basis id (ids come from rounded sketches) but another Q.
+    """
+    h = hashlib.sha256()
+    for name in sorted(qs):
+        q = qs[name].detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(q.shape)};".encode())
+        h.update(q.numpy().tobytes())
+    return h.hexdigest()

@@ -9,23 +9,28 @@ Formats
   `<name>.qr.delta_r_upper` (its upper-trapezoid entries only). Metadata
   under `qrlora.*` (FORMAT_VERSION, rank, alpha, trigger words, ...).
 - compact: native without the per-target Q; `qrlora.basis_id` names the
-  shared basis file for that base model (see basis.py).
+  shared basis file for that base model (see basis.py), and
+  `qrlora.basis_q_digest` binds the file to that basis's exact Qs.
 - lora: an ordinary LoRA (up = s·Q, down = ΔR) for any tool; export only.
 
-Every write goes to a temporary file in the target folder and is renamed
+Reading trusts no size in a file (safefile.py checks the header against
+the bytes) and holds nothing that still reads from the file. Every write
+goes to a temporary file in the target folder and is renamed
 into place, so a failed or interrupted write never leaves a partial file.
 """
 
+import errno
 import json
 import os
 import tempfile
 
-import safetensors
 import safetensors.torch
 import torch
 
+from . import safefile
 from .adapter import QRLoRA, QRTarget
 from .errors import AdapterError
+from .fingerprint import SKETCH_SIZE, q_digest
 from .metadata import modelspec
 
 FORMAT_VERSION = 1
@@ -33,6 +38,8 @@ META_PREFIX = "qrlora."
 PUBLISHED_SUFFIXES = {"q": ".lora.q.weight", "base_r": ".lora.base_r.weight", "delta_r": ".lora.delta_r.weight"}
 NATIVE_Q, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT = ".qr.q", ".qr.delta_r", ".qr.delta_r_upper", ".qr.fingerprint"
 NATIVE_SCALE = ".qr.scale"  # s = alpha / rank per layer, float64: the stock loaders see tensors only
+BASIS_DIGEST = "basis_q_digest"  # compact files: q_digest of the Qs they were saved with
+BASIS_ID_KEY = META_PREFIX + "basis_id"
 
 
 # ---------------------------------------------------------------- writing
@@ -41,56 +48,72 @@ NATIVE_SCALE = ".qr.scale"  # s = alpha / rank per layer, float64: the stock loa
 def atomic_save(tensors: dict, path: str, metadata: dict | None = None) -> None:
     """Write a safetensors file so that `path` is either untouched or complete.
 
-    A failed write (a full disk, a file-size limit, a vanished folder)
-    removes its temporary file and says so in words; any earlier file at
-    `path` is left as it was.
+    The file is serialized in memory and written by Python, so a failed
+    write (a full disk, a file-size limit, a vanished folder) is an
+    OSError with its errno, said in words; the temporary file is removed
+    whatever stops the write, and any earlier file at `path` is left as it was.
     """
+    name = os.path.basename(path)
     folder = os.path.dirname(os.path.abspath(path))
+    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise AdapterError(f"Could not write {os.path.basename(path)} into {folder}: {e.strerror or e}. Check that the folder is writable and has free space.") from None
-    try:
-        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
+        tmp = None
+    except OSError as e:
+        raise AdapterError(f"Could not write {name}: {_write_failure(e)}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) or "I/O error" in str(e):  # safetensors reports failed writes as its own error type
-            raise AdapterError(
-                f"Could not write {os.path.basename(path)} into {folder} ({getattr(e, 'strerror', None) or e}): the disk may be full. "
-                "Free some space and run it again; no partial file was left and earlier files are untouched."
-            ) from None
-        raise
+
+
+def _write_failure(e: OSError) -> str:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"{e.strerror}; the disk may be full. Free some space and run it again; no partial file was left and earlier files are untouched."
+    if e.errno == errno.ENAMETOOLONG:
+        return "the file name is too long; choose a shorter file name prefix."
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a part of its folder path is a file, not a folder; choose another file name prefix."
+    return f"{e.strerror or e}. Check that the folder is writable; no partial file was left and earlier files are untouched."
 
 
 def _pack_upper(delta_r: torch.Tensor) -> torch.Tensor | None:
-    """The entries with column >= row, or None if ΔR has anything below the diagonal."""
-    if torch.any(torch.tril(delta_r, diagonal=-1) != 0):
+    """The entries with column >= row, or None if ΔR is taller than wide or has anything below the diagonal."""
+    if delta_r.shape[0] > delta_r.shape[1] or torch.any(torch.tril(delta_r, diagonal=-1) != 0):
         return None
     rows, cols = torch.triu_indices(*delta_r.shape, device=delta_r.device)
     return delta_r[rows, cols]
 
 
 def _unpack_upper(packed: torch.Tensor, rank: int, name: str, source: str) -> torch.Tensor:
-    # r*n - r(r-1)/2 entries for an r x n upper-trapezoid matrix.
-    total = packed.numel() + rank * (rank - 1) // 2
-    if packed.dim() != 1 or rank < 1 or total % rank:
-        raise AdapterError(f"{source}: layer {name} has a packed ΔR of {packed.numel()} values, which does not fit rank {rank}; the file is damaged, export it again.")
-    out = torch.zeros(rank, total // rank, dtype=packed.dtype)
-    rows, cols = torch.triu_indices(rank, total // rank)
-    out[rows, cols] = packed
+    """The r x n matrix whose upper trapezoid `packed` holds, row by row.
+
+    n is solved from r·n - r(r-1)/2 = len(packed) and must be at least r
+    (the layer's rank fits its width), which bounds r·n by twice the
+    packed values the file really holds: nothing is allocated beyond that.
+    """
+    count = packed.numel()
+    n = (count + rank * (rank - 1) // 2) // rank if rank >= 1 else 0
+    if packed.dim() != 1 or rank < 1 or rank > n or rank * n - rank * (rank - 1) // 2 != count:
+        raise AdapterError(f"{source}: layer {name} has a packed ΔR of {count} values, which does not fit rank {rank}; the file is damaged, export it again.")
+    out = packed.new_zeros(rank, n)
+    start = 0
+    for row in range(rank):
+        out[row, row:] = packed[start:start + n - row]
+        start += n - row
     return out
 
 
 def native_metadata(adapter: QRLoRA, **extra) -> dict:
     meta = {"format_version": str(FORMAT_VERSION), "rank": str(adapter.rank), "alpha": repr(float(adapter.alpha))}
     meta["shared_basis"] = "1" if adapter.shared_basis else "0"
-    facts = {k: v for k, v in adapter.metadata.items() if k != "basis_id"}
+    facts = {k: v for k, v in adapter.metadata.items() if k not in ("basis_id", BASIS_DIGEST)}
     for key, value in {**facts, **extra}.items():
         meta[key] = value if isinstance(value, str) else json.dumps(value)
     return {META_PREFIX + k: v for k, v in meta.items()}
@@ -111,7 +134,7 @@ def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=N
             tensors[name + NATIVE_SCALE] = torch.tensor(float(adapter.scale), dtype=torch.float64)  # s for ComfyUI's own loaders (stock_keys.py)
         if target.fingerprint is not None:
             tensors[name + NATIVE_FINGERPRINT] = target.fingerprint.to(torch.float32)
-    extra = {"basis_id": basis_id} if basis_id else {}
+    extra = {"basis_id": basis_id, BASIS_DIGEST: q_digest({n: t.q for n, t in adapter.targets.items()})} if basis_id else {}
     atomic_save(tensors, path, {**native_metadata(adapter, **extra), **modelspec(adapter, path, "qr-lora")})
 
 
@@ -140,36 +163,18 @@ def export_lora(adapter: QRLoRA, path: str, dtype=None) -> None:
 # ---------------------------------------------------------------- reading
 
 
-def _open(path: str):
-    name = os.path.basename(path)
-    try:
-        return safetensors.safe_open(path, framework="pt")
-    except FileNotFoundError:
-        raise AdapterError(f"{name} was not found: put the adapter file in the loras folder and refresh the node list.") from None
-    except Exception as e:  # safetensors raises its own error types for every damage it finds
-        raise AdapterError(
-            f"{name} is not a readable safetensors file ({e}); it may be truncated, damaged or another format "
-            "(only .safetensors adapters are loaded, never pickles): download or export it again."
-        ) from None
+def read_safetensors(path: str, wanted=None, name: str | None = None) -> tuple[dict, dict]:
+    """Tensors and metadata of a file, in memory this process owns, or an AdapterError a person can act on.
 
-
-def read_safetensors(path: str) -> tuple[dict, dict]:
-    """All tensors and metadata of a file, or an AdapterError a person can act on."""
-    name = os.path.basename(path)
-    with _open(path) as f:
-        metadata = f.metadata() or {}
-        tensors = {}
-        for key in f.keys():
-            try:
-                tensors[key] = f.get_tensor(key)
-            except Exception as e:
-                raise AdapterError(f"{name}: tensor {key} cannot be read ({e}); the file is damaged, download or export it again.") from None
+    `wanted(header)` names the tensors to read once the header is checked (all by default).
+    """
+    tensors, metadata, _ = safefile.read(path, name or os.path.basename(path), wanted)
     return tensors, metadata
 
 
-def _check_finite(tensor: torch.Tensor, what: str, source: str) -> None:
+def check_finite(tensor: torch.Tensor, what: str) -> None:
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-        raise AdapterError(f"{source}: {what} contains NaN or infinite values; the adapter is broken (a diverged training?), use another checkpoint.")
+        raise AdapterError(f"{what} contains NaN or infinite values; the file is broken (a diverged training?), use another checkpoint.")
 
 
 def _float(tensor: torch.Tensor) -> torch.Tensor:
@@ -183,6 +188,8 @@ def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str
             f"{source}: layer {name} has Q of shape {tuple(q.shape)} and ΔR of shape {tuple(delta_r.shape)}, "
             "which do not fit together (Q must be m x r and ΔR r x n); the file is damaged or not a QR-LoRA."
         )
+    if not (q.is_floating_point() and delta_r.is_floating_point()):
+        raise AdapterError(f"{source}: layer {name} stores Q as {q.dtype} and ΔR as {delta_r.dtype}, not floating-point numbers; the file is damaged or not a QR-LoRA.")
     if q.shape[1] == 0:
         raise AdapterError(f"{source}: layer {name} has rank 0; such an adapter changes nothing, train or export it with a rank of 1 or more.")
     if not stacked and q.shape[1] > min(q.shape[0], delta_r.shape[1]):
@@ -190,17 +197,47 @@ def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str
             f"{source}: layer {name} has rank {q.shape[1]}, more than its {q.shape[0]} x {delta_r.shape[1]} layer allows; "
             "the file is damaged or not a QR-LoRA."
         )
-    _check_finite(q, f"Q of layer {name}", source)
-    _check_finite(delta_r, f"ΔR of layer {name}", source)
+    check_finite(q, f"{source}: Q of layer {name}")
+    check_finite(delta_r, f"{source}: ΔR of layer {name}")
+    if not stacked:
+        check_orthonormal(q, f"{source}: Q of layer {name}", "the file is damaged or not a QR-LoRA: export it again.")
     return QRTarget(q=_float(q), delta_r=_float(delta_r))
 
 
-def detect_format(tensors: dict, metadata: dict) -> str:
+ORTHONORMAL_PROBES = 8
+
+
+def check_orthonormal(q: torch.Tensor, what: str, advice: str) -> None:
+    """Refuse a Q whose columns are not orthonormal (QᵀQ = I), to the precision it is stored in.
+
+    Checked on random probes V: (QV)ᵀ(QV) = Vᵀ(QᵀQ)V equals VᵀV exactly
+    when QᵀQ = I, at m·r·8 operations instead of the m·r² of QᵀQ.
+    """
+    tolerance = max(1e-3, 20 * torch.finfo(q.dtype).eps)
+    generator = torch.Generator().manual_seed(q.shape[1])
+    v = torch.randn(q.shape[1], ORTHONORMAL_PROBES, generator=generator, dtype=torch.float64)
+    qv = q.to(torch.float64) @ v
+    expected = v.T @ v
+    error = float(torch.linalg.matrix_norm(qv.T @ qv - expected) / torch.linalg.matrix_norm(expected))
+    if not error <= tolerance:
+        raise AdapterError(f"{what} is not orthonormal (QᵀQ differs from the identity by {error:.2g}); {advice}")
+
+
+def _check_fingerprint(fingerprint, name: str, source: str):
+    if fingerprint is None:
+        return None
+    if fingerprint.shape != (SKETCH_SIZE,) or not fingerprint.is_floating_point():
+        raise AdapterError(f"{source}: layer {name} has a base fingerprint of shape {tuple(fingerprint.shape)}, not {SKETCH_SIZE} numbers; the file is damaged, save it again.")
+    check_finite(fingerprint, f"{source}: the base fingerprint of layer {name}")
+    return fingerprint.to(torch.float32)
+
+
+def detect_format(keys, metadata: dict) -> str:
     if META_PREFIX + "format_version" in metadata:
-        return "compact" if metadata.get(META_PREFIX + "basis_id") else "native"
-    if any(k.endswith(PUBLISHED_SUFFIXES["q"]) for k in tensors):
+        return "compact" if metadata.get(BASIS_ID_KEY) else "native"
+    if any(k.endswith(PUBLISHED_SUFFIXES["q"]) for k in keys):
         return "published"
-    if any(k.endswith((".lora_up.weight", ".lora_B.weight", ".lora.up.weight")) for k in tensors):
+    if any(k.endswith((".lora_up.weight", ".lora_B.weight", ".lora.up.weight")) for k in keys):
         return "lora"
     return "unknown"
 
@@ -242,9 +279,9 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
     if rank < 1 or not (alpha == alpha) or alpha in (float("inf"), float("-inf")):
         raise AdapterError(f"{source}: rank {rank} and alpha {alpha} do not make a valid scale; the file is damaged, save it again.")
     shared = metadata.get(META_PREFIX + "shared_basis", "1") == "1"
-    basis_id = metadata.get(META_PREFIX + "basis_id")
-    shared_q = basis_loader(basis_id, source) if basis_id else {}
+    basis_id = metadata.get(BASIS_ID_KEY)
     names = {k[: -len(s)] for k in tensors for s in (NATIVE_DELTA, NATIVE_DELTA_UPPER) if k.endswith(s)}
+    shared_q = _bound_basis(basis_id, names, metadata, source, basis_loader) if basis_id else {}
     targets = {}
     for name in sorted(names):
         q = tensors.get(name + NATIVE_Q, shared_q.get(name))
@@ -255,10 +292,10 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
         else:
             delta_r = _unpack_upper(tensors[name + NATIVE_DELTA_UPPER], q.shape[1] if q.dim() == 2 else 0, name, source)
         target = _check_target(name, q, delta_r, source, stacked=not shared)
-        target.fingerprint = tensors.get(name + NATIVE_FINGERPRINT)
+        target.fingerprint = _check_fingerprint(tensors.get(name + NATIVE_FINGERPRINT), name, source)
         targets[name] = target
     meta = {k[len(META_PREFIX):]: v for k, v in metadata.items() if k.startswith(META_PREFIX)}
-    for fact in ("format_version", "rank", "alpha", "shared_basis"):
+    for fact in ("format_version", "rank", "alpha", "shared_basis", BASIS_DIGEST):
         meta.pop(fact, None)
     if basis_id:  # which basis it uses is kept as information; only a compact file's header names basis_id
         meta["basis"] = meta.pop("basis_id")
@@ -266,14 +303,50 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
     return QRLoRA(targets, rank=rank, alpha=alpha, format=kind, metadata=meta, source=source, shared_basis=shared)
 
 
+def _bound_basis(basis_id: str, names, metadata: dict, source: str, basis_loader) -> dict:
+    """The Qs of a compact adapter's basis, only if they are bit for bit the ones it was saved with."""
+    stored = metadata.get(META_PREFIX + BASIS_DIGEST)
+    if not stored:
+        raise AdapterError(
+            f"{source} is a compact adapter without the fingerprint of its basis (written by an older version), so it cannot be "
+            "checked against the basis file: load it where it was saved and save it again, or save it without 'compact'."
+        )
+    qs = basis_loader(basis_id, source)
+    if names <= qs.keys() and q_digest({n: qs[n] for n in names}) != stored:
+        raise AdapterError(
+            f"{source} was saved on another basis than the file {basis_id}.safetensors in models/qrlora_bases now holds "
+            "(a basis computed on another machine, or a changed file): copy the basis file from where the adapter was saved, "
+            "or save the adapter again without 'compact'."
+        )
+    return qs
+
+
+def _needed(kind: str, keys) -> list:
+    """The tensors a format's loader reads (the published format's R is not needed)."""
+    suffixes = {
+        "published": (PUBLISHED_SUFFIXES["q"], PUBLISHED_SUFFIXES["delta_r"]),
+        "native": (NATIVE_Q, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT),
+        "compact": (NATIVE_Q, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT),
+    }.get(kind, ())
+    return [k for k in keys if k.endswith(suffixes)] if suffixes else []
+
+
 def load_adapter(path: str, basis_loader=None, source: str | None = None) -> QRLoRA:
     """Any QR-LoRA file (native, compact or published) as a QRLoRA.
 
     `basis_loader(basis_id, source)` returns {name: Q} for compact files.
+    The format is told from the header, so a large file of another kind
+    (a checkpoint, an ordinary LoRA) is refused without reading its data.
     """
     source = source or os.path.basename(path)
-    tensors, metadata = read_safetensors(path)
-    kind = detect_format(tensors, metadata)
+    kind, keys = "unknown", []
+
+    def wanted(header):
+        nonlocal kind, keys
+        kind, keys = detect_format(header.keys(), header.metadata), list(header.keys())
+        return _needed(kind, keys)
+
+    tensors, metadata = read_safetensors(path, wanted, name=source)
     if kind == "published":
         return _load_published(tensors, source)
     if kind in ("native", "compact"):
@@ -281,9 +354,9 @@ def load_adapter(path: str, basis_loader=None, source: str | None = None) -> QRL
             raise AdapterError(f"{source} is a compact adapter and needs its shared basis file, which nobody told us where to find.")
         return _load_native(tensors, metadata, source, basis_loader)
     if kind == "lora":
-        from .reference_formats import is_q_and_r_file  # (that module reads this one)
+        from .reference_formats import is_q_and_r  # (that module reads this one)
 
-        if is_q_and_r_file(path):
+        if is_q_and_r(keys):
             raise AdapterError(f"{source} is the QR-LoRA reference's Q-and-R checkpoint: load it with Load QR-LoRA and connect the base model to its 'model' input.")
         raise AdapterError(f"{source} is an ordinary LoRA, not a QR-LoRA: load it with the stock 'Load LoRA' node.")
     raise AdapterError(f"{source} holds no QR-LoRA layers (no '*.lora.q.weight' or '*.qr.*' tensors): pick a QR-LoRA file.")

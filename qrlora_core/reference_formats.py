@@ -18,13 +18,15 @@ the base's R = Q^T·W (what the decomposition gives when Q spans the top-r
 subspace); our s is folded into ΔR.
 """
 
-import safetensors
+import os
+
 import torch
 
 from .adapter import QRLoRA, QRTarget
 from .decompose import decompose_many
 from .errors import AdapterError
 from .formats import PUBLISHED_SUFFIXES
+from .safefile import header_of
 
 UP, DOWN = ".lora.up.weight", ".lora.down.weight"
 DOUBLED_OUT = ".to_out.0.to_out.0"  # how the Q-and-R script's output projections are named
@@ -38,9 +40,8 @@ def is_q_and_r(tensors) -> bool:
 def is_q_and_r_file(path: str) -> bool:
     """The same, from the file's header alone (no tensor is read); unreadable files are left to the loaders' messages."""
     try:
-        with safetensors.safe_open(path, framework="pt") as f:
-            return is_q_and_r(f.keys())
-    except Exception:
+        return is_q_and_r(header_of(path, os.path.basename(path)).keys())
+    except AdapterError:
         return False
 
 

@@ -4,6 +4,7 @@ server keeps serving, and the base model's weights stay bit-identical."""
 import json
 import os
 import pickle
+import random
 import struct
 import uuid
 
@@ -16,6 +17,7 @@ from integration.test_inference import SD3_TARGETS, rows
 from qrlora_core.decompose import decompose
 from support.adapters import published_tensors
 from support.checks import assert_base_untouched
+from support import seeds
 from support.graph import Graph
 
 pytestmark = pytest.mark.server
@@ -32,7 +34,7 @@ class ExecutesOnUnpickle:
 
 @pytest.fixture(scope="module")
 def valid_tensors(base_models):
-    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    g = seeds.generator("test_bad_input")
     bases = {name: decompose(rows(base_models["sd3"][key], block), 4) for name, (key, block) in SD3_TARGETS.items()}
     return published_tensors(bases, g)
 
@@ -94,7 +96,7 @@ BAD_FILES = {
     "pickle": (lambda c, v: write_bytes(c, "pickled.safetensors", pickle.dumps(ExecutesOnUnpickle())), "never pickles"),
     "torch_save": (lambda c, v: (torch.save(v, c.path("models", "loras", "bad", "torchsave.safetensors")), "bad/torchsave.safetensors")[1], "not a readable safetensors file"),
     "lying_header": (lambda c, v: write_bytes(c, "lying.safetensors", lying_header(v)), "not a readable safetensors file"),
-    "random_bytes": (lambda c, v: write_bytes(c, "random.safetensors", os.urandom(4096)), "not a readable safetensors file"),
+    "random_bytes": (lambda c, v: write_bytes(c, "random.safetensors", random.Random(seeds.fresh_seed("random_bytes")).randbytes(4096)), "not a readable safetensors file"),
     "nan_delta_r": (lambda c, v: write_tensors(c, "nan.safetensors", with_change(v, "delta_r.weight", nan_at)), "NaN or infinite"),
     "inf_q": (lambda c, v: write_tensors(c, "inf.safetensors", with_change(v, "q.weight", inf_at)), "NaN or infinite"),
     "other_base": (lambda c, v: write_tensors(c, "otherbase.safetensors", with_change(with_change(v, "to_q.lora.delta_r.weight", lambda t: t[:, :64].contiguous()), "to_q.lora.base_r.weight", lambda t: t[:, :64].contiguous())), "made for another base model"),
@@ -157,8 +159,8 @@ def test_link_out_of_the_loras_folder_is_refused(comfy, client, valid_tensors, t
     assert "link to a file outside the loras folder" in json.dumps(body)
 
 
-def test_merge_of_different_ranks_falls_back_and_reports_it(comfy, client, base_models):
-    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+def test_merge_of_different_ranks_falls_back_and_reports_it(comfy, client, base_models, rng):
+    g = rng
     for rank in (2, 4):
         bases = {name: decompose(rows(base_models["sd3"][key], block), rank) for name, (key, block) in SD3_TARGETS.items()}
         write_tensors(comfy, f"rank{rank}.safetensors", published_tensors(bases, g))

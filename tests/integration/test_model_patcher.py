@@ -84,3 +84,18 @@ def test_base_weights_are_read_unpatched_while_a_clone_holds_them_patched(rng):
     assert not torch.equal(live, original)  # the shared module really is patched in place now
     assert torch.equal(keymap.target_weight(model, where).reshape(original.shape), original)
     patched.unpatch_model()
+
+
+def test_layers_stored_in_another_layout_are_not_offered_for_training():
+    """SD3's norm_out.linear is kept by ComfyUI with its halves swapped: a basis of that weight
+    would be saved under the diffusers name and applied swapped, so training leaves it out."""
+    host.import_pack()
+    from comfyui_qrlora.nodes import keymap
+
+    model = models.patcher("sd3")
+    key_map = keymap.lora_key_map(model)
+    converted = {n for n, v in key_map.items() if n.startswith("transformer.") and keymap.convert_of(v) is not None}
+    assert {"transformer.norm_out.linear", "transformer.transformer_blocks.1.norm1_context.linear"} <= converted
+    names = keymap.named_targets(model)
+    assert names and not converted & names.keys()
+    assert "transformer.transformer_blocks.0.norm1_context.linear" in names  # the same layer in a plain layout stays

@@ -82,16 +82,37 @@ def test_exported_lora_holds_the_same_delta(tmp_path, bases, rng):
         load_adapter(str(tmp_path / "lora.safetensors"))
 
 
-def test_write_is_atomic_when_it_fails(tmp_path, bases, rng):
+def test_an_interrupted_write_leaves_the_earlier_file_and_no_partial_one(tmp_path, bases, rng, monkeypatch):
+    """Interrupted after the data is written, before the rename: the temporary file goes, the old file stays."""
+    import qrlora_core.formats as formats
+
     write_published(tmp_path / "pub.safetensors", bases, rng)
     adapter = load_adapter(str(tmp_path / "pub.safetensors"))
     target = tmp_path / "out.safetensors"
     target.write_bytes(b"previous content")
-    adapter.targets["transformer.a.to_q"].delta_r = "not a tensor"  # makes the writer fail midway
-    with pytest.raises(Exception):
+    written = []
+
+    def interrupted_fsync(fd):
+        written.append(os.fstat(fd).st_size)  # the temporary file holds the whole adapter by now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(formats.os, "fsync", interrupted_fsync)
+    with pytest.raises(KeyboardInterrupt):  # not swallowed, not turned into a disk error
         save_native(adapter, str(target))
+    assert written and written[0] > 1000
     assert target.read_bytes() == b"previous content"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".partial")] == []
+
+
+def test_a_name_too_long_is_not_called_a_full_disk(tmp_path, bases, rng):
+    write_published(tmp_path / "pub.safetensors", bases, rng)
+    adapter = load_adapter(str(tmp_path / "pub.safetensors"))
+    with pytest.raises(AdapterError, match="too long") as error:
+        save_native(adapter, str(tmp_path / ("x" * 300 + ".safetensors")))
+    assert "disk may be full" not in str(error.value)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(AdapterError, match="is a file, not a folder"):
+        save_native(adapter, str(tmp_path / "file" / "out.safetensors"))
 
 
 def test_a_full_disk_is_a_clear_error_and_leaves_earlier_files_untouched(tmp_path, bases, rng):

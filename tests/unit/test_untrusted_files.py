@@ -1,0 +1,180 @@
+"""Files that lie about their sizes, change after being read, or come with a foreign basis."""
+
+import json
+import math
+import os
+import struct
+
+import pytest
+import safetensors.torch
+import torch
+
+from qrlora_core import AdapterError, QRLoRA, QRTarget
+from qrlora_core.basis import BasisStore
+from qrlora_core.decompose import decompose
+from qrlora_core.errors import require_finite
+from qrlora_core.formats import load_adapter, save_native
+from qrlora_core.safefile import ContentIds
+
+NAME = "transformer.a.to_q"
+
+
+def native(rng, shape=(24, 16), rank=4, triangular=True) -> QRLoRA:
+    b = decompose(torch.randn(*shape, generator=rng), rank)
+    delta_r = torch.randn(rank, shape[1], generator=rng)
+    return QRLoRA({NAME: QRTarget(q=b.q, delta_r=torch.triu(delta_r) if triangular else delta_r)}, rank=rank, alpha=float(rank), format="native")
+
+
+def raw_file(tensors: dict, metadata: dict | None = None) -> tuple[dict, bytes]:
+    raw = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    size = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + size]), raw[8 + size:]
+
+
+def assemble(header: dict, data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def test_a_packed_delta_r_claiming_a_huge_rank_is_refused_before_anything_is_allocated(tmp_path):
+    """Q says rank 40000, the packed ΔR holds 20000 values: the old reader built a 40000 x 20000 matrix."""
+    meta = {"qrlora.format_version": "1", "qrlora.rank": "40000", "qrlora.alpha": "1.0"}
+    safetensors.torch.save_file({f"{NAME}.qr.q": torch.zeros(1, 40000), f"{NAME}.qr.delta_r_upper": torch.zeros(20000)},
+                                str(tmp_path / "bomb.safetensors"), metadata=meta)
+    with pytest.raises(AdapterError, match="does not fit rank 40000"):
+        load_adapter(str(tmp_path / "bomb.safetensors"))
+
+
+@pytest.mark.parametrize("rank, n", [(1, 1), (3, 3), (3, 10), (7, 9)])
+def test_packed_delta_r_round_trips_for_every_trapezoid(tmp_path, rng, rank, n):
+    adapter = native(rng, shape=(12, n), rank=rank)
+    save_native(adapter, str(tmp_path / "a.safetensors"))
+    keys = safetensors.torch.load_file(str(tmp_path / "a.safetensors")).keys()
+    assert f"{NAME}.qr.delta_r_upper" in keys
+    assert torch.equal(load_adapter(str(tmp_path / "a.safetensors")).targets[NAME].delta_r, adapter.targets[NAME].delta_r)
+
+
+LIES = {
+    "shape larger than its bytes": lambda h, d: (h.__getitem__(f"{NAME}.qr.q")["shape"].__setitem__(0, 10**9), d),
+    "offsets past the end": lambda h, d: (h.__getitem__(f"{NAME}.qr.q")["data_offsets"].__setitem__(1, 10**12), d),
+    "data missing at the end": lambda h, d: (None, d[:-4]),
+    "extra data at the end": lambda h, d: (None, d + b"\0" * 8),
+    "negative size": lambda h, d: (h.__getitem__(f"{NAME}.qr.q")["shape"].__setitem__(0, -24), d),
+    "unknown dtype": lambda h, d: (h.__getitem__(f"{NAME}.qr.q").__setitem__("dtype", "F128"), d),
+    "float in shape": lambda h, d: (h.__getitem__(f"{NAME}.qr.q")["shape"].__setitem__(0, 24.0), d),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIES))
+def test_a_header_that_lies_about_sizes_is_refused(tmp_path, rng, lie):
+    save_native(native(rng), str(tmp_path / "good.safetensors"))
+    header, data = raw_file(safetensors.torch.load_file(str(tmp_path / "good.safetensors")),
+                            {"qrlora.format_version": "1", "qrlora.rank": "4", "qrlora.alpha": "4.0"})
+    _, data = LIES[lie](header, data)
+    (tmp_path / "lie.safetensors").write_bytes(assemble(header, data))
+    with pytest.raises(AdapterError, match="lie.safetensors is not a readable safetensors file"):
+        load_adapter(str(tmp_path / "lie.safetensors"))
+
+
+def test_a_header_length_beyond_the_file_is_refused(tmp_path):
+    (tmp_path / "long.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    with pytest.raises(AdapterError, match="claims 1,099,511,627,776 bytes of a 10-byte file"):
+        load_adapter(str(tmp_path / "long.safetensors"))
+
+
+@pytest.mark.parametrize("change", ["rewrite", "truncate"])
+def test_what_was_read_does_not_depend_on_the_file_staying_as_it_was(tmp_path, rng, change):
+    path = tmp_path / "a.safetensors"
+    save_native(native(rng), str(path))
+    adapter = load_adapter(str(path))
+    held = {n: (t.q.clone(), t.delta_r.clone()) for n, t in adapter.targets.items()}
+    if change == "rewrite":  # in place: same inode, same size, other values
+        other = native(rng)
+        save_native(other, str(tmp_path / "b.safetensors"))
+        with open(path, "r+b") as f:
+            f.write((tmp_path / "b.safetensors").read_bytes())
+    else:
+        os.truncate(path, 100)
+    for name, t in adapter.targets.items():  # a memory-mapped tensor would now read other bytes, or SIGBUS
+        assert torch.equal(t.q, held[name][0]) and torch.equal(t.delta_r, held[name][1])
+        assert float(t.delta(1.0).sum()) == float(t.delta(1.0).sum())
+
+
+def test_content_id_tells_a_rewrite_with_the_same_size_and_mtime(tmp_path):
+    ids = ContentIds()
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"a" * 1000)
+    first, _ = ids(str(path), "a.bin")
+    stat = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(b"b" * 1000)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_size == stat.st_size and os.stat(path).st_mtime_ns == stat.st_mtime_ns
+    second, _ = ids(str(path), "a.bin")
+    assert first != second
+    assert ids(str(path), "a.bin")[0] == second
+
+
+@pytest.fixture
+def compact_setup(tmp_path, rng):
+    """A compact adapter saved on basis r4-test, and its store."""
+    adapter = native(rng)
+    store = BasisStore(str(tmp_path / "bases"))
+    store.save("r4-test", {n: t.q for n, t in adapter.targets.items()}, {})
+    save_native(adapter, str(tmp_path / "compact.safetensors"), basis_id="r4-test")
+    return adapter, store, str(tmp_path / "compact.safetensors")
+
+
+def test_compact_adapter_loads_with_the_basis_it_was_saved_on(compact_setup):
+    adapter, store, path = compact_setup
+    again = load_adapter(path, basis_loader=store.load)
+    assert torch.equal(again.targets[NAME].q, adapter.targets[NAME].q)
+
+
+def test_compact_adapter_refuses_another_bases_q_under_its_basis_id(compact_setup, rng):
+    """Another base's (orthonormal) basis, or the same base decomposed elsewhere, saved under the right id."""
+    _, store, path = compact_setup
+    other = decompose(torch.randn(24, 16, generator=rng), 4).q
+    store.save("r4-test", {NAME: other}, {})
+    with pytest.raises(AdapterError, match="compact.safetensors was saved on another basis than the file r4-test.safetensors"):
+        load_adapter(path, basis_loader=store.load)
+
+
+def test_compact_adapter_refuses_a_q_scaled_by_three(compact_setup):
+    adapter, store, path = compact_setup
+    store.save("r4-test", {NAME: adapter.targets[NAME].q * 3}, {})
+    with pytest.raises(AdapterError, match=r"r4-test.safetensors \(the basis of compact.safetensors\): transformer.a.to_q.q is not orthonormal"):
+        load_adapter(path, basis_loader=store.load)
+
+
+def test_compact_adapter_without_a_basis_fingerprint_is_refused(compact_setup, tmp_path):
+    _, store, path = compact_setup
+    tensors = safetensors.torch.load_file(path)
+    with safetensors.safe_open(path, "pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "qrlora.basis_q_digest"}
+    safetensors.torch.save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    with pytest.raises(AdapterError, match="without the fingerprint of its basis"):
+        load_adapter(str(tmp_path / "old.safetensors"), basis_loader=store.load)
+
+
+def test_a_native_q_that_is_not_orthonormal_is_refused(tmp_path, rng):
+    adapter = native(rng)
+    adapter.targets[NAME].q = adapter.targets[NAME].q * 3
+    save_native(adapter, str(tmp_path / "scaled.safetensors"))
+    with pytest.raises(AdapterError, match="scaled.safetensors: Q of layer transformer.a.to_q is not orthonormal"):
+        load_adapter(str(tmp_path / "scaled.safetensors"))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_require_finite_names_the_input(value):
+    with pytest.raises(AdapterError, match=f"The input weight_2 is {value}"):
+        require_finite(weight_1=1.0, weight_2=value, weight_3=None)
+    require_finite(strength=-4.0, weight_1=None)
+
+
+def test_integer_q_or_delta_r_is_refused(tmp_path):
+    meta = {"qrlora.format_version": "1", "qrlora.rank": "2", "qrlora.alpha": "2.0"}
+    safetensors.torch.save_file({f"{NAME}.qr.q": torch.eye(4, 2, dtype=torch.int32), f"{NAME}.qr.delta_r": torch.ones(2, 4)},
+                                str(tmp_path / "int.safetensors"), metadata=meta)
+    with pytest.raises(AdapterError, match="int.safetensors: layer transformer.a.to_q stores Q as torch.int32"):
+        load_adapter(str(tmp_path / "int.safetensors"))
