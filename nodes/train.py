@@ -68,8 +68,6 @@ class Checkpoints:
 
     def __init__(self, prefix: str, last_step: int):
         prefix = prefix.strip() or settings.default("filename_prefix")
-        if "\x00" in prefix:
-            raise AdapterError("The filename prefix contains a NUL character, which no file name may hold: retype it.")
         for run in range(1, 100_000):
             self.run = f"{prefix}_{run:05}"
             folder, stem = os.path.split(files.output_path(self.run + "_step"))
@@ -97,14 +95,6 @@ class Checkpoints:
                 raise AdapterError(
                     f"The filename prefix '{prefix}' makes names too long for the file system ({longest} bytes in one name, "
                     f"such as {os.path.basename(name)}; most allow 255): shorten the prefix."
-                ) from None
-            if e.errno in (errno.ENOTDIR, errno.EEXIST) and not os.path.isdir(folder):
-                blocker = folder
-                while blocker and not os.path.exists(blocker):
-                    blocker = os.path.dirname(blocker)
-                raise AdapterError(
-                    f"The filename prefix '{prefix}' needs a folder where the file {os.path.basename(blocker)} is: "
-                    "choose another prefix (or move that file)."
                 ) from None
             raise AdapterError(f"Checkpoints cannot be written for the filename prefix '{prefix}' ({e.strerror or e}): check that the loras folder is writable, or choose another prefix.") from None
 

@@ -105,8 +105,8 @@ def test_a_full_disk_is_explained_and_leaves_nothing_half_written(tmp_path, base
 
 
 @pytest.mark.parametrize("prefix,words", [
-    ("qrfault/afile/run", "needs a folder where the file afile is"),
-    ("qrfault/" + "x" * 300, "makes names too long for the file system"),
+    ("qrfault/afile/run", "'qrfault/afile' in the loras folder is a file, not a folder"),
+    ("qrfault/" + "x" * 300, "more than a file name may be (255)"),
     ("qrfault/nul\x00byte", "contains a NUL character"),
 ])
 def test_a_bad_filename_prefix_is_found_before_step_1(comfy, client, base_files, prefix, words):
