@@ -49,10 +49,11 @@ def device_free(device: torch.device) -> int:
     less --reserve-vram), within the process's cap (torch.cuda.set_per_process_memory_fraction)."""
     free = mm.get_free_memory(device) - mm.extra_reserved_memory()
     if device.type == "cuda" and hasattr(torch.cuda, "get_per_process_memory_fraction"):
-        fraction = torch.cuda.get_per_process_memory_fraction(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        fraction = torch.cuda.get_per_process_memory_fraction(index)
         if fraction < 1:
-            cap = fraction * torch.cuda.get_device_properties(device).total_memory
-            free = min(free, cap - torch.cuda.memory_allocated(device))
+            cap = fraction * torch.cuda.get_device_properties(index).total_memory
+            free = min(free, cap - torch.cuda.memory_allocated(index))
     return max(0, int(free))
 
 

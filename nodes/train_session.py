@@ -41,7 +41,7 @@ import comfy.samplers
 import comfy.utils
 from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
 
-from ..qrlora_core.decompose import max_rank, working_bytes
+from ..qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, working_bytes
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.training import TrainConfig, TrainTargets, select
 from ..qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
@@ -260,7 +260,7 @@ class TrainingSession:
             self.notes.append(f"The basis was decomposed on the CPU: the GPU had {train_fit.gib(room)} to spare beside the model, "
                               f"less than one layer needs ({train_fit.gib(largest)}).")
             return torch.device("cpu"), None
-        return device, room
+        return device, min(room, GPU_CHUNK_BUDGET)
 
     # -------------------------------------------------------- setup and release
 
