@@ -27,6 +27,7 @@ the resident row's loss (it computes the same thing from the same weights).
 import gc
 import json
 import os
+import shutil
 import time
 
 import psutil
@@ -81,6 +82,9 @@ def _row(ctx, device, patcher, base, card, steps, smoke_keep=None):
     try:
         session = TrainingSession(patcher, config, latents, positive)
         row["setup_s"] = time.perf_counter() - start
+        if device.type == "cuda":  # the plan and the basis (built or read from disk) apart from the steps
+            row["setup_peak_allocated"] = torch.cuda.max_memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
         plan = session.plan
         row["plan"] = {"weights": plan.weights, "keep": plan.keep, "estimated_peak": plan.peak, "available": plan.available,
                        "adapter": plan.adapter, "block": plan.block, "activations": plan.activations}
@@ -131,12 +135,18 @@ def run(ctx) -> dict:
         _clear(device)
         patchers[base] = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
         out.setdefault("weight_bytes", {})[base] = patchers[base].model_size()
-    if ctx.full:  # the goals' rows first; fp8 on 12 GiB before any other fp8 row, so its basis is built under that cap
-        order = [("bf16", None), ("fp8", 12), ("fp8", 24), ("bf16", 16), ("fp8", 16), ("bf16", 12), ("bf16", 24), ("fp8", None)]
+    if ctx.full:  # bases built on the whole GPU first, so the capped rows measure training; then one basis built under 12 GiB
+        order = [("bf16", None), ("fp8", None), ("fp8", 24), ("fp8", 16), ("bf16", 16), ("fp8", 12), ("bf16", 12), ("bf16", 24),
+                 ("fp8", "12, basis not on disk")]
     else:
         order = [("bf16", None), ("bf16", "smoke"), ("fp8", "smoke"), ("fp8", None)]
     for base, card in order:
-        if card == "smoke":  # on the CPU: no cap; keep a third of the model "on the GPU" to run the offload path
+        if isinstance(card, str) and card.startswith("12,"):
+            shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder)
+            row = _row(ctx, device, patchers[base], base, 12, steps)
+            row["card_gib"] = card
+        elif card == "smoke":  # on the CPU: no cap; keep a third of the model "on the GPU" to run the offload path
             row = _row(ctx, device, patchers[base], base, None, steps, smoke_keep=patchers[base].model_size() / 3 / 1024**3)
             row["card_gib"] = "smoke-offload"
         else:
@@ -158,10 +168,10 @@ def table_rows(m: dict) -> list[list[str]]:
     anchor = next((r for r in m["rows"] if r["base"] == "bf16" and r["card_gib"] is None and "step_s" in r), None)
     if anchor is None:
         return [["memory: no uncapped bf16 row to compare against", "-", "-", "-", "NOT met"]]
-    t0, first = _median_step(anchor), {}
+    t0, whole = _median_step(anchor), {}
     for r in m["rows"]:
         if r["card_gib"] is None and "losses" in r:
-            first[r["base"]] = r["losses"][0]
+            whole[r["base"]] = r["losses"]
     rows.append([f"training step, full FLUX.1-dev depth, {m['px']} px, r={m['rank']}, whole GPU (bf16 anchor)",
                  f"{t0:.3f} s, peak {gib(anchor.get('peak_reserved', 0)):.1f} GiB", "1.00", "-", "n/a"])
     for r in m["rows"]:
@@ -169,12 +179,14 @@ def table_rows(m: dict) -> list[list[str]]:
             continue
         card = r["card_gib"]
         label = f"  {r['base']} base on a {card} GiB card" if isinstance(card, int) else f"  {r['base']} base, {card or 'whole GPU'}"
+        if r.get("setup_peak_allocated"):
+            label += f" (setup peak {gib(r['setup_peak_allocated']):.1f} GiB)"
         goal, ok = "-", None
         if card == 24 and r["base"] == "fp8":
             goal = "fits, no offloading"
         elif card == 16:
             goal = "fits, <= 2x step"
-        elif card == 12:
+        elif card in (12, "12, basis not on disk"):
             goal = "runs"
         if "step_s" not in r:
             why = r.get("refused") or r.get("out_of_memory") or "failed"
@@ -182,15 +194,20 @@ def table_rows(m: dict) -> list[list[str]]:
             continue
         ratio = _median_step(r) / t0
         kept = f"{gib(r['plan']['keep']):.1f} of {gib(r['plan']['weights']):.1f} GiB of weights on the GPU"
-        loss = f"; step-1 loss {r['losses'][0] - first.get(r['base'], r['losses'][0]):+.1e} vs whole GPU"
-        within = isinstance(card, int) and r.get("peak_reserved", 0) <= card * 1024**3
+        same = whole.get(r["base"], r["losses"])  # same seed and draws: an offloaded run must train the same ΔR
+        drift = abs(r["losses"][-1] - same[-1]) / abs(same[-1])
+        loss = f"; loss after {len(r['losses'])} steps {drift:.1e} from the whole-GPU run's"
+        cap = 12 if card == "12, basis not on disk" else card
+        within = isinstance(cap, int) and max(r.get("peak_reserved", 0), r.get("setup_peak_allocated", 0)) <= cap * 1024**3
         if goal == "fits, no offloading":
             ok = within and not r["offloaded"]
         elif goal == "fits, <= 2x step":
             ok = within and ratio <= 2.0
         elif goal == "runs":
             ok = within
+        status = "n/a" if ok is None else ("met" if ok else "NOT met")
+        if drift > 1e-2:  # bf16 run-to-run noise is ~1e-4
+            status = "NOT met: trains differently from the whole-GPU run"
         rows.append([label, f"{_median_step(r):.3f} s, peak {gib(r.get('peak_reserved', 0)):.1f} GiB "
-                     f"(estimated {gib(r['plan']['estimated_peak']):.1f}), {kept}{loss}",
-                     f"{ratio:.2f}", goal, "n/a" if ok is None else ("met" if ok else "NOT met")])
+                     f"(estimated {gib(r['plan']['estimated_peak']):.1f}), {kept}{loss}", f"{ratio:.2f}", goal, status])
     return rows
