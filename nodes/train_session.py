@@ -116,7 +116,7 @@ def base_weights(model, where: dict, device=None) -> dict:
     for name, (key, offset) in where.items():
         if key not in full:
             full[key] = keymap.base_weight(model, key)
-        out[name] = keymap.rows_of(full[key], offset)
+        out[name] = keymap.rows_of(full[key], offset).detach()  # the basis build must record no autograd graph
         if device is not None:
             out[name] = out[name].to(device)
     return out

@@ -258,6 +258,7 @@ def working_bytes(shape, dtype: torch.dtype, rank: int) -> int:
     return m * n * (item + 16) + 8 * (m + n) * min(rank + SUBSPACE_OVERSAMPLE, m, n) * 8
 
 
+@torch.no_grad()  # weights that require grad would otherwise keep every chunk's working copies alive
 def decompose_many(
     weights: dict, rank: int, alpha: float | None = None, method: str = "auto", progress=None, memory_budget: int | None = None,
     device: torch.device | None = None,

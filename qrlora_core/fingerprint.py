@@ -22,6 +22,7 @@ def _probes(m: int, n: int):
     return torch.randn(SKETCH_SIZE, m, generator=generator), torch.randn(n, generator=generator)
 
 
+@torch.no_grad()  # a float32 copy of the weight must not stay alive in an autograd graph
 def sketch(weight: torch.Tensor) -> torch.Tensor:
     w = weight.reshape(weight.shape[0], -1)
     m, n = w.shape

@@ -249,3 +249,18 @@ def test_out_of_memory_is_one_sentence_with_a_setting(pack):
                              block=train_fit.GiB, activations=train_fit.GiB, available=14 * train_fit.GiB)
     error = train_fit.out_of_memory(p, 3, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert "at step 3" in str(error) and "model_on_gpu_gb to 8.0" in str(error)
+
+
+def test_the_basis_build_records_no_autograd_graph(pack, folders, flux_state):
+    """Weights that require grad (a model built outside ComfyUI's inference mode) must not make the basis
+    build keep its working copies alive: on the first H200 run such a build filled the GPU (129 GiB)."""
+    patcher = load_flux(flux_state, torch.bfloat16)
+    assert any(p.requires_grad for p in patcher.model.parameters())
+    from comfyui_qrlora.nodes.train_session import TrainingSession
+
+    latents, positive = inputs()
+    with torch.inference_mode(False):
+        session = TrainingSession(patcher, config(steps=1), latents, positive)
+    for name, layer in session.targets.layers.items():
+        assert session.targets.sketches[name].grad_fn is None and not session.targets.sketches[name].requires_grad, name
+        assert layer.q.grad_fn is None, name
