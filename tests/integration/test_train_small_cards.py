@@ -264,3 +264,42 @@ def test_the_basis_build_records_no_autograd_graph(pack, folders, flux_state):
     for name, layer in session.targets.layers.items():
         assert session.targets.sketches[name].grad_fn is None and not session.targets.sketches[name].requires_grad, name
         assert layer.q.grad_fn is None, name
+
+
+def load_flux_scaled_fp8(state):
+    """An fp8-scaled checkpoint as ComfyUI loads one (scaled_fp8 ops): each linear weight stored as W / scale in
+    float8 with its `scale_weight`; returns the patcher and the weights it stands for, dequantized."""
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    config = sm.Flux(dict(models.FLUX_CONFIG))
+    config.scaled_fp8 = torch.float8_e4m3fn
+    config.set_inference_dtype(torch.float8_e4m3fn, torch.bfloat16)
+    model = config.get_model({})
+    stored, meant = dict(state), dict(state)
+    for name, module in model.diffusion_model.named_modules():
+        if hasattr(module, "scale_weight") and name + ".weight" in state:
+            w = state[name + ".weight"].float()
+            scale = w.abs().max() / 448 * 4  # a scale far from 1, as real checkpoints have
+            stored[name + ".weight"] = (w / scale).to(torch.float8_e4m3fn)
+            stored[name + ".scale_weight"] = scale.reshape(())
+            meant[name + ".weight"] = stored[name + ".weight"].float() * scale
+    model.load_model_weights({"model.diffusion_model." + k: v for k, v in stored.items()}, "model.diffusion_model.")
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu), meant
+
+
+def test_scaled_fp8_base_trains_like_its_dequantized_weights(pack, folders, flux_state):
+    """Scaled-fp8 layers run weight functions on W / scale and multiply by the scale after: the delta must be divided
+    by it, or the adapter would act `scale` times too strongly."""
+    scaled, meant = load_flux_scaled_fp8(flux_state)
+    qkv = scaled.model.diffusion_model.double_blocks[0].img_attn.qkv
+    assert qkv.weight.dtype == torch.float8_e4m3fn and float(qkv.scale_weight) != 1.0
+    reference = load_flux(meant, torch.bfloat16)
+    adapter = zero_adapter(reference)
+    _, want, _ = train(reference, config(), adapter)
+    _, got, _ = train(scaled, config(), adapter)
+    for step in range(STEPS):
+        error = relative(got[step], want[step])
+        print(f"scaled fp8 step {step + 1}: relative ΔR difference to its dequantized weights in bf16 {error:.2e}")
+        assert error < 0.05
