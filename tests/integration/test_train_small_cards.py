@@ -194,11 +194,11 @@ def test_release_leaves_no_wrapper_and_the_base_bit_identical(pack, folders, flu
 class Card:
     """A GPU as the planner sees it: a CUDA device type with a given free memory (the model in host memory)."""
 
-    def __init__(self, monkeypatch, free_gib: float):
+    def __init__(self, monkeypatch, free_gib: float, held_gib: float = 0.0):
         from comfyui_qrlora.nodes import train_fit
 
         monkeypatch.setattr(train_fit, "device_free", lambda device: int(free_gib * train_fit.GiB))
-        monkeypatch.setattr(train_fit, "held_by_models", lambda device: 0)
+        monkeypatch.setattr(train_fit, "held_by_models", lambda device: int(held_gib * train_fit.GiB))
 
 
 def planned(patcher, **overrides):
@@ -303,3 +303,25 @@ def test_scaled_fp8_base_trains_like_its_dequantized_weights(pack, folders, flux
         error = relative(got[step], want[step])
         print(f"scaled fp8 step {step + 1}: relative ΔR difference to its dequantized weights in bf16 {error:.2e}")
         assert error < 0.05
+
+
+def test_the_basis_is_decomposed_in_the_room_the_plan_leaves_or_on_the_cpu(pack, flux_state, monkeypatch):
+    from comfyui_qrlora.nodes import train_fit
+    from comfyui_qrlora.nodes.train_session import TrainingSession, base_weights, choose_targets
+    from comfyui_qrlora.qrlora_core.decompose import working_bytes
+
+    patcher = load_flux(flux_state, torch.bfloat16)
+    where, _ = choose_targets(patcher, config())
+    weights = base_weights(patcher, where)
+    largest = max(working_bytes(tuple(w.shape), w.dtype, 4) for w in weights.values())
+    for full in (False, True):
+        session = TrainingSession.__new__(TrainingSession)  # only what _basis_memory reads
+        session.model, session.config, session.notes = patcher, config(), []
+        # a roomy card; then one whose memory other loaded models hold now (freed only when training loads its model)
+        Card(monkeypatch, *((0.001, 64.0) if full else (64.0, 0.0)))
+        session.plan = planned(patcher)
+        device, budget = session._basis_memory(weights)
+        if not full:
+            assert device.type == "cuda" and largest <= budget <= session.plan.available - session.plan.keep
+        else:
+            assert device.type == "cpu" and budget is None and "decomposed on the CPU" in session.notes[0]
