@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 import comfy.model_management as mm
+import comfy.model_patcher
 from comfy_extras.nodes_train import find_all_highest_child_module_with_forward
 
 from ..qrlora_core.decompose import working_bytes
@@ -177,6 +178,11 @@ class Loaded:
         # ComfyUI's partial load with our budget: what load_models_gpu does once it has picked a budget itself
         # (it picks from free memory alone, and never partially on the CPU, where the tests exercise this path).
         mm.free_memory(1e30, plan.device)  # training takes the device, as a full load would
+        for m in mp.model.modules():
+            # A full load with a compute dtype (an earlier run) leaves `prev_comfy_cast_weights` behind in 0.3.75, and
+            # ModelPatcher.load skips such layers as "already lowvram" without attaching our weight wrappers to them.
+            if hasattr(m, "prev_comfy_cast_weights"):
+                comfy.model_patcher.wipe_lowvram_weight(m)
         loaded = mm.LoadedModel(mp)
         loaded.model_load(max(1, plan.keep))  # layers beyond `keep` stay in host memory, cast per use (lowvram)
         mm.current_loaded_models.insert(0, loaded)

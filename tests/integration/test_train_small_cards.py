@@ -151,11 +151,15 @@ def test_fp8_basis_and_fingerprints_come_from_the_fp8_weights(pack, folders, flu
     assert torch.allclose(targets.layers[name].q, q, atol=1e-4)
 
 
-def test_offloaded_training_equals_resident_training_step_for_step(pack, folders, flux_state):
-    """A budget of a few MB leaves most layers in ComfyUI's lowvram state; the run is the resident run exactly."""
-    resident_losses, resident, _ = train(load_flux(flux_state, torch.bfloat16), config())
+@pytest.mark.parametrize("after_a_resident_run", [False, True], ids=["fresh model", "after a resident run"])
+def test_offloaded_training_equals_resident_training_step_for_step(pack, folders, flux_state, after_a_resident_run):
+    """A budget of a few MB leaves most layers in ComfyUI's lowvram state; the run is the resident run exactly,
+    also on a model a resident run (a full load with a compute dtype) has used before."""
+    import comfy.utils
 
     patcher = load_flux(flux_state, torch.bfloat16)
+    resident_losses, resident, _ = train(patcher if after_a_resident_run else load_flux(flux_state, torch.bfloat16), config())
+
     budget = 0.002  # GiB: about 2 MB of the model's ~17 MB
     found = {}
 
@@ -165,12 +169,15 @@ def test_offloaded_training_equals_resident_training_step_for_step(pack, folders
         ours = [w for m in lowvram for w in getattr(m, "weight_function", []) if w in session.wrappers.values()]
         found.update(offloaded=session.plan.offloaded, lowvram=len(lowvram), wrapped=len(ours), loaded=mp.loaded_size(),
                      keep=session.plan.keep, flag=mp.model.model_lowvram,
-                     devices={p.device.type for w in session.wrappers.values() for p in w.parameters()})
+                     devices={p.device.type for w in session.wrappers.values() for p in w.parameters()},
+                     attached=all(any(f is w for f in comfy.utils.get_attr(mp.model, key.rsplit(".", 1)[0]).weight_function)
+                                  for key, w in session.wrappers.items()))
 
     losses, offloaded, session = train(patcher, config(model_on_gpu_gb=budget), watch=look)
     assert found["offloaded"] and found["flag"] and found["loaded"] <= found["keep"] < patcher.model_size()
     assert found["lowvram"] > 10 and found["wrapped"] > 5  # our wrappers run on lowvram-cast weights
     assert found["devices"] == {"cpu"}  # the wrappers live on the load device
+    assert found["attached"]  # every trained layer runs its wrapper, resident or not
     assert any("stayed on the GPU" in n for n in session.notes)
     assert losses == resident_losses
     for step in range(STEPS):
