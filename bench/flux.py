@@ -53,23 +53,29 @@ FULL = FluxSize()
 SMOKE = FluxSize(hidden=256, heads=2, depth=2, single=2)
 
 
-def build_model(size: FluxSize, device: torch.device, dtype=torch.bfloat16, seed: int = 0):
+def build_model(size: FluxSize, device: torch.device, dtype=torch.bfloat16, seed: int = 0, compute_dtype=None):
     """ComfyUI's own Flux BaseModel with random weights, allocated directly on `device`.
 
     ComfyUI's disable_weight_init ops allocate parameters without
     initializing them, so nothing runs on the CPU for a 12B model; every
     parameter is then filled with N(0, 1/fan_in) on the device (never zeros).
+    `compute_dtype` other than `dtype` gives what ComfyUI's loaders give for
+    a weight_dtype such as fp8_e4m3fn: weights stored in `dtype`, layers
+    casting them to `compute_dtype` per use (manual cast ops).
     """
     import comfy.supported_models
 
     model_config = comfy.supported_models.Flux(size.config())
-    model_config.set_inference_dtype(dtype, None)
+    model_config.set_inference_dtype(dtype, compute_dtype if compute_dtype not in (None, dtype) else None)
     model = model_config.get_model({}, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             fan_in = p[0].numel() if p.dim() > 1 else p.numel()
-            p.normal_(0.0, max(fan_in, 1) ** -0.5, generator=generator)
+            if p.dtype.itemsize == 1:  # float8: no random fill of its own
+                p.copy_(torch.randn(p.shape, device=device, generator=generator, dtype=torch.bfloat16) * max(fan_in, 1) ** -0.5)
+            else:
+                p.normal_(0.0, max(fan_in, 1) ** -0.5, generator=generator)
     model.eval()
     return model
 

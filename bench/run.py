@@ -4,7 +4,8 @@
     python bench/run.py --smoke                                   # small shapes on the CPU, a minute or two
 
 Sections (see each module's docstring): basis (init + cache), files,
-patch (ComfyUI ModelPatcher), train (one training step). README.md
+patch (ComfyUI ModelPatcher), train (one training step), memory
+(training through the node's session on 24/16/12 GiB cards, bf16 and fp8). README.md
 beside this file explains every row.
 """
 
@@ -25,7 +26,7 @@ import torch  # noqa: E402
 from bench import host  # noqa: E402
 from bench.flux import FULL, SMOKE, build_model  # noqa: E402
 
-SECTIONS = ("basis", "files", "patch", "train")
+SECTIONS = ("basis", "files", "patch", "train", "memory")
 
 
 class Context:
@@ -177,6 +178,11 @@ def table(results: dict) -> list[list[str]]:
         rows.append(["  native / published / compact bf16 vs LoRA bf16",
                      f"{s['native'] / 1e6:.1f} / {s['published'] / 1e6:.1f} MB; {s['compact_bf16'] / 1e6:.1f} vs {s['lora_bf16'] / 1e6:.1f} MB",
                      f"{s['compact_bf16'] / s['lora_bf16']:.3f}", "-", "n/a"])
+    m = results.get("memory")
+    if isinstance(m, dict) and "rows" in m:
+        from bench import small_cards
+
+        rows += small_cards.table_rows(m)
     for name in SECTIONS:
         if isinstance(results.get(name), dict) and "error" in results[name]:
             rows.append([f"{name}: FAILED", results[name]["error"].splitlines()[-1][:80], "-", "-", "NOT met"])
@@ -220,9 +226,9 @@ def main(argv=None) -> int:
     results = {"environment": env}
     ctx.log(f"bench on {env.get('gpu', env['device'])}, {'FLUX.1-dev sizes' if ctx.full else 'smoke sizes'}, rank {ctx.rank}")
 
-    from bench import basis_init, files, patching, training
+    from bench import basis_init, files, patching, small_cards, training
 
-    modules = {"basis": basis_init, "files": files, "patch": patching, "train": training}
+    modules = {"basis": basis_init, "files": files, "patch": patching, "train": training, "memory": small_cards}
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     for name in SECTIONS:
         if name not in wanted:

@@ -24,7 +24,7 @@ from ..qrlora_core.formats import save_native
 from ..qrlora_core.training import TrainConfig
 from ..qrlora_core.training import config as settings
 from ..qrlora_core.training.session import NonFiniteLoss
-from . import files
+from . import files, train_fit
 from .apply import patches_for, resolve_targets
 from .routes import running_server
 from .train_session import TrainingSession
@@ -183,7 +183,10 @@ class QRLoRATrain(io.ComfyNode):
         steps_before = int(existing.metadata.get("steps", 0) or 0) if existing is not None else 0
         total = steps_before + config.steps
         checkpoints = Checkpoints(config.filename_prefix, total)  # before any work: a bad prefix fails now
-        session = TrainingSession(model, config, latents, positive, existing)
+        try:
+            session = TrainingSession(model, config, latents, positive, existing)  # a run that cannot fit fails now
+        except train_fit.OUT_OF_MEMORY as e:
+            raise train_fit.out_of_memory(None, 0, e) from None
         targets = session.targets
         checkpoints.targets = targets
         checkpoints.metadata = metadata = {
@@ -209,6 +212,9 @@ class QRLoRATrain(io.ComfyNode):
         except comfy.model_management.InterruptProcessingException:
             checkpoints.keep(steps_before + len(losses), losses)
             raise
+        except train_fit.OUT_OF_MEMORY as e:  # the estimate was wrong: keep what was trained, say what to change
+            checkpoints.keep(steps_before + len(losses), losses)
+            raise train_fit.out_of_memory(session.plan, steps_before + len(losses) + 1, e) from None
         except NonFiniteLoss as e:
             kept = checkpoints.keep(steps_before + len(losses), losses)
             where_kept = f"the last good state (step {checkpoints.saved_step}) is in {kept}" if kept else "nothing was trained yet, so no file was written"

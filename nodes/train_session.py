@@ -41,13 +41,13 @@ import comfy.samplers
 import comfy.utils
 from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
 
-from ..qrlora_core.decompose import max_rank
+from ..qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, working_bytes
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.training import TrainConfig, TrainTargets, select
 from ..qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
 from ..qrlora_core.training.out_of_place import OutOfPlaceForwards
 from ..qrlora_core.training.session import StepLoop
-from . import files, keymap
+from . import files, keymap, train_fit
 from .apply import resolve_targets
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -109,13 +109,37 @@ def choose_targets(model, config: TrainConfig, existing=None) -> tuple[dict, lis
     return {n: candidates[n] for n in names}, notes
 
 
-def base_weights(model, where: dict, device) -> dict:
-    """name -> the base weight (or its row slice) as a 2-D tensor on `device`, each fused key read once."""
+def base_weights(model, where: dict, device=None) -> dict:
+    """name -> the base weight (or its row slice) as a 2-D tensor, as the model holds it (fp8 included;
+    scaled fp8 dequantized), on `device` or where it lies; each fused key read once."""
     full, out = {}, {}
     for name, (key, offset) in where.items():
         if key not in full:
             full[key] = keymap.base_weight(model, key)
-        out[name] = keymap.rows_of(full[key], offset).to(device)
+        out[name] = keymap.rows_of(full[key], offset).detach()  # the basis build must record no autograd graph
+        if device is not None:
+            out[name] = out[name].to(device)
+    return out
+
+
+def target_shapes(model, where: dict) -> list[tuple[int, int]]:
+    """(out, in) of each target, from the weights' shapes (nothing is read)."""
+    return [keymap.target_shape(model, (key, offset) if offset is not None else key) for key, offset in where.values()]
+
+
+def weight_scales(model, wrappers: dict) -> dict:
+    """weight key -> the scale of a scaled-fp8 weight (ComfyUI's scaled_fp8 ops).
+
+    Those layers run their weight functions on the stored, unscaled weight
+    and multiply by `scale_weight` afterwards, so a delta added there must be
+    divided by it to land as s·Q·ΔR on the real weight.
+    """
+    out = {}
+    for key in wrappers:
+        module = comfy.utils.get_attr(model.model, key.rsplit(".", 1)[0])
+        scale = getattr(module, "scale_weight", None)
+        if isinstance(scale, torch.Tensor) and scale.numel() == 1 and key.endswith(".weight"):
+            out[key] = float(scale)
     return out
 
 
@@ -145,7 +169,7 @@ def _usable_for_autograd(module) -> None:
     """
     for m in module.modules():
         for name, p in m._parameters.items():
-            if p is not None and p.is_inference():
+            if p is not None and p.is_inference() and not p.is_pinned():  # pinned: offloaded, always copied to the GPU before use
                 m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
         for name, b in m._buffers.items():
             if b is not None and b.is_inference():
@@ -198,23 +222,45 @@ class TrainingSession:
         self.captions = captions_per_image(positive, len(self.latents))
         self.where, self.notes = choose_targets(model, config, existing)
         self.triangular = config.triangular
+        fused_rows = sum(m for (m, _), (_, offset) in zip(target_shapes(model, self.where), self.where.values()) if offset is not None)
+        self.plan = train_fit.plan(model, target_shapes(model, self.where), config, self.latents, fused_rows)  # before any work
         self.targets = trainable if trainable is not None else self._targets()
+        if self.plan.note():
+            self.notes.append(self.plan.note())
         self.patcher = None
+        self.loaded = None
         self._active = False
 
     def _targets(self) -> TrainTargets:
-        weights = base_weights(self.model, self.where, self.model.load_device)
+        device = self.model.load_device
+        weights = base_weights(self.model, self.where)
         if self.existing is not None:
             if self.triangular and any(torch.tril(self.existing.targets[n].delta_r, -1).any() for n in self.where):
                 self.triangular = False
                 self.notes.append("The adapter's ΔR is not triangular, so it is trained without the triangular mask.")
-            return TrainTargets.resume(self.existing, weights, self.triangular)
+            return TrainTargets.resume(self.existing, weights, self.triangular, device=device)
         weights, note = layers_that_fit(weights, self.config.rank)
         if note:
             self.notes.append(note)
             self.where = {n: self.where[n] for n in weights}
         decomposed = comfy.utils.ProgressBar(len(weights))
-        return TrainTargets.new(weights, self.config.rank, self.config.scale_alpha, self.triangular, files.basis_store(), progress=decomposed.update)
+        basis_device, budget = self._basis_memory(weights)
+        return TrainTargets.new(weights, self.config.rank, self.config.scale_alpha, self.triangular, files.basis_store(),
+                                progress=decomposed.update, device=device, basis_device=basis_device, basis_budget=budget)
+
+    def _basis_memory(self, weights: dict) -> tuple:
+        """(device, chunk budget) of the basis decomposition: the GPU memory the plan leaves beside
+        the model and the adapter, or the CPU when that is less than the largest weight needs."""
+        device = self.model.load_device
+        if device.type == "cpu":
+            return device, None
+        room = self.plan.basis_room()
+        largest = max(working_bytes(tuple(w.shape), w.dtype, self.config.rank) for w in weights.values())
+        if room < largest:
+            self.notes.append(f"The basis was decomposed on the CPU: the GPU had {train_fit.gib(room)} to spare beside the model, "
+                              f"less than one layer needs ({train_fit.gib(largest)}).")
+            return torch.device("cpu"), None
+        return device, min(room, GPU_CHUNK_BUDGET)
 
     # -------------------------------------------------------- setup and release
 
@@ -235,6 +281,11 @@ class TrainingSession:
         self.patcher = mp = model.clone()
         mp.set_model_compute_dtype(self.dtype)
         self.wrappers = self.targets.wrappers(self.where)
+        self._scaled = {}
+        for key, scale in weight_scales(model, self.wrappers).items():
+            for layer in getattr(self.wrappers[key], "targets", []):
+                self._scaled[layer] = layer.scale
+                layer.scale = layer.scale / scale
         for key, wrapper in self.wrappers.items():
             mp.add_weight_wrapper(key, wrapper)
         diffusion_model = mp.model.diffusion_model
@@ -246,7 +297,7 @@ class TrainingSession:
         mp.model.requires_grad_(False)
         for p in self.targets.parameters():
             p.requires_grad_(True)
-        comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
+        self.loaded = train_fit.Loaded(mp, self.plan)
         _usable_for_autograd(mp.model)
         # the patcher's wrappers, callbacks and hooks into the options the model runs with, as ComfyUI's guider does
         self.model_options = comfy.model_patcher.create_model_options_clone(mp.model_options)
@@ -275,6 +326,10 @@ class TrainingSession:
         if getattr(self, "rewrites", None) is not None:
             self.rewrites.restore()
         _release_wrappers(mp, getattr(self, "wrappers", {}))
+        for layer, scale in getattr(self, "_scaled", {}).items():
+            layer.scale = scale
+        if self.loaded is not None:
+            self.loaded.release()
         mp.cleanup()
         mp.restore_hook_patches()
         for p in self.targets.parameters():

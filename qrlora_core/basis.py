@@ -68,8 +68,11 @@ class BasisStore:
         tensors.update({name + ".fingerprint": s for name, s in sketches.items()})
         atomic_save(tensors, self.path(basis_id), {"qrlora.basis_id": basis_id, **basis_modelspec(basis_id, qs)})
 
-    def get_or_build(self, weights: dict, rank: int, method: str = "auto", progress=None) -> tuple[str, dict, dict]:
-        """(basis id, name -> Q, name -> sketch) for these base weights, from disk when known."""
+    def get_or_build(self, weights: dict, rank: int, method: str = "auto", progress=None, device=None, memory_budget=None) -> tuple[str, dict, dict]:
+        """(basis id, name -> Q, name -> sketch) for these base weights, from disk when known.
+
+        `device` and `memory_budget`: where the decomposition runs and how much
+        working memory each chunk may take there (see decompose_many)."""
         sketches = {name: sketch(w) for name, w in weights.items()}
         key = basis_id(sketches, rank)
         if os.path.isfile(self.path(key)):
@@ -78,7 +81,7 @@ class BasisStore:
                 if progress is not None:
                     progress(len(weights))
                 return key, {n: qs[n] for n in weights}, sketches
-        bases = decompose_many(weights, rank, method=method, progress=progress)
+        bases = decompose_many(weights, rank, method=method, progress=progress, memory_budget=memory_budget, device=device)
         qs = {name: b.q for name, b in bases.items()}
         self.save(key, qs, sketches)
         return key, qs, sketches

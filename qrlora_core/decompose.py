@@ -258,8 +258,10 @@ def working_bytes(shape, dtype: torch.dtype, rank: int) -> int:
     return m * n * (item + 16) + 8 * (m + n) * min(rank + SUBSPACE_OVERSAMPLE, m, n) * 8
 
 
+@torch.no_grad()  # weights that require grad would otherwise keep every chunk's working copies alive
 def decompose_many(
-    weights: dict, rank: int, alpha: float | None = None, method: str = "auto", progress=None, memory_budget: int | None = None
+    weights: dict, rank: int, alpha: float | None = None, method: str = "auto", progress=None, memory_budget: int | None = None,
+    device: torch.device | None = None,
 ) -> dict:
     """Decompose many weights, batching same-shaped ones into chunked calls.
 
@@ -267,7 +269,10 @@ def decompose_many(
     device). Same-shaped weights are stacked a chunk at a time, each chunk
     holding at most `memory_budget` bytes of working copies (default: half
     the free GPU memory up to 16 GiB, or 2 GiB on the CPU), and at least one
-    weight. `progress`, if given, is called with the number of weights just finished.
+    weight. `device`, if given, is where the chunks are decomposed (each
+    chunk is copied there, so weights may live elsewhere, e.g. in host
+    memory); the bases come back on it. `progress`, if given, is called
+    with the number of weights just finished.
     """
     scale = (alpha if alpha is not None else rank) / rank
     groups: dict[tuple, list[str]] = {}
@@ -276,12 +281,13 @@ def decompose_many(
         check_rank(w.shape, rank, name)
         groups.setdefault((tuple(w.shape), w.device, w.dtype), []).append(name)
     out = {}
-    for (shape, device, dtype), names in groups.items():
-        budget = memory_budget if memory_budget is not None else chunk_budget(device)
+    for (shape, device_of, dtype), names in groups.items():
+        where = torch.device(device) if device is not None else device_of
+        budget = memory_budget if memory_budget is not None else chunk_budget(where)
         size = max(1, budget // working_bytes(shape, dtype, rank))
         for start in range(0, len(names), size):
             chunk = names[start : start + size]
-            stack = torch.stack([as_matrix(weights[n]) for n in chunk])
+            stack = torch.stack([as_matrix(weights[n]).to(where) for n in chunk])
             q, r = _decompose_stack(stack, rank, scale, _pick_method(stack, method))
             del stack
             for i, name in enumerate(chunk):

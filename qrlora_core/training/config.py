@@ -94,6 +94,11 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata=_help(
         "Clip the gradient of all ΔRs together to this norm before each optimizer step (0: no clipping); the reference uses 1.0.",
         min=0.0, max=1e6, optional=True, widget={"step": 0.1}))
+    model_on_gpu_gb: float = field(default=0.0, metadata=_help(
+        "GiB of the model's weights kept on the GPU while training; the rest stays in host memory and is copied in "
+        "block by block each step (less GPU memory, slower). 0: automatic, the whole model when it fits beside "
+        "the training's own memory, otherwise as much as fits.",
+        record=False, min=0.0, max=4096.0, optional=True, widget={"step": 0.5}))
 
     def __post_init__(self):
         for f in fields(self):

@@ -45,16 +45,21 @@ class TrainTargets:
     basis_id: str | None = None
 
     @classmethod
-    def new(cls, weights: dict, rank: int, alpha: float, triangular: bool, store: BasisStore, progress=None) -> "TrainTargets":
-        """Fresh targets (ΔR = 0) on the base weights' basis, decomposed once per base and rank."""
+    def new(cls, weights: dict, rank: int, alpha: float, triangular: bool, store: BasisStore, progress=None,
+            device=None, basis_device=None, basis_budget: int | None = None) -> "TrainTargets":
+        """Fresh targets (ΔR = 0) on the base weights' basis, decomposed once per base and rank.
+
+        `device`: where Q and ΔR live (default: each weight's device);
+        `basis_device` / `basis_budget`: where the decomposition runs and
+        the working memory it may take there (BasisStore.get_or_build)."""
         _check_rank({n: tuple(w.shape) for n, w in weights.items()}, rank)
-        basis_id, qs, sketches = store.get_or_build(weights, rank, progress=progress)
+        basis_id, qs, sketches = store.get_or_build(weights, rank, progress=progress, device=basis_device, memory_budget=basis_budget)
         scale = alpha / rank
-        layers = {n: QRDelta.zeros(qs[n].to(weights[n].device), weights[n].shape[1], scale, triangular) for n in weights}
+        layers = {n: QRDelta.zeros(qs[n].to(device or weights[n].device), weights[n].shape[1], scale, triangular) for n in weights}
         return cls(layers, rank, alpha, sketches, basis_id)
 
     @classmethod
-    def resume(cls, adapter: QRLoRA, weights: dict, triangular: bool) -> "TrainTargets":
+    def resume(cls, adapter: QRLoRA, weights: dict, triangular: bool, device=None) -> "TrainTargets":
         """Continue an adapter: its own Q and ΔR for the layers the model has (`weights`)."""
         if not adapter.shared_basis:
             raise AdapterError(
@@ -64,7 +69,8 @@ class TrainTargets:
         layers, sketches = {}, {}
         for name, weight in weights.items():
             t = adapter.targets[name]
-            layers[name] = QRDelta(t.q.to(weight.device), t.delta_r.to(weight.device), adapter.scale, triangular)
+            where = device or weight.device
+            layers[name] = QRDelta(t.q.to(where), t.delta_r.to(where), adapter.scale, triangular)
             sketches[name] = t.fingerprint if t.fingerprint is not None else sketch(weight)
         return cls(layers, adapter.rank, adapter.alpha, sketches, adapter.metadata.get("basis"))
 
