@@ -123,20 +123,27 @@ def model_file(name: str, folder: str) -> str:
     return path
 
 
-def load_models(args):
-    """(MODEL, CLIP or None, VAE or None) through ComfyUI's own loaders."""
+def load_model(args):
+    """The MODEL to train, through ComfyUI's own loaders (Load Diffusion Model, Load Checkpoint)."""
+    import comfy.sd
+
+    if args.checkpoint:
+        return comfy.sd.load_checkpoint_guess_config(model_file(args.checkpoint, "checkpoints"), output_vae=False, output_clip=False)[0]
+    if args.model:
+        return comfy.sd.load_diffusion_model(model_file(args.model, "diffusion_models"))
+    raise AdapterError("No base model: give --model (a diffusion model file) or --checkpoint.")
+
+
+def load_encoders(args):
+    """(CLIP, VAE) for --images: from --clip / --vae, else from --checkpoint, through ComfyUI's loaders."""
     import comfy.sd
     import folder_paths
 
     clip = vae = None
-    if args.checkpoint:
-        model, clip, vae = comfy.sd.load_checkpoint_guess_config(
-            model_file(args.checkpoint, "checkpoints"), output_vae=True, output_clip=True,
+    if args.checkpoint and not (args.clip and args.vae):
+        _, clip, vae = comfy.sd.load_checkpoint_guess_config(
+            model_file(args.checkpoint, "checkpoints"), output_vae=True, output_clip=True, output_model=False,
             embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]
-    elif args.model:
-        model = comfy.sd.load_diffusion_model(model_file(args.model, "diffusion_models"))
-    else:
-        raise AdapterError("No base model: give --model (a diffusion model file) or --checkpoint.")
     if args.clip:
         clip_type = getattr(comfy.sd.CLIPType, args.clip_type.upper(), None)
         if clip_type is None:
@@ -147,7 +154,9 @@ def load_models(args):
         import comfy.utils
 
         vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(model_file(args.vae, "vae")))
-    return model, clip, vae
+    if clip is None or vae is None:
+        raise AdapterError("--images needs a text encoder and a VAE: give --checkpoint, or --clip and --vae.")
+    return clip, vae
 
 
 def encode_images(folder: str, clip, vae, caption: str, resolution: int) -> tuple[list, list, list[str]]:
@@ -158,8 +167,6 @@ def encode_images(folder: str, clip, vae, caption: str, resolution: int) -> tupl
 
     import comfy.utils
 
-    if clip is None or vae is None:
-        raise AdapterError("--images needs a text encoder and a VAE: give --checkpoint, or --clip and --vae.")
     if not os.path.isdir(folder):
         raise AdapterError(f"{folder} is not a folder: give the folder that holds the training images.")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
@@ -177,7 +184,7 @@ def encode_images(folder: str, clip, vae, caption: str, resolution: int) -> tupl
         except OSError as e:
             raise AdapterError(f"{name} cannot be read as an image ({e}); remove it from the folder or save it again.") from None
         image = torch.from_numpy(pixels)[None]
-        image = comfy.utils.common_upscale(image.movedim(-1, 1), resolution, resolution, "lanczos", "center").movedim(1, -1).clamp(0, 1)
+        image = comfy.utils.common_upscale(image.movedim(-1, 1), resolution, resolution, "lanczos", "center").movedim(1, -1)  # the stock Upscale Image node
         latents.append({"samples": vae.encode(image)})
         if text not in encoded:
             encoded[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
@@ -226,10 +233,14 @@ def _train(args, config: TrainConfig, launch, say) -> int:
     from .train import train_to_files
     from .train_parallel import StopFlag
 
-    model, clip, vae = load_models(args)
     if args.images:
-        encoded = encode_images(args.images, clip, vae, args.caption, args.resolution) if launch.main else None
-        latents, positive, texts = launch.broadcast(encoded)  # every process trains on process 0's encoding
+        encoded = None
+        if launch.main:  # encoded once, by process 0; the others train on its latents and captions
+            with torch.inference_mode():  # as ComfyUI runs VAE Encode and CLIP Text Encode: no graph kept
+                clip, vae = load_encoders(args)
+                encoded = encode_images(args.images, clip, vae, args.caption, args.resolution)
+            del clip, vae
+        latents, positive, texts = launch.broadcast(encoded)
         if args.save_data:
             if launch.main:
                 datafile.save(args.save_data, [x["samples"] for x in latents], positive, texts)
@@ -238,7 +249,7 @@ def _train(args, config: TrainConfig, launch, say) -> int:
             return 0
     else:
         latents, positive, texts = datafile.load(args.data)
-    del clip, vae
+    model = load_model(args)
     existing = None
     if args.continue_from:
         existing = load_adapter(files.adapter_path(args.continue_from), basis_loader=files.basis_store().load, source=args.continue_from)

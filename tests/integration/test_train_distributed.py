@@ -9,8 +9,13 @@ between the processes, so one micro-batch is cut in two: the two-process
 adapter must equal the node's within float tolerance, and all three files
 must agree in layout (names, shapes, dtypes) and metadata.
 
-An interrupted run: SIGTERM to process 1 alone stops both processes at
-the same step, and process 0 keeps that step's checkpoint.
+A folder of captioned images: train.py's encoding equals the stock node
+chain's (Load Image, Upscale Image, VAE Encode, CLIP Text Encode), with
+ComfyUI's own CLIP and VAE loaders on small random files.
+
+An interrupted run from such a folder (encoded by process 0, sent to the
+other): SIGTERM to process 1 alone stops both processes at the same step,
+and process 0 keeps that step's checkpoint.
 """
 
 import glob
@@ -34,10 +39,14 @@ SETTINGS = {"rank": 4, "steps": 3, "learning_rate": 1e-2, "batch_size": 2, "grad
 TOLERANCE = 1e-4  # of the largest |ΔR|: the runs differ only in the order of float sums, which AdamW's normalisation amplifies where a gradient is near 0
 
 
+@pytest.fixture(scope="module", autouse=True)
+def pack():
+    return import_pack()
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A small SD3 file and 4 encoded images with 2 captions (train.py's data file)."""
-    import_pack()
     from comfyui_qrlora.qrlora_core.training import datafile
 
     folder = tmp_path_factory.mktemp("distributed")
@@ -51,10 +60,29 @@ def files(tmp_path_factory):
     return folder, model, data
 
 
-def command(processes: int, base: str, model: str, data: str, **overrides) -> list[str]:
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Three images of different sizes, two with a caption file; a small SD1.5, a random CLIP-L and a TAESD."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    generator = torch.Generator().manual_seed(6)
+    for name, (w, h), caption in (("a.png", (80, 64), "a <c> dog"), ("b.png", (64, 64), None), ("c.jpg", (64, 96), "a <c> cat")):
+        pixels = (torch.rand(h, w, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / name)
+        if caption:
+            (folder / (name.rsplit(".", 1)[0] + ".txt")).write_text(caption + "\n")
+    files = {"model": str(folder / "sd15.safetensors"), "clip": str(folder / "clip_l.safetensors"), "vae": str(folder / "taesd.safetensors")}
+    models.save_diffusion_model("sd15", files["model"], seed=1)
+    models.save_clip_l(files["clip"])
+    models.save_taesd(files["vae"])
+    return str(folder), files
+
+
+def command(processes: int, base: str, model: str, data: str | None, *extra: str, **overrides) -> list[str]:
     launcher = [sys.executable, TRAIN] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(29500 + os.getpid() % 1000), TRAIN]
-    flags = ["--cpu", "--comfyui", COMFYUI_DIR, "--base-directory", base, "--model", model, "--data", data]
+    flags = ["--cpu", "--comfyui", COMFYUI_DIR, "--base-directory", base, "--model", model, *(["--data", data] if data else []), *extra]
     for name, value in {**SETTINGS, **overrides}.items():
         flag = "--" + name.replace("_", "-")
         flags += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
@@ -132,10 +160,41 @@ def test_two_processes_train_what_one_does_and_write_the_nodes_files(files):
             assert error <= TOLERANCE * max(scale, float(value.abs().max())), f"{label} process(es), {key}: off by {error}"
 
 
-def test_a_signal_to_one_process_stops_all_at_one_step_and_keeps_it(files):
-    folder, model, data = files
-    base = str(folder / "interrupted")
-    run = subprocess.Popen(command(2, base, model, data, steps=100000, checkpoint_every=0), env=environment(),
+def test_a_folder_of_images_is_encoded_as_the_stock_nodes_encode_it(image_folder, tmp_path):
+    import comfy.sd
+    import comfy.utils
+    import nodes
+    import numpy as np
+    from PIL import Image
+    from comfyui_qrlora.qrlora_core.training import datafile
+
+    folder, files = image_folder
+    data = str(tmp_path / "encoded.safetensors")
+    done = subprocess.run(command(1, str(tmp_path), files["model"], None, "--images", folder, "--caption", "a <c> bird", "--resolution", "64",
+                                  "--clip", files["clip"], "--vae", files["vae"], "--save-data", data),
+                          env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    latents, positive, texts = datafile.load(data)
+    assert texts == ["a <c> dog", "a <c> bird", "a <c> cat"]
+
+    clip = comfy.sd.load_clip([files["clip"]], clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(files["vae"]))
+    for i, (name, text) in enumerate(zip(("a.png", "b.png", "c.jpg"), texts)):
+        image = torch.from_numpy(np.asarray(Image.open(os.path.join(folder, name)).convert("RGB"), dtype=np.float32) / 255.0)[None]
+        scaled = nodes.ImageScale().upscale(image, "lanczos", 64, 64, "center")[0]
+        expected = nodes.VAEEncode().encode(vae, scaled)[0]["samples"]
+        assert torch.allclose(latents[i]["samples"], expected, atol=1e-5), name
+        caption = nodes.CLIPTextEncode().encode(clip, text)[0]
+        assert torch.allclose(positive[i][0][0], caption[0][0], atol=1e-5)
+        assert torch.allclose(positive[i][0][1]["pooled_output"], caption[0][1]["pooled_output"], atol=1e-5)
+    assert positive[0] is not positive[1] and all(p[0][0].shape == positive[0][0][0].shape for p in positive)
+
+
+def test_a_signal_to_one_process_stops_all_at_one_step_and_keeps_it(image_folder, tmp_path):
+    folder, files = image_folder
+    base = str(tmp_path / "interrupted")
+    images = ["--images", folder, "--caption", "a <c> bird", "--resolution", "64", "--clip", files["clip"], "--vae", files["vae"]]
+    run = subprocess.Popen(command(2, base, files["model"], None, *images, steps=100000, checkpoint_every=0), env=environment(),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         lines = []
@@ -143,14 +202,14 @@ def test_a_signal_to_one_process_stops_all_at_one_step_and_keeps_it(files):
             lines.append(line)
             if line.startswith("step 2/"):
                 break
-        rank1 = _worker(run.pid, rank=1)
-        os.kill(rank1, signal.SIGTERM)
+        os.kill(_worker(run.pid, rank=1), signal.SIGTERM)
         out, _ = run.communicate(timeout=120)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
     output = "".join(lines) + out
     print(output[-3000:])
+    assert "Training 3 images on 2 process(es)" in output  # process 0's encoding reached both
     steps = [int(line.split()[1].split("/")[0]) for line in output.splitlines() if line.startswith("step ")]
     assert "Stopped on request" in output, output[-3000:]
     assert 2 <= steps[-1] < 100000
