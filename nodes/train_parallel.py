@@ -12,6 +12,7 @@ process had, and none is left waiting in a collective.
 
 import os
 import signal
+import time
 
 import torch
 import torch.distributed as dist
@@ -65,12 +66,20 @@ class Launch:
 
 
 class StopFlag:
-    """SIGINT / SIGTERM raise a flag; training stops at the end of the step (a second signal: at once)."""
+    """SIGINT / SIGTERM raise a flag; training stops at the end of the step.
+
+    A second signal more than REPEAT_S later stops at once. Sooner ones
+    are the same request arriving twice: Ctrl-C under torchrun reaches each
+    process from the terminal and again from torchrun, which forwards it.
+    """
+
+    REPEAT_S = 2.0
 
     def __init__(self, say=print):
         self.requested = False
         self.say = say
         self._previous = {}
+        self._first = None
 
     def __enter__(self) -> "StopFlag":
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -82,9 +91,12 @@ class StopFlag:
             signal.signal(sig, handler)
 
     def _raise(self, signum, frame) -> None:
+        now = time.monotonic()
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            if now - self._first > self.REPEAT_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self._first = True, now
         self.say(f"{signal.Signals(signum).name}: stopping after this step (a checkpoint is kept); send it again to stop at once.")
 
     def agreed(self, parallel: DataParallel | None, device) -> bool:
