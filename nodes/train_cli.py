@@ -175,7 +175,10 @@ def encode_images(folder: str, clip, vae, caption: str, resolution: int) -> tupl
     latents, positive, texts, encoded = [], [], [], {}
     for name in names:
         stem = os.path.join(folder, os.path.splitext(name)[0])
-        text = open(stem + ".txt", encoding="utf-8").read().strip() if os.path.isfile(stem + ".txt") else caption.strip()
+        text = caption.strip()
+        if os.path.isfile(stem + ".txt"):
+            with open(stem + ".txt", encoding="utf-8", errors="replace") as f:
+                text = f.read().strip() or text
         if not text:
             raise AdapterError(f"{name} has no caption ({os.path.basename(stem)}.txt) and --caption is empty: write one with your trigger word.")
         try:
@@ -198,7 +201,7 @@ def encode_images(folder: str, clip, vae, caption: str, resolution: int) -> tupl
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from .train_parallel import Launch, StopFlag
+    from .train_parallel import Launch
 
     launch = Launch(args.cpu)
     logging.basicConfig(level=logging.INFO if launch.main else logging.WARNING, format=f"[rank {launch.rank}] %(message)s" if launch.distributed else "%(message)s")
@@ -226,6 +229,7 @@ def _train(args, config: TrainConfig, launch, say) -> int:
     import torch
 
     import comfy.model_management
+    import folder_paths
 
     from ..qrlora_core.formats import load_adapter
     from ..qrlora_core.training import datafile
@@ -261,7 +265,7 @@ def _train(args, config: TrainConfig, launch, say) -> int:
     device = comfy.model_management.get_torch_device()
     say(f"Training {len(latents)} images on {launch.world} process(es) ({'CPU' if launch.cpu else 'GPU'}), "
         f"global batch {config.batch_size} x {config.grad_accumulation} accumulation, {config.steps} steps; "
-        f"writing into {files.output_path(config.filename_prefix + '_')[:-len('_.safetensors')]}_*.")
+        f"writing {config.filename_prefix}_*.safetensors into {folder_paths.get_folder_paths('loras')[0]}.")
 
     with StopFlag(say) as stop:
         def on_step(step: int, loss: float) -> None:
