@@ -125,6 +125,8 @@ def worker(argv=None) -> None:
     config = TrainConfig(rank=args.rank, steps=WARMUP_STEPS + TIMED_STEPS, training_dtype="bf16" if not cpu else "fp32",
                          gradient_checkpointing=True, filename_prefix="bench/scaling")
     parallel = DataParallel(config.batch_size, config.grad_accumulation) if world > 1 else None
+    if int(os.environ.get("RANK", "0")) == 0:
+        _store_random_basis(patcher, config, device)
     ends = []
 
     def after_step(step: int, loss: float) -> None:
@@ -149,6 +151,25 @@ def worker(argv=None) -> None:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def _store_random_basis(patcher, config, device) -> None:
+    """Process 0's basis store gets random orthonormal Qs for this model, as in the train section (bench/training.py).
+
+    The random weights' spectra are flat, so an honest decomposition takes
+    the slow exact path, which section 1 times; process 0 still loads the
+    basis through its store and broadcasts it, as a real run does.
+    """
+    from types import SimpleNamespace
+
+    from bench import training
+
+    sessions = training._session_module()
+    where, _ = sessions.choose_targets(patcher, config)
+    generator = torch.Generator(device=device).manual_seed(11)
+    qs = {n: torch.linalg.qr(torch.randn(w.shape[0], config.rank, device=device, generator=generator))[0]
+          for n, w in sessions.base_weights(patcher, where, device).items()}
+    training._store_basis(SimpleNamespace(rank=config.rank, device=device, train_steps=1), patcher, qs)
 
 
 if __name__ == "__main__":
