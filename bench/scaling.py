@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 WARMUP_STEPS, TIMED_STEPS = 2, 4
+LAUNCH_TIMEOUT_S = 600  # a hung collective ends the section, not the whole bench
 GOAL_2 = 1.85
 
 
@@ -50,7 +51,7 @@ def run(ctx) -> dict:
             ctx.log(f"scaling: {n} process(es)")
             started = time.time()
             env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": "1"} if ctx.device.type != "cuda" else {})}  # CPU: one thread a process, as torchrun sets for N > 1
-            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT_S)
             if done.returncode != 0 or not os.path.isfile(result):
                 raise RuntimeError(f"{n} processes failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
             with open(result) as f:
