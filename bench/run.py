@@ -5,7 +5,8 @@
 
 Sections (see each module's docstring): basis (init + cache), files,
 patch (ComfyUI ModelPatcher), train (one training step), memory
-(training through the node's session on 24/16/12 GiB cards, bf16 and fp8). README.md
+(training through the node's session on 24/16/12 GiB cards, bf16 and fp8),
+scaling (data parallel training on 1, 2 and 4 GPUs, each count one torchrun launch). README.md
 beside this file explains every row.
 """
 
@@ -26,7 +27,7 @@ import torch  # noqa: E402
 from bench import host  # noqa: E402
 from bench.flux import FULL, SMOKE, build_model  # noqa: E402
 
-SECTIONS = ("basis", "files", "patch", "train", "memory")
+SECTIONS = ("basis", "files", "patch", "train", "memory", "scaling")
 
 
 class Context:
@@ -168,6 +169,11 @@ def table(results: dict) -> list[list[str]]:
         rows.append(["  peak memory QR-LoRA vs LoRA (above model weights)",
                      f"{q['peak_bytes'] / 1024**3:.2f} vs {l['peak_bytes'] / 1024**3:.2f} GiB ({q['peak_above_weights_bytes'] / 1024**3:.2f} vs {l['peak_above_weights_bytes'] / 1024**3:.2f})",
                      _ratio(q["peak_bytes"], l["peak_bytes"]), "<= 1.00", _met(q["peak_bytes"] <= l["peak_bytes"] if l["peak_bytes"] else None)])
+    s = results.get("scaling")
+    if isinstance(s, dict) and "runs" in s:
+        from bench import scaling
+
+        rows += scaling.rows(s)
     f = results.get("files")
     if isinstance(f, dict) and "bytes" in f:
         s = f["bytes"]
@@ -226,9 +232,9 @@ def main(argv=None) -> int:
     results = {"environment": env}
     ctx.log(f"bench on {env.get('gpu', env['device'])}, {'FLUX.1-dev sizes' if ctx.full else 'smoke sizes'}, rank {ctx.rank}")
 
-    from bench import basis_init, files, patching, small_cards, training
+    from bench import basis_init, files, patching, scaling, small_cards, training
 
-    modules = {"basis": basis_init, "files": files, "patch": patching, "train": training, "memory": small_cards}
+    modules = {"basis": basis_init, "files": files, "patch": patching, "train": training, "memory": small_cards, "scaling": scaling}
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     for name in SECTIONS:
         if name not in wanted:

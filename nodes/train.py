@@ -10,7 +10,7 @@ exactly what Load QR-LoRA + Apply to Model give.
 import errno
 import logging
 import os
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -180,61 +180,95 @@ class QRLoRATrain(io.ComfyNode):
 
     @classmethod
     def _train(cls, model, latents, positive, config: TrainConfig, existing) -> io.NodeOutput:
-        steps_before = int(existing.metadata.get("steps", 0) or 0) if existing is not None else 0
-        total = steps_before + config.steps
-        checkpoints = Checkpoints(config.filename_prefix, total)  # before any work: a bad prefix fails now
-        try:
-            session = TrainingSession(model, config, latents, positive, existing)  # a run that cannot fit fails now
-        except train_fit.OUT_OF_MEMORY as e:
-            raise train_fit.out_of_memory(None, 0, e) from None
-        targets = session.targets
-        checkpoints.targets = targets
-        checkpoints.metadata = metadata = {
-            "trigger_words": config.trigger_words,
-            "training": {
-                **config.recorded(), "images": len(session.latents), "triangular": session.triangular,
-                "targets": config.target_pattern if config.target_preset == "custom pattern" else config.target_preset,
-            },
-        }
-        losses: list[float] = []
         node_id, server = (cls.hidden.unique_id if cls.hidden else None), running_server()
 
-        def after_step(step: int, loss: float) -> None:
-            losses.append(loss)
+        def live_loss(step: int, loss: float) -> None:
             if server is not None:
                 server.send_sync(LIVE_LOSS_EVENT, {"node": node_id, "step": step, "loss": loss})
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                checkpoints.save(steps_before + step, loss)
 
-        try:
-            with session:
-                session.run(config.steps, after_step)
-        except comfy.model_management.InterruptProcessingException:
-            checkpoints.keep(steps_before + len(losses), losses)
-            raise
-        except train_fit.OUT_OF_MEMORY as e:  # the estimate was wrong: keep what was trained, say what to change
-            checkpoints.keep(steps_before + len(losses), losses)
-            raise train_fit.out_of_memory(session.plan, steps_before + len(losses) + 1, e) from None
-        except NonFiniteLoss as e:
-            kept = checkpoints.keep(steps_before + len(losses), losses)
-            where_kept = f"the last good state (step {checkpoints.saved_step}) is in {kept}" if kept else "nothing was trained yet, so no file was written"
-            raise AdapterError(
-                f"Training stopped at step {steps_before + e.step}: the loss became {e.loss} (it diverged); {where_kept}. "
-                "Lower the learning rate or train in fp32, then continue from that file."
-            ) from None
-
-        name = checkpoints.save(total, losses[-1]) if checkpoints.saved_step != total else checkpoints.saved_name
-        adapter = targets.to_adapter({**metadata, "steps": total, "loss": losses[-1]}, source=name)
+        run = train_to_files(model, latents, positive, config, existing, on_step=live_loss)
+        losses, total, name, targets = run.losses, run.total, run.name, run.session.targets
+        adapter = targets.to_adapter({**run.metadata, "steps": total, "loss": losses[-1]}, source=name)
         patched = model.clone()
         patched.add_patches(patches_for(adapter, resolve_targets(patched, adapter)[0]), 1.0)
 
-        curve = loss_curve(losses, first_step=steps_before + 1)
+        curve = loss_curve(losses, first_step=run.steps_before + 1)
         text = "\n".join([
             f"Trained {len(targets.layers)} layers ({targets.trainable_count():,} ΔR values) for {config.steps} steps: "
             f"loss {losses[0]:.4g} -> {losses[-1]:.4g}. Saved {name}.",
-            *session.notes,
+            *run.session.notes,
             describe(adapter),
         ])
         preview = ui.PreviewImage(curve, cls=cls).as_dict()
         summary = {"file": name, "steps": total, "losses": losses, "layers": len(targets.layers), "trained_values": targets.trainable_count()}
         return io.NodeOutput(adapter, patched, {"loss": losses}, curve, total, ui={**preview, "text": [text], "qrlora": [summary], "loss": losses})
+
+
+# ------------------------------------------------------------ the run behind the node and the headless trainer
+
+
+@dataclass
+class TrainedRun:
+    session: TrainingSession
+    metadata: dict  # what every file of the run records (settings, trigger words), without steps and loss
+    losses: list
+    steps_before: int
+    total: int  # steps trained in all, earlier runs of a continued adapter included
+    name: str | None  # the last file written (None on processes other than 0 of a parallel run)
+
+
+def train_to_files(model, latents, positive, config: TrainConfig, existing=None, on_step=lambda step, loss: None, parallel=None) -> TrainedRun:
+    """Train and write the checkpoints and the final adapter into `loras`: what the node and train.py both run.
+
+    Interrupted: keeps what was trained (a checkpoint), then re-raises.
+    Diverged: keeps the last good state and says so. `parallel`: a
+    DataParallel run, in which only process 0 writes files.
+    """
+    writes = parallel is None or parallel.main
+    steps_before = int(existing.metadata.get("steps", 0) or 0) if existing is not None else 0
+    total = steps_before + config.steps
+    checkpoints = Checkpoints(config.filename_prefix, total) if writes else None  # before any work: a bad prefix fails now
+    try:
+        session = TrainingSession(model, config, latents, positive, existing, parallel=parallel)  # a run that cannot fit fails now
+    except train_fit.OUT_OF_MEMORY as e:
+        raise train_fit.out_of_memory(None, 0, e) from None
+    metadata = {
+        "trigger_words": config.trigger_words,
+        "training": {
+            **config.recorded(), "images": len(session.latents), "triangular": session.triangular,
+            "targets": config.target_pattern if config.target_preset == "custom pattern" else config.target_preset,
+        },
+    }
+    if checkpoints is not None:
+        checkpoints.targets, checkpoints.metadata = session.targets, metadata
+    losses: list[float] = []
+
+    def after_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        on_step(step, loss)
+        if checkpoints is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+            checkpoints.save(steps_before + step, loss)
+
+    try:
+        with session:
+            session.run(config.steps, after_step)
+    except comfy.model_management.InterruptProcessingException:
+        if checkpoints is not None:
+            checkpoints.keep(steps_before + len(losses), losses)
+        raise
+    except train_fit.OUT_OF_MEMORY as e:  # the estimate was wrong: keep what was trained, say what to change
+        if checkpoints is not None:
+            checkpoints.keep(steps_before + len(losses), losses)
+        raise train_fit.out_of_memory(session.plan, steps_before + len(losses) + 1, e) from None
+    except NonFiniteLoss as e:
+        kept = checkpoints.keep(steps_before + len(losses), losses) if checkpoints is not None else None
+        where_kept = f"the last good state (step {checkpoints.saved_step}) is in {kept}" if kept else "nothing was trained yet, so no file was written"
+        raise AdapterError(
+            f"Training stopped at step {steps_before + e.step}: the loss became {e.loss} (it diverged); {where_kept}. "
+            "Lower the learning rate or train in fp32, then continue from that file."
+        ) from None
+
+    name = None
+    if checkpoints is not None:
+        name = checkpoints.save(total, losses[-1]) if checkpoints.saved_step != total else checkpoints.saved_name
+    return TrainedRun(session, metadata, losses, steps_before, total, name)

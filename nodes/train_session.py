@@ -19,6 +19,11 @@ clipping and the NaN stop are qrlora_core's `StepLoop`; progress and the
 interrupt button are ComfyUI's. Release takes every wrapper and rewrite
 off the shared model, whatever happened.
 
+A data parallel run (train_parallel.py) passes `parallel`
+(qrlora_core/training/parallel.py): the basis comes from process 0, each
+micro-batch's loss covers this process's share of the samples, and the
+step loop sums gradients over the processes; nothing else changes.
+
 Memory beyond the model (measured: bench/train_memory.py, bench/train_memory.md).
 Per target of m x n weights at rank r, for the whole run: Q (4·r·m bytes)
 and ΔR, its gradient and AdamW's two moments (4·4·r·n), so 4·r·(m + 4n);
@@ -205,6 +210,18 @@ class Batch:
     conds: list = field(repr=False, default_factory=list)
 
 
+def _only(batches: list, positions: list[int]) -> list:
+    """The batches cut down to the samples at `positions` (counted across the batches, in order)."""
+    keep, out, offset = set(positions), [], 0
+    for b in batches:
+        rows = [j for j in range(len(b.images)) if offset + j in keep]
+        offset += len(b.images)
+        if rows:
+            index = torch.tensor(rows, device=b.x0.device)
+            out.append(Batch([b.images[j] for j in rows], b.x0[index], b.noise[index], b.sigma[index], b.conds))
+    return out
+
+
 class TrainingSession:
     """A training run of `model` on `latents` + `positive` with `config`.
 
@@ -212,11 +229,12 @@ class TrainingSession:
     `wrappers(where) -> {weight key: module}` and `parameters()` to train
     instead of fresh QR-LoRA targets (the bench's stock LoRA), on the layers
     `choose_targets` picks. Use as a context manager: setup on entry,
-    release on exit.
+    release on exit. `parallel`: a DataParallel to train on several
+    processes at once (None: this process alone).
     """
 
-    def __init__(self, model, config: TrainConfig, latents: list, positive: list, existing=None, trainable=None):
-        self.model, self.config, self.existing = model, config, existing
+    def __init__(self, model, config: TrainConfig, latents: list, positive: list, existing=None, trainable=None, parallel=None):
+        self.model, self.config, self.existing, self.parallel = model, config, existing, parallel
         self.dtype = DTYPES[config.training_dtype]
         self.latents = training_latents(latents)
         self.captions = captions_per_image(positive, len(self.latents))
@@ -245,7 +263,8 @@ class TrainingSession:
             self.where = {n: self.where[n] for n in weights}
         decomposed = comfy.utils.ProgressBar(len(weights))
         basis_device, budget = self._basis_memory(weights)
-        return TrainTargets.new(weights, self.config.rank, self.config.scale_alpha, self.triangular, files.basis_store(),
+        store = files.basis_store() if self.parallel is None else self.parallel.basis_store(files.basis_store())
+        return TrainTargets.new(weights, self.config.rank, self.config.scale_alpha, self.triangular, store,
                                 progress=decomposed.update, device=device, basis_device=basis_device, basis_budget=budget)
 
     def _basis_memory(self, weights: dict) -> tuple:
@@ -312,6 +331,7 @@ class TrainingSession:
             self.targets.parameters(), optimizer=config.optimizer, learning_rate=config.learning_rate,
             weight_decay=config.weight_decay, grad_accumulation=config.grad_accumulation,
             max_grad_norm=config.max_grad_norm, seed=config.seed,
+            reduce=None if self.parallel is None else self.parallel.reduce,
         )
 
     def release(self) -> None:
@@ -396,10 +416,16 @@ class TrainingSession:
         output_scale = s.calculate_denoised(batch.sigma, ones, torch.zeros_like(ones)).flatten()  # b(sigma): D = a x + b out
         return prediction_mse(denoised, batch.x0, output_scale)
 
-    def micro_loss(self, draws) -> torch.Tensor:
+    def micro_loss(self, draws) -> torch.Tensor | None:
+        """The mean loss of the next micro-batch; in a parallel run, this process's share of it (None: no share)."""
         batches = self.draw(draws)
+        count = sum(len(b.images) for b in batches)
+        if self.parallel is not None:
+            batches = _only(batches, self.parallel.mine(count))
+            if not batches:
+                return None
         total = sum(self.loss(b) * len(b.images) for b in batches)
-        return total / sum(len(b.images) for b in batches)
+        return total / count
 
     # -------------------------------------------------------- the run
 

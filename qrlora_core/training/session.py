@@ -9,6 +9,12 @@ check and what to do after each step (progress, checkpoints).
 
 The draws (images, timestep fractions, noise) come from one seeded
 generator, never the global RNG: the same seed and inputs give the same run.
+
+Data parallel runs (parallel.py) use the same loop: every process draws
+every micro-batch, computes the loss of its share of the samples (or
+none: `micro_loss` returns None), and `reduce` sums the gradients and the
+loss over the processes before the checks and the update, so every
+process takes the same optimizer step as one process would.
 """
 
 import math
@@ -48,26 +54,34 @@ class Draws:
 class StepLoop:
     """Optimizer steps over accumulated micro-batches.
 
-    micro_loss(draws) -> the loss tensor of one micro-batch (graph attached);
+    micro_loss(draws) -> the loss tensor of one micro-batch (graph attached),
+    or None where this process computes no part of it;
     before_micro() runs before each micro-batch (interrupt checks);
-    after_step(step, loss) runs after each optimizer step.
+    after_step(step, loss) runs after each optimizer step;
+    reduce(loss total or None, parameters) -> the loss total over all
+    processes, with the parameters' gradients summed over them too.
     """
 
     def __init__(self, parameters: list, *, optimizer: str, learning_rate: float, weight_decay: float, grad_accumulation: int,
-                 max_grad_norm: float, seed: int):
+                 max_grad_norm: float, seed: int, reduce: Callable | None = None):
         self.parameters = list(parameters)
         self.optimizer = make_optimizer(optimizer, self.parameters, learning_rate, weight_decay)
         self.grad_accumulation = grad_accumulation
         self.max_grad_norm = max_grad_norm
         self.draws = Draws(seed)
+        self.reduce = reduce
 
     def step(self, step: int, micro_loss: Callable, before_micro: Callable = lambda: None) -> float:
         total = None
         for _ in range(self.grad_accumulation):
             before_micro()
             loss = micro_loss(self.draws)
+            if loss is None:
+                continue
             (loss / self.grad_accumulation).backward()
             total = loss.detach() if total is None else total + loss.detach()
+        if self.reduce is not None:
+            total = self.reduce(total, self.parameters)
         value = float(total) / self.grad_accumulation  # the one host sync per step
         if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)

@@ -363,3 +363,17 @@ def test_rewritten_source_is_python_3_10_syntax_and_keeps_line_numbers():
     assert "x += " not in source and "x = __qrlora_out_of_place__.add(x, " in source and "counts = __qrlora_out_of_place__.add(counts, " in source
     ast.parse(source, feature_version=(3, 10))  # nothing newer than the oldest Python the pack supports
     assert rewritten(torch.nn.Linear.forward) is None  # nothing to rewrite: left alone
+
+@pytest.mark.parametrize("batch, accumulation, processes", [(1, 4, 2), (2, 3, 2), (4, 1, 2), (3, 1, 2), (1, 1, 2), (2, 2, 4), (5, 3, 3)])
+def test_data_parallel_shares_every_sample_of_a_step_exactly_once(batch, accumulation, processes, rng):
+    from qrlora_core.training.parallel import DataParallel
+
+    shares = [DataParallel(batch, accumulation, rank=k, world=processes) for k in range(processes)]
+    for step in range(3):
+        sizes = [int(torch.randint(1, batch + 1, (1,), generator=rng)) for _ in range(accumulation)]  # small buckets draw fewer
+        for size in sizes:
+            taken = [j for share in shares for j in share.mine(size)]
+            assert sorted(taken) == list(range(size))
+    per_process = [sum(len(s.mine(batch)) for _ in range(accumulation)) for s in shares]
+    assert max(per_process) - min(per_process) <= 1  # the work of a full step is split evenly
+    assert shares[0].idle() == max(0, processes - batch * accumulation)
