@@ -120,10 +120,10 @@ class SharedBasis:
     def __init__(self, store, parallel: DataParallel):
         self.store, self.parallel = store, parallel
 
-    def get_or_build(self, weights: dict, rank: int, method: str = "auto", progress=None) -> tuple[str, dict, dict]:
+    def get_or_build(self, weights: dict, rank: int, method: str = "auto", progress=None, device=None, memory_budget=None) -> tuple[str, dict, dict]:
         parallel, names = self.parallel, list(weights)
         if parallel.main:
-            header = list(self.store.get_or_build(weights, rank, method=method, progress=progress))
+            header = list(self.store.get_or_build(weights, rank, method=method, progress=progress, device=device, memory_budget=memory_budget))
         else:
             header = [None, None, None]
         # The id and sketches are small: one object broadcast. The Qs go as tensors, on the weights' device.
