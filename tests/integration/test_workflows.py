@@ -40,7 +40,7 @@ def test_mix_workflow_runs_and_mixes_as_one_delta_r_sum(comfy, client, demo_mode
     entry = client.run(prompt)
     assert "32 layers merged as one ΔR sum" in client.ui(entry, merge)["text"][0]
     summary = client.ui(entry, workflow.node_id(wf, "Content adapter"))["qrlora"][0]
-    assert (summary["format"], summary["rank"], summary["trigger_words"]) == ("native", demo_assets.RANK, "a <c> dog")
+    assert (summary["format"], summary["rank"], summary["trigger_words"]) == ("native", demo_assets.RANK, "<c>")
     image = image_of(comfy, entry, workflow.node_id(wf, "Result"))
     assert image.shape == (64, 64, 3) and image.std() > 0
 
