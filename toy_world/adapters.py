@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 from toy_world import model_files, pipeline  # noqa: E402
 
 # One recipe for the shipped adapters and the CI test (which trains fewer steps).
-RECIPE = {"rank": 8, "learning_rate": 1e-3, "batch_size": 1, "grad_accumulation": 1, "training_dtype": "fp32", "gradient_checkpointing": False}
+RECIPE = {"rank": 8, "learning_rate": 2e-3, "batch_size": 1, "grad_accumulation": 1, "training_dtype": "fp32", "gradient_checkpointing": False}
 IMAGES = 4
 STEPS = 300
 SEEDS = {"content": 11, "style": 12}
