@@ -245,7 +245,7 @@ def test_loader_shows_what_a_file_is_when_it_is_picked(ui, comfy):
         w.options.values = [...new Set([...w.options.values, name])]; w.value = name; w.callback?.(name); }"""
     ui.evaluate(pick, [int(node), demo_assets.STYLE])
     text = panel(ui, node, "adapter_info", "selected")
-    assert "native" in text and "<s> style" in text and "32 ·" in text
+    assert "native" in text and "<s> style" in text and f"{demo_assets.LAYERS} ·" in text
     ui.evaluate(pick, [int(node), "not_a_qrlora.safetensors"])
     assert "holds no QR-LoRA layers" in panel(ui, node, "adapter_info", "error")
 

@@ -22,6 +22,7 @@ STYLE_FOLDER = "toy_world_checker"
 WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflows")
 MIX_WORKFLOW = os.path.join(WORKFLOWS, "qrlora_mix.json")
 RANK = adapters.RECIPE["rank"]
+LAYERS = 40  # the paper's attention + MLP targets: 10 in each of the UNet's 4 transformer blocks
 
 
 def _path(base, *parts):
