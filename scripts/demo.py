@@ -7,7 +7,8 @@ Train QR-LoRA (a heart "<c>" and a checkerboard "<s>", never seen by the
 base model) into a ComfyUI base directory, starts ComfyUI with the pack on
 127.0.0.1:PORT, runs the mixing workflow (workflows/qrlora_mix.json, turned
 into its API form: "a <c> shape in <s> style") through /prompt, reports the
-image it wrote (a checkered heart) and leaves the server running. The URL it
+image it wrote with its scores against the world (the goal: a checkered heart)
+and leaves the server running. The URL it
 prints opens the page on that workflow (the frontend's ?template= loader
 reads it from the pack's example_workflows/).
 serve: only starts the server, in the foreground.
