@@ -6,7 +6,7 @@ PYTHON := .venv/bin/python
 PORT ?= 8188
 BASE ?= $(CURDIR)/.run/base
 
-.PHONY: setup serve demo stop test test-unit test-browser workflows bench clean
+.PHONY: setup serve demo stop test test-unit test-browser workflows bench world-adapters clean
 
 setup:
 	@./scripts/setup_host.sh
@@ -35,6 +35,10 @@ workflows: setup
 
 bench: setup
 	@$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+# Retrain the toy world's two shipped adapters with Train QR-LoRA (toy_world/adapters.py; CPU or GPU).
+world-adapters: setup
+	@$(PYTHON) -m toy_world.adapters $(ADAPTER_ARGS)
 
 clean:
 	rm -rf .run .cache/stamps

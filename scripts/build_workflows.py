@@ -25,8 +25,10 @@ import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
 
 from support import browser, demo_assets  # noqa: E402
+from toy_world import adapters, pipeline, world  # noqa: E402
 from support.server import Client, ComfyServer, make_base_directory  # noqa: E402
 from support.workflow import widget_names  # noqa: E402
 
@@ -66,6 +68,8 @@ MIX_NOTE = (
     "report says so, or that it fell back to adding the deltas."
 )
 TRAIN_NOTE = (
+    "The training set is a folder in ComfyUI's input/: images, each with a .txt caption of the same name "
+    "(the stock dataset loader's layout). Put your own folder there and pick it above.\n\n"
     "Only ΔR is trained; Q and R come from the base weights (SVD + QR), so adapters of this base mix cleanly.\n\n"
     "The loss curve draws on the Train node while it runs. The adapter is saved as loras/qrlora/{kind}_*.safetensors: "
     "load it with Load QR-LoRA and mix it in qrlora_mix. Use the trigger word '{trigger}' in your prompts."
@@ -78,6 +82,7 @@ COMPARE_NOTE = (
 NOTE_INFO = {"Note": {"input": {"required": {"text": ["STRING", {"multiline": True}]}}, "output": [], "output_name": []}}
 
 BLUE, GREEN, PURPLE, BROWN = "#3f5f7f", "#3f6f4f", "#5f4f7f", "#6f5a3f"
+DEMO_SEED = 42  # the sampler seed the workflows ship with
 
 
 def N(key, node_type, title, box_w=300, box_h=0, **widgets):
@@ -89,7 +94,7 @@ def G(title, color, *columns):
     return {"title": title, "color": color, "columns": [list(c) for c in columns]}
 
 
-def model_group(title="1 · Base model (demo SD1.5)"):
+def model_group(title="1 · Base model (toy world, SD1.5 architecture)"):
     return G(title, BLUE, [
         N("unet", "UNETLoader", "Diffusion model", unet_name=demo_assets.UNET, weight_dtype="default"),
         N("clip", "CLIPLoader", "Text encoder (CLIP-L)", clip_name=demo_assets.CLIP_L, type="stable_diffusion"),
@@ -97,14 +102,15 @@ def model_group(title="1 · Base model (demo SD1.5)"):
     ])
 
 
-def generate_group(title, prompt, prefix, model_from, steps=8, size=256, negative=""):
+def generate_group(title, prompt, prefix, model_from, negative=""):
+    sampler = pipeline.SAMPLER
     nodes = G(title, BROWN, [
         N("prompt", "CLIPTextEncode", "Prompt (with the trigger words)", box_w=360, text=prompt),
         N("negative", "CLIPTextEncode", "Negative prompt", box_w=360, text=negative),
-        N("latent", "EmptyLatentImage", "Image size", box_w=360, width=size, height=size, batch_size=1),
+        N("latent", "EmptyLatentImage", "Image size", box_w=360, width=world.SIZE, height=world.SIZE, batch_size=1),
     ], [
-        N("sampler", "KSampler", "Sampler", seed=42, _control="fixed", steps=steps, cfg=4.0, sampler_name="euler",
-          scheduler="normal", denoise=1.0),
+        N("sampler", "KSampler", "Sampler", seed=DEMO_SEED, _control="fixed", steps=sampler["steps"], cfg=sampler["cfg"],
+          sampler_name=sampler["sampler_name"], scheduler=sampler["scheduler"], denoise=1.0),
         N("decode", "VAEDecode", "Decode"),
     ], [
         N("save", "SaveImage", "Result", box_w=380, box_h=330, filename_prefix=prefix),
@@ -119,15 +125,14 @@ def generate_group(title, prompt, prefix, model_from, steps=8, size=256, negativ
 
 def mix():
     generate, generate_links = generate_group(
-        "3 · Generate with both trigger words",
-        "a photo of a <c> dog in <s> style", "qrlora_demo/mix", ("apply", 0))
+        "3 · Generate with both trigger words", pipeline.MIX_PROMPT, "qrlora_demo/mix", ("apply", 0))
     groups = [
         model_group(),
         G("2 · Mix content + style adapters", GREEN, [
             N("content", "QRLoRALoader", "Content adapter", lora_name=demo_assets.CONTENT),
             N("style", "QRLoRALoader", "Style adapter", lora_name=demo_assets.STYLE),
         ], [
-            N("merge", "QRLoRAMerge", "Mix content + style", weight_1=1.0, weight_2=0.8),
+            N("merge", "QRLoRAMerge", "Mix content + style", weight_1=1.0, weight_2=1.0),
             N("note", "Note", "How the mix works", text=MIX_NOTE),
         ], [
             N("apply", "QRLoRAApply", "Apply the mix to the model", strength=1.0),
@@ -143,25 +148,25 @@ def mix():
 
 def train(kind: str):
     content = kind == "content"
-    image = demo_assets.CONTENT_IMAGE if content else demo_assets.STYLE_IMAGE
-    caption = "a photo of a <c> dog" if content else "a painting in <s> style"
-    trigger = "<c>" if content else "<s> style"
-    prompt = "a photo of a <c> dog on a beach" if content else "a house by a lake in <s> style"
+    folder = demo_assets.CONTENT_FOLDER if content else demo_assets.STYLE_FOLDER
+    trigger = pipeline.CONTENT_TRIGGER if content else f"{pipeline.STYLE_TRIGGER} style"
+    prompt = f"a {pipeline.CONTENT_TRIGGER} shape in horizontal stripes style" if content else f"a ring in {pipeline.STYLE_TRIGGER} style"
+    recipe = adapters.RECIPE
     generate, generate_links = generate_group(
         "4 · Try the trained adapter", prompt, f"qrlora_train/{kind}", ("train", 1))
     groups = [
         model_group(),
-        G("2 · Training image + caption", PURPLE, [
-            N("image", "LoadImage", f"{kind.capitalize()} image (drop your own here)", image=image, _upload="image"),
-            N("encode", "VAEEncode", "Encode the image"),
+        G("2 · Training images + captions", PURPLE, [
+            N("images", "LoadImageTextDataSetFromFolder", f"{kind.capitalize()} images and captions (a folder in input/)", folder=folder),
         ], [
-            N("caption", "CLIPTextEncode", "Caption with the trigger word", box_w=360, text=caption),
+            N("dataset", "MakeTrainingDataset", "Encode images (VAE) and captions (CLIP)"),
         ]),
         G(f"3 · Train the {kind} adapter", GREEN, [
-            N("train", "QRLoRATrain", f"Train {kind} adapter", box_w=340, box_h=640, rank=8, alpha=0.0, steps=200, learning_rate=1e-4,
-              batch_size=1, grad_accumulation=1, seed=0, optimizer="AdamW", training_dtype="fp32",
-              gradient_checkpointing=False, target_preset="attention + MLP (paper)", target_pattern="", triangular=True,
-              checkpoint_every=0, filename_prefix=f"qrlora/{kind}", trigger_words=trigger),
+            N("train", "QRLoRATrain", f"Train {kind} adapter", box_w=340, box_h=640, rank=recipe["rank"], alpha=0.0,
+              steps=adapters.STEPS, learning_rate=recipe["learning_rate"], batch_size=recipe["batch_size"], grad_accumulation=1,
+              seed=adapters.SEEDS[kind], optimizer="AdamW", training_dtype=recipe["training_dtype"],
+              gradient_checkpointing=recipe["gradient_checkpointing"], target_preset="attention + MLP (paper)", target_pattern="",
+              triangular=True, checkpoint_every=0, filename_prefix=f"qrlora/{kind}", trigger_words=trigger),
         ], [
             N("note", "Note", "About training", box_w=380, text=TRAIN_NOTE.format(kind=kind, trigger=trigger)),
             N("loss", "PreviewImage", "Loss curve", box_w=380, box_h=300),
@@ -169,8 +174,8 @@ def train(kind: str):
         generate,
     ]
     links = [
-        ("image", 0, "encode", "pixels"), ("vae", 0, "encode", "vae"), ("clip", 0, "caption", "clip"),
-        ("unet", 0, "train", "model"), ("encode", 0, "train", "latents"), ("caption", 0, "train", "positive"),
+        ("images", 0, "dataset", "images"), ("images", 1, "dataset", "texts"), ("vae", 0, "dataset", "vae"), ("clip", 0, "dataset", "clip"),
+        ("unet", 0, "train", "model"), ("dataset", 0, "train", "latents"), ("dataset", 1, "train", "positive"),
         ("train", 3, "loss", "images"), *generate_links,
     ]
     return groups, links
@@ -353,7 +358,9 @@ def main() -> int:
     if reason:
         raise SystemExit(f"cannot build the workflows: {reason}")
     with tempfile.TemporaryDirectory(prefix="qrlora-workflows-") as base:
-        server = ComfyServer(make_base_directory(base, ROOT)).start()
+        make_base_directory(base, ROOT)
+        demo_assets.training_folders(base)  # the dataset loader's folder list comes from input/
+        server = ComfyServer(base).start()
         try:
             info = {**PLANNED, **NOTE_INFO, **Client(server.url).object_info()}
             write(build(args.names, server.url, info))

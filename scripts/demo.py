@@ -1,11 +1,14 @@
 """`make demo` and `make serve`: the pack on the real ComfyUI host, on the CPU.
 
-demo: builds the small demo model (a one-level SD1.5 UNet, a CLIP-L text
-encoder and a TAESD decoder, random weights: no weights can be downloaded
-here) and two demo adapters (content and style) on one shared basis,
-starts ComfyUI with the pack on 127.0.0.1:PORT, runs the mixing workflow
-(workflows/qrlora_mix.json, turned into its API form) through /prompt,
-reports the image it wrote, and leaves the server running. The URL it
+demo: puts the toy world's trained model (toy_world/: an SD1.5-architecture
+UNet and a TAESD autoencoder trained from scratch, shipped, and a CLIP-L
+text encoder written from its formula) and its two adapters trained by
+Train QR-LoRA (a heart "<c>" and a checkerboard "<s>", never seen by the
+base model) into a ComfyUI base directory, starts ComfyUI with the pack on
+127.0.0.1:PORT, runs the mixing workflow (workflows/qrlora_mix.json, turned
+into its API form: "a <c> shape in <s> style") through /prompt, reports the
+image it wrote with its scores against the world (the goal: a checkered heart)
+and leaves the server running. The URL it
 prints opens the page on that workflow (the frontend's ?template= loader
 reads it from the pack's example_workflows/).
 serve: only starts the server, in the foreground.
@@ -36,6 +39,22 @@ def install_workflows(base: str) -> None:
             shutil.copy(os.path.join(WORKFLOWS, name), os.path.join(target, name))
 
 
+def world_check(path: str) -> str:
+    """What the image is, scored against the toy world's definition (toy_world/scores.py)."""
+    import numpy as np
+    from PIL import Image
+
+    from toy_world import scores, world
+
+    image = np.asarray(Image.open(path).convert("RGB"))
+    if image.shape[:2] != (world.SIZE, world.SIZE):
+        return f"(the image is {image.shape[1]}x{image.shape[0]}, not the world's {world.SIZE}x{world.SIZE}: not scored)"
+    s = scores.score(image, world.HELD_OUT_SHAPE, world.HELD_OUT_STYLE, world.CHECKER_COLOURS)
+    verdict = "a checkered heart" if s["success"] else "NOT a checkered heart"
+    return (f"against the world: heart IoU {s['shape_iou']:.2f} (closest shape: {s['best_shape']}), "
+            f"checkerboard agreement {s['pattern']:.2f} (closest style: {s['best_style']}) -> {verdict}")
+
+
 def running_server(port: int) -> bool:
     try:
         return "QRLoRAApply" in Client(f"http://127.0.0.1:{port}").object_info("QRLoRAApply")
@@ -59,7 +78,7 @@ def main() -> int:
         os.execv(sys.executable, [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(args.port), "--base-directory", base, "--disable-auto-launch"])
 
     started = time.time()
-    print("[demo] building the demo model and adapters (first run only) ...")
+    print("[demo] putting the toy world's model and adapters in place (first run: writes the 247 MB text encoder) ...")
     demo_assets.build(base)
     if running_server(args.port):
         print(f"[demo] reusing the ComfyUI server already on port {args.port}")
@@ -67,7 +86,7 @@ def main() -> int:
         print(f"[demo] starting ComfyUI on 127.0.0.1:{args.port} (log: {server.log_path})")
         server.start(detach=True)
     client = Client(server.url)
-    print("[demo] mixing the content and style adapters and generating an image ...")
+    print("[demo] mixing the heart (content) and checkerboard (style) adapters: 'a <c> shape in <s> style' ...")
     prompt = workflow.to_api(workflow.load(demo_assets.MIX_WORKFLOW), client.object_info())
     entry = client.run(prompt, timeout=600)
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
@@ -75,7 +94,9 @@ def main() -> int:
         print("[demo] the workflow ran but saved no image", file=sys.stderr)
         return 1
     for img in images:
-        print(f"[demo] image written: {os.path.join(base, 'output', img['subfolder'], img['filename'])}")
+        path = os.path.join(base, "output", img["subfolder"], img["filename"])
+        print(f"[demo] image written: {path}")
+        print(f"[demo] {world_check(path)}")
     print(f"[demo] done in {time.time() - started:.0f} s.")
     print()
     print(f"  ComfyUI with comfyui-qrlora is running. Open the mixing workflow, ready to run:")

@@ -39,9 +39,7 @@ def demo_models(comfy):
     """The demo's model, adapters and training images in the server's folders (workflows/*.json use them)."""
     from support import demo_assets
 
-    demo_assets.link_twins(comfy.base)
     demo_assets.build(comfy.base)
-    demo_assets.link_twins(comfy.base)
     return comfy.base
 
 

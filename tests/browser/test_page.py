@@ -139,8 +139,8 @@ def test_mix_workflow_runs_from_the_page_and_shows_its_results(ui, comfy, object
 
     content = panel(ui, ids["Content adapter"], "adapter_info", "executed")
     style = panel(ui, ids["Style adapter"], "adapter_info", "executed")
-    assert "native" in content and f"{demo_assets.RANK} · alpha" in content and "a <c> dog" in content
-    assert "in <s> style" in style
+    assert "native" in content and f"{demo_assets.RANK} · alpha" in content and "<c>" in content
+    assert "<s> style" in style
     assert "merged as one ΔR sum" in panel(ui, ids["Mix content + style"], "mix_report", "executed")
     ui.wait_for_function(f"() => app.graph.getNodeById({ids['Result']}).imgs?.[0]?.complete", timeout=30_000)
 
@@ -245,7 +245,7 @@ def test_loader_shows_what_a_file_is_when_it_is_picked(ui, comfy):
         w.options.values = [...new Set([...w.options.values, name])]; w.value = name; w.callback?.(name); }"""
     ui.evaluate(pick, [int(node), demo_assets.STYLE])
     text = panel(ui, node, "adapter_info", "selected")
-    assert "native" in text and "in <s> style" in text and "32 ·" in text
+    assert "native" in text and "<s> style" in text and f"{demo_assets.LAYERS} ·" in text
     ui.evaluate(pick, [int(node), "not_a_qrlora.safetensors"])
     assert "holds no QR-LoRA layers" in panel(ui, node, "adapter_info", "error")
 

@@ -5,7 +5,7 @@ import os
 import pytest
 import safetensors.torch
 
-from support import demo_assets, models
+from support import models
 
 SD15 = "tiny_sd15.safetensors"
 SD3 = "tiny_sd3.safetensors"
@@ -16,7 +16,6 @@ TAESD = "tiny_taesd.safetensors"
 @pytest.fixture(scope="session")
 def base_models(comfy):
     """{arch: state dict} of the small models written into the server's models folder."""
-    demo_assets.link_twins(comfy.base)
     out = {}
     for arch, name in (("sd15", SD15), ("sd3", SD3)):
         path = comfy.path("models", "diffusion_models", name)
@@ -31,7 +30,6 @@ def text_and_vae(comfy):
     """A random CLIP-L (stock CLIPLoader) and TAESD (stock VAELoader) for sampling workflows."""
     os.makedirs(comfy.path("models", "text_encoders"), exist_ok=True)
     os.makedirs(comfy.path("models", "vae"), exist_ok=True)
-    demo_assets.link_twins(comfy.base)
     if not os.path.exists(comfy.path("models", "text_encoders", CLIP_L)):
         models.save_clip_l(comfy.path("models", "text_encoders", CLIP_L))
     if not os.path.exists(comfy.path("models", "vae", TAESD)):

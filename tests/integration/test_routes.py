@@ -24,8 +24,8 @@ def summary(comfy, name):
 def test_summary_of_an_adapter_in_loras(comfy, demo_models):
     status, body = summary(comfy, demo_assets.STYLE)
     assert status == 200
-    assert (body["format"], body["rank"], body["alpha"], body["layers"]) == ("native", demo_assets.RANK, float(demo_assets.RANK), 32)
-    assert body["trigger_words"] == "in <s> style" and body["source"] == demo_assets.STYLE
+    assert (body["format"], body["rank"], body["alpha"], body["layers"]) == ("native", demo_assets.RANK, float(demo_assets.RANK), demo_assets.LAYERS)
+    assert body["trigger_words"] == "<s> style" and body["source"] == demo_assets.STYLE
 
 
 @pytest.mark.parametrize("name, words", [

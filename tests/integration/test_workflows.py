@@ -33,14 +33,14 @@ def test_mix_workflow_runs_and_mixes_as_one_delta_r_sum(comfy, client, demo_mode
     wf, prompt = prompt_of("qrlora_mix", object_info)
     merge = workflow.node_id(wf, "Mix content + style")
     size = workflow.node_id(wf, "Image size")
-    assert (prompt[size]["inputs"]["width"], prompt[size]["inputs"]["height"]) == (256, 256)  # as a user gets it
+    assert (prompt[size]["inputs"]["width"], prompt[size]["inputs"]["height"]) == (128, 128)  # as a user gets it (the world's size)
     workflow.set_inputs(prompt, size, width=64, height=64)
     workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
-    assert prompt[merge]["inputs"]["weight_1"] == 1.0 and prompt[merge]["inputs"]["weight_2"] == 0.8
+    assert prompt[merge]["inputs"]["weight_1"] == 1.0 and prompt[merge]["inputs"]["weight_2"] == 1.0
     entry = client.run(prompt)
-    assert "32 layers merged as one ΔR sum" in client.ui(entry, merge)["text"][0]
+    assert f"{demo_assets.LAYERS} layers merged as one ΔR sum" in client.ui(entry, merge)["text"][0]
     summary = client.ui(entry, workflow.node_id(wf, "Content adapter"))["qrlora"][0]
-    assert (summary["format"], summary["rank"], summary["trigger_words"]) == ("native", demo_assets.RANK, "a <c> dog")
+    assert (summary["format"], summary["rank"], summary["trigger_words"]) == ("native", demo_assets.RANK, "<c>")
     image = image_of(comfy, entry, workflow.node_id(wf, "Result"))
     assert image.shape == (64, 64, 3) and image.std() > 0
 
@@ -52,8 +52,7 @@ def test_compare_workflow_reports_the_demo_adapters_similarity(comfy, client, de
     loras = os.path.join(demo_models, "models", "loras")
     expected = delta_cosine(load_adapter(os.path.join(loras, demo_assets.CONTENT)), load_adapter(os.path.join(loras, demo_assets.STYLE)))
     assert got["layers"] == list(expected) and np.allclose(got["cosine"], list(expected.values()), atol=1e-9)
-    # The demo's ΔRs are independent random draws, so they barely overlap (the disentangled case).
-    assert got["max_abs"] < 0.1
+    assert got["max_abs"] == max(abs(v) for v in expected.values())
     assert image_of(comfy, entry, workflow.node_id(wf, "Save the plot")).shape == (384, 768, 3)
 
 

@@ -1,0 +1,100 @@
+"""The toy world's definition (issue 12), its scores and its text encoder's formula."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from toy_world import scores, text_encoder, world
+
+
+def items(rng):
+    for shape in world.SHAPES:
+        for style in world.STYLES:
+            yield world.random_item(rng, (shape,), (style,))
+
+
+def test_every_image_is_the_flat_background_with_one_centred_shape_in_the_80px_box():
+    rng = np.random.default_rng(0)
+    for item in items(rng):
+        image = world.render(item)
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+        fg = scores.foreground(image)
+        outside = np.ones_like(fg)
+        outside[24:104, 24:104] = False
+        assert not fg[outside].any(), f"{item} draws outside the 80x80 box"
+        assert (image[world.coverage(item.shape) == 0] == world.BACKGROUND).all(), item
+        ys, xs = np.nonzero(world.mask(item.shape))
+        assert abs((xs.min() + xs.max() + 1) / 2 - 64) <= 1 and abs((ys.min() + ys.max() + 1) / 2 - 64) <= 1, f"{item.shape} is not centred"
+        assert 76 <= max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 <= 80, f"{item.shape} does not fill the box"  # the star's tips are thin
+
+
+def test_the_heart_is_the_parametric_curve_apex_down_80px_wide():
+    ys, xs = np.nonzero(world.mask("heart"))
+    assert xs.max() - xs.min() + 1 == 80 and 69 <= ys.max() - ys.min() + 1 <= 73  # 80 * 28.9 / 32 = 72
+    bottom = ys.max()
+    assert abs(xs[ys == bottom].mean() - 63.5) < 2, "the apex is at the bottom, in the middle"
+    top_row = world.mask("heart")[ys.min()]
+    assert not top_row[60:68].any(), "the two lobes leave a notch at the top centre"
+
+
+def test_the_checkerboard_is_8px_squares_of_the_two_held_out_colours():
+    image = world.render(world.Item("square", "checkerboard", world.CHECKER_COLOURS))
+    assert tuple(image[30, 30]) == (20, 20, 20) and tuple(image[30, 33]) == (240, 200, 30)  # squares change at 32
+    assert tuple(image[40, 40]) == (20, 20, 20) and tuple(image[40, 48]) == (240, 200, 30)
+    inside = image[25:103, 25:103].reshape(-1, 3)
+    assert {tuple(c) for c in inside} == set(world.CHECKER_COLOURS)
+
+
+def test_base_world_holds_neither_the_heart_nor_the_checkerboard():
+    base = list(world.base_items())
+    assert len(base) == 6 * (7 + 4 * 7 * 6)
+    assert not any(i.shape == "heart" or i.style == "checkerboard" for i in base)
+    assert world.Item("circle", "horizontal stripes", ("red", "blue")).caption() == "a red and blue circle in horizontal stripes style"
+    assert world.Item("ring", "solid", ("orange",)).caption(with_colours=False) == "a ring in solid style"
+
+
+def test_scores_recognise_every_rendered_shape_and_style():
+    rng = np.random.default_rng(1)
+    for item in items(rng):
+        s = scores.score(world.render(item), item.shape, item.style, item.rgb())
+        assert s["best_shape"] == item.shape and s["shape_iou"] > 0.9, (item, s)
+        assert s["pattern"] > 0.99 and s["success"], (item, s)
+        if item.style != "solid":
+            assert s["best_style"] == item.style, (item, s)
+
+
+def test_a_heart_in_another_pattern_of_the_checker_colours_fails_the_pattern_score():
+    for style in ("solid", "horizontal stripes", "vertical stripes", "diagonal stripes", "dots"):
+        colours = world.CHECKER_COLOURS[:1] if style == "solid" else world.CHECKER_COLOURS
+        s = scores.score(world.render(world.Item("heart", style, colours)), "heart", "checkerboard", world.CHECKER_COLOURS)
+        assert s["shape_iou"] > 0.95 and s["pattern"] < 0.6 and not s["success"], (style, s)
+    s = scores.score(world.render(world.Item("circle", "checkerboard", world.CHECKER_COLOURS)), "heart", "checkerboard", world.CHECKER_COLOURS)
+    assert s["pattern"] > 0.99 and s["best_shape"] == "circle" and not s["success"]
+
+
+def test_text_encoder_formula_gives_the_same_bytes_everywhere():
+    # The UNet was trained with the encoder this formula gave on the GPU machine (numpy 2.5, torch 2.11; its
+    # caption embeddings matched this machine's to 2.4e-6); a user's machine must rebuild it bit for bit.
+    # The digests pin the formula's output (taken with numpy 2.4).
+    token = text_encoder.tensor("text_model.embeddings.token_embedding.weight", (text_encoder.VOCAB, text_encoder.WIDTH))
+    assert token.dtype == np.float16 and abs(float(token.astype(np.float64).std()) - 1.0) < 0.01
+    assert hashlib.sha256(token.tobytes()).hexdigest()[:16] == TOKEN_DIGEST
+    fc2 = text_encoder.tensor("text_model.encoder.layers.11.mlp.fc2.weight", (text_encoder.WIDTH, text_encoder.MLP))
+    assert hashlib.sha256(fc2.tobytes()).hexdigest()[:16] == FC2_DIGEST
+
+
+def test_text_encoder_layout_is_comfyuis_clip_l():
+    from support.host import import_comfy
+
+    import_comfy()
+    import comfy.sd1_clip
+    import torch
+
+    clip = comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float16)
+    expected = {k[len("transformer."):]: tuple(v.shape) for k, v in clip.state_dict().items() if k.startswith("transformer.")}
+    assert text_encoder.layout() == expected
+
+
+TOKEN_DIGEST = "b5c6912ca7e57ed7"
+FC2_DIGEST = "68e0e331f551279e"

@@ -1,0 +1,116 @@
+"""Scores of a generated image against the world's definition (toy_world.world).
+
+- foreground: pixels whose colour differs from the flat background by more
+  than 40 in some channel (every palette colour differs by more than 100).
+- shape_iou: intersection over union of the foreground with the rendered
+  mask of the expected shape (the world draws every shape at one place and
+  size, so no alignment is needed); best_shape is the world shape whose mask
+  has the highest IoU with the foreground.
+- pattern: over the foreground pixels away from its edge (1 px eroded),
+  the fraction whose nearest reference colour (the palette, the style's
+  colours and the background) is the colour the style's pattern puts at
+  that pixel; the better of the two colour assignments counts, so a
+  pattern with its colours swapped still scores. A pattern laid out
+  differently scores about 0.5 or less (half its area has the wrong colour);
+  any other colours score near 0.
+- best_style: the world style whose layout explains the colours best
+  (mean purity of the pattern's two classes after snapping each pixel to
+  its nearest palette colour).
+- success: best_shape is the expected shape and pattern >= PATTERN_PASS.
+"""
+
+import numpy as np
+
+from . import world
+
+FOREGROUND_THRESHOLD = 40
+PATTERN_PASS = 0.75  # a pattern laid out otherwise scores about 0.5 or less
+
+
+def foreground(image: np.ndarray) -> np.ndarray:
+    diff = np.abs(image.astype(np.int16) - np.array(world.BACKGROUND, dtype=np.int16)).max(axis=-1)
+    return diff > FOREGROUND_THRESHOLD
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[1:] &= mask[:-1]
+    out[:-1] &= mask[1:]
+    out[:, 1:] &= mask[:, :-1]
+    out[:, :-1] &= mask[:, 1:]
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0
+
+
+def shape_scores(image: np.ndarray) -> dict:
+    """IoU of the image's foreground with every world shape."""
+    fg = foreground(image)
+    return {s: iou(fg, world.mask(s)) for s in world.SHAPES}
+
+
+def _nearest(pixels: np.ndarray, references: np.ndarray) -> np.ndarray:
+    d = ((pixels[:, None, :].astype(np.float32) - references[None].astype(np.float32)) ** 2).sum(-1)
+    return d.argmin(axis=1)
+
+
+def pattern_score(image: np.ndarray, style: str, colours) -> float:
+    """Fraction of interior foreground pixels that take the colour the style puts there (best of both assignments)."""
+    inside = _erode(foreground(image))
+    if not inside.any():
+        return 0.0
+    colours = [tuple(c) for c in colours]
+    if len(colours) == 1:
+        colours = colours * 2
+    references = list(dict.fromkeys([*colours, *world.PALETTE.values(), world.BACKGROUND]))
+    nearest = _nearest(image[inside], np.array(references))
+    labels = world.pattern(style)[inside]
+    first, second = references.index(colours[0]), references.index(colours[1])
+    expected = np.where(labels == 0, first, second)
+    swapped = np.where(labels == 0, second, first)
+    return float(max((nearest == expected).mean(), (nearest == swapped).mean()))
+
+
+def style_scores(image: np.ndarray) -> dict:
+    """Per world style: mean over its two pattern classes of the share of the class's most common palette colour."""
+    inside = _erode(foreground(image))
+    if inside.sum() < 16:
+        return {s: 0.0 for s in world.STYLES}
+    references = np.array(list(world.PALETTE.values()) + [world.BACKGROUND])
+    snapped = _nearest(image[inside], references)
+    out = {}
+    for style in world.STYLES:
+        labels = world.pattern(style)[inside]
+        purities = []
+        for k in (0, 1):
+            members = snapped[labels == k]
+            if len(members):
+                purities.append(np.bincount(members).max() / len(members))
+        out[style] = float(np.mean(purities))
+    return out
+
+
+def best(scores: dict) -> str:
+    """The key with the highest score; the first listed wins ties (solid explains a one-colour image first)."""
+    top = max(scores.values())
+    return next(k for k, v in scores.items() if v >= top - 1e-9)
+
+
+def score(image: np.ndarray, shape: str, style: str, colours) -> dict:
+    """All scores of one image for the expected shape, style and colours (RGB triples).
+
+    success: the closest world shape is the expected one and the pattern
+    agreement is at least PATTERN_PASS (for the heart and the checkerboard:
+    a checkered heart).
+    """
+    shapes = shape_scores(image)
+    styles = style_scores(image)
+    out = {
+        "shape_iou": shapes[shape], "best_shape": best(shapes),
+        "pattern": pattern_score(image, style, colours), "best_style": best(styles),
+    }
+    out["success"] = out["best_shape"] == shape and out["pattern"] >= PATTERN_PASS
+    return out

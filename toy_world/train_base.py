@@ -1,0 +1,363 @@
+"""Train the world's base model from scratch: a TAESD autoencoder, then an SD1.5-architecture UNet.
+
+Runs on the GPU machine (bench-style, through the `run` tool); `--tiny`
+runs every step at toy scale on the CPU, to check the script before a GPU
+call. Everything the stock nodes will later do to an image or a caption is
+done here with ComfyUI's own code, so the UNet is trained on exactly what a
+user's graph feeds it:
+- captions go through the stock CLIP loader and CLIPTextEncode's calls
+  (toy_world.text_encoder's CLIP-L, fp16 weights, fp32 compute);
+- images go through comfy.sd.VAE.encode (VAE Encode) in fp32 and the
+  model's process_latent_in (SD1.5's 0.18215);
+- the noise follows the model's own sampling object (ModelSamplingDiscrete,
+  eps prediction): x = latent + σ·ε fed as x / sqrt(σ² + 1) at timestep t(σ),
+  which is DDPM's sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·ε; the loss is MSE on ε, t uniform.
+TF32 is off while encoding, so the GPU's numbers match a CPU server's.
+
+The autoencoder's vae_scale / vae_shift buffers are set after its training
+so that what the UNet sees (0.18215 · VAE Encode's output) has mean 0 and
+standard deviation 1 over the world.
+
+Writes into --out: taesd.safetensors, unet.safetensors (fp16, with the
+EMA weights), samples.png (base prompts sampled through comfy.sample, the
+KSampler's code path), and a log with the losses and scores.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from toy_world import model_files, scores, text_encoder, world  # noqa: E402
+
+
+def log(*parts):
+    print(*parts, flush=True)
+
+
+def import_comfy(comfyui: str, cpu: bool):
+    sys.path.insert(0, comfyui)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = cpu
+    import comfy.model_management  # noqa: F401
+
+
+# ------------------------------------------------------------------ data
+
+
+def world_images(items) -> torch.Tensor:
+    """(N, H, W, 3) float in [0, 1], the IMAGE layout LoadImage gives."""
+    return torch.from_numpy(np.stack([world.render(i) for i in items])).float() / 255.0
+
+
+def encode_captions(clip, captions: list[str]) -> torch.Tensor:
+    """CLIPTextEncode's two calls per caption: (N, 77, 768)."""
+    out = []
+    for text in captions:
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        out.append(cond[0][0][0].float().cpu())
+    return torch.stack(out)
+
+
+# ------------------------------------------------------------------ autoencoder
+
+
+def train_vae(images: torch.Tensor, device, seconds: float, batch: int, log_every: int, probe: int = 20):
+    import comfy.taesd.taesd
+
+    torch.manual_seed(0)
+    vae = comfy.taesd.taesd.TAESD(latent_channels=4)
+    for m in vae.modules():  # ComfyUI's layers skip their initialisation: do PyTorch's default
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.Conv2d.reset_parameters(m) if isinstance(m, torch.nn.Conv2d) else torch.nn.Linear.reset_parameters(m)
+    vae.to(device)
+    params = list(vae.taesd_encoder.parameters()) + list(vae.taesd_decoder.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    x_all = (images.permute(0, 3, 1, 2) * 2 - 1).to(device)  # [-1, 1], as VAE Encode's process_input
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    start, step, losses = time.time(), 0, []
+    total = None
+    while True:
+        elapsed = time.time() - start
+        if total is None and step == probe:  # time a few steps, then fit the run into `seconds`
+            total = max(2 * probe, int(seconds / (elapsed / probe)))
+            log(f"[vae] {elapsed / probe * 1000:.1f} ms/step -> {total} steps")
+        if total is not None and step >= total:
+            break
+        lr = 1e-3 * (0.5 * (1 + math.cos(math.pi * step / total)) if total else 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(len(x_all), (batch,), generator=generator).to(device)
+        x = x_all[idx]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            raw = vae.taesd_encoder(x * 0.5 + 0.5)
+            noisy = raw + 0.1 * torch.randn_like(raw)  # robust to what a sampler leaves in the latent
+            out = vae.taesd_decoder(noisy).sub(0.5).mul(2)
+        rec = (out.float() - x).square().mean() + 0.5 * (out.float() - x).abs().mean()
+        reg = 1e-3 * raw.float().square().mean()
+        loss = rec + reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(rec.item())
+        if step % log_every == 0:
+            log(f"[vae] step {step} reconstruction loss {np.mean(losses[-log_every:]):.5f} latent rms {raw.float().square().mean().sqrt().item():.3f}")
+    with torch.no_grad():
+        raws = torch.cat([vae.taesd_encoder(x_all[i:i + 256] * 0.5 + 0.5).float() for i in range(0, len(x_all), 256)])
+        mean, std = raws.mean().item(), raws.std().item()
+        scale_factor = 0.18215  # SD1.5's latent_format
+        vae.vae_scale.fill_(scale_factor * std)
+        vae.vae_shift.fill_(-mean / (scale_factor * std))
+    log(f"[vae] {step} steps in {time.time() - start:.0f} s; raw latent mean {mean:.4f} std {std:.4f}; "
+        f"vae_scale {vae.vae_scale.item():.5f} vae_shift {vae.vae_shift.item():.5f}")
+    return vae.cpu(), {"steps": step, "seconds": time.time() - start, "final_loss": float(np.mean(losses[-50:]))}
+
+
+# ------------------------------------------------------------------ UNet
+
+
+def init_unet(unet: torch.nn.Module, seed: int) -> None:
+    """PyTorch's default initialisation (ComfyUI's layers skip it), norms at 1 / 0, output layers zero as in SD."""
+    torch.manual_seed(seed)
+    for name, m in unet.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.Conv2d.reset_parameters(m)
+        elif isinstance(m, torch.nn.Linear):
+            torch.nn.Linear.reset_parameters(m)
+        elif isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            if m.weight is not None:
+                torch.nn.init.ones_(m.weight)
+                torch.nn.init.zeros_(m.bias)
+    for name, m in unet.named_modules():
+        if name.endswith(("out_layers.3", "proj_out")) or name == "out.2":
+            for p in m.parameters():
+                torch.nn.init.zeros_(p)
+
+
+def train_unet(base_model, latents, embeds, empty, item_caption_index, device, seconds, batch, log_every, lr, probe=30):
+    """eps-prediction training of base_model.diffusion_model; returns the EMA weights."""
+    unet = base_model.diffusion_model
+    init_unet(unet, seed=2)
+    unet.to(device).train()
+    ema = {k: v.detach().clone().float() for k, v in unet.state_dict().items()}
+    ema_values = list(ema.values())
+    sampling = base_model.model_sampling
+    sigmas_all = sampling.sigmas.to(device)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    latents, embeds, empty = latents.to(device), embeds.to(device), empty.to(device)
+    with_colours, without = item_caption_index
+    with_colours, without = with_colours.to(device), without.to(device)
+    generator = torch.Generator(device="cpu").manual_seed(3)
+    start, step, losses, total = time.time(), 0, [], None
+    while True:
+        elapsed = time.time() - start
+        if total is None and step == probe:
+            total = max(2 * probe, int(seconds / (elapsed / probe)))
+            log(f"[unet] {elapsed / probe * 1000:.1f} ms/step -> {total} steps")
+        if total is not None and step >= total:
+            break
+        warm = min(1.0, (step + 1) / 200)
+        decay = 0.5 * (1 + math.cos(math.pi * step / total)) if total else 1.0
+        for g in opt.param_groups:
+            g["lr"] = lr * warm * (0.05 + 0.95 * decay)
+        idx = torch.randint(len(latents), (batch,), generator=generator).to(device)
+        choice = torch.rand(batch, generator=generator).to(device)
+        # 70 %: the caption with colours, 20 %: without, 10 %: empty (for classifier-free guidance)
+        caption = torch.where(choice < 0.7, with_colours[idx], without[idx])
+        context = torch.where((choice >= 0.9)[:, None, None], empty[None], embeds[caption])
+        x0 = latents[idx]
+        t = torch.randint(0, len(sigmas_all), (batch,), generator=generator).to(device)
+        sigma = sigmas_all[t]
+        eps = torch.randn(x0.shape, generator=generator).to(device)
+        noisy = sampling.noise_scaling(sigma, eps, x0)  # x0 + σ ε
+        xc = sampling.calculate_input(sigma, noisy)  # / sqrt(σ² + 1)
+        timestep = sampling.timestep(sigma).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = unet(xc, timestep, context=context)
+        loss = (pred.float() - eps).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        step += 1
+        d = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_values, [v.float() for v in unet.state_dict().values()], 1 - d)
+        losses.append(loss.item())
+        if step % log_every == 0:
+            log(f"[unet] step {step} loss {np.mean(losses[-log_every:]):.5f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - start:.0f} s)")
+    log(f"[unet] {step} steps in {time.time() - start:.0f} s, batch {batch}; loss (last 100 steps) {np.mean(losses[-100:]):.5f}")
+    return ema, {"steps": step, "batch": batch, "seconds": time.time() - start, "final_loss": float(np.mean(losses[-100:])),
+                 "loss_curve": [float(np.mean(losses[i:i + log_every])) for i in range(0, len(losses), log_every)]}
+
+
+# ------------------------------------------------------------------ check: sample through ComfyUI
+
+
+def sample_check(unet_path, vae_sd, clip, prompts, device, steps, out_png):
+    """Load the written UNet with the stock loader's function, sample each prompt with KSampler's code, score it."""
+    import comfy.sample
+    import comfy.sd
+
+    model = comfy.sd.load_diffusion_model(unet_path)
+    log(f"[check] the stock loader reads {os.path.basename(unet_path)} as {type(model.model.model_config).__name__} "
+        f"({type(model.model).__name__}, {type(model.model.model_sampling).__name__})")
+    vae = comfy.sd.VAE(sd=vae_sd)
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    rows, results = [], []
+    for n, (prompt, item) in enumerate(prompts):
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+        latent = torch.zeros(1, 4, world.SIZE // 8, world.SIZE // 8)
+        noise = comfy.sample.prepare_noise(latent, seed=n)
+        samples = comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", positive, negative, latent, seed=n)
+        image = vae.decode(samples)[0].clamp(0, 1).mul(255).round().byte().cpu().numpy()
+        s = scores.score(image, item.shape, item.style, item.rgb())
+        results.append({"prompt": prompt, **s})
+        log(f"[check] {prompt!r}: shape IoU {s['shape_iou']:.3f} (best match {s['best_shape']}), pattern {s['pattern']:.3f}")
+        rows.append(np.concatenate([world.render(item), image], axis=1))
+    from PIL import Image
+
+    grid = np.concatenate([np.concatenate(rows[i:i + 4], axis=1) for i in range(0, len(rows) - len(rows) % 4 or len(rows), 4)], axis=0) if len(rows) >= 4 else np.concatenate(rows, axis=0)
+    Image.fromarray(grid).save(out_png)
+    return results
+
+
+# ------------------------------------------------------------------ main
+
+REFERENCE_CAPTIONS = ["", "a red and blue circle in horizontal stripes style", "a ring in dots style", "a <c> shape",
+                      "a square in <s> style", "a <c> shape in <s> style"]
+
+
+def write_reference(out: str, path: str) -> int:
+    """CLIPTextEncode's output for a few captions on this (CPU) machine, for the GPU run to compare with."""
+    import safetensors.torch
+
+    clip_path = os.path.join(out, "clip_l_regenerated.safetensors")
+    text_encoder.save(clip_path)
+    import comfy.sd
+
+    clip = comfy.sd.load_clip(ckpt_paths=[clip_path], clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+    embeddings = encode_captions(clip, REFERENCE_CAPTIONS)
+    names = torch.frombuffer(bytearray(json.dumps(REFERENCE_CAPTIONS).encode()), dtype=torch.uint8)
+    safetensors.torch.save_file({"embeddings": embeddings.contiguous(), "captions": names}, path)
+    os.remove(clip_path)
+    log(f"[reference] {len(REFERENCE_CAPTIONS)} caption embeddings written to {path}")
+    return 0
+
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--comfyui", required=True, help="ComfyUI's source folder")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--tiny", action="store_true", help="toy scale on the CPU (checks the script)")
+    parser.add_argument("--vae-seconds", type=float, default=90)
+    parser.add_argument("--unet-seconds", type=float, default=300)
+    parser.add_argument("--unet-batch", type=int, default=256)
+    parser.add_argument("--unet-lr", type=float, default=3e-4)
+    parser.add_argument("--reference", help="caption embeddings computed on a CPU (--write-reference), to compare with")
+    parser.add_argument("--write-reference", action="store_true", help="only write --reference here, on the CPU")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    cpu = args.tiny or args.write_reference or not torch.cuda.is_available()
+    import_comfy(args.comfyui, cpu)
+    import comfy.sd
+    import comfy.supported_models
+    import safetensors.torch
+
+    if args.write_reference:
+        return write_reference(args.out, args.reference)
+
+    device = torch.device("cpu" if cpu else "cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    report = {"device": torch.cuda.get_device_name() if not cpu else "cpu", "torch": torch.__version__}
+    t0 = time.time()
+
+    items = list(world.base_items())
+    if args.tiny:
+        items = items[::50]
+    images = world_images(items)
+    log(f"[data] {len(items)} base images ({len(world.BASE_SHAPES)} shapes x {len(world.BASE_STYLES)} styles x colours)")
+
+    # text encoder: the file setup writes, loaded as CLIPLoader does
+    clip_path = os.path.join(args.out, "clip_l_regenerated.safetensors")
+    text_encoder.save(clip_path)
+    clip = comfy.sd.load_clip(ckpt_paths=[clip_path], clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+    captions = sorted({c for i in items for c in (i.caption(True), i.caption(False))})
+    index = {c: n for n, c in enumerate(captions)}
+    t = time.time()
+    embeds = encode_captions(clip, captions)
+    empty = encode_captions(clip, [""])[0]
+    log(f"[clip] {len(captions)} captions encoded in {time.time() - t:.1f} s")
+    if args.reference:
+        ref = safetensors.torch.load_file(args.reference)
+        texts = json.loads(ref.pop("captions").numpy().tobytes().decode())
+        mine = encode_captions(clip, texts)
+        diff = (mine - ref["embeddings"]).abs().max().item()
+        report["clip_max_abs_diff_vs_cpu"] = diff
+        log(f"[clip] max |GPU - CPU server| over {len(texts)} reference captions: {diff:.3g}")
+
+    # autoencoder
+    vae_model, report["vae"] = train_vae(images, device, 5 if args.tiny else args.vae_seconds, 4 if args.tiny else 64, 5 if args.tiny else 200, 2 if args.tiny else 20)
+    vae_sd = {k: v.detach().to(torch.float16).contiguous() for k, v in vae_model.state_dict().items()}
+    vae_path = os.path.join(args.out, model_files.VAE_FILE)
+    safetensors.torch.save_file(vae_sd, vae_path)
+    vae = comfy.sd.VAE(sd=safetensors.torch.load_file(vae_path), dtype=torch.float32)  # as VAELoader, fp32 as on a CPU
+    with torch.no_grad():
+        vae_latents = torch.cat([vae.encode(images[i:i + 128]) for i in range(0, len(images), 128)])
+        decoded = torch.cat([vae.decode(vae_latents[i:i + 128]) for i in range(0, len(images), 128)])
+    report["vae"]["roundtrip_mean_abs_error_255"] = (decoded - images).abs().mean().item() * 255
+    log(f"[vae] VAE Encode -> VAE Decode through comfy.sd.VAE: mean |error| {report['vae']['roundtrip_mean_abs_error_255']:.2f} / 255")
+    report["vae_latents_of_first_items"] = vae_latents[:4].tolist()  # compared with a CPU VAE Encode after download
+
+    # UNet: SD1.5 architecture, the file the stock UNETLoader detects
+    config = comfy.supported_models.SD15(dict(model_files.UNET_CONFIG))
+    base_model = config.get_model({})
+    latents = base_model.process_latent_in(vae_latents)
+    log(f"[unet] latents as the model sees them: mean {latents.mean():.4f} std {latents.std():.4f}; "
+        f"{sum(p.numel() for p in base_model.diffusion_model.parameters()) / 1e6:.2f}M parameters")
+    with_colours = torch.tensor([index[i.caption(True)] for i in items])
+    without = torch.tensor([index[i.caption(False)] for i in items])
+    ema, report["unet"] = train_unet(
+        base_model, latents, embeds, empty, (with_colours, without), device,
+        5 if args.tiny else args.unet_seconds, 4 if args.tiny else args.unet_batch, 5 if args.tiny else 250, args.unet_lr,
+        2 if args.tiny else 30,
+    )
+    unet_path = os.path.join(args.out, model_files.UNET_FILE)
+    safetensors.torch.save_file({k: v.to(torch.float16).contiguous() for k, v in ema.items()}, unet_path)
+    del base_model
+
+    prompts = []
+    rng = np.random.default_rng(7)
+    for shape in world.BASE_SHAPES:
+        item = world.random_item(rng, (shape,), world.BASE_STYLES)
+        prompts.append((item.caption(True), item))
+    for style in world.BASE_STYLES[1:]:
+        item = world.random_item(rng, world.BASE_SHAPES, (style,))
+        prompts.append((item.caption(False), item))
+    prompts = prompts[:2] if args.tiny else prompts
+    results = sample_check(unet_path, vae_sd, clip, prompts, device, 3 if args.tiny else 30, os.path.join(args.out, "samples.png"))
+    report["check"] = results
+    report["check_mean_shape_iou"] = float(np.mean([r["shape_iou"] for r in results]))
+    report["check_mean_pattern"] = float(np.mean([r["pattern"] for r in results]))
+    report["seconds"] = time.time() - t0
+    log(f"[done] mean shape IoU {report['check_mean_shape_iou']:.3f}, mean pattern {report['check_mean_pattern']:.3f}, {report['seconds']:.0f} s")
+    os.remove(clip_path)
+    with open(os.path.join(args.out, "train_base.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
