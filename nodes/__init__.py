@@ -10,9 +10,10 @@ from .reference import QRLoRAExportReference
 from .save import QRLoRAExportLoRA, QRLoRASave
 from .similarity import QRLoRASimilarity
 from .train import QRLoRATrain
+from .train_data import QRLoRATrainingData
 
 NODES = [
-    QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrain, QRLoRASimilarity,
+    QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrainingData, QRLoRATrain, QRLoRASimilarity,
     QRLoRAHook, QRLoRABlockWeights, QRLoRAExportReference,
 ]
 
