@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-from support import browser, demo_assets, workflow
+from support import browser, demo_assets, folder_dataset, workflow
 from support.server import PACK_FOLDER_NAME, Client, require_nodes
 
 pytestmark = pytest.mark.browser
 
-NAMES = ("qrlora_mix", "qrlora_compare", "qrlora_train_content", "qrlora_train_style")
+NAMES = ("qrlora_mix", "qrlora_compare", "qrlora_train_content", "qrlora_train_style", "qrlora_train_folder")
 
 LINK_PROBLEMS_JS = """() => {
     const problems = [];
@@ -176,6 +176,23 @@ def test_train_workflow_runs_from_the_page_and_draws_the_loss_curve(ui, comfy, o
     _, entry = run_from_page(ui, comfy, timeout=600)
     panel(ui, train, "loss_curve", "executed")
     assert ui.get_attribute(f'.qrlora-panel[data-qrlora-node="{train}"]', "data-qrlora-steps") == "3"
+
+
+def test_folder_workflow_runs_from_the_page_and_shows_the_buckets(ui, comfy, object_info):
+    wf = load(ui, object_info, "qrlora_train_folder")
+    ids = {t: workflow.node_id(wf, t) for t in ("Bucket, encode and caption", "Train from the folder", "Image size", "Sampler", "Result")}
+    ui.evaluate("""([data, train, size, sampler]) => {
+        const set = (id, name, v) => { app.graph.getNodeById(id).widgets.find(w => w.name === name).value = v; };
+        set(data, "resolution", 128); set(train, "steps", 2); set(train, "rank", 4); set(train, "checkpoint_every", 0);
+        set(size, "width", 64); set(size, "height", 64); set(sampler, "steps", 2);
+    }""", [int(ids[t]) for t in ("Bucket, encode and caption", "Train from the folder", "Image size", "Sampler")])
+    sent, entry = run_from_page(ui, comfy, timeout=600)
+    assert sent[ids["Bucket, encode and caption"]]["inputs"]["resolution"] == 128
+    buckets = {(b["width"], b["height"]): b["images"] for b in entry["outputs"][ids["Bucket, encode and caption"]]["qrlora_buckets"]}
+    assert buckets == folder_dataset.BUCKETS_AT_128
+    assert "5 images in 3 buckets" in panel(ui, ids["Bucket, encode and caption"], "buckets", "executed")
+    panel(ui, ids["Train from the folder"], "loss_curve", "executed")
+    assert entry["outputs"][ids["Result"]]["images"]
 
 
 def test_moving_a_merge_weight_slider_reaches_the_servers_prompt(ui, comfy, object_info):

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from . import models
+from . import folder_dataset, models
 from .host import import_pack
 
 UNET = "qrlora_demo_sd15.safetensors"
@@ -92,6 +92,7 @@ def build(base: str) -> None:
         models.save_taesd(vae)
     if not all(os.path.exists(os.path.join(base, "models", "loras", f)) for f in (CONTENT, STYLE)):
         _write_adapters(base)
+    folder_dataset.write(os.path.join(base, "input"))
     for name, draw in ((CONTENT_IMAGE, _content_image), (STYLE_IMAGE, _style_image)):
         path = _path(base, "input", name)
         if not os.path.exists(path):
