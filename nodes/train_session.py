@@ -34,6 +34,7 @@ W' live at a time, without it all of them at once.
 """
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -49,6 +50,7 @@ from comfy_extras.nodes_train import find_all_highest_child_module_with_forward,
 from ..qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, working_bytes
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.training import TrainConfig, TrainTargets, select
+from ..qrlora_core.training.buckets import describe, group_by_size
 from ..qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
 from ..qrlora_core.training.out_of_place import OutOfPlaceForwards
 from ..qrlora_core.training.session import StepLoop
@@ -238,7 +240,11 @@ class TrainingSession:
         self.dtype = DTYPES[config.training_dtype]
         self.latents = training_latents(latents)
         self.captions = captions_per_image(positive, len(self.latents))
+        self.buckets = group_by_size([x.shape for x in self.latents])  # a batch is drawn within one
         self.where, self.notes = choose_targets(model, config, existing)
+        if len(self.buckets) > 1:
+            self.notes.append(describe(self.buckets, [x.shape for x in self.latents]) + "; each batch comes from one bucket.")
+            logging.info(f"[QR-LoRA] training on {self.notes[-1]}")
         self.triangular = config.triangular
         fused_rows = sum(m for (m, _), (_, offset) in zip(target_shapes(model, self.where), self.where.values()) if offset is not None)
         self.plan = train_fit.plan(model, target_shapes(model, self.where), config, self.latents, fused_rows)  # before any work
@@ -387,8 +393,8 @@ class TrainingSession:
         return values.to(self.device, torch.float32)
 
     def draw(self, draws) -> list[Batch]:
-        """The next micro-batch from the run's seeded draws: images grouped by caption and size."""
-        images = draws.images(len(self.x0), self.config.batch_size)
+        """The next micro-batch from the run's seeded draws: images of one size (bucket), grouped by caption."""
+        images = draws.images(self.buckets, self.config.batch_size)
         groups: dict = {}
         for i in images:
             groups.setdefault((id(self.captions[i]), tuple(self.x0[i].shape)), []).append(i)

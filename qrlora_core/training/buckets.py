@@ -45,6 +45,12 @@ def group_by_size(shapes: list[tuple]) -> list[list[int]]:
     return list(groups.values())
 
 
+def describe(groups: list[list[int]], shapes: list[tuple]) -> str:
+    """'5 images in 3 buckets (latent width x height: images): 16x16: 2, 24x8: 2, 8x24: 1'."""
+    sizes = ", ".join(f"{shapes[g[0]][-1]}x{shapes[g[0]][-2]}: {len(g)}" for g in groups)
+    return f"{len(shapes)} images in {len(groups)} buckets (latent width x height: images): {sizes}"
+
+
 def draw_batch(groups: list[list[int]], batch_size: int, generator) -> list[int]:
     """A batch of up to `batch_size` indices from one group.
 

@@ -68,7 +68,11 @@ def test_training_from_a_folder_of_mixed_sizes(comfy, client, folder, text_and_v
         target_preset="attention + MLP (paper)", target_pattern="", triangular=True, checkpoint_every=0,
         filename_prefix="qrfolder/trained", trigger_words="<c>",
     )
+    offset = comfy.log_size()
     entry = client.run(g.prompt(), timeout=600)
+    buckets = "5 images in 3 buckets (latent width x height: images): 16x16: 2, 24x8: 2, 8x24: 1; each batch comes from one bucket."
+    assert buckets in client.ui(entry, train.node_id)["text"][0]
+    assert f"[QR-LoRA] training on {buckets}" in comfy.log_tail(offset)
     summary = client.ui(entry, train.node_id)["qrlora"][0]
     assert len(summary["losses"]) == 3 and all(loss == loss for loss in summary["losses"])
     assert os.path.isfile(comfy.path("models", "loras", summary["file"]))
