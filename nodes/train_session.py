@@ -49,11 +49,13 @@ from comfy_extras.nodes_train import find_all_highest_child_module_with_forward,
 
 from ..qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, working_bytes
 from ..qrlora_core.errors import AdapterError
+from ..qrlora_core.formats import load_adapter
 from ..qrlora_core.training import TrainConfig, TrainTargets, select
 from ..qrlora_core.training.buckets import describe, group_by_size
 from ..qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
 from ..qrlora_core.training.out_of_place import OutOfPlaceForwards
 from ..qrlora_core.training.session import StepLoop
+from ..qrlora_core.training.state import TrainingState, read_training_state
 from . import files, keymap, train_fit
 from .apply import resolve_targets
 
@@ -198,6 +200,23 @@ def _release_wrappers(mp, wrappers: dict) -> None:
     mp.weight_wrapper_patches = {}
 
 
+def saved_training_state(adapter, steps: int) -> tuple[TrainingState | None, str]:
+    """The training state kept in the file the adapter was loaded from, or None and why there is none."""
+    try:
+        path = files.adapter_path(adapter.source)
+    except AdapterError:
+        return None, "it does not come straight from a file in the loras folder"
+    state = read_training_state(path, adapter.source)
+    if state is None:
+        return None, "its file is a plain adapter without training state"
+    if state.step != steps or not set(adapter.targets) <= set(state.layers):
+        return None, "its file's training state does not belong to this adapter"
+    saved = load_adapter(path, basis_loader=files.basis_store().load, source=adapter.source)
+    if saved.targets.keys() != adapter.targets.keys() or any(not torch.equal(saved.targets[n].delta_r, t.delta_r) for n, t in adapter.targets.items()):
+        return None, "its file has changed since it was loaded"
+    return state, ""
+
+
 # ------------------------------------------------------------ the session
 
 
@@ -339,6 +358,10 @@ class TrainingSession:
             max_grad_norm=config.max_grad_norm, seed=config.seed,
             reduce=None if self.parallel is None else self.parallel.reduce,
         )
+        self.optimizer = self.loop.optimizer  # kept after release: the last checkpoint is written then
+        if self.existing is not None:
+            self._continue(self.existing)
+        self._draws_after_step = self.loop.draws.generator.get_state()
 
     def release(self) -> None:
         if not self._active:
@@ -361,6 +384,37 @@ class TrainingSession:
         for p in self.targets.parameters():
             p.requires_grad_(False)
         self.loop = None
+
+    # -------------------------------------------------------- resume
+
+    def resume_settings(self) -> dict:
+        """The settings an exact continuation must share with the run it continues (the seed is not one: the draws go on)."""
+        c = self.config
+        return {"images": len(self.latents), "learning_rate": c.learning_rate, "batch_size": c.batch_size,
+                "grad_accumulation": c.grad_accumulation, "optimizer": c.optimizer, "training_dtype": c.training_dtype,
+                "objective": c.objective, "guidance": c.guidance, "weight_decay": c.weight_decay, "max_grad_norm": c.max_grad_norm}
+
+    def training_state(self, total_steps: int) -> TrainingState:
+        """What a checkpoint after `total_steps` keeps to continue exactly: optimizer state, random draws, settings."""
+        state = TrainingState.capture(total_steps, self.config.optimizer, self.optimizer, list(self.targets.layers),
+                                      {}, self.resume_settings())
+        state.generators["draws"] = self._draws_after_step.clone()
+        return state
+
+    def _continue(self, adapter) -> None:
+        """Restore the optimizer and the draws from the adapter's checkpoint file, or say why training restarts them."""
+        state, why = saved_training_state(adapter, int(adapter.metadata.get("steps", 0) or 0))
+        if state is not None and state.optimizer != self.config.optimizer:
+            state, why = None, f"it was trained with {state.optimizer}, not {self.config.optimizer}"
+        if state is None:
+            self.notes.append(f"{adapter.source or 'The adapter'} continues from its ΔR with a fresh optimizer: {why}, "
+                              "so the optimizer state restarts and the draws start from the seed.")
+            return
+        state.restore(self.loop.optimizer, list(self.targets.layers), {"draws": self.loop.draws.generator})
+        changed = state.differences(self.resume_settings())
+        self.notes.append(f"Resumed exactly from step {state.step} of {adapter.source}: optimizer state and random draws restored"
+                          + (f"; changed since: {', '.join(changed)}, so it is not the run an uninterrupted one would have been." if changed
+                             else " (the seed input is not used)."))
 
     # -------------------------------------------------------- one micro-batch
 
@@ -440,6 +494,7 @@ class TrainingSession:
         progress = comfy.utils.ProgressBar(steps)
 
         def finished(step: int, loss: float) -> None:
+            self._draws_after_step = self.loop.draws.generator.get_state()  # what a checkpoint of this step keeps
             after_step(step, loss)
             progress.update_absolute(step)  # the server's progress hook also raises on interrupt
             comfy.model_management.throw_exception_if_processing_interrupted()
