@@ -13,6 +13,7 @@ copy of B's adapter (no training state) and says it restarts the optimizer.
 import os
 
 import pytest
+import torch
 from PIL import Image
 
 from qrlora_core.formats import load_adapter, read_safetensors
@@ -121,3 +122,70 @@ def test_samples_appear_every_n_steps_on_the_node_and_next_to_the_checkpoints(co
     assert len(shown) == 1 + len(samples), "the loss curve and every sample are shown on the node"
     assert all(os.path.isfile(comfy.path("temp", i["subfolder"], i["filename"])) for i in shown)
     assert "qrlora_samples" not in runs["b"]
+
+
+# ------------------------------------------------------------ stopped by Cancel, in this process
+
+
+@pytest.fixture
+def inprocess(tmp_path, monkeypatch):
+    """The pack imported here, ComfyUI's folders in this test's directory, one compute thread (as the server runs)."""
+    from support.host import import_pack
+
+    pack = import_pack()
+    import comfy.model_management
+    import folder_paths
+
+    for name in ("loras", "qrlora_bases"):
+        os.makedirs(tmp_path / name)
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / name)], {".safetensors"}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield pack, tmp_path
+    torch.set_num_threads(threads)
+    comfy.model_management.interrupt_current_processing(False)
+
+
+def test_cancel_in_the_middle_of_a_step_then_resume_equals_the_run_that_never_stopped(inprocess, monkeypatch, rng):
+    """Cancel lands between two accumulated micro-batches: the kept checkpoint is the last whole step, and resuming it continues exactly."""
+    import comfy.model_management
+    from comfyui_qrlora.nodes.train import QRLoRATrain
+    from comfyui_qrlora.nodes.train_session import TrainingSession
+    from comfyui_qrlora.qrlora_core.formats import load_adapter as load
+    from support import models
+
+    pack, folders = inprocess
+    latents = [{"samples": torch.randn(2, 4, 8, 8, generator=rng)}, {"samples": torch.randn(1, 4, 8, 16, generator=rng)}]
+    positive = [[[torch.randn(1, 8, 768, generator=rng), {}]]]
+    model = models.patcher("sd15")
+    settings = {"rank": 4, "alpha": 0.0, "learning_rate": 1e-2, "batch_size": 2, "grad_accumulation": 3, "seed": 11,
+                "optimizer": "AdamW", "training_dtype": "fp32", "gradient_checkpointing": False, "target_preset": "attention + MLP (paper)",
+                "target_pattern": "", "triangular": True, "checkpoint_every": 0, "trigger_words": "<c>"}
+
+    def train(steps, prefix, **extra):
+        widgets = {k: [v] for k, v in {**settings, "steps": steps, "filename_prefix": prefix}.items()}
+        return QRLoRATrain.execute(model=[model], latents=latents, positive=positive, **extra, **widgets)
+
+    straight = train(5, "t/straight").args[0]
+
+    micro_loss, calls = TrainingSession.micro_loss, []
+
+    def cancel_during_step_3(self, draws):  # the Cancel button pressed while step 3 accumulates
+        calls.append(1)
+        if len(calls) == 2 * 3 + 2:
+            comfy.model_management.interrupt_current_processing(True)
+        return micro_loss(self, draws)
+
+    monkeypatch.setattr(TrainingSession, "micro_loss", cancel_during_step_3)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        train(5, "t/stopped")
+    monkeypatch.setattr(TrainingSession, "micro_loss", micro_loss)
+    comfy.model_management.interrupt_current_processing(False)
+    kept = "t/stopped_00001_step000002.safetensors"
+    assert sorted(os.listdir(folders / "loras" / "t")) == sorted(["straight_00001_step000005.safetensors", os.path.basename(kept)])
+
+    stopped = load(str(folders / "loras" / kept), source=kept)
+    out = train(3, "t/resumed", qr_lora=[stopped])
+    resumed = out.args[0]
+    assert out.args[4] == 5 and "Resumed exactly from step 2" in out.ui["text"][0]
+    assert all(torch.equal(straight.targets[n].delta_r, resumed.targets[n].delta_r) for n in straight.targets)
