@@ -75,7 +75,10 @@ FOLDER_NOTE = (
     "file of the same name holding its caption with your trigger word ('{trigger}'); images without one take the "
     "default caption. Kohya-style subfolders named '10_name' are repeated 10 times.\n\n"
     "Each image goes to the aspect-ratio bucket nearest its shape (about resolution² pixels, sides multiples of 64) "
-    "and batches are drawn within one bucket; the data node lists the buckets it used."
+    "and batches are drawn within one bucket; the data node lists the buckets it used.\n\n"
+    "The sample images appear on the Train node as they are made and are kept next to the checkpoints "
+    "(loras/qrlora/folder_*_sample*.png). To go on later, load a checkpoint with Load QR-LoRA into the Train node's "
+    "qr_lora input: it resumes exactly where that checkpoint stopped."
 )
 COMPARE_NOTE = (
     "One bar per layer: the cosine similarity of the two adapters' ΔR (the paper's disentanglement measure). "
@@ -197,7 +200,11 @@ def train_folder():
             N("data", "QRLoRATrainingData", "Bucket, encode and caption", box_w=340, resolution=256,
               default_caption=f"a photo of a {trigger} dog"),
         ]),
-        G("3 · Train the adapter", GREEN, [
+        G("3 · Train the adapter, with samples every 50 steps", GREEN, [
+            N("samples", "QRLoRASampleSettings", "Samples while training", box_w=340,
+              prompts=f"a photo of a {trigger} dog on a beach\na {trigger} dog in the snow", negative="", every=50,
+              width=256, height=256, steps=8, cfg=4.0, sampler_name="euler", scheduler="normal", seed=42),
+        ], [
             N("train", "QRLoRATrain", "Train from the folder", box_w=340, box_h=640, rank=8, alpha=0.0, steps=200, learning_rate=1e-4,
               batch_size=2, grad_accumulation=1, seed=0, optimizer="AdamW", training_dtype="fp32",
               gradient_checkpointing=False, target_preset="attention + MLP (paper)", target_pattern="", triangular=True,
@@ -210,6 +217,7 @@ def train_folder():
     links = [
         ("folder", 0, "data", "images"), ("folder", 1, "data", "captions"), ("vae", 0, "data", "vae"), ("clip", 0, "data", "clip"),
         ("unet", 0, "train", "model"), ("data", 0, "train", "latents"), ("data", 1, "train", "positive"),
+        ("clip", 0, "samples", "clip"), ("vae", 0, "samples", "vae"), ("samples", 0, "train", "samples"),
         ("train", 3, "loss", "images"), *generate_links,
     ]
     return groups, links
