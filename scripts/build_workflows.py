@@ -195,7 +195,7 @@ def train_folder():
         G("2 · Training images from a folder", PURPLE, [
             N("folder", "LoadImageTextDataSetFromFolder", "Image folder (images + same-name .txt captions)", box_w=360,
               folder=folder_dataset.FOLDER),
-            N("note", "Note", "About the folder", box_w=360, text=FOLDER_NOTE.format(trigger=trigger)),
+            N("note", "Note", "About the folder", box_w=360, box_h=300, text=FOLDER_NOTE.format(trigger=trigger)),
         ], [
             N("data", "QRLoRATrainingData", "Bucket, encode and caption", box_w=340, resolution=256,
               default_caption=f"a photo of a {trigger} dog"),
