@@ -396,10 +396,8 @@ class TrainingSession:
 
     def training_state(self, total_steps: int) -> TrainingState:
         """What a checkpoint after `total_steps` keeps to continue exactly: optimizer state, random draws, settings."""
-        state = TrainingState.capture(total_steps, self.config.optimizer, self.optimizer, list(self.targets.layers),
-                                      {}, self.resume_settings())
-        state.generators["draws"] = self._draws_after_step.clone()
-        return state
+        return TrainingState.capture(total_steps, self.config.optimizer, self.optimizer, list(self.targets.layers),
+                                     {"draws": self._draws_after_step}, self.resume_settings())
 
     def _continue(self, adapter) -> None:
         """Restore the optimizer and the draws from the adapter's checkpoint file, or say why training restarts them."""
@@ -451,7 +449,7 @@ class TrainingSession:
         images = draws.images(self.buckets, self.config.batch_size)
         groups: dict = {}
         for i in images:
-            groups.setdefault((id(self.captions[i]), tuple(self.x0[i].shape)), []).append(i)
+            groups.setdefault(id(self.captions[i]), []).append(i)
         batches = []
         for members in groups.values():
             x0 = torch.cat([self.x0[i] for i in members])

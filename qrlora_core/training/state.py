@@ -70,12 +70,13 @@ class TrainingState:
 
     @classmethod
     def capture(cls, step: int, optimizer_name: str, optimizer: torch.optim.Optimizer, names: list[str],
-                generators: dict, settings: dict) -> "TrainingState":
-        """The state of a run after `step` steps; `names[i]` is the layer of the optimizer's i-th parameter."""
+                generator_states: dict, settings: dict) -> "TrainingState":
+        """The state of a run after `step` steps; `names[i]` is the layer of the optimizer's i-th parameter,
+        `generator_states` the states (Generator.get_state()) of the run's generators after that step."""
         per_param = optimizer.state_dict()["state"]
         layers = {name: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in per_param.get(i, {}).items()}
                   for i, name in enumerate(names)}
-        return cls(step, optimizer_name, layers, {k: g.get_state() for k, g in generators.items()}, dict(settings))
+        return cls(step, optimizer_name, layers, {k: s.clone() for k, s in generator_states.items()}, dict(settings))
 
     def restore(self, optimizer: torch.optim.Optimizer, names: list[str], generators: dict) -> None:
         """Put the optimizer's per-layer state and the generators back; hyperparameters stay the optimizer's own."""

@@ -44,7 +44,7 @@ def save_checkpoint(path, params, optimizer, name, generator, step, rng):
     targets = {layer: QRTarget(q=torch.linalg.qr(torch.randn(12, r, generator=rng))[0], delta_r=torch.triu(p.detach()))
                for (layer, (r, _)), p in zip(SHAPES.items(), params)}
     adapter = QRLoRA(targets, rank=4, alpha=4.0, format="native", metadata={"steps": step})
-    state = TrainingState.capture(step, name, optimizer, list(SHAPES), {"draws": generator}, SETTINGS)
+    state = TrainingState.capture(step, name, optimizer, list(SHAPES), {"draws": generator.get_state()}, SETTINGS)
     save_native(adapter, path, extra=state.pack())
 
 
