@@ -22,7 +22,6 @@ from comfy_api.latest import io, ui
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -53,9 +52,9 @@ class SampleSettings:
     def due(self, step: int) -> bool:
         return step % self.every == 0
 
-    @torch.no_grad()
     def generate(self, patcher) -> torch.Tensor:
-        """One image per prompt (N, H, W, 3) from the model as it is now; the global RNG is left as it was."""
+        """One image per prompt (N, H, W, 3) from the model as it is now (run it without gradients);
+        the global RNG is left as it was."""
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         images = []
         with torch.random.fork_rng(devices=devices):

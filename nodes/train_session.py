@@ -341,8 +341,7 @@ class TrainingSession:
         mp.model.requires_grad_(False)
         for p in self.targets.parameters():
             p.requires_grad_(True)
-        self.loaded = train_fit.Loaded(mp, self.plan)
-        _usable_for_autograd(mp.model)
+        self._load()
         # the patcher's wrappers, callbacks and hooks into the options the model runs with, as ComfyUI's guider does
         self.model_options = comfy.model_patcher.create_model_options_clone(mp.model_options)
         captions = {"positive": comfy.sampler_helpers.convert_cond(list({id(c): c for c in self.captions}.values()))}
@@ -362,6 +361,22 @@ class TrainingSession:
         if self.existing is not None:
             self._continue(self.existing)
         self._draws_after_step = self.loop.draws.generator.get_state()
+
+    def _load(self) -> None:
+        """Load the model for training as planned (train_fit: whole, or partly offloaded), with weights autograd can use."""
+        if self.loaded is not None:
+            self.loaded.release()
+        self.loaded = train_fit.Loaded(self.patcher, self.plan)
+        _usable_for_autograd(self.patcher.model)
+
+    def between_steps(self, work):
+        """`work(patcher)` between two steps, without gradients (sample images: ComfyUI's sampling loads
+        the patcher its own way and releases it), then the model loaded for training again."""
+        with torch.no_grad():
+            result = work(self.patcher)
+        self._load()
+        self.patcher.pre_run()
+        return result
 
     def release(self) -> None:
         if not self._active:
