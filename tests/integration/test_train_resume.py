@@ -94,6 +94,25 @@ def test_checkpoints_keep_the_training_state_as_tensors(comfy, runs):
     assert '"step": %d' % N in metadata["train_state"] and '"optimizer": "AdamW"' in metadata["train_state"]
 
 
+def test_stock_lora_loader_reads_a_checkpoint_as_the_adapter_it_holds(comfy, runs):
+    """Its training state is no weight: the stock loader applies the adapter and does not list the state as keys it left."""
+    client, name = runs["client"], runs["b"]["qrlora"][0]["file"]
+    offset = comfy.log_size()
+    unet = {"class_type": "UNETLoader", "inputs": {"unet_name": UNET, "weight_dtype": "default"}}
+    client.run({
+        "unet": unet,
+        "stock": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["unet", 0], "lora_name": name, "strength_model": 1.0}},
+        "load": {"class_type": "QRLoRALoader", "inputs": {"lora_name": name}},
+        "apply": {"class_type": "QRLoRAApply", "inputs": {"model": ["unet", 0], "qr_lora": ["load", 0], "strength": 1.0}},
+        "save_stock": {"class_type": "ModelSave", "inputs": {"model": ["stock", 0], "filename_prefix": "qrresume/stock"}},
+        "save_apply": {"class_type": "ModelSave", "inputs": {"model": ["apply", 0], "filename_prefix": "qrresume/apply"}},
+    })
+    log = comfy.log_tail(offset)
+    assert "lora key not loaded" not in log, log
+    stock, applied = (read_safetensors(comfy.path("output", "qrresume", f"{k}_00001_.safetensors"))[0] for k in ("stock", "apply"))
+    assert stock.keys() == applied.keys() and all(torch.equal(stock[k], applied[k]) for k in stock)
+
+
 def test_continuing_from_a_plain_adapter_says_it_restarts_the_optimizer(comfy, runs, text_and_vae):
     client = runs["client"]
     plain = "qrresume/b_plain.safetensors"
