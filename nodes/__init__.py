@@ -10,10 +10,12 @@ from .reference import QRLoRAExportReference
 from .save import QRLoRAExportLoRA, QRLoRASave
 from .similarity import QRLoRASimilarity
 from .train import QRLoRATrain
+from .train_data import QRLoRATrainingData
+from .train_samples import QRLoRASampleSettings
 
 NODES = [
-    QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrain, QRLoRASimilarity,
-    QRLoRAHook, QRLoRABlockWeights, QRLoRAExportReference,
+    QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrainingData, QRLoRASampleSettings, QRLoRATrain,
+    QRLoRASimilarity, QRLoRAHook, QRLoRABlockWeights, QRLoRAExportReference,
 ]
 
 routes.register()

@@ -83,11 +83,11 @@ def adapter_path(name: str) -> str:
     return path
 
 
-def output_path(name: str) -> str:
-    """Where a new adapter named `name` is written (first loras folder, subfolders allowed)."""
+def output_path(name: str, suffix: str = EXTENSION) -> str:
+    """Where a new adapter (or a training run's sample image, suffix .png) named `name` is written (first loras folder, subfolders allowed)."""
     name = name.strip()
-    if not is_adapter_name(name):
-        name += EXTENSION
+    if not name.lower().endswith(suffix):  # adapters: is_adapter_name's rule
+        name += suffix
     _check_relative(name)
     root = folder_paths.get_folder_paths(LORAS)[0]
     path = os.path.join(root, name)

@@ -27,6 +27,7 @@ from ..qrlora_core.training.session import NonFiniteLoss
 from . import files, train_fit
 from .apply import patches_for, resolve_targets
 from .routes import running_server
+from .train_samples import SamplePreviews, SampleSettingsType
 from .train_session import TrainingSession
 from .types import QRLoRAType, describe
 
@@ -77,7 +78,7 @@ class Checkpoints:
         else:
             raise AdapterError(f"There are already 99,999 training runs named {prefix}_*: choose another filename prefix.")
         self._check_writable(prefix, f"{self.run}_step{last_step:06}.safetensors")
-        self.targets, self.metadata = None, {}
+        self.targets, self.metadata, self.training_state = None, {}, None  # training_state(steps) -> TrainingState
         self.saved_step, self.saved_name = None, None
 
     @staticmethod
@@ -103,7 +104,8 @@ class Checkpoints:
         meta = {**self.metadata, "steps": steps}
         if loss is not None:
             meta["loss"] = loss
-        save_native(self.targets.to_adapter(meta, source=name), files.output_path(name))
+        state = self.training_state(steps).pack() if self.training_state else None
+        save_native(self.targets.to_adapter(meta, source=name), files.output_path(name), extra=state)
         self.saved_step, self.saved_name = steps, name
         logging.info(f"[QR-LoRA] saved checkpoint {name}")
         return name
@@ -161,6 +163,7 @@ class QRLoRATrain(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="The caption with its trigger word: one for all images, or one per image."),
                 *setting_inputs(),
                 QRLoRAType.Input("qr_lora", optional=True, tooltip="An adapter to continue training (its own Q, ΔR, rank and layers)."),
+                SampleSettingsType.Input("samples", optional=True, tooltip="Sample images every N steps (QR-LoRA Sample Settings)."),
             ],
             outputs=[
                 QRLoRAType.Output(display_name="qr_lora", tooltip="The trained adapter (also saved in the loras folder)."),
@@ -172,21 +175,21 @@ class QRLoRATrain(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, latents, positive, qr_lora=None, **widgets) -> io.NodeOutput:
+    def execute(cls, model, latents, positive, qr_lora=None, samples=None, **widgets) -> io.NodeOutput:
         config = TrainConfig(**{k: v[0] for k, v in widgets.items()})
-        model, existing = model[0], (qr_lora[0] if qr_lora else None)
+        model, existing, samples = model[0], (qr_lora[0] if qr_lora else None), (samples[0] if samples else None)
         with torch.inference_mode(False):
-            return cls._train(model, latents, positive, config, existing)
+            return cls._train(model, latents, positive, config, existing, samples)
 
     @classmethod
-    def _train(cls, model, latents, positive, config: TrainConfig, existing) -> io.NodeOutput:
+    def _train(cls, model, latents, positive, config: TrainConfig, existing, samples=None) -> io.NodeOutput:
         node_id, server = (cls.hidden.unique_id if cls.hidden else None), running_server()
 
         def live_loss(step: int, loss: float) -> None:
             if server is not None:
                 server.send_sync(LIVE_LOSS_EVENT, {"node": node_id, "step": step, "loss": loss})
 
-        run = train_to_files(model, latents, positive, config, existing, on_step=live_loss)
+        run = train_to_files(model, latents, positive, config, existing, on_step=live_loss, samples=samples)
         losses, total, name, targets = run.losses, run.total, run.name, run.session.targets
         adapter = targets.to_adapter({**run.metadata, "steps": total, "loss": losses[-1]}, source=name)
         patched = model.clone()
@@ -201,7 +204,11 @@ class QRLoRATrain(io.ComfyNode):
         ])
         preview = ui.PreviewImage(curve, cls=cls).as_dict()
         summary = {"file": name, "steps": total, "losses": losses, "layers": len(targets.layers), "trained_values": targets.trainable_count()}
-        return io.NodeOutput(adapter, patched, {"loss": losses}, curve, total, ui={**preview, "text": [text], "qrlora": [summary], "loss": losses})
+        output = {**preview, "text": [text], "qrlora": [summary], "loss": losses}
+        if run.previews is not None:  # the loss curve, then every sample image
+            output["images"] = preview["images"] + run.previews.shown
+            output["qrlora_samples"] = run.previews.files
+        return io.NodeOutput(adapter, patched, {"loss": losses}, curve, total, ui=output)
 
 
 # ------------------------------------------------------------ the run behind the node and the headless trainer
@@ -215,14 +222,17 @@ class TrainedRun:
     steps_before: int
     total: int  # steps trained in all, earlier runs of a continued adapter included
     name: str | None  # the last file written (None on processes other than 0 of a parallel run)
+    previews: SamplePreviews | None = None  # the sample images made while training (process 0)
 
 
-def train_to_files(model, latents, positive, config: TrainConfig, existing=None, on_step=lambda step, loss: None, parallel=None) -> TrainedRun:
+def train_to_files(model, latents, positive, config: TrainConfig, existing=None, on_step=lambda step, loss: None, parallel=None,
+                   samples=None) -> TrainedRun:
     """Train and write the checkpoints and the final adapter into `loras`: what the node and train.py both run.
 
     Interrupted: keeps what was trained (a checkpoint), then re-raises.
     Diverged: keeps the last good state and says so. `parallel`: a
-    DataParallel run, in which only process 0 writes files.
+    DataParallel run, in which only process 0 writes files (and makes the
+    sample images, when `samples` (SampleSettings) asks for them).
     """
     writes = parallel is None or parallel.main
     steps_before = int(existing.metadata.get("steps", 0) or 0) if existing is not None else 0
@@ -240,7 +250,8 @@ def train_to_files(model, latents, positive, config: TrainConfig, existing=None,
         },
     }
     if checkpoints is not None:
-        checkpoints.targets, checkpoints.metadata = session.targets, metadata
+        checkpoints.targets, checkpoints.metadata, checkpoints.training_state = session.targets, metadata, session.training_state
+    previews = SamplePreviews(samples, checkpoints.run, config.steps) if samples is not None and checkpoints is not None else None
     losses: list[float] = []
 
     def after_step(step: int, loss: float) -> None:
@@ -248,6 +259,8 @@ def train_to_files(model, latents, positive, config: TrainConfig, existing=None,
         on_step(step, loss)
         if checkpoints is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
             checkpoints.save(steps_before + step, loss)
+        if previews is not None and previews.settings.due(steps_before + step):
+            previews(session, step, steps_before + step)
 
     try:
         with session:
@@ -271,4 +284,4 @@ def train_to_files(model, latents, positive, config: TrainConfig, existing=None,
     name = None
     if checkpoints is not None:
         name = checkpoints.save(total, losses[-1]) if checkpoints.saved_step != total else checkpoints.saved_name
-    return TrainedRun(session, metadata, losses, steps_before, total, name)
+    return TrainedRun(session, metadata, losses, steps_before, total, name, previews)

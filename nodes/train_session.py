@@ -34,6 +34,7 @@ W' live at a time, without it all of them at once.
 """
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -48,10 +49,13 @@ from comfy_extras.nodes_train import find_all_highest_child_module_with_forward,
 
 from ..qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, working_bytes
 from ..qrlora_core.errors import AdapterError
+from ..qrlora_core.formats import load_adapter
 from ..qrlora_core.training import TrainConfig, TrainTargets, select
+from ..qrlora_core.training.buckets import describe, group_by_size
 from ..qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
 from ..qrlora_core.training.out_of_place import OutOfPlaceForwards
 from ..qrlora_core.training.session import StepLoop
+from ..qrlora_core.training.state import TrainingState, read_training_state
 from . import files, keymap, train_fit
 from .apply import resolve_targets
 
@@ -196,6 +200,23 @@ def _release_wrappers(mp, wrappers: dict) -> None:
     mp.weight_wrapper_patches = {}
 
 
+def saved_training_state(adapter, steps: int) -> tuple[TrainingState | None, str]:
+    """The training state kept in the file the adapter was loaded from, or None and why there is none."""
+    try:
+        path = files.adapter_path(adapter.source)
+    except AdapterError:
+        return None, "it does not come straight from a file in the loras folder"
+    state = read_training_state(path, adapter.source)
+    if state is None:
+        return None, "its file is a plain adapter without training state"
+    if state.step != steps or not set(adapter.targets) <= set(state.layers):
+        return None, "its file's training state does not belong to this adapter"
+    saved = load_adapter(path, basis_loader=files.basis_store().load, source=adapter.source)
+    if saved.targets.keys() != adapter.targets.keys() or any(not torch.equal(saved.targets[n].delta_r, t.delta_r) for n, t in adapter.targets.items()):
+        return None, "its file has changed since it was loaded"
+    return state, ""
+
+
 # ------------------------------------------------------------ the session
 
 
@@ -238,7 +259,11 @@ class TrainingSession:
         self.dtype = DTYPES[config.training_dtype]
         self.latents = training_latents(latents)
         self.captions = captions_per_image(positive, len(self.latents))
+        self.buckets = group_by_size([x.shape for x in self.latents])  # a batch is drawn within one
         self.where, self.notes = choose_targets(model, config, existing)
+        if len(self.buckets) > 1:
+            self.notes.append(describe(self.buckets, [x.shape for x in self.latents]) + "; each batch comes from one bucket.")
+            logging.info(f"[QR-LoRA] training on {self.notes[-1]}")
         self.triangular = config.triangular
         fused_rows = sum(m for (m, _), (_, offset) in zip(target_shapes(model, self.where), self.where.values()) if offset is not None)
         self.plan = train_fit.plan(model, target_shapes(model, self.where), config, self.latents, fused_rows)  # before any work
@@ -316,8 +341,7 @@ class TrainingSession:
         mp.model.requires_grad_(False)
         for p in self.targets.parameters():
             p.requires_grad_(True)
-        self.loaded = train_fit.Loaded(mp, self.plan)
-        _usable_for_autograd(mp.model)
+        self._load()
         # the patcher's wrappers, callbacks and hooks into the options the model runs with, as ComfyUI's guider does
         self.model_options = comfy.model_patcher.create_model_options_clone(mp.model_options)
         captions = {"positive": comfy.sampler_helpers.convert_cond(list({id(c): c for c in self.captions}.values()))}
@@ -333,6 +357,26 @@ class TrainingSession:
             max_grad_norm=config.max_grad_norm, seed=config.seed,
             reduce=None if self.parallel is None else self.parallel.reduce,
         )
+        self.optimizer = self.loop.optimizer  # kept after release: the last checkpoint is written then
+        if self.existing is not None:
+            self._continue(self.existing)
+        self._draws_after_step = self.loop.draws.generator.get_state()
+
+    def _load(self) -> None:
+        """Load the model for training as planned (train_fit: whole, or partly offloaded), with weights autograd can use."""
+        if self.loaded is not None:
+            self.loaded.release()
+        self.loaded = train_fit.Loaded(self.patcher, self.plan)
+        _usable_for_autograd(self.patcher.model)
+
+    def between_steps(self, work):
+        """`work(patcher)` between two steps, without gradients (sample images: ComfyUI's sampling loads
+        the patcher its own way and releases it), then the model loaded for training again."""
+        with torch.no_grad():
+            result = work(self.patcher)
+        self._load()
+        self.patcher.pre_run()
+        return result
 
     def release(self) -> None:
         if not self._active:
@@ -355,6 +399,35 @@ class TrainingSession:
         for p in self.targets.parameters():
             p.requires_grad_(False)
         self.loop = None
+
+    # -------------------------------------------------------- resume
+
+    def resume_settings(self) -> dict:
+        """The settings an exact continuation must share with the run it continues (the seed is not one: the draws go on)."""
+        c = self.config
+        return {"images": len(self.latents), "learning_rate": c.learning_rate, "batch_size": c.batch_size,
+                "grad_accumulation": c.grad_accumulation, "optimizer": c.optimizer, "training_dtype": c.training_dtype,
+                "objective": c.objective, "guidance": c.guidance, "weight_decay": c.weight_decay, "max_grad_norm": c.max_grad_norm}
+
+    def training_state(self, total_steps: int) -> TrainingState:
+        """What a checkpoint after `total_steps` keeps to continue exactly: optimizer state, random draws, settings."""
+        return TrainingState.capture(total_steps, self.config.optimizer, self.optimizer, list(self.targets.layers),
+                                     {"draws": self._draws_after_step}, self.resume_settings())
+
+    def _continue(self, adapter) -> None:
+        """Restore the optimizer and the draws from the adapter's checkpoint file, or say why training restarts them."""
+        state, why = saved_training_state(adapter, int(adapter.metadata.get("steps", 0) or 0))
+        if state is not None and state.optimizer != self.config.optimizer:
+            state, why = None, f"it was trained with {state.optimizer}, not {self.config.optimizer}"
+        if state is None:
+            self.notes.append(f"{adapter.source or 'The adapter'} continues from its ΔR with a fresh optimizer: {why}, "
+                              "so the optimizer state restarts and the draws start from the seed.")
+            return
+        state.restore(self.loop.optimizer, list(self.targets.layers), {"draws": self.loop.draws.generator})
+        changed = state.differences(self.resume_settings())
+        self.notes.append(f"Resumed exactly from step {state.step} of {adapter.source}: optimizer state and random draws restored"
+                          + (f"; changed since: {', '.join(changed)}, so it is not the run an uninterrupted one would have been." if changed
+                             else " (the seed input is not used)."))
 
     # -------------------------------------------------------- one micro-batch
 
@@ -387,11 +460,11 @@ class TrainingSession:
         return values.to(self.device, torch.float32)
 
     def draw(self, draws) -> list[Batch]:
-        """The next micro-batch from the run's seeded draws: images grouped by caption and size."""
-        images = draws.images(len(self.x0), self.config.batch_size)
+        """The next micro-batch from the run's seeded draws: images of one size (bucket), grouped by caption."""
+        images = draws.images(self.buckets, self.config.batch_size)
         groups: dict = {}
         for i in images:
-            groups.setdefault((id(self.captions[i]), tuple(self.x0[i].shape)), []).append(i)
+            groups.setdefault(id(self.captions[i]), []).append(i)
         batches = []
         for members in groups.values():
             x0 = torch.cat([self.x0[i] for i in members])
@@ -434,6 +507,7 @@ class TrainingSession:
         progress = comfy.utils.ProgressBar(steps)
 
         def finished(step: int, loss: float) -> None:
+            self._draws_after_step = self.loop.draws.generator.get_state()  # what a checkpoint of this step keeps
             after_step(step, loss)
             progress.update_absolute(step)  # the server's progress hook also raises on interrupt
             comfy.model_management.throw_exception_if_processing_interrupted()

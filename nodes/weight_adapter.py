@@ -21,6 +21,7 @@ import comfy.model_management
 import comfy.weight_adapter
 from comfy.weight_adapter.base import WeightAdapterBase
 
+from ..qrlora_core.formats import TRAINING_STATE_PREFIX
 from ..qrlora_core.patch import add_delta_
 from ..qrlora_core.reference_formats import UP, is_q_and_r
 from ..qrlora_core.stock_keys import Refused, read_layer
@@ -51,6 +52,16 @@ def _remember(key: tuple, value: bool) -> bool:
 def _q_and_r(lora: dict) -> bool:
     key = _file_key(lora)
     return _seen[key] if key in _seen else _remember(key, is_q_and_r(lora))
+
+
+def _training_state_keys(lora: dict) -> set:
+    """A training checkpoint's state (train_state.*: optimizer moments, random draws) holds no weights: its keys
+    count as read, once per file, so the stock loaders do not log each of them as a key not loaded."""
+    key = ("state", *_file_key(lora))
+    if key in _seen:
+        return set()
+    _remember(key, True)
+    return {k for k in lora if k.startswith(TRAINING_STATE_PREFIX)}
 
 
 def _is_identity(function) -> bool:
@@ -87,7 +98,7 @@ class QRLoRAPatch(WeightAdapterBase):
             return None
         if layer is None:
             return None
-        return cls(layer.q, layer.delta_r, layer.scale, layer.keys)
+        return cls(layer.q, layer.delta_r, layer.scale, layer.keys | _training_state_keys(lora))
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function, intermediate_dtype=torch.float32, original_weight=None):
         q, delta_r = (comfy.model_management.cast_to_device(t, weight.device, intermediate_dtype) for t in self.weights)

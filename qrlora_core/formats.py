@@ -40,6 +40,7 @@ NATIVE_Q, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT = ".qr.q", ".qr.d
 NATIVE_SCALE = ".qr.scale"  # s = alpha / rank per layer, float64: the stock loaders see tensors only
 BASIS_DIGEST = "basis_q_digest"  # compact files: q_digest of the Qs they were saved with
 BASIS_ID_KEY = META_PREFIX + "basis_id"
+TRAINING_STATE_PREFIX = "train_state."  # a checkpoint's optimizer and RNG state (training/state.py); load_adapter never reads it
 
 
 # ---------------------------------------------------------------- writing
@@ -119,9 +120,12 @@ def native_metadata(adapter: QRLoRA, **extra) -> dict:
     return {META_PREFIX + k: v for k, v in meta.items()}
 
 
-def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=None) -> None:
-    """Native file; with `basis_id`, the compact variant (ΔR only, Q from the shared basis)."""
-    tensors = {}
+def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=None, extra: tuple[dict, dict] | None = None) -> None:
+    """Native file; with `basis_id`, the compact variant (ΔR only, Q from the shared basis).
+
+    `extra` = (tensors, metadata) stored alongside, e.g. a checkpoint's training state (training/state.py).
+    """
+    tensors = dict(extra[0]) if extra else {}
     for name, target in adapter.targets.items():
         delta_r = target.delta_r if dtype is None else target.delta_r.to(dtype)
         packed = _pack_upper(delta_r)
@@ -134,8 +138,8 @@ def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=N
             tensors[name + NATIVE_SCALE] = torch.tensor(float(adapter.scale), dtype=torch.float64)  # s for ComfyUI's own loaders (stock_keys.py)
         if target.fingerprint is not None:
             tensors[name + NATIVE_FINGERPRINT] = target.fingerprint.to(torch.float32)
-    extra = {"basis_id": basis_id, BASIS_DIGEST: q_digest({n: t.q for n, t in adapter.targets.items()})} if basis_id else {}
-    atomic_save(tensors, path, {**native_metadata(adapter, **extra), **modelspec(adapter, path, "qr-lora")})
+    facts = {"basis_id": basis_id, BASIS_DIGEST: q_digest({n: t.q for n, t in adapter.targets.items()})} if basis_id else {}
+    atomic_save(tensors, path, {**native_metadata(adapter, **facts), **modelspec(adapter, path, "qr-lora"), **(extra[1] if extra else {})})
 
 
 def export_lora(adapter: QRLoRA, path: str, dtype=None) -> None:

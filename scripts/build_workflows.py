@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
-from support import browser, demo_assets  # noqa: E402
+from support import browser, demo_assets, folder_dataset  # noqa: E402
 from toy_world import adapters, pipeline, world  # noqa: E402
 from support.server import Client, ComfyServer, make_base_directory  # noqa: E402
 from support.workflow import widget_names  # noqa: E402
@@ -73,6 +73,16 @@ TRAIN_NOTE = (
     "Only ΔR is trained; Q and R come from the base weights (SVD + QR), so adapters of this base mix cleanly.\n\n"
     "The loss curve draws on the Train node while it runs. The adapter is saved as loras/qrlora/{kind}_*.safetensors: "
     "load it with Load QR-LoRA and mix it in qrlora_mix. Use the trigger word '{trigger}' in your prompts."
+)
+FOLDER_NOTE = (
+    "Put your images (.png, .jpg, .webp; any sizes) into a folder inside ComfyUI's input folder, each with a .txt "
+    "file of the same name holding its caption with your trigger word ('{trigger}'); images without one take the "
+    "default caption. Kohya-style subfolders named '10_name' are repeated 10 times.\n\n"
+    "Each image goes to the aspect-ratio bucket nearest its shape (about resolution² pixels, sides multiples of 64) "
+    "and batches are drawn within one bucket; the data node lists the buckets it used.\n\n"
+    "The sample images appear on the Train node as they are made and are kept next to the checkpoints "
+    "(loras/qrlora/folder_*_sample*.png). To go on later, load a checkpoint with Load QR-LoRA into the Train node's "
+    "qr_lora input: it resumes exactly where that checkpoint stopped."
 )
 COMPARE_NOTE = (
     "One bar per layer: the cosine similarity of the two adapters' ΔR (the paper's disentanglement measure). "
@@ -181,6 +191,43 @@ def train(kind: str):
     return groups, links
 
 
+def train_folder():
+    trigger = "<c>"
+    generate, generate_links = generate_group(
+        "4 · Try the trained adapter", f"a photo of a {trigger} dog on a beach", "qrlora_train/folder", ("train", 1))
+    groups = [
+        model_group(),
+        G("2 · Training images from a folder", PURPLE, [
+            N("folder", "LoadImageTextDataSetFromFolder", "Image folder (images + same-name .txt captions)", box_w=360,
+              folder=folder_dataset.FOLDER),
+            N("note", "Note", "About the folder", box_w=360, box_h=300, text=FOLDER_NOTE.format(trigger=trigger)),
+        ], [
+            N("data", "QRLoRATrainingData", "Bucket, encode and caption", box_w=340, resolution=256,
+              default_caption=f"a photo of a {trigger} dog"),
+        ]),
+        G("3 · Train the adapter, with samples every 50 steps", GREEN, [
+            N("samples", "QRLoRASampleSettings", "Samples while training", box_w=340,
+              prompts=f"a photo of a {trigger} dog on a beach\na {trigger} dog in the snow", negative="", every=50,
+              width=256, height=256, steps=8, cfg=4.0, sampler_name="euler", scheduler="normal", seed=42),
+        ], [
+            N("train", "QRLoRATrain", "Train from the folder", box_w=340, box_h=640, rank=8, alpha=0.0, steps=200, learning_rate=1e-4,
+              batch_size=2, grad_accumulation=1, seed=0, optimizer="AdamW", training_dtype="fp32",
+              gradient_checkpointing=False, target_preset="attention + MLP (paper)", target_pattern="", triangular=True,
+              checkpoint_every=50, filename_prefix="qrlora/folder", trigger_words=trigger),
+        ], [
+            N("loss", "PreviewImage", "Loss curve", box_w=380, box_h=300),
+        ]),
+        generate,
+    ]
+    links = [
+        ("folder", 0, "data", "images"), ("folder", 1, "data", "captions"), ("vae", 0, "data", "vae"), ("clip", 0, "data", "clip"),
+        ("unet", 0, "train", "model"), ("data", 0, "train", "latents"), ("data", 1, "train", "positive"),
+        ("clip", 0, "samples", "clip"), ("vae", 0, "samples", "vae"), ("samples", 0, "train", "samples"),
+        ("train", 3, "loss", "images"), *generate_links,
+    ]
+    return groups, links
+
+
 def compare():
     groups = [
         G("1 · Two adapters, same base", GREEN, [
@@ -203,6 +250,7 @@ WORKFLOW_SPECS = {
     "qrlora_train_content": lambda: train("content"),
     "qrlora_train_style": lambda: train("style"),
     "qrlora_compare": compare,
+    "qrlora_train_folder": train_folder,
 }
 
 
@@ -360,6 +408,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="qrlora-workflows-") as base:
         make_base_directory(base, ROOT)
         demo_assets.training_folders(base)  # the dataset loader's folder list comes from input/
+        folder_dataset.write(os.path.join(base, "input"))  # the folder node lists it
         server = ComfyServer(base).start()
         try:
             info = {**PLANNED, **NOTE_INFO, **Client(server.url).object_info()}

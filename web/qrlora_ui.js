@@ -1,5 +1,5 @@
 // Shared helpers for the QR-LoRA node UIs: hooks, widgets, the info panel, a line chart.
-// Each node's UI lives in its own module (merge.js, loader.js, train.js, similarity.js).
+// Each node's UI lives in its own module (merge.js, loader.js, train.js, train_data.js, similarity.js).
 import { app } from "../../scripts/app.js";
 
 export { app };

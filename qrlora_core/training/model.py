@@ -70,7 +70,8 @@ class TrainTargets:
         for name, weight in weights.items():
             t = adapter.targets[name]
             where = device or weight.device
-            layers[name] = QRDelta(t.q.to(where), t.delta_r.to(where), adapter.scale, triangular)
+            q = t.q.to(where, copy=True)  # an ordinary tensor: loaders run in inference mode, whose tensors autograd refuses
+            layers[name] = QRDelta(q, t.delta_r.to(where), adapter.scale, triangular)
             sketches[name] = t.fingerprint if t.fingerprint is not None else sketch(weight)
         return cls(layers, adapter.rank, adapter.alpha, sketches, adapter.metadata.get("basis"))
 

@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from .buckets import draw_batch
+
 OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD, "RMSprop": torch.optim.RMSprop}
 
 
@@ -41,8 +43,9 @@ class Draws:
     def __init__(self, seed: int):
         self.generator = torch.Generator().manual_seed(seed % 2**63)
 
-    def images(self, count: int, batch: int) -> list[int]:
-        return torch.randperm(count, generator=self.generator)[:batch].tolist()
+    def images(self, buckets: list[list[int]], batch: int) -> list[int]:
+        """Up to `batch` image indices, all from one bucket (images of one size): buckets.draw_batch."""
+        return draw_batch(buckets, batch, self.generator)
 
     def uniform(self, n: int) -> torch.Tensor:
         return torch.rand(n, generator=self.generator, dtype=torch.float64)

@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-from support import browser, demo_assets, workflow
+from support import browser, demo_assets, folder_dataset, workflow
 from support.server import PACK_FOLDER_NAME, Client, require_nodes
 
 pytestmark = pytest.mark.browser
 
-NAMES = ("qrlora_mix", "qrlora_compare", "qrlora_train_content", "qrlora_train_style")
+NAMES = ("qrlora_mix", "qrlora_compare", "qrlora_train_content", "qrlora_train_style", "qrlora_train_folder")
 
 LINK_PROBLEMS_JS = """() => {
     const problems = [];
@@ -176,6 +176,33 @@ def test_train_workflow_runs_from_the_page_and_draws_the_loss_curve(ui, comfy, o
     _, entry = run_from_page(ui, comfy, timeout=600)
     panel(ui, train, "loss_curve", "executed")
     assert ui.get_attribute(f'.qrlora-panel[data-qrlora-node="{train}"]', "data-qrlora-steps") == "3"
+
+
+def test_folder_workflow_runs_from_the_page_and_shows_buckets_and_samples(ui, comfy, object_info):
+    wf = load(ui, object_info, "qrlora_train_folder")
+    titles = ("Bucket, encode and caption", "Train from the folder", "Samples while training", "Image size", "Sampler", "Result")
+    ids = {t: workflow.node_id(wf, t) for t in titles}
+    ui.evaluate("""([data, train, samples, size, sampler]) => {
+        const set = (id, name, v) => { app.graph.getNodeById(id).widgets.find(w => w.name === name).value = v; };
+        set(data, "resolution", 128); set(data, "default_caption", "a <c> dog seen from the page");  // not a cached run
+        set(train, "steps", 2); set(train, "rank", 4); set(train, "checkpoint_every", 0);
+        set(samples, "every", 1); set(samples, "width", 64); set(samples, "height", 64); set(samples, "steps", 2);
+        set(size, "width", 64); set(size, "height", 64); set(sampler, "steps", 2);
+    }""", [int(ids[t]) for t in titles[:-1]])
+    sent, entry = run_from_page(ui, comfy, timeout=600)
+    assert sent[ids["Bucket, encode and caption"]]["inputs"]["resolution"] == 128
+    buckets = {(b["width"], b["height"]): b["images"] for b in entry["outputs"][ids["Bucket, encode and caption"]]["qrlora_buckets"]}
+    assert buckets == folder_dataset.BUCKETS_AT_128
+    assert "5 images in 3 buckets" in panel(ui, ids["Bucket, encode and caption"], "buckets", "executed")
+    panel(ui, ids["Train from the folder"], "loss_curve", "executed")
+    assert [s["step"] for s in entry["outputs"][ids["Train from the folder"]]["qrlora_samples"]] == [1, 1, 2, 2]
+    # As they are made, the samples (two square images side by side) are the node's live preview,
+    # and its output lists the loss curve and all four.
+    train = ids["Train from the folder"]
+    ui.wait_for_function(f"() => (i => i?.complete && i.naturalHeight > 0 && i.naturalWidth === 2 * i.naturalHeight)(app.graph.getNodeById({train}).imgs?.[0])",
+                         timeout=30_000)
+    assert ui.evaluate(f"() => app.nodeOutputs[{train}].images.length") == 5
+    assert entry["outputs"][ids["Result"]]["images"]
 
 
 def test_moving_a_merge_weight_slider_reaches_the_servers_prompt(ui, comfy, object_info):

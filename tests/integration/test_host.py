@@ -10,6 +10,7 @@ PACK_NODES = {
     "QRLoRAApply": "Apply to Model",
     "QRLoRASave": "Save QR-LoRA",
     "QRLoRAExportLoRA": "Export as LoRA",
+    "QRLoRATrainingData": "QR-LoRA Training Data",
     "QRLoRATrain": "Train QR-LoRA",
     "QRLoRASimilarity": "ΔR Similarity",
 }

@@ -245,7 +245,7 @@ def test_comfyui_objective_option_compares_x0_on_the_sampling_schedule(pack, fol
         draws = Draws(seed)
         b = run.draw(draws)[0]
         replay = Draws(seed)
-        replay.images(len(run.x0), 1)
+        replay.images(run.buckets, 1)
         u = float(replay.uniform(1)[0])
         sampling = run.patcher.model.model_sampling
         assert float(b.sigma[0]) == pytest.approx(float(sampling.percent_to_sigma(u)), rel=1e-6)  # the (shifted) schedule

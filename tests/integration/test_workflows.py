@@ -13,7 +13,7 @@ from PIL import Image
 
 from qrlora_core.formats import load_adapter
 from qrlora_core.similarity import delta_cosine
-from support import demo_assets, workflow
+from support import demo_assets, folder_dataset, workflow
 from support.server import require_nodes
 
 pytestmark = pytest.mark.server
@@ -71,3 +71,28 @@ def test_train_workflow_trains_saves_and_samples(comfy, client, demo_models, obj
     assert entry["outputs"][workflow.node_id(wf, "Loss curve")]["images"]
     saved = [f for f in os.listdir(os.path.join(demo_models, "models", "loras", "qrlora")) if f.startswith(kind)]
     assert saved, f"no {kind} adapter was saved in loras/qrlora/"
+
+
+def test_folder_workflow_buckets_trains_and_samples(comfy, client, demo_models, object_info):
+    require_nodes(object_info, "QRLoRATrain")
+    wf, prompt = prompt_of("qrlora_train_folder", object_info)
+    data, train = workflow.node_id(wf, "Bucket, encode and caption"), workflow.node_id(wf, "Train from the folder")
+    assert prompt[workflow.node_id(wf, "Image folder (images + same-name .txt captions)")]["inputs"]["folder"] == folder_dataset.FOLDER
+    assert prompt[data]["inputs"]["resolution"] == 256  # as a user gets it
+    workflow.set_inputs(prompt, data, resolution=128)
+    workflow.set_inputs(prompt, train, steps=2, rank=4, checkpoint_every=0)
+    samples = workflow.node_id(wf, "Samples while training")
+    assert prompt[samples]["inputs"]["every"] == 50 and prompt[train]["inputs"]["samples"] == [samples, 0]
+    workflow.set_inputs(prompt, samples, every=1, width=64, height=64, steps=2)
+    workflow.set_inputs(prompt, workflow.node_id(wf, "Image size"), width=64, height=64)
+    workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
+    entry = client.run(prompt, timeout=600)
+    buckets = {(b["width"], b["height"]): b["images"] for b in client.ui(entry, data)["qrlora_buckets"]}
+    assert buckets == folder_dataset.BUCKETS_AT_128
+    assert len(client.ui(entry, train)["loss"]) == 2
+    made = client.ui(entry, train)["qrlora_samples"]
+    assert [s["step"] for s in made] == [1, 1, 2, 2], "two prompts sampled after each step"
+    assert all(os.path.isfile(os.path.join(demo_models, "models", "loras", s["file"])) for s in made)
+    assert image_of(comfy, entry, workflow.node_id(wf, "Result")).shape == (64, 64, 3)
+    saved = [f for f in os.listdir(os.path.join(demo_models, "models", "loras", "qrlora")) if f.startswith("folder_")]
+    assert saved, "no adapter was saved as loras/qrlora/folder_*"

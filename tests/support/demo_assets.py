@@ -12,6 +12,8 @@ import os
 from toy_world import adapters, model_files, text_encoder, world
 from toy_world import pipeline
 
+from . import folder_dataset
+
 UNET = model_files.UNET_FILE
 CLIP_L = model_files.CLIP_FILE
 VAE = model_files.VAE_FILE
@@ -76,3 +78,4 @@ def build(base: str) -> None:
     if not os.path.exists(clip):
         text_encoder.save(clip)
     training_folders(base)
+    folder_dataset.write(os.path.join(base, "input"))

@@ -285,7 +285,7 @@ def test_draws_are_seeded_and_independent_of_the_global_rng():
     def sample(seed):
         d = Draws(seed)
         torch.manual_seed(seed + 1)  # must not matter
-        return d.images(10, 3), d.uniform(2).tolist(), d.noise(torch.zeros(2, 3)).tolist()
+        return d.images([list(range(6)), list(range(6, 10))], 3), d.uniform(2).tolist(), d.noise(torch.zeros(2, 3)).tolist()
 
     assert sample(5) == sample(5) and sample(5) != sample(6)
 

@@ -14,7 +14,7 @@ from support.demo_assets import WORKFLOWS
 
 ROOT = os.path.dirname(WORKFLOWS)
 EXAMPLES = os.path.join(ROOT, "example_workflows")
-NAMES = ("qrlora_mix", "qrlora_train_content", "qrlora_train_style", "qrlora_compare")
+NAMES = ("qrlora_mix", "qrlora_train_content", "qrlora_train_style", "qrlora_compare", "qrlora_train_folder")
 
 
 def test_example_workflows_are_the_same_files_as_workflows():

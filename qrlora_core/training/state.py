@@ -1,0 +1,102 @@
+"""What a checkpoint keeps so that training can continue exactly where it stopped.
+
+ΔR itself is the adapter. Beyond it, an exact continuation needs the
+optimizer's per-layer state (AdamW: the step count and both moments), the
+state of the run's random generator (which images, timesteps and noise come
+next), the number of steps done, and the settings the run used. All of it
+goes into the checkpoint's safetensors file: tensors as tensors under
+`train_state.` (never pickled), the rest as JSON in one metadata entry.
+The optimizer's hyperparameters are not restored from the file: a continued
+run takes them from its own inputs, and `differences` says where those
+differ from the recorded ones.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import AdapterError
+from ..formats import TRAINING_STATE_PREFIX as PREFIX
+from ..formats import read_safetensors
+
+META_KEY = "train_state"  # outside qrlora.*, which is the adapter's own metadata (copied on every save)
+VERSION = 1
+
+
+@dataclass
+class TrainingState:
+    step: int  # optimizer steps done in total
+    optimizer: str  # its name (AdamW, Adam, SGD, RMSprop)
+    layers: dict  # layer name -> {state key: tensor or JSON value}
+    generators: dict  # name -> torch.Generator state (uint8 tensor)
+    settings: dict = field(default_factory=dict)  # what the run was trained with
+
+    def pack(self) -> tuple[dict, dict]:
+        """(tensors, metadata) for the checkpoint file."""
+        tensors, scalars = {}, {}
+        for name, entries in self.layers.items():
+            for key, value in entries.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{PREFIX}optimizer.{name}.{key}"] = value.detach().to("cpu").contiguous()
+                else:
+                    scalars.setdefault(name, {})[key] = value
+        for name, state in self.generators.items():
+            tensors[f"{PREFIX}rng.{name}"] = state.to("cpu")
+        facts = {"version": VERSION, "step": self.step, "optimizer": self.optimizer, "layers": list(self.layers),
+                 "scalars": scalars, "settings": self.settings}
+        return tensors, {META_KEY: json.dumps(facts)}
+
+    @classmethod
+    def unpack(cls, tensors: dict, metadata: dict, source: str) -> "TrainingState | None":
+        """The state a file keeps, or None for a plain adapter (no training state)."""
+        if META_KEY not in metadata:
+            return None
+        try:
+            facts = json.loads(metadata[META_KEY])
+            if int(facts["version"]) > VERSION:
+                raise AdapterError(f"{source} keeps its training state in a newer layout (version {facts['version']}) than this pack reads: update comfyui-qrlora.")
+            layers = {name: dict(facts["scalars"].get(name, {})) for name in facts["layers"]}
+            for key, value in tensors.items():
+                if key.startswith(PREFIX + "optimizer."):
+                    name, entry = key[len(PREFIX + "optimizer."):].rsplit(".", 1)
+                    layers[name][entry] = value
+            generators = {key[len(PREFIX + "rng."):]: value for key, value in tensors.items() if key.startswith(PREFIX + "rng.")}
+            return cls(int(facts["step"]), str(facts["optimizer"]), layers, generators, dict(facts.get("settings", {})))
+        except AdapterError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise AdapterError(f"{source}: its training state is damaged ({e!r}); continue from an earlier checkpoint, or load it as a plain adapter.") from None
+
+    @classmethod
+    def capture(cls, step: int, optimizer_name: str, optimizer: torch.optim.Optimizer, names: list[str],
+                generator_states: dict, settings: dict) -> "TrainingState":
+        """The state of a run after `step` steps; `names[i]` is the layer of the optimizer's i-th parameter,
+        `generator_states` the states (Generator.get_state()) of the run's generators after that step."""
+        per_param = optimizer.state_dict()["state"]
+        layers = {name: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in per_param.get(i, {}).items()}
+                  for i, name in enumerate(names)}
+        return cls(step, optimizer_name, layers, {k: s.clone() for k, s in generator_states.items()}, dict(settings))
+
+    def restore(self, optimizer: torch.optim.Optimizer, names: list[str], generators: dict) -> None:
+        """Put the optimizer's per-layer state and the generators back; hyperparameters stay the optimizer's own."""
+        missing = [n for n in names if n not in self.layers]
+        if missing:
+            raise AdapterError(f"The checkpoint's training state lacks {len(missing)} of the layers being trained (e.g. {missing[0]}).")
+        current = optimizer.state_dict()
+        state = {i: dict(self.layers[name]) for i, name in enumerate(names) if self.layers[name]}
+        optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+        for key, generator in generators.items():
+            if key in self.generators:
+                generator.set_state(self.generators[key])
+
+    def differences(self, settings: dict) -> list[str]:
+        """Settings of a continued run that differ from the ones this state was trained with."""
+        return [f"{k} {self.settings[k]!r} -> {settings[k]!r}" for k in sorted(settings)
+                if k in self.settings and self.settings[k] != settings[k]]
+
+
+def read_training_state(path: str, source: str) -> TrainingState | None:
+    """The training state a checkpoint file keeps (None for a plain adapter), without reading its adapter tensors."""
+    tensors, metadata = read_safetensors(path, lambda header: [k for k in header.keys() if k.startswith(PREFIX)], name=source)
+    return TrainingState.unpack(tensors, metadata, source)
