@@ -101,7 +101,7 @@ def main() -> int:
     print()
     print(f"  ComfyUI with comfyui-qrlora is running. Open the mixing workflow, ready to run:")
     print(f"    {demo_assets.page_url(server.url)}")
-    print(f"  (the file: {demo_assets.MIX_WORKFLOW}; all four examples are in the page's Templates > Extensions")
+    print(f"  (the file: {demo_assets.MIX_WORKFLOW}; every example workflow is in the page's Templates > Extensions")
     print("  and Workflows sidebar). Stop the server with: make stop")
     return 0
 
