@@ -4,8 +4,10 @@ import os
 
 import pytest
 import safetensors.torch
+import torch
 
 from support import models
+from support.host import import_pack
 
 SD15 = "tiny_sd15.safetensors"
 SD3 = "tiny_sd3.safetensors"
@@ -35,3 +37,28 @@ def text_and_vae(comfy):
     if not os.path.exists(comfy.path("models", "vae", TAESD)):
         models.save_taesd(comfy.path("models", "vae", TAESD))
     return CLIP_L, TAESD
+
+
+# ------------------------------------------------------------ in-process training (no server)
+
+
+@pytest.fixture(scope="module")
+def pack():
+    """The pack imported in this process, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the test server runs: far faster on the shared 2-core machine
+    yield import_pack()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def folders(pack, tmp_path, monkeypatch):
+    """ComfyUI's folders pointed at this test's temporary directory."""
+    import folder_paths
+
+    for name in ("loras", "qrlora_bases"):
+        os.makedirs(tmp_path / name)
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / name)], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    return tmp_path

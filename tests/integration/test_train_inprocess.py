@@ -15,30 +15,8 @@ import pytest
 import torch
 
 from support import models
-from support.host import import_pack
 
 STEPS = 6
-
-
-@pytest.fixture(scope="module")
-def pack():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the test server runs: far faster on the shared 2-core machine
-    yield import_pack()
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def folders(pack, tmp_path, monkeypatch):
-    """ComfyUI's folders pointed at this test's temporary directory."""
-    import folder_paths
-
-    for name in ("loras", "qrlora_bases"):
-        os.makedirs(tmp_path / name)
-        monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / name)], {".safetensors"}))
-    monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
-    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
-    return tmp_path
 
 
 @pytest.fixture

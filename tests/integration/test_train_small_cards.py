@@ -15,27 +15,8 @@ import pytest
 import torch
 
 from support import models
-from support.host import import_pack
 
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def pack():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield import_pack()
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def folders(pack, tmp_path, monkeypatch):
-    import folder_paths
-
-    for name in ("loras", "qrlora_bases"):
-        os.makedirs(tmp_path / name)
-        monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / name)], {".safetensors"}))
-    return tmp_path
 
 
 @pytest.fixture(scope="module")
