@@ -23,6 +23,7 @@ import tempfile
 import torch
 
 from . import legacy_decompose
+from .flux import decaying_weights
 from .common import Timer, free_cache, gib, median, peak_bytes, reset_peak, timed
 
 
@@ -31,25 +32,7 @@ def _orthonormal(rows: int, cols: int, device, generator) -> torch.Tensor:
 
 
 def make_weights(shapes: dict, power: float, device, seed: int) -> dict:
-    generator = torch.Generator(device=device).manual_seed(seed)
-    bases = {}
-    out = {}
-    for name, (m, n) in shapes.items():
-        k = min(m, n)
-        for dim in (m, n):
-            if (dim, k) not in bases:
-                bases[(dim, k)] = _orthonormal(dim, k, device, generator)
-
-        def scrambled(dim):
-            b = bases[(dim, k)]
-            rows = torch.randperm(dim, device=device, generator=generator)
-            cols = torch.randperm(k, device=device, generator=generator)
-            signs = torch.randint(0, 2, (dim, 1), device=device, generator=generator, dtype=torch.float32) * 2 - 1
-            return b[rows][:, cols] * signs
-
-        s = torch.arange(1, k + 1, device=device, dtype=torch.float32) ** -power
-        out[name] = ((scrambled(m) * s) @ scrambled(n).T).to(torch.bfloat16)
-    return out
+    return dict(decaying_weights(shapes, power, device, seed))
 
 
 def exact_top(w: torch.Tensor, rank: int) -> torch.Tensor:

@@ -10,7 +10,10 @@ process at 24, 16 or 12 GiB with torch.cuda.set_per_process_memory_fraction,
 and the base, bf16 or fp8_e4m3fn as UNETLoader's weight_dtype loads it
 (stored float8, cast to bf16 per use).
 
-The model starts in host memory, as ComfyUI keeps a model it is not
+The model is ComfyUI's Flux with random weights whose trained layers get
+decaying spectra, as a checkpoint's have (flux.give_decaying_spectra), so
+its basis builds on the same path and at about the same speed as a real
+model's. It starts in host memory, as ComfyUI keeps a model it is not
 running (offload device: the CPU; ComfyUI's default pinning of offloaded
 weights on). 512 px (a 64x64 latent, 1024 image tokens) with 512 T5
 tokens, rank 64, batch 1, one forward per step (grad_accumulation 1, so a
@@ -117,24 +120,27 @@ def run(ctx) -> dict:
     import comfy.model_patcher
     import folder_paths
 
-    from .flux import build_model
+    from .flux import build_model, give_decaying_spectra
 
     device = ctx.device if ctx.device.type != "cuda" or ctx.device.index is not None else torch.device("cuda", torch.cuda.current_device())
     folder = os.path.join(ctx.scratch, "qrlora_bases_bench")
-    os.makedirs(folder, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # the first row of each base builds its basis
+    os.makedirs(folder)
     folder_paths.folder_names_and_paths["qrlora_bases"] = ([folder], {".safetensors"})
-    if device.type == "cuda":
-        mm.MAX_PINNED_MEMORY = psutil.virtual_memory().total * 0.95  # ComfyUI's default on Linux (the bench's import turns it off)
     steps = 4 if ctx.full else 2
     out = {"px": ctx.train_px, "rank": ctx.rank, "text_tokens": ctx.train_tokens, "steps_per_row": steps, "rows": []}
     patchers = {}
     for base, (dtype, compute) in BASES.items():
         ctx.log(f"memory: building Flux ({ctx.size}) with {base} weights")
         model = build_model(ctx.size, device, dtype=dtype, compute_dtype=compute)
+        give_decaying_spectra(model, ctx.size, ctx.pack[1])  # the same target weights for both bases; fp8 rounds them
         model.to("cpu")  # the model waits in host memory, as ComfyUI keeps one it is not running
         _clear(device)
         patchers[base] = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
         out.setdefault("weight_bytes", {})[base] = patchers[base].model_size()
+    if device.type == "cuda":  # ComfyUI's default on Linux (the bench's import turns it off), read once the models are in
+        mm.MAX_PINNED_MEMORY = out["pinned_limit"] = psutil.virtual_memory().total * 0.95  # host memory (some VMs grow MemTotal as it is used)
+        ctx.log(f"memory: pinned memory limit {gib(mm.MAX_PINNED_MEMORY):.0f} GiB")
     if ctx.full:  # bases built on the whole GPU first, so the capped rows measure training; then one basis built under 12 GiB
         order = [("bf16", None), ("fp8", None), ("fp8", 24), ("fp8", 16), ("bf16", 16), ("fp8", 12), ("bf16", 12), ("bf16", 24),
                  ("fp8", "12, basis not on disk")]
