@@ -59,6 +59,63 @@ def world_images(items) -> torch.Tensor:
     return torch.from_numpy(np.stack([world.render(i) for i in items])).float() / 255.0
 
 
+def generic_images(count: int, seed: int) -> torch.Tensor:
+    """(count, H, W, 3) float in [0, 1]: generic pictures for the autoencoder, which is an image codec, not the world.
+
+    A real latent diffusion model's autoencoder is trained on far more than
+    its UNet ever learns to draw; trained on the base world alone, ours could
+    not even encode a pattern the world holds out (a checkered heart came back
+    from Encode -> Decode with its checker gone, pattern score 0.0), so no
+    adapter on the UNet could ever draw one. These pictures are not the
+    world: random regions (ellipses, rectangles, triangles, half-planes) in
+    random RGB colours, filled solid, with stripes at any angle and period,
+    with dots, or with a mosaic of random colour cells of 8 or 16 px laid on
+    the codec's 8 px grid, so every latent cell learns to carry its own colours.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:world.SIZE, 0:world.SIZE].astype(np.float32) + 0.5
+    out = np.empty((count, world.SIZE, world.SIZE, 3), dtype=np.uint8)
+
+    def texture():
+        colours = rng.integers(0, 256, size=(3, 3)).astype(np.float32)
+        kind = rng.integers(4)
+        if kind == 0:
+            return np.broadcast_to(colours[0], (world.SIZE, world.SIZE, 3))
+        if kind == 1:  # stripes
+            angle, period = rng.uniform(0, np.pi), rng.uniform(4, 40)
+            phase = (x * np.cos(angle) + y * np.sin(angle)) / period + rng.uniform()
+            return colours[(np.floor(phase) % 2).astype(np.int64)]
+        if kind == 2:  # dots
+            grid = rng.uniform(8, 24)
+            radius = rng.uniform(1.5, grid / 2.2)
+            ox, oy = rng.uniform(0, grid, size=2)
+            inside = np.hypot((x + ox) % grid - grid / 2, (y + oy) % grid - grid / 2) <= radius
+            return colours[inside.astype(np.int64)]
+        cell = int(rng.choice([8, 16]))  # mosaic on the codec's own 8 px grid (one latent cell per 8x8 pixels)
+        ox, oy = 8 * rng.integers(0, cell // 8, size=2)
+        cells = rng.integers(0, int(rng.integers(2, 4)), size=(world.SIZE // cell + 2, world.SIZE // cell + 2))
+        return colours[cells[((y + oy) // cell).astype(np.int64), ((x + ox) // cell).astype(np.int64)]]
+
+    for n in range(count):
+        image = texture().copy()
+        for _ in range(rng.integers(1, 4)):
+            cx, cy = rng.uniform(16, 112, size=2)
+            a, b = rng.uniform(12, 60, size=2)
+            kind = rng.integers(4)
+            if kind == 0:
+                region = ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1
+            elif kind == 1:
+                region = (np.abs(x - cx) <= a) & (np.abs(y - cy) <= b)
+            elif kind == 2:
+                region = (y - cy <= b) & (np.abs(x - cx) <= (y - cy + b) * a / (2 * b))
+            else:
+                angle = rng.uniform(0, 2 * np.pi)
+                region = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle) > 0
+            image[region] = texture()[region]
+        out[n] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return torch.from_numpy(out).float() / 255.0
+
+
 def encode_captions(clip, captions: list[str]) -> torch.Tensor:
     """CLIPTextEncode's two calls per caption: (N, 77, 768)."""
     out = []
@@ -71,7 +128,9 @@ def encode_captions(clip, captions: list[str]) -> torch.Tensor:
 # ------------------------------------------------------------------ autoencoder
 
 
-def train_vae(images: torch.Tensor, device, seconds: float, batch: int, log_every: int, probe: int = 20):
+def train_vae(images: torch.Tensor, device, seconds: float, batch: int, log_every: int, probe: int = 20, world_count: int | None = None,
+              steps: int | None = None):
+    """TAESD trained on `images`; its latent scale and shift are set from the first `world_count` of them (the world)."""
     import comfy.taesd.taesd
 
     torch.manual_seed(0)
@@ -85,7 +144,7 @@ def train_vae(images: torch.Tensor, device, seconds: float, batch: int, log_ever
     x_all = (images.permute(0, 3, 1, 2) * 2 - 1).to(device)  # [-1, 1], as VAE Encode's process_input
     generator = torch.Generator(device="cpu").manual_seed(1)
     start, step, losses = time.time(), 0, []
-    total = None
+    total = steps
     while True:
         elapsed = time.time() - start
         if total is None and step == probe:  # time a few steps, then fit the run into `seconds`
@@ -113,7 +172,8 @@ def train_vae(images: torch.Tensor, device, seconds: float, batch: int, log_ever
         if step % log_every == 0:
             log(f"[vae] step {step} reconstruction loss {np.mean(losses[-log_every:]):.5f} latent rms {raw.float().square().mean().sqrt().item():.3f}")
     with torch.no_grad():
-        raws = torch.cat([vae.taesd_encoder(x_all[i:i + 256] * 0.5 + 0.5).float() for i in range(0, len(x_all), 256)])
+        world_x = x_all[:world_count]
+        raws = torch.cat([vae.taesd_encoder(world_x[i:i + 256] * 0.5 + 0.5).float() for i in range(0, len(world_x), 256)])
         mean, std = raws.mean().item(), raws.std().item()
         scale_factor = 0.18215  # SD1.5's latent_format
         vae.vae_scale.fill_(scale_factor * std)
@@ -121,6 +181,42 @@ def train_vae(images: torch.Tensor, device, seconds: float, batch: int, log_ever
     log(f"[vae] {step} steps in {time.time() - start:.0f} s; raw latent mean {mean:.4f} std {std:.4f}; "
         f"vae_scale {vae.vae_scale.item():.5f} vae_shift {vae.vae_shift.item():.5f}")
     return vae.cpu(), {"steps": step, "seconds": time.time() - start, "final_loss": float(np.mean(losses[-50:]))}
+
+
+def sharpen_decoder(vae_path: str, images: torch.Tensor, device, steps: int, batch: int, log_every: int = 250):
+    """Train the decoder of a written TAESD further, its encoder frozen: sharper images, the same latents.
+
+    The UNet and every adapter see only the encoder's latents, so this
+    changes nothing they learned; it only lets VAE Decode draw what the
+    latents already say (an 8 px checker's edges, not a blur between them).
+    """
+    import comfy.taesd.taesd
+    import safetensors.torch
+
+    vae = comfy.taesd.taesd.TAESD(latent_channels=4)
+    vae.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(vae_path).items()})
+    vae.to(device)
+    opt = torch.optim.AdamW(vae.taesd_decoder.parameters(), lr=3e-4, weight_decay=0.0)
+    x_all = (images.permute(0, 3, 1, 2) * 2 - 1).to(device)
+    generator = torch.Generator(device="cpu").manual_seed(5)
+    start, losses = time.time(), []
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = 3e-4 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        x = x_all[torch.randint(len(x_all), (batch,), generator=generator).to(device)]
+        with torch.no_grad():
+            raw = vae.taesd_encoder(x * 0.5 + 0.5)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = vae.taesd_decoder(raw + 0.05 * torch.randn_like(raw)).sub(0.5).mul(2)
+        loss = (out.float() - x).square().mean() + 0.5 * (out.float() - x).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % log_every == 0:
+            log(f"[decoder] step {step + 1} reconstruction loss {np.mean(losses[-log_every:]):.5f}")
+    log(f"[decoder] {steps} steps in {time.time() - start:.0f} s")
+    return vae.cpu(), {"steps": steps, "seconds": time.time() - start, "final_loss": float(np.mean(losses[-50:]))}
 
 
 # ------------------------------------------------------------------ UNet
@@ -144,7 +240,7 @@ def init_unet(unet: torch.nn.Module, seed: int) -> None:
                 torch.nn.init.zeros_(p)
 
 
-def train_unet(base_model, latents, embeds, empty, item_caption_index, device, seconds, batch, log_every, lr, probe=30):
+def train_unet(base_model, latents, embeds, empty, item_caption_index, device, seconds, batch, log_every, lr, probe=30, steps=None):
     """eps-prediction training of base_model.diffusion_model; returns the EMA weights."""
     unet = base_model.diffusion_model
     init_unet(unet, seed=2)
@@ -158,7 +254,7 @@ def train_unet(base_model, latents, embeds, empty, item_caption_index, device, s
     with_colours, without = item_caption_index
     with_colours, without = with_colours.to(device), without.to(device)
     generator = torch.Generator(device="cpu").manual_seed(3)
-    start, step, losses, total = time.time(), 0, [], None
+    start, step, losses, total = time.time(), 0, [], steps
     while True:
         elapsed = time.time() - start
         if total is None and step == probe:
@@ -262,7 +358,12 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--tiny", action="store_true", help="toy scale on the CPU (checks the script)")
     parser.add_argument("--vae-seconds", type=float, default=90)
+    parser.add_argument("--generic-images", type=int, default=2000, help="generic pictures the autoencoder trains on besides the world")
     parser.add_argument("--unet-seconds", type=float, default=300)
+    parser.add_argument("--vae-steps", type=int, help="train the autoencoder this many steps (instead of --vae-seconds)")
+    parser.add_argument("--unet-steps", type=int, help="train the UNet this many steps (instead of --unet-seconds)")
+    parser.add_argument("--sharpen-decoder", metavar="VAE_FILE", help="only train this TAESD's decoder further (encoder frozen) and write it to --out")
+    parser.add_argument("--decoder-steps", type=int, default=4000)
     parser.add_argument("--unet-batch", type=int, default=256)
     parser.add_argument("--unet-lr", type=float, default=3e-4)
     parser.add_argument("--reference", help="caption embeddings computed on a CPU (--write-reference), to compare with")
@@ -290,6 +391,9 @@ def main() -> int:
     images = world_images(items)
     log(f"[data] {len(items)} base images ({len(world.BASE_SHAPES)} shapes x {len(world.BASE_STYLES)} styles x colours)")
 
+    if args.sharpen_decoder:
+        return sharpen(args, items, images, device, report)
+
     # text encoder: the file setup writes, loaded as CLIPLoader does
     clip_path = os.path.join(args.out, "clip_l_regenerated.safetensors")
     text_encoder.save(clip_path)
@@ -309,7 +413,10 @@ def main() -> int:
         log(f"[clip] max |GPU - CPU server| over {len(texts)} reference captions: {diff:.3g}")
 
     # autoencoder
-    vae_model, report["vae"] = train_vae(images, device, 5 if args.tiny else args.vae_seconds, 4 if args.tiny else 64, 5 if args.tiny else 200, 2 if args.tiny else 20)
+    generic = generic_images(60 if args.tiny else args.generic_images, seed=4)
+    log(f"[data] {len(generic)} generic images for the autoencoder (generic_images)")
+    vae_model, report["vae"] = train_vae(torch.cat([images, generic]), device, 5 if args.tiny else args.vae_seconds, 4 if args.tiny else 64, 5 if args.tiny else 200, 2 if args.tiny else 20,
+                                         world_count=len(images), steps=None if args.tiny else args.vae_steps)
     vae_sd = {k: v.detach().to(torch.float16).contiguous() for k, v in vae_model.state_dict().items()}
     vae_path = os.path.join(args.out, model_files.VAE_FILE)
     safetensors.torch.save_file(vae_sd, vae_path)
@@ -319,6 +426,15 @@ def main() -> int:
         decoded = torch.cat([vae.decode(vae_latents[i:i + 128]) for i in range(0, len(images), 128)])
     report["vae"]["roundtrip_mean_abs_error_255"] = (decoded - images).abs().mean().item() * 255
     log(f"[vae] VAE Encode -> VAE Decode through comfy.sd.VAE: mean |error| {report['vae']['roundtrip_mean_abs_error_255']:.2f} / 255")
+    held_out = [world.Item(world.HELD_OUT_SHAPE, world.HELD_OUT_STYLE, world.CHECKER_COLOURS),
+                world.Item("circle", world.HELD_OUT_STYLE, world.CHECKER_COLOURS)]
+    with torch.no_grad():
+        back = vae.decode(vae.encode(world_images(held_out)))
+    report["vae"]["held_out_roundtrip"] = []
+    for item, image in zip(held_out, back):
+        s = scores.score(image.clamp(0, 1).mul(255).round().byte().cpu().numpy(), item.shape, item.style, item.rgb())
+        report["vae"]["held_out_roundtrip"].append({"item": f"{item.shape} in {item.style}", **s})
+        log(f"[vae] {item.shape} in {item.style} through Encode -> Decode: shape IoU {s['shape_iou']:.3f}, pattern {s['pattern']:.3f}")
     report["vae_latents_of_first_items"] = vae_latents[:4].tolist()  # compared with a CPU VAE Encode after download
 
     # UNet: SD1.5 architecture, the file the stock UNETLoader detects
@@ -332,7 +448,7 @@ def main() -> int:
     ema, report["unet"] = train_unet(
         base_model, latents, embeds, empty, (with_colours, without), device,
         5 if args.tiny else args.unet_seconds, 4 if args.tiny else args.unet_batch, 5 if args.tiny else 250, args.unet_lr,
-        2 if args.tiny else 30,
+        2 if args.tiny else 30, steps=None if args.tiny else args.unet_steps,
     )
     unet_path = os.path.join(args.out, model_files.UNET_FILE)
     safetensors.torch.save_file({k: v.to(torch.float16).contiguous() for k, v in ema.items()}, unet_path)
@@ -355,6 +471,37 @@ def main() -> int:
     log(f"[done] mean shape IoU {report['check_mean_shape_iou']:.3f}, mean pattern {report['check_mean_pattern']:.3f}, {report['seconds']:.0f} s")
     os.remove(clip_path)
     with open(os.path.join(args.out, "train_base.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return 0
+
+
+def sharpen(args, items, images, device, report) -> int:
+    """--sharpen-decoder: the decoder trained further on the same pictures; round trips reported before and after."""
+    import comfy.sd
+    import safetensors.torch
+
+    held_out = [world.Item(world.HELD_OUT_SHAPE, world.HELD_OUT_STYLE, world.CHECKER_COLOURS),
+                world.Item("circle", world.HELD_OUT_STYLE, world.CHECKER_COLOURS)]
+
+    def roundtrip(path, label):
+        vae = comfy.sd.VAE(sd=safetensors.torch.load_file(path), dtype=torch.float32)
+        with torch.no_grad():
+            back = vae.decode(vae.encode(world_images(held_out)))
+            world_back = torch.cat([vae.decode(vae.encode(images[i:i + 128])) for i in range(0, len(images), 128)])
+        rows = [scores.score(b.clamp(0, 1).mul(255).round().byte().cpu().numpy(), i.shape, i.style, i.rgb()) for i, b in zip(held_out, back)]
+        error = (world_back - images).abs().mean().item() * 255
+        log(f"[decoder] {label}: world round trip mean |error| {error:.2f} / 255; held-out checker patterns "
+            + ", ".join(f"{r['pattern']:.3f}" for r in rows))
+        return {"world_roundtrip_mean_abs_error_255": error, "held_out_roundtrip": rows}
+
+    report["before"] = roundtrip(args.sharpen_decoder, "before")
+    generic = generic_images(60 if args.tiny else args.generic_images, seed=4)
+    vae, report["decoder"] = sharpen_decoder(args.sharpen_decoder, torch.cat([images, generic]), device,
+                                             5 if args.tiny else args.decoder_steps, 4 if args.tiny else 64)
+    path = os.path.join(args.out, model_files.VAE_FILE)
+    safetensors.torch.save_file({k: v.detach().to(torch.float16).contiguous() for k, v in vae.state_dict().items()}, path)
+    report["after"] = roundtrip(path, "after")
+    with open(os.path.join(args.out, "sharpen_decoder.json"), "w") as f:
         json.dump(report, f, indent=1)
     return 0
 
