@@ -21,11 +21,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
-from support import demo_assets, workflow  # noqa: E402
-from support.server import Client, ComfyServer, make_base_directory  # noqa: E402
+from devkit import demo_assets, workflow  # noqa: E402
+from devkit.server import Client, ComfyServer, make_base_directory  # noqa: E402
 
 WORKFLOWS = os.path.join(ROOT, "workflows")
 

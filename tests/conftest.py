@@ -1,5 +1,7 @@
-"""Shared fixtures. Unit tests import qrlora_core directly; integration tests
-drive the real ComfyUI server (see tests/support/server.py)."""
+"""Shared fixtures. Tests import the pack as `comfyui_qrlora.*` (its one name
+outside ComfyUI, devkit/host.py); unit tests use `comfyui_qrlora.qrlora_core`
+without ComfyUI, integration tests drive the real ComfyUI server
+(devkit/server.py). tests/support holds what only the tests use."""
 
 import os
 import sys
@@ -7,7 +9,11 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # devkit, toy_world
+
+from devkit import host  # noqa: E402
+
+host.import_pack(entry_point=False)
 
 
 @pytest.fixture
@@ -26,7 +32,7 @@ SERVER_LOG_MARK = "_server_log_offset"
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
     """One real ComfyUI server for the session, with this pack in its custom_nodes."""
-    from support.server import ComfyServer, make_base_directory
+    from devkit.server import ComfyServer, make_base_directory
 
     base = make_base_directory(str(tmp_path_factory.mktemp("comfy-base")))
     server = ComfyServer(base).start()
@@ -37,7 +43,7 @@ def comfy(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_models(comfy):
     """The demo's model, adapters and training images in the server's folders (workflows/*.json use them)."""
-    from support import demo_assets
+    from devkit import demo_assets
 
     demo_assets.build(comfy.base)
     return comfy.base
@@ -45,7 +51,7 @@ def demo_models(comfy):
 
 @pytest.fixture(scope="session")
 def object_info(comfy):
-    from support.server import Client
+    from devkit.server import Client
 
     return Client(comfy.url).object_info()
 
@@ -53,7 +59,7 @@ def object_info(comfy):
 @pytest.fixture
 def client(comfy, request):
     """An HTTP client for the session's server; the server's log is shown if the test fails."""
-    from support.server import Client
+    from devkit.server import Client
 
     assert comfy.alive(), f"the ComfyUI server died earlier:\n{comfy.log_tail()}"
     offset = comfy.log_size()

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from support import browser, demo_assets, folder_dataset, workflow
-from support.server import PACK_FOLDER_NAME, Client, require_nodes
+from devkit import browser, demo_assets, folder_dataset, workflow
+from devkit.server import PACK_FOLDER_NAME, Client, require_nodes
 
 pytestmark = pytest.mark.browser
 

@@ -14,11 +14,11 @@ import torch
 
 from integration.conftest import SD3
 from integration.test_inference import SD3_TARGETS, rows
-from qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.decompose import decompose
 from support.adapters import published_tensors
 from support.checks import assert_base_untouched
 from support import seeds
-from support.graph import Graph
+from devkit.graph import Graph
 
 pytestmark = pytest.mark.server
 

@@ -19,12 +19,12 @@ import torch
 
 from integration.conftest import SD3, SD15
 from integration.test_inference import SD3_TARGETS, SD15_TARGETS, assert_only_targets_changed, rows
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.decompose import decompose
-from qrlora_core.formats import save_native
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.formats import save_native
 from support.adapters import write_published
 from support.checks import saved_model
-from support.graph import Graph
+from devkit.graph import Graph
 
 pytestmark = pytest.mark.server
 

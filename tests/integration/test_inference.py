@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 from integration.conftest import SD3, SD15
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.decompose import decompose
-from qrlora_core.formats import save_native
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.formats import save_native
 from support.adapters import write_published
 from support.checks import saved_model
 from support import seeds
-from support.graph import Graph
+from devkit.graph import Graph
 
 pytestmark = pytest.mark.server
 
@@ -210,8 +210,8 @@ def test_saved_adapter_reloads_to_the_same_patch(comfy, client, base_models, sd3
 
 def test_fingerprint_mismatch_is_reported_on_apply(comfy, client, base_models, sd3_published):
     """An adapter whose recorded base differs from the loaded model gets a warning, not silence."""
-    from qrlora_core.fingerprint import sketch
-    from qrlora_core.formats import load_adapter
+    from comfyui_qrlora.qrlora_core.fingerprint import sketch
+    from comfyui_qrlora.qrlora_core.formats import load_adapter
 
     adapter = load_adapter(comfy.path("models", "loras", sd3_published[0]))
     for name, t in adapter.targets.items():

@@ -10,11 +10,11 @@ import pytest
 
 from integration.conftest import SD3
 from integration.test_inference import SD3_TARGETS, rows
-from qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.decompose import decompose
 from support.adapters import write_published
 from support.checks import assert_base_untouched, saved_model
 from support import seeds
-from support.graph import Graph
+from devkit.graph import Graph
 
 pytestmark = pytest.mark.server
 

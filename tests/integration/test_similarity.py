@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.decompose import decompose
-from qrlora_core.formats import load_adapter, save_native
-from qrlora_core.similarity import delta_cosine
-from support.graph import Graph
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native
+from comfyui_qrlora.qrlora_core.similarity import delta_cosine
+from devkit.graph import Graph
 
 pytestmark = pytest.mark.server
 

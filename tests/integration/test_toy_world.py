@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qrlora_core.training import TrainConfig
-from support import demo_assets
-from support.server import require_nodes
+from comfyui_qrlora.qrlora_core.training import TrainConfig
+from devkit import demo_assets
+from devkit.server import require_nodes
 from toy_world import adapters, pipeline, scores, world
 
 pytestmark = pytest.mark.server

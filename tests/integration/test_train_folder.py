@@ -1,6 +1,6 @@
 """Training from a folder of captioned images of mixed sizes, through the real server.
 
-The folder (tests/support/folder_dataset.py) holds square, wide and tall
+The folder (devkit/folder_dataset.py) holds square, wide and tall
 images, some with a same-name .txt caption and some without. The stock
 "Load Image and Text Dataset from Folder" reads it, QR-LoRA Training Data
 buckets, encodes and captions it (small TAESD and CLIP-L of random
@@ -13,9 +13,9 @@ import os
 import pytest
 import safetensors.torch
 
-from support import folder_dataset
-from support.graph import Graph
-from support.server import require_nodes
+from devkit import folder_dataset
+from devkit.graph import Graph
+from devkit.server import require_nodes
 
 pytestmark = pytest.mark.server
 

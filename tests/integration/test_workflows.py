@@ -1,6 +1,6 @@
 """Each example workflow (workflows/*.json, UI format) runs headless through /prompt.
 
-The files are turned into API prompts with support.workflow (widget order
+The files are turned into API prompts with devkit.workflow (widget order
 from /object_info), then run on the demo's small models, with smaller
 images and fewer steps where that only saves time.
 """
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qrlora_core.formats import load_adapter
-from qrlora_core.similarity import delta_cosine
-from support import demo_assets, folder_dataset, workflow
-from support.server import require_nodes
+from comfyui_qrlora.qrlora_core.formats import load_adapter
+from comfyui_qrlora.qrlora_core.similarity import delta_cosine
+from devkit import demo_assets, folder_dataset, workflow
+from devkit.server import require_nodes
 
 pytestmark = pytest.mark.server
 

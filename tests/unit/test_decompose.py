@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qrlora_core.decompose import _orthonormalize, decompose, decompose_many, subspace_error, working_bytes
+from comfyui_qrlora.qrlora_core.decompose import _orthonormalize, decompose, decompose_many, subspace_error, working_bytes
 
 
 def decaying(m, n, power, generator, dtype=torch.float32):
@@ -185,7 +185,7 @@ SPECTRA = {
 
 def captured_energy(q, w) -> float:
     """||Q^T W||² / (sum of the top-r squared singular values), Q re-orthonormalized in float64."""
-    from qrlora_core.decompose import _orthonormal64
+    from comfyui_qrlora.qrlora_core.decompose import _orthonormal64
 
     w = w.to(torch.float64)
     top = torch.linalg.svdvals(w)[: q.shape[1]].square().sum()

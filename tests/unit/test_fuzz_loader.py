@@ -10,10 +10,10 @@ import torch
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 
-from qrlora_core import AdapterError, QRLoRA, QRTarget
-from qrlora_core.basis import BasisStore
-from qrlora_core.decompose import decompose
-from qrlora_core.formats import load_adapter, save_native
+from comfyui_qrlora.qrlora_core import AdapterError, QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.basis import BasisStore
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native
 from support.adapters import published_tensors
 from support.seeds import fresh_seed
 
