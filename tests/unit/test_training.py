@@ -188,15 +188,25 @@ def test_custom_pattern_is_used_and_a_bad_one_is_explained():
         TrainConfig(target_preset="custom pattern").target_regex()
 
 
-def test_every_setting_has_help_text_and_the_presets_are_offered():
+def test_every_setting_has_its_own_help_text_and_each_offered_preset_picks_the_layers_it_names():
     from dataclasses import fields
 
-    for f in fields(TrainConfig):
-        assert len(settings.help_text(f.name)) > 20, f.name
-    presets = {name: select(FLUX_LIKE + UNET_LIKE + NEVER, TrainConfig(target_preset=name, target_pattern="to_q$").target_regex())
-               for name in settings.limits("target_preset")["options"]}
-    assert len({tuple(v) for v in presets.values()}) == len(presets) == 3  # every offered preset picks its own layers
-    assert TrainConfig().scale_alpha == 64.0 and TrainConfig(rank=8, alpha=4.0).scale_alpha == 4.0
+    helps = {f.name: settings.help_text(f.name) for f in fields(TrainConfig)}
+    assert all(len(text) > 20 for text in helps.values()), helps
+    assert len(set(helps.values())) == len(helps)  # no tooltip copied onto another setting
+    mlp = [n for n in FLUX_LIKE + UNET_LIKE if re.search(r"ff(_context)?[._]net", n)]
+    picks = {  # what each preset's name promises, written out here rather than derived from the presets
+        "attention + MLP (paper)": FLUX_LIKE + UNET_LIKE,
+        "attention only": [n for n in FLUX_LIKE + UNET_LIKE if n not in mlp],
+        "custom pattern": [n for n in FLUX_LIKE + UNET_LIKE if n.endswith("to_q")],  # the pattern below
+    }
+    offered = settings.limits("target_preset")["options"]
+    assert sorted(offered) == sorted(picks)
+    for name in offered:
+        regex = TrainConfig(target_preset=name, target_pattern="to_q$").target_regex()
+        assert select(FLUX_LIKE + UNET_LIKE + NEVER, regex) == picks[name], name
+    assert TrainConfig().scale_alpha == 64.0 and TrainConfig(rank=8).scale_alpha == 8.0  # alpha 0: alpha = rank, s = 1
+    assert TrainConfig(rank=8, alpha=4.0).scale_alpha == 4.0
 
 
 def test_defaults_are_the_reference_setup():
