@@ -12,16 +12,25 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # devkit, toy_world
 
 from devkit import host  # noqa: E402
+from support import seeds  # noqa: E402
 
 host.import_pack(entry_point=False)
 
 
+def pytest_report_header(config):
+    return f"random draws: {seeds.replay()} (set it to replay them; support/seeds.py)"
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_rng(request):
+    """torch's global generator seeded per test from the session seed, for draws that take no generator."""
+    torch.manual_seed(seeds.seed_for("global:" + request.node.nodeid))
+
+
 @pytest.fixture
 def rng(request):
-    """A fresh generator per test, seeded from the wall clock; the seed is printed for replay."""
-    seed = int(os.environ.get("QRLORA_TEST_SEED", torch.seed() % 2**31))
-    print(f"{request.node.name}: QRLORA_TEST_SEED={seed}")
-    return torch.Generator().manual_seed(seed)
+    """A generator of the test's own, from the session seed (support/seeds.py); failures print the seed."""
+    return seeds.generator(request.node.nodeid)
 
 
 # ------------------------------------------------------------ the real server
@@ -74,3 +83,5 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+    if report.failed:
+        report.sections.append(("random draws", f"replay: {seeds.replay(item.nodeid)}"))

@@ -71,7 +71,7 @@ def assert_only_targets_changed(base, saved, expected):
 @pytest.fixture(scope="module")
 def sd3_published(comfy, base_models):
     """A published-format adapter for the tiny SD3, decomposed per published module (qkv rows apart)."""
-    g = seeds.generator("test_inference")
+    g = seeds.generator("test_inference:sd3_published")
     bases = {name: decompose(rows(base_models["sd3"][key], block), 8) for name, (key, block) in SD3_TARGETS.items()}
     os.makedirs(comfy.path("models", "loras", "test"), exist_ok=True)
     tensors = write_published(comfy.path("models", "loras", "test", "sd3_published.safetensors"), bases, g)
@@ -119,7 +119,7 @@ def write_native(path, bases, generator, alpha):
 @pytest.fixture(scope="module")
 def sd15_pair(comfy, base_models):
     """A content and a style adapter for the tiny SD1.5, trained (here: drawn) on one shared basis."""
-    g = seeds.generator("test_inference")
+    g = seeds.generator("test_inference:sd15_pair")
     base = base_models["sd15"]
     bases = {name: decompose(base[key], 4) for name, key in SD15_TARGETS.items()}
     os.makedirs(comfy.path("models", "loras", "test"), exist_ok=True)

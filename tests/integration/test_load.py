@@ -24,7 +24,7 @@ MEMORY_GROWTH = 0.15  # of the server's own RSS before the burst: what allocator
 
 @pytest.fixture(scope="module")
 def adapters(comfy, base_models):
-    g = seeds.generator("test_load")
+    g = seeds.generator("test_load:adapters")
     bases = {name: decompose(rows(base_models["sd3"][key], block), 4) for name, (key, block) in SD3_TARGETS.items()}
     os.makedirs(comfy.path("models", "loras", "load"), exist_ok=True)
     for name in ("a", "b"):

@@ -38,7 +38,7 @@ RSS_GROWTH = 0.25  # of the server's own RSS before the request: a hostile 240 K
 
 @pytest.fixture
 def seed(request):
-    return seeds.fresh_seed(request.node.name)
+    return seeds.seed_for(request.node.nodeid)
 
 
 def loras(comfy, name):
