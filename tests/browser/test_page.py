@@ -76,8 +76,10 @@ def without_titles(prompt):
 
 
 def show(page, node_id):
+    """Center the node at scale 1 and wait until the canvas has drawn it there."""
     page.evaluate(SHOW_NODE_JS, int(node_id))
-    page.wait_for_timeout(150)
+    page.wait_for_function("(id) => app.canvas.visible_nodes.some(n => n.id === id)", arg=int(node_id), timeout=10_000)
+    browser.next_frames(page)
 
 
 def widget_box(page, node_id, name):
@@ -96,10 +98,16 @@ def drag_slider(page, node_id, name, value, lo=-4.0, hi=4.0):
     return widget_box(page, node_id, name)["value"]
 
 
-def click_widget(page, node_id, name):
+LAYOUT_JS = """(id) => { const n = app.graph.getNodeById(id);
+    return JSON.stringify([n.inputs.map(s => s.name), n.widgets.map(w => w.name + (w.hidden ? ':hidden' : ''))]); }"""
+
+
+def click_button(page, node_id, name):
+    """Click a button widget and wait until the node's sockets or widgets change (what the pack's buttons do)."""
+    before = page.evaluate(LAYOUT_JS, int(node_id))
     box = widget_box(page, node_id, name)
     page.mouse.click((box["left"] + box["right"]) / 2, box["y"])
-    page.wait_for_timeout(100)
+    page.wait_for_function(f"([id, before]) => ({LAYOUT_JS})(id) !== before", arg=[int(node_id), before], timeout=10_000)
 
 
 def run_from_page(page, comfy, timeout=300):
@@ -148,7 +156,7 @@ def test_mix_workflow_runs_from_the_page_and_shows_its_results(ui, comfy, object
     ui.set_viewport_size({"width": 2300, "height": 900})
     try:
         ui.evaluate("""() => { app.canvas.ds.scale = 0.8; app.canvas.ds.offset = [90, 190]; app.canvas.setDirty(true, true); }""")
-        ui.wait_for_timeout(800)
+        browser.next_frames(ui)
         ui.screenshot(path=os.path.join(artifacts, "qrlora_mix_after_run.png"))
     finally:
         ui.set_viewport_size(browser.VIEWPORT)
@@ -240,13 +248,13 @@ def test_merge_slots_come_and_go_and_the_balance_sets_both_weights(ui):
     assert state()["sockets"] == ["qr_lora_1", "qr_lora_2", "qr_lora_3"], "both used: one empty socket for the next adapter"
 
     show(ui, merge)
-    click_widget(ui, merge, "+ adapter")
+    click_button(ui, merge, "+ adapter")
     s = state()
     assert s["weights"] == ["weight_1", "weight_2", "weight_3"] and s["balance"]["hidden"], "three slots: no two-way balance"
     connect(2, "qr_lora_3")
     assert state()["sockets"] == [f"qr_lora_{i}" for i in range(1, 5)]
 
-    click_widget(ui, merge, "− adapter")
+    click_button(ui, merge, "− adapter")
     s = state()
     assert s["connected"] == ["qr_lora_1", "qr_lora_2"] and s["weights"] == ["weight_1", "weight_2"]
     assert s["sockets"] == ["qr_lora_1", "qr_lora_2", "qr_lora_3"] and not s["balance"]["hidden"]
