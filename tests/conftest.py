@@ -35,8 +35,6 @@ def rng(request):
 
 # ------------------------------------------------------------ the real server
 
-SERVER_LOG_MARK = "_server_log_offset"
-
 
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):

@@ -15,7 +15,6 @@ import safetensors.torch
 
 from devkit import folder_dataset
 from devkit.graph import Graph
-from devkit.server import require_nodes
 
 pytestmark = pytest.mark.server
 
@@ -58,8 +57,7 @@ def test_folder_images_are_bucketed_encoded_and_captioned(comfy, client, folder,
     assert shapes == expected
 
 
-def test_training_from_a_folder_of_mixed_sizes(comfy, client, folder, text_and_vae, object_info):
-    require_nodes(object_info, "QRLoRATrain")
+def test_training_from_a_folder_of_mixed_sizes(comfy, client, folder, text_and_vae):
     g, data = data_graph(text_and_vae)
     unet = g.add("UNETLoader", unet_name=UNET, weight_dtype="default")
     train = g.add(

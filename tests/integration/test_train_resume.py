@@ -19,7 +19,6 @@ from PIL import Image
 from comfyui_qrlora.qrlora_core.formats import load_adapter, read_safetensors
 from devkit import folder_dataset
 from devkit.graph import Graph
-from devkit.server import require_nodes
 
 pytestmark = pytest.mark.server
 
@@ -58,7 +57,6 @@ def runs(comfy, base_models, text_and_vae):
     from devkit.server import Client
 
     client = Client(comfy.url)
-    require_nodes(client.object_info(), "QRLoRATrain", "QRLoRASampleSettings")
     folder_dataset.write(comfy.path("input"), FOLDER)
     out = {"client": client}
     for key, steps, prefix, samples, start in (("a", 2 * N, "qrresume/a", True, None), ("b", N, "qrresume/b", False, None)):
