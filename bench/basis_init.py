@@ -26,7 +26,7 @@ from devkit.spectra import SPECTRA, captured_energy
 
 from . import legacy_decompose
 from .flux import decaying_weights
-from .common import Timer, free_cache, gib, median, peak_bytes, reset_peak, timed
+from .common import Timer, free_cache, gib, peak_bytes, reset_peak, timed
 
 
 def _orthonormal(rows: int, cols: int, device, generator) -> torch.Tensor:
