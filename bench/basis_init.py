@@ -16,15 +16,17 @@ give exactly this spectrum.
 - cache: BasisStore.get_or_build twice on the same weights (build+save, then load).
 """
 
-import importlib
 import os
 import tempfile
 
 import torch
 
+from devkit import host
+from devkit.spectra import SPECTRA, captured_energy
+
 from . import legacy_decompose
 from .flux import decaying_weights
-from .common import Timer, free_cache, gib, median, peak_bytes, reset_peak, timed
+from .common import Timer, free_cache, gib, peak_bytes, reset_peak, timed
 
 
 def _orthonormal(rows: int, cols: int, device, generator) -> torch.Tensor:
@@ -108,8 +110,8 @@ def _phases(decompose_mod, stack: torch.Tensor, rank: int, device) -> dict:
 
 def run(ctx) -> dict:
     size, rank, device = ctx.size, ctx.rank, ctx.device
-    decompose_mod = importlib.import_module("comfyui_qrlora.qrlora_core.decompose")
-    basis_mod = importlib.import_module("comfyui_qrlora.qrlora_core.basis")
+    decompose_mod = host.module("qrlora_core.decompose")
+    basis_mod = host.module("qrlora_core.basis")
     shapes = size.targets()
     groups = _by_shape(shapes)
     accuracy_samples = [n for names in groups.values() for n in (names[0], names[-1])]
@@ -160,18 +162,9 @@ def run(ctx) -> dict:
     return res
 
 
-SPECTRA = {
-    "flat": lambda k: torch.ones(k, dtype=torch.float64),
-    "p=0.25": lambda k: torch.arange(1, k + 1, dtype=torch.float64) ** -0.25,
-    "p=0.5": lambda k: torch.arange(1, k + 1, dtype=torch.float64) ** -0.5,
-    "p=1": lambda k: torch.arange(1, k + 1, dtype=torch.float64) ** -1.0,
-    "noise floor": lambda k: torch.cat([torch.tensor([10.0, 8.0, 6.0, 5.0], dtype=torch.float64), torch.full((k - 4,), 0.1, dtype=torch.float64)]),
-}
-
-
 def energy(ctx) -> dict:
     """||Q^T W||² / (top-r squared singular values) of ours vs the published float32 SVD, per spectrum (Q re-orthonormalized in float64)."""
-    decompose_mod = importlib.import_module("comfyui_qrlora.qrlora_core.decompose")
+    decompose_mod = host.module("qrlora_core.decompose")
     device, rank = ctx.device, ctx.rank
     m, n = next(iter(ctx.size.targets().values()))
     generator = torch.Generator(device=device).manual_seed(23)
@@ -181,17 +174,11 @@ def energy(ctx) -> dict:
         u = _orthonormal(m, k, device, generator).double()
         v = _orthonormal(n, k, device, generator).double()
         w = ((u * spectrum(k).to(device)) @ v.T).to(torch.bfloat16)
-        w64 = w.double()
-        top = float(torch.linalg.svdvals(w64)[:rank].square().sum())
-
-        def captured(q):
-            return float((decompose_mod._orthonormal64(q).mT @ w64).square().sum()) / top
-
         ours, seconds = timed(device, lambda: decompose_mod.decompose_many({"w": w}, rank, method="subspace")["w"].q)
         pub, _ = published(w, rank)
-        out[name] = {"ours": captured(ours), "published": captured(pub), "ours_seconds": seconds}
+        out[name] = {"ours": captured_energy(ours, w), "published": captured_energy(pub, w), "ours_seconds": seconds}
         ctx.log(f"  energy {name}: ours {out[name]['ours']:.12f}, published {out[name]['published']:.12f} ({seconds:.2f} s)")
-        del u, v, w, w64
+        del u, v, w
     return out
 
 

@@ -19,7 +19,7 @@ import tempfile
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
 
 
 def main():
@@ -27,8 +27,8 @@ def main():
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from support import models
-    from support.host import import_pack
+    from devkit import models
+    from devkit.host import import_pack
 
     import_pack()
     import folder_paths

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench import host  # noqa: E402
+from devkit import host  # noqa: E402
 from bench.flux import FULL, SMOKE, build_model  # noqa: E402
 
 SECTIONS = ("basis", "files", "patch", "train", "memory", "scaling")
@@ -51,7 +51,7 @@ class Context:
         print(f"[{time.time() - self.started:7.1f}s] {text}", flush=True)
 
     def core(self, name: str):
-        return host.core(name)
+        return host.module("qrlora_core." + name)
 
     def model(self):
         if self._model is None:
@@ -224,8 +224,8 @@ def main(argv=None) -> int:
         return 0
     ctx = Context(args)
     torch.set_float32_matmul_precision("highest")
-    host.import_comfy(args.comfyui, cpu=ctx.device.type == "cpu")
-    ctx.pack = host.import_pack()
+    host.import_comfy(args.comfyui, cpu=ctx.device.type == "cpu", pinned_memory=False)  # the bench never offloads
+    ctx.pack = host.module("nodes.weight_adapter"), host.module("nodes.keymap")  # without the node API (comfy_api, av, aiohttp)
     out = args.out or os.path.join(host.PACK_ROOT, "bench", "results", "results-smoke.json" if args.smoke else "results.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     env = environment(ctx)

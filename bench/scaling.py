@@ -93,14 +93,14 @@ def worker(argv=None) -> None:
 
     import torch.distributed as dist
 
-    from bench import host
+    from devkit import host
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cpu = args.cpu or not torch.cuda.is_available()
     if not cpu:
         torch.cuda.set_device(local)
-    host.import_comfy(args.comfyui, cpu=cpu)
-    host.import_pack()
+    host.import_comfy(args.comfyui, cpu=cpu, pinned_memory=False)
+    host.import_pack(entry_point=False)
     import comfy.model_patcher
     import folder_paths
 

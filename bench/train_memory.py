@@ -31,7 +31,10 @@ import torch.utils.checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from qrlora_core.training import QRDelta, QRWeightWrapper  # noqa: E402
+from devkit import host  # noqa: E402
+
+host.import_pack(entry_point=False)  # the pack as `comfyui_qrlora`; qrlora_core needs no ComfyUI
+from comfyui_qrlora.qrlora_core.training import QRDelta, QRWeightWrapper  # noqa: E402
 
 
 class SavedTensors:
@@ -55,9 +58,9 @@ class SavedTensors:
 class PatchedWeights:
     """Storages of the W' tensors the wrappers hand to the layers (autograd may save them transposed)."""
 
-    def __init__(self, cls=QRWeightWrapper):
+    def __init__(self):
         self.pointers = set()
-        self.cls, self.original = cls, cls.forward
+        self.original = QRWeightWrapper.forward
 
     def __enter__(self):
         def forward(wrapper, weight):
@@ -65,11 +68,11 @@ class PatchedWeights:
             self.pointers.add(out.untyped_storage().data_ptr())
             return out
 
-        self.cls.forward = forward
+        QRWeightWrapper.forward = forward
         return self
 
     def __exit__(self, *exc):
-        self.cls.forward = self.original
+        QRWeightWrapper.forward = self.original
 
     def bytes_in(self, saved: SavedTensors) -> int:
         return sum(b for p, (_, b) in saved.storages.items() if p in self.pointers)
@@ -164,11 +167,9 @@ def blocks(args):
 
 
 def sd15(args):
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from support import models
-    from support.host import import_pack
+    from devkit import models
 
-    import_pack()
+    host.import_pack()
     import comfy.model_management
     import comfy.utils
     from comfyui_qrlora.nodes.train_session import base_weights, trainable_targets
@@ -204,7 +205,7 @@ def sd15(args):
     wrappers = targets.wrappers(where)
     for key, wrapper in wrappers.items():
         mp.add_weight_wrapper(key, wrapper)
-    with PatchedWeights(type(next(iter(wrappers.values())))) as patched_weights:  # the pack's own copy of the class
+    with PatchedWeights() as patched_weights:
         trained, params = saved_by(mp, False)
     patched = patched_weights.bytes_in(trained)
     targeted_weights = sum(comfy.utils.get_attr(base.model, key).numel() * 4 for key in wrappers)

@@ -22,7 +22,6 @@ pooled vector; the session sets Flux's guidance input to 1.0.
 """
 
 import gc
-import importlib
 import os
 
 import torch
@@ -49,9 +48,9 @@ class StockLoRA:
 
 
 def _session_module():
-    from . import host
+    from devkit import host
 
-    return importlib.import_module(host.PACKAGE + ".nodes.train_session")
+    return host.module("nodes.train_session")
 
 
 def _inputs(ctx):
@@ -63,9 +62,9 @@ def _inputs(ctx):
 
 
 def _config(ctx):
-    from . import host
+    from devkit import host
 
-    config = host.core("training.config")
+    config = host.module("qrlora_core.training.config")
     return config.TrainConfig(rank=ctx.rank, steps=ctx.train_steps, grad_accumulation=1, batch_size=1, training_dtype="bf16",
                               gradient_checkpointing=True, seed=5)
 
@@ -137,14 +136,14 @@ def _store_basis(ctx, patcher, qs) -> None:
     decomposition takes the slow exact path (section 1 times the basis on
     decaying spectra); the timed step is the same whatever Q holds.
     """
-    from . import host
+    from devkit import host
 
     sessions = _session_module()
-    fingerprint, basis = host.core("fingerprint"), host.core("basis")
+    fingerprint, basis = host.module("qrlora_core.fingerprint"), host.module("qrlora_core.basis")
     where, _ = sessions.choose_targets(patcher, _config(ctx))
     weights = sessions.base_weights(patcher, where, ctx.device)
     sketches = {n: fingerprint.sketch(w) for n, w in weights.items()}
-    store = importlib.import_module(host.PACKAGE + ".nodes.files").basis_store()
+    store = host.module("nodes.files").basis_store()
     store.save(basis.basis_id(sketches, ctx.rank), {n: qs[n].float().cpu() for n in weights}, sketches)
 
 

@@ -287,12 +287,12 @@ class TrainingSession:
             self.notes.append(note)
             self.where = {n: self.where[n] for n in weights}
         decomposed = comfy.utils.ProgressBar(len(weights))
-        basis_device, budget = self._basis_memory(weights)
+        basis_device, budget = self.basis_memory(weights)
         store = files.basis_store() if self.parallel is None else self.parallel.basis_store(files.basis_store())
         return TrainTargets.new(weights, self.config.rank, self.config.scale_alpha, self.triangular, store,
                                 progress=decomposed.update, device=device, basis_device=basis_device, basis_budget=budget)
 
-    def _basis_memory(self, weights: dict) -> tuple:
+    def basis_memory(self, weights: dict) -> tuple:
         """(device, chunk budget) of the basis decomposition: the GPU memory the plan leaves beside
         the model and the adapter, or the CPU when that is less than the largest weight needs."""
         device = self.model.load_device

@@ -24,13 +24,12 @@ import tempfile
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
-from support import browser, demo_assets, folder_dataset  # noqa: E402
+from devkit import browser, demo_assets, folder_dataset  # noqa: E402
 from toy_world import adapters, pipeline, world  # noqa: E402
-from support.server import Client, ComfyServer, make_base_directory  # noqa: E402
-from support.workflow import widget_names  # noqa: E402
+from devkit.server import Client, ComfyServer, make_base_directory  # noqa: E402
+from devkit.workflow import widget_names  # noqa: E402
 
 WORKFLOWS = os.path.join(ROOT, "workflows")
 EXAMPLES = os.path.join(ROOT, "example_workflows")

@@ -21,11 +21,11 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
-from support import demo_assets, workflow  # noqa: E402
-from support.server import Client, ComfyServer, make_base_directory  # noqa: E402
+from devkit import demo_assets, workflow  # noqa: E402
+from devkit.host import COMFYUI_DIR  # noqa: E402
+from devkit.server import Client, ComfyServer, make_base_directory  # noqa: E402
 
 WORKFLOWS = os.path.join(ROOT, "workflows")
 
@@ -71,10 +71,10 @@ def main() -> int:
 
     base = make_base_directory(args.base, ROOT)
     install_workflows(base)
-    server = ComfyServer(base, port=args.port, python=sys.executable)
+    server = ComfyServer(base, port=args.port)
     if args.serve_only:
         print(f"ComfyUI with comfyui-qrlora: http://127.0.0.1:{args.port}  (base directory {base}; Ctrl-C stops it)")
-        os.chdir(os.path.join(ROOT, ".comfyui"))
+        os.chdir(COMFYUI_DIR)
         os.execv(sys.executable, [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(args.port), "--base-directory", base, "--disable-auto-launch"])
 
     started = time.time()

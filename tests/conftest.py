@@ -1,5 +1,7 @@
-"""Shared fixtures. Unit tests import qrlora_core directly; integration tests
-drive the real ComfyUI server (see tests/support/server.py)."""
+"""Shared fixtures. Tests import the pack as `comfyui_qrlora.*` (its one name
+outside ComfyUI, devkit/host.py); unit tests use `comfyui_qrlora.qrlora_core`
+without ComfyUI, integration tests drive the real ComfyUI server
+(devkit/server.py). tests/support holds what only the tests use."""
 
 import os
 import sys
@@ -7,26 +9,37 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # devkit, toy_world
+
+from devkit import host  # noqa: E402
+from support import seeds  # noqa: E402
+
+host.import_pack(entry_point=False)
+
+
+def pytest_report_header(config):
+    return f"random draws: {seeds.replay()} (set it to replay them; support/seeds.py)"
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_rng(request):
+    """torch's global generator seeded per test from the session seed, for draws that take no generator."""
+    torch.manual_seed(seeds.seed_for("global:" + request.node.nodeid))
 
 
 @pytest.fixture
 def rng(request):
-    """A fresh generator per test, seeded from the wall clock; the seed is printed for replay."""
-    seed = int(os.environ.get("QRLORA_TEST_SEED", torch.seed() % 2**31))
-    print(f"{request.node.name}: QRLORA_TEST_SEED={seed}")
-    return torch.Generator().manual_seed(seed)
+    """A generator of the test's own, from the session seed (support/seeds.py); failures print the seed."""
+    return seeds.generator(request.node.nodeid)
 
 
 # ------------------------------------------------------------ the real server
-
-SERVER_LOG_MARK = "_server_log_offset"
 
 
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
     """One real ComfyUI server for the session, with this pack in its custom_nodes."""
-    from support.server import ComfyServer, make_base_directory
+    from devkit.server import ComfyServer, make_base_directory
 
     base = make_base_directory(str(tmp_path_factory.mktemp("comfy-base")))
     server = ComfyServer(base).start()
@@ -37,7 +50,7 @@ def comfy(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_models(comfy):
     """The demo's model, adapters and training images in the server's folders (workflows/*.json use them)."""
-    from support import demo_assets
+    from devkit import demo_assets
 
     demo_assets.build(comfy.base)
     return comfy.base
@@ -45,7 +58,7 @@ def demo_models(comfy):
 
 @pytest.fixture(scope="session")
 def object_info(comfy):
-    from support.server import Client
+    from devkit.server import Client
 
     return Client(comfy.url).object_info()
 
@@ -53,7 +66,7 @@ def object_info(comfy):
 @pytest.fixture
 def client(comfy, request):
     """An HTTP client for the session's server; the server's log is shown if the test fails."""
-    from support.server import Client
+    from devkit.server import Client
 
     assert comfy.alive(), f"the ComfyUI server died earlier:\n{comfy.log_tail()}"
     offset = comfy.log_size()
@@ -68,3 +81,5 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+    if report.failed:
+        report.sections.append(("random draws", f"replay: {seeds.replay(item.nodeid)}"))

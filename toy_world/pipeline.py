@@ -8,7 +8,6 @@ tests use these, so what they measure is what a user's graph runs.
 """
 
 import os
-import sys
 from dataclasses import fields
 
 import numpy as np
@@ -16,7 +15,6 @@ import torch
 
 from . import model_files, text_encoder, world
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras", "qrlora_bases")
 SAMPLER = {"steps": 25, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
 CONTENT_TRIGGER, STYLE_TRIGGER = "<c>", "<s>"
@@ -25,18 +23,9 @@ MIX_PROMPT = f"a {CONTENT_TRIGGER} shape in {STYLE_TRIGGER} style"
 
 def import_host(comfyui: str | None = None, cpu: bool = True):
     """ComfyUI's packages and this pack (as `comfyui_qrlora`), importable in this process."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    if comfyui:
-        os.environ["QRLORA_COMFYUI"] = comfyui
-    from support import host
+    from devkit import host
 
-    if comfyui and host.COMFYUI_DIR != comfyui:
-        host.COMFYUI_DIR = comfyui
-    if host.COMFYUI_DIR not in sys.path:
-        sys.path.insert(0, host.COMFYUI_DIR)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = cpu
+    host.import_comfy(comfyui, cpu=cpu)
     return host.import_pack()
 
 

@@ -36,19 +36,12 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from devkit.host import import_comfy  # noqa: E402
 from toy_world import model_files, scores, text_encoder, world  # noqa: E402
 
 
 def log(*parts):
     print(*parts, flush=True)
-
-
-def import_comfy(comfyui: str, cpu: bool):
-    sys.path.insert(0, comfyui)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = cpu
-    import comfy.model_management  # noqa: F401
 
 
 # ------------------------------------------------------------------ data
@@ -371,7 +364,7 @@ def main() -> int:
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     cpu = args.tiny or args.write_reference or not torch.cuda.is_available()
-    import_comfy(args.comfyui, cpu)
+    import_comfy(args.comfyui, cpu=cpu)
     import comfy.sd
     import comfy.supported_models
     import safetensors.torch

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from support import browser
+from devkit import browser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")

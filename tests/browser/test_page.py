@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from support import browser, demo_assets, folder_dataset, workflow
-from support.server import PACK_FOLDER_NAME, Client, require_nodes
+from devkit import browser, demo_assets, folder_dataset, workflow
+from devkit.server import PACK_FOLDER_NAME, Client
 
 pytestmark = pytest.mark.browser
 
@@ -62,9 +62,7 @@ MERGE_STATE_JS = """(id) => {
 }"""
 
 
-def load(page, object_info, name):
-    if name.startswith("qrlora_train"):
-        require_nodes(object_info, "QRLoRATrain")
+def load(page, name):
     wf = workflow.load(os.path.join(demo_assets.WORKFLOWS, name + ".json"))
     missing = browser.load_workflow(page, wf)
     assert missing == [], f"{name}: the page lacks node types {missing}"
@@ -76,8 +74,10 @@ def without_titles(prompt):
 
 
 def show(page, node_id):
+    """Center the node at scale 1 and wait until the canvas has drawn it there."""
     page.evaluate(SHOW_NODE_JS, int(node_id))
-    page.wait_for_timeout(150)
+    page.wait_for_function("(id) => app.canvas.visible_nodes.some(n => n.id === id)", arg=int(node_id), timeout=10_000)
+    browser.next_frames(page)
 
 
 def widget_box(page, node_id, name):
@@ -96,10 +96,16 @@ def drag_slider(page, node_id, name, value, lo=-4.0, hi=4.0):
     return widget_box(page, node_id, name)["value"]
 
 
-def click_widget(page, node_id, name):
+LAYOUT_JS = """(id) => { const n = app.graph.getNodeById(id);
+    return JSON.stringify([n.inputs.map(s => s.name), n.widgets.map(w => w.name + (w.hidden ? ':hidden' : ''))]); }"""
+
+
+def click_button(page, node_id, name):
+    """Click a button widget and wait until the node's sockets or widgets change (what the pack's buttons do)."""
+    before = page.evaluate(LAYOUT_JS, int(node_id))
     box = widget_box(page, node_id, name)
     page.mouse.click((box["left"] + box["right"]) / 2, box["y"])
-    page.wait_for_timeout(100)
+    page.wait_for_function(f"([id, before]) => ({LAYOUT_JS})(id) !== before", arg=[int(node_id), before], timeout=10_000)
 
 
 def run_from_page(page, comfy, timeout=300):
@@ -123,7 +129,7 @@ def panel(page, node_id, name, state, timeout=30_000):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_loads_with_no_missing_nodes_or_broken_links(ui, object_info, name):
-    wf = load(ui, object_info, name)
+    wf = load(ui, name)
     assert ui.evaluate(LINK_PROBLEMS_JS) == []
     assert ui.evaluate("() => app.graph.nodes.length") == len(wf["nodes"])
     # What the Run button would send is exactly what the suite's converter makes of the file.
@@ -131,8 +137,8 @@ def test_workflow_loads_with_no_missing_nodes_or_broken_links(ui, object_info, n
     assert without_titles(sent) == without_titles(workflow.to_api(wf, object_info))
 
 
-def test_mix_workflow_runs_from_the_page_and_shows_its_results(ui, comfy, object_info, artifacts):
-    wf = load(ui, object_info, "qrlora_mix")
+def test_mix_workflow_runs_from_the_page_and_shows_its_results(ui, comfy, artifacts):
+    wf = load(ui, "qrlora_mix")
     ids = {t: workflow.node_id(wf, t) for t in ("Content adapter", "Style adapter", "Mix content + style", "Result")}
     sent, entry = run_from_page(ui, comfy)
     assert entry["outputs"][ids["Result"]]["images"]
@@ -148,14 +154,14 @@ def test_mix_workflow_runs_from_the_page_and_shows_its_results(ui, comfy, object
     ui.set_viewport_size({"width": 2300, "height": 900})
     try:
         ui.evaluate("""() => { app.canvas.ds.scale = 0.8; app.canvas.ds.offset = [90, 190]; app.canvas.setDirty(true, true); }""")
-        ui.wait_for_timeout(800)
+        browser.next_frames(ui)
         ui.screenshot(path=os.path.join(artifacts, "qrlora_mix_after_run.png"))
     finally:
         ui.set_viewport_size(browser.VIEWPORT)
 
 
-def test_compare_workflow_runs_from_the_page_and_shows_the_numbers(ui, comfy, object_info):
-    wf = load(ui, object_info, "qrlora_compare")
+def test_compare_workflow_runs_from_the_page_and_shows_the_numbers(ui, comfy):
+    wf = load(ui, "qrlora_compare")
     node = workflow.node_id(wf, "Content vs style")
     _, entry = run_from_page(ui, comfy)
     stats = entry["outputs"][node]["qrlora_similarity"][0]
@@ -166,8 +172,8 @@ def test_compare_workflow_runs_from_the_page_and_shows_the_numbers(ui, comfy, ob
 
 
 @pytest.mark.parametrize("kind", ["content", "style"])
-def test_train_workflow_runs_from_the_page_and_draws_the_loss_curve(ui, comfy, object_info, kind):
-    wf = load(ui, object_info, f"qrlora_train_{kind}")
+def test_train_workflow_runs_from_the_page_and_draws_the_loss_curve(ui, comfy, kind):
+    wf = load(ui, f"qrlora_train_{kind}")
     train = workflow.node_id(wf, f"Train {kind} adapter")
     ui.evaluate("""([train, size, sampler]) => {
         const set = (id, name, v) => { app.graph.getNodeById(id).widgets.find(w => w.name === name).value = v; };
@@ -178,8 +184,8 @@ def test_train_workflow_runs_from_the_page_and_draws_the_loss_curve(ui, comfy, o
     assert ui.get_attribute(f'.qrlora-panel[data-qrlora-node="{train}"]', "data-qrlora-steps") == "3"
 
 
-def test_folder_workflow_runs_from_the_page_and_shows_buckets_and_samples(ui, comfy, object_info):
-    wf = load(ui, object_info, "qrlora_train_folder")
+def test_folder_workflow_runs_from_the_page_and_shows_buckets_and_samples(ui, comfy):
+    wf = load(ui, "qrlora_train_folder")
     titles = ("Bucket, encode and caption", "Train from the folder", "Samples while training", "Image size", "Sampler", "Result")
     ids = {t: workflow.node_id(wf, t) for t in titles}
     ui.evaluate("""([data, train, samples, size, sampler]) => {
@@ -205,8 +211,8 @@ def test_folder_workflow_runs_from_the_page_and_shows_buckets_and_samples(ui, co
     assert entry["outputs"][ids["Result"]]["images"]
 
 
-def test_moving_a_merge_weight_slider_reaches_the_servers_prompt(ui, comfy, object_info):
-    wf = load(ui, object_info, "qrlora_mix")
+def test_moving_a_merge_weight_slider_reaches_the_servers_prompt(ui, comfy):
+    wf = load(ui, "qrlora_mix")
     merge = workflow.node_id(wf, "Mix content + style")
     show(ui, merge)
     before = ui.evaluate(MERGE_STATE_JS, int(merge))["values"]["weight_2"]
@@ -240,13 +246,13 @@ def test_merge_slots_come_and_go_and_the_balance_sets_both_weights(ui):
     assert state()["sockets"] == ["qr_lora_1", "qr_lora_2", "qr_lora_3"], "both used: one empty socket for the next adapter"
 
     show(ui, merge)
-    click_widget(ui, merge, "+ adapter")
+    click_button(ui, merge, "+ adapter")
     s = state()
     assert s["weights"] == ["weight_1", "weight_2", "weight_3"] and s["balance"]["hidden"], "three slots: no two-way balance"
     connect(2, "qr_lora_3")
     assert state()["sockets"] == [f"qr_lora_{i}" for i in range(1, 5)]
 
-    click_widget(ui, merge, "− adapter")
+    click_button(ui, merge, "− adapter")
     s = state()
     assert s["connected"] == ["qr_lora_1", "qr_lora_2"] and s["weights"] == ["weight_1", "weight_2"]
     assert s["sockets"] == ["qr_lora_1", "qr_lora_2", "qr_lora_3"] and not s["balance"]["hidden"]

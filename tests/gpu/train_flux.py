@@ -36,13 +36,11 @@ def variant(size: str, dtype: str, checkpointing: bool, comfyui: str | None, cpu
     sys.path.insert(0, ROOT)
     import torch
 
-    from bench import host
+    from devkit import host
     from bench.flux import FluxSize, build_model
 
-    host.import_comfy(comfyui, cpu=cpu)
-    host.import_pack()
-    import importlib
-
+    host.import_comfy(comfyui, cpu=cpu, pinned_memory=False)
+    host.import_pack(entry_point=False)
     import comfy.model_patcher
     import folder_paths
 
@@ -50,7 +48,7 @@ def variant(size: str, dtype: str, checkpointing: bool, comfyui: str | None, cpu
     for name in ("loras", "qrlora_bases"):
         os.makedirs(os.path.join(folders, name))
         folder_paths.folder_names_and_paths[name] = ([os.path.join(folders, name)], {".safetensors"})
-    train = importlib.import_module(host.PACKAGE + ".nodes.train")
+    train = host.module("nodes.train")
 
     device = torch.device("cpu" if cpu else "cuda")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -6,8 +6,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from support import models
-from support.host import import_pack
+from devkit import models
+from devkit.host import import_pack
 
 SD15 = "tiny_sd15.safetensors"
 SD3 = "tiny_sd3.safetensors"

@@ -14,11 +14,11 @@ import torch
 
 from integration.conftest import SD3
 from integration.test_inference import SD3_TARGETS, rows
-from qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.decompose import decompose
 from support.adapters import published_tensors
 from support.checks import assert_base_untouched
 from support import seeds
-from support.graph import Graph
+from devkit.graph import Graph
 
 pytestmark = pytest.mark.server
 
@@ -34,7 +34,7 @@ class ExecutesOnUnpickle:
 
 @pytest.fixture(scope="module")
 def valid_tensors(base_models):
-    g = seeds.generator("test_bad_input")
+    g = seeds.generator("test_bad_input:valid_tensors")
     bases = {name: decompose(rows(base_models["sd3"][key], block), 4) for name, (key, block) in SD3_TARGETS.items()}
     return published_tensors(bases, g)
 
@@ -96,7 +96,7 @@ BAD_FILES = {
     "pickle": (lambda c, v: write_bytes(c, "pickled.safetensors", pickle.dumps(ExecutesOnUnpickle())), "never pickles"),
     "torch_save": (lambda c, v: (torch.save(v, c.path("models", "loras", "bad", "torchsave.safetensors")), "bad/torchsave.safetensors")[1], "not a readable safetensors file"),
     "lying_header": (lambda c, v: write_bytes(c, "lying.safetensors", lying_header(v)), "not a readable safetensors file"),
-    "random_bytes": (lambda c, v: write_bytes(c, "random.safetensors", random.Random(seeds.fresh_seed("random_bytes")).randbytes(4096)), "not a readable safetensors file"),
+    "random_bytes": (lambda c, v: write_bytes(c, "random.safetensors", random.Random(seeds.seed_for("test_bad_input:random_bytes")).randbytes(4096)), "not a readable safetensors file"),
     "nan_delta_r": (lambda c, v: write_tensors(c, "nan.safetensors", with_change(v, "delta_r.weight", nan_at)), "NaN or infinite"),
     "inf_q": (lambda c, v: write_tensors(c, "inf.safetensors", with_change(v, "q.weight", inf_at)), "NaN or infinite"),
     "other_base": (lambda c, v: write_tensors(c, "otherbase.safetensors", with_change(with_change(v, "to_q.lora.delta_r.weight", lambda t: t[:, :64].contiguous()), "to_q.lora.base_r.weight", lambda t: t[:, :64].contiguous())), "made for another base model"),

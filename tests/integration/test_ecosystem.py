@@ -19,12 +19,13 @@ import torch
 
 from integration.conftest import SD3, SD15
 from integration.test_inference import SD3_TARGETS, SD15_TARGETS, assert_only_targets_changed, rows
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.decompose import decompose
-from qrlora_core.formats import save_native
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.formats import save_native
 from support.adapters import write_published
 from support.checks import saved_model
-from support.graph import Graph
+from devkit.graph import Graph
+from support import seeds
 
 pytestmark = pytest.mark.server
 
@@ -32,16 +33,14 @@ RANK = 8
 MODELSPEC = ("modelspec.sai_model_spec", "modelspec.architecture", "modelspec.implementation", "modelspec.title")
 
 
-def seeded():
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"adapter seed {seed}")
-    return torch.Generator().manual_seed(seed)
+def seeded(label: str) -> torch.Generator:
+    return seeds.generator("test_ecosystem:" + label)
 
 
 @pytest.fixture(scope="module")
 def sd3_files(comfy, base_models):
     """A published file (s = 1) and a native one (alpha = rank / 2, triangular ΔR stored packed) for the tiny SD3."""
-    g = seeded()
+    g = seeded("sd3_files")
     base = base_models["sd3"]
     bases = {name: decompose(rows(base[key], block), RANK) for name, (key, block) in SD3_TARGETS.items()}
     os.makedirs(comfy.path("models", "loras", "eco"), exist_ok=True)
@@ -135,9 +134,9 @@ def write_q_and_r(path, base, g):
     return pairs
 
 
-def test_q_and_r_checkpoint_loads_with_its_true_update(comfy, client, base_models):
+def test_q_and_r_checkpoint_loads_with_its_true_update(comfy, client, base_models, rng):
     base = base_models["sd3"]
-    pairs = write_q_and_r(comfy.path("models", "loras", "eco", "q_and_r.safetensors"), base, seeded())
+    pairs = write_q_and_r(comfy.path("models", "loras", "eco", "q_and_r.safetensors"), base, rng)
     name, strength = "eco/q_and_r.safetensors", 0.8
 
     prefix, _ = run_saving(client, lambda g, unet: g.add(
@@ -193,7 +192,7 @@ def test_reference_layout_export_reloads_to_the_same_weights(comfy, client, base
 
 @pytest.fixture(scope="module")
 def sd15_content(comfy, base_models):
-    g = seeded()
+    g = seeded("sd15_content")
     base = base_models["sd15"]
     targets = {}
     for name, key in SD15_TARGETS.items():
@@ -228,11 +227,10 @@ def test_block_weights_change_exactly_the_blocks_they_name(comfy, client, base_m
     assert_only_targets_changed(base, saved_model(comfy, prefix), expected)  # IN01's layers stay bit-identical
 
 
-def test_similarity_overlap_feeds_block_weights(comfy, client, base_models, sd15_content):
+def test_similarity_overlap_feeds_block_weights(comfy, client, base_models, sd15_content, rng):
     """A style adapter that repeats the content's ΔR in OUT01 only: ΔR Similarity names OUT01, and Block Weights drops it there."""
-    g = seeded()
     overlapping = "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_ff_net_2"
-    targets = {n: QRTarget(q=t.q, delta_r=t.delta_r.clone() if n == overlapping else torch.randn(t.delta_r.shape, generator=g) * 0.05)
+    targets = {n: QRTarget(q=t.q, delta_r=t.delta_r.clone() if n == overlapping else torch.randn(t.delta_r.shape, generator=rng) * 0.05)
                for n, t in sd15_content.targets.items()}
     save_native(QRLoRA(targets, rank=4, alpha=4.0, format="native"), comfy.path("models", "loras", "eco", "sd15_style.safetensors"))
     prefix = f"checks/{uuid.uuid4().hex[:8]}"

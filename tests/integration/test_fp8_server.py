@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from integration.conftest import SD3
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.decompose import decompose
-from qrlora_core.fingerprint import sketch
-from qrlora_core.formats import load_adapter, save_native
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.fingerprint import sketch
+from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native
 from support.checks import saved_model
-from support.graph import Graph
-from support.models import save_diffusion_model
+from devkit.graph import Graph
+from devkit.models import save_diffusion_model
 
 pytestmark = pytest.mark.server
 

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 from integration.conftest import SD3, SD15
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.decompose import decompose
-from qrlora_core.formats import save_native
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.formats import save_native
 from support.adapters import write_published
 from support.checks import saved_model
 from support import seeds
-from support.graph import Graph
+from devkit.graph import Graph
 
 pytestmark = pytest.mark.server
 
@@ -71,7 +71,7 @@ def assert_only_targets_changed(base, saved, expected):
 @pytest.fixture(scope="module")
 def sd3_published(comfy, base_models):
     """A published-format adapter for the tiny SD3, decomposed per published module (qkv rows apart)."""
-    g = seeds.generator("test_inference")
+    g = seeds.generator("test_inference:sd3_published")
     bases = {name: decompose(rows(base_models["sd3"][key], block), 8) for name, (key, block) in SD3_TARGETS.items()}
     os.makedirs(comfy.path("models", "loras", "test"), exist_ok=True)
     tensors = write_published(comfy.path("models", "loras", "test", "sd3_published.safetensors"), bases, g)
@@ -119,7 +119,7 @@ def write_native(path, bases, generator, alpha):
 @pytest.fixture(scope="module")
 def sd15_pair(comfy, base_models):
     """A content and a style adapter for the tiny SD1.5, trained (here: drawn) on one shared basis."""
-    g = seeds.generator("test_inference")
+    g = seeds.generator("test_inference:sd15_pair")
     base = base_models["sd15"]
     bases = {name: decompose(base[key], 4) for name, key in SD15_TARGETS.items()}
     os.makedirs(comfy.path("models", "loras", "test"), exist_ok=True)
@@ -210,8 +210,8 @@ def test_saved_adapter_reloads_to_the_same_patch(comfy, client, base_models, sd3
 
 def test_fingerprint_mismatch_is_reported_on_apply(comfy, client, base_models, sd3_published):
     """An adapter whose recorded base differs from the loaded model gets a warning, not silence."""
-    from qrlora_core.fingerprint import sketch
-    from qrlora_core.formats import load_adapter
+    from comfyui_qrlora.qrlora_core.fingerprint import sketch
+    from comfyui_qrlora.qrlora_core.formats import load_adapter
 
     adapter = load_adapter(comfy.path("models", "loras", sd3_published[0]))
     for name, t in adapter.targets.items():

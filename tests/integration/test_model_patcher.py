@@ -8,9 +8,9 @@ classes; patching and unpatching go through the real ModelPatcher.
 import pytest
 import torch
 
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.decompose import decompose
-from support import host, models
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from devkit import host, models
 
 FLUX_H = 256  # hidden size of the tiny Flux
 FLUX_TARGETS = {  # diffusers name -> (ComfyUI key, first row, rows)

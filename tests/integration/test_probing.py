@@ -23,13 +23,13 @@ import torch
 
 from integration.conftest import CLIP_L, SD3
 from integration.test_inference import SD3_TARGETS, assert_only_targets_changed, rows
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.basis import BasisStore
-from qrlora_core.decompose import decompose
-from qrlora_core.formats import save_native
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.basis import BasisStore
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.formats import save_native
 from support.checks import assert_base_untouched, saved_model
 from support import seeds
-from support.graph import Graph
+from devkit.graph import Graph
 
 pytestmark = pytest.mark.server
 
@@ -38,7 +38,7 @@ RSS_GROWTH = 0.25  # of the server's own RSS before the request: a hostile 240 K
 
 @pytest.fixture
 def seed(request):
-    return seeds.fresh_seed(request.node.name)
+    return seeds.seed_for(request.node.nodeid)
 
 
 def loras(comfy, name):

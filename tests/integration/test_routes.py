@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from support import demo_assets
+from devkit import demo_assets
 
 pytestmark = pytest.mark.server
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.decompose import decompose
-from qrlora_core.formats import load_adapter, save_native
-from qrlora_core.similarity import delta_cosine
-from support.graph import Graph
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native
+from comfyui_qrlora.qrlora_core.similarity import delta_cosine
+from devkit.graph import Graph
+from support import seeds
 
 pytestmark = pytest.mark.server
 
@@ -26,7 +27,7 @@ KEYS = {  # kohya name -> tiny SD1.5 weight
 @pytest.fixture(scope="module")
 def pair(comfy, base_models):
     """Two adapters on one basis whose ΔRs overlap by a different, known amount in each layer."""
-    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    g = seeds.generator("test_similarity:pair")
     os.makedirs(comfy.path("models", "loras", "sim"), exist_ok=True)
     content, style = {}, {}
     for i, (name, key) in enumerate(KEYS.items()):

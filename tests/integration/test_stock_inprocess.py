@@ -4,10 +4,10 @@
 import torch
 
 from integration.test_model_patcher import FLUX_TARGETS, block
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.decompose import decompose
-from qrlora_core.formats import save_native
-from support import host, models
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.formats import save_native
+from devkit import host, models
 
 
 def test_stock_load_lora_gives_apply_s_patches_on_fused_flux_slices(tmp_path, rng):

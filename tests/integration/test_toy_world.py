@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qrlora_core.training import TrainConfig
-from support import demo_assets
-from support.server import require_nodes
+from comfyui_qrlora.qrlora_core.training import TrainConfig
+from devkit import demo_assets
 from toy_world import adapters, pipeline, scores, world
 
 pytestmark = pytest.mark.server
@@ -77,8 +76,7 @@ def generated(comfy, client, content_weight, style_weight, seed) -> dict:
     "reference objective landed) the mix draws the heart (IoU 0.87, closest shape heart) filled with diagonal stripes, not "
     "the checkerboard (pattern 0.28 at seed 0, 0.00 at the demo's seed 42; 0.75 needed), so this test would fail; it also "
     "takes about 10 CPU minutes. Enable it once a recipe gives a checkered heart."))
-def test_two_briefly_trained_adapters_mix_into_a_checkered_heart_and_neither_alone_does(comfy, client, demo_models, object_info):
-    require_nodes(object_info, "QRLoRATrain", "LoadImageTextDataSetFromFolder", "MakeTrainingDataset")
+def test_two_briefly_trained_adapters_mix_into_a_checkered_heart_and_neither_alone_does(comfy, client, demo_models):
     print(f"training seeds {adapters.SEEDS}, {CI_STEPS} steps; sampler seeds {SAMPLE_SEEDS}")
     # The trained adapters are cached by the server between these prompts: only merge, apply and sampling rerun.
     mixed = [generated(comfy, client, 1.0, 1.0, seed) for seed in SAMPLE_SEEDS]

@@ -23,10 +23,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from qrlora_core.decompose import subspace_error
-from qrlora_core.formats import load_adapter
-from qrlora_core.merge import Q_TOLERANCE
-from support.models import save_diffusion_model
+from comfyui_qrlora.qrlora_core.decompose import subspace_error
+from comfyui_qrlora.qrlora_core.formats import load_adapter
+from comfyui_qrlora.qrlora_core.merge import Q_TOLERANCE
+from devkit.models import save_diffusion_model
 
 pytestmark = pytest.mark.server
 
@@ -88,7 +88,7 @@ def summary(client, entry) -> dict:
 @pytest.fixture(scope="module")
 def runs(comfy, base_files):
     """The trainings every test below looks at, queued once: A, A again, and A untrained."""
-    from support.server import Client
+    from devkit.server import Client
 
     client = Client(comfy.url)
     started = time.time()
@@ -216,7 +216,7 @@ def test_trainer_interface_and_a_wrong_setting_explained(client, base_files):
     info = client.object_info("QRLoRATrain")["QRLoRATrain"]
     assert info["display_name"] == "Train QR-LoRA" and info["category"] == "QR-LoRA/training"
     assert info["output"] == ["QR_LORA", "MODEL", "LOSS_MAP", "IMAGE", "INT"]
-    from qrlora_core.training import config as settings
+    from comfyui_qrlora.qrlora_core.training import config as settings
 
     from dataclasses import fields
 

@@ -30,8 +30,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from support import models
-from support.host import COMFYUI_DIR, PACK_ROOT, import_pack
+from devkit import models
+from devkit.host import COMFYUI_DIR, PACK_ROOT, import_pack
 
 TRAIN = os.path.join(PACK_ROOT, "train.py")
 SETTINGS = {"rank": 4, "steps": 3, "learning_rate": 1e-2, "batch_size": 2, "grad_accumulation": 3, "seed": 5,

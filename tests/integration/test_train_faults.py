@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from integration.test_train import DATASET, UNET, base_files, train_prompt  # noqa: F401  (base_files is a fixture)
-from qrlora_core.formats import load_adapter
-from support.server import Client, ComfyServer, make_base_directory
+from comfyui_qrlora.qrlora_core.formats import load_adapter
+from devkit.server import Client, ComfyServer, make_base_directory
 
 pytestmark = pytest.mark.server
 
@@ -139,7 +139,7 @@ SD3 = "qrtrain_sd3.safetensors"
 
 def test_layers_smaller_than_the_rank_are_skipped_with_a_note(comfy, client):
     """SD3's proj_out is 64 x 128: at rank 100 it is left out and said so; the attention layers train."""
-    from support.models import save_diffusion_model
+    from devkit.models import save_diffusion_model
 
     save_diffusion_model("sd3", comfy.path("models", "diffusion_models", SD3), seed=4)
     generator = torch.Generator().manual_seed(6)

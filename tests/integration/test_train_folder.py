@@ -1,6 +1,6 @@
 """Training from a folder of captioned images of mixed sizes, through the real server.
 
-The folder (tests/support/folder_dataset.py) holds square, wide and tall
+The folder (devkit/folder_dataset.py) holds square, wide and tall
 images, some with a same-name .txt caption and some without. The stock
 "Load Image and Text Dataset from Folder" reads it, QR-LoRA Training Data
 buckets, encodes and captions it (small TAESD and CLIP-L of random
@@ -13,9 +13,8 @@ import os
 import pytest
 import safetensors.torch
 
-from support import folder_dataset
-from support.graph import Graph
-from support.server import require_nodes
+from devkit import folder_dataset
+from devkit.graph import Graph
 
 pytestmark = pytest.mark.server
 
@@ -58,8 +57,7 @@ def test_folder_images_are_bucketed_encoded_and_captioned(comfy, client, folder,
     assert shapes == expected
 
 
-def test_training_from_a_folder_of_mixed_sizes(comfy, client, folder, text_and_vae, object_info):
-    require_nodes(object_info, "QRLoRATrain")
+def test_training_from_a_folder_of_mixed_sizes(comfy, client, folder, text_and_vae):
     g, data = data_graph(text_and_vae)
     unet = g.add("UNETLoader", unet_name=UNET, weight_dtype="default")
     train = g.add(

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from support import models
+from devkit import models
 
 STEPS = 6
 

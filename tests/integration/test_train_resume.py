@@ -16,10 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from qrlora_core.formats import load_adapter, read_safetensors
-from support import folder_dataset
-from support.graph import Graph
-from support.server import require_nodes
+from comfyui_qrlora.qrlora_core.formats import load_adapter, read_safetensors
+from devkit import folder_dataset
+from devkit.graph import Graph
 
 pytestmark = pytest.mark.server
 
@@ -55,10 +54,9 @@ def graph(text_and_vae, steps, prefix, samples=False, continue_from=None, seed=5
 
 @pytest.fixture(scope="module")
 def runs(comfy, base_models, text_and_vae):
-    from support.server import Client
+    from devkit.server import Client
 
     client = Client(comfy.url)
-    require_nodes(client.object_info(), "QRLoRATrain", "QRLoRASampleSettings")
     folder_dataset.write(comfy.path("input"), FOLDER)
     out = {"client": client}
     for key, steps, prefix, samples, start in (("a", 2 * N, "qrresume/a", True, None), ("b", N, "qrresume/b", False, None)):
@@ -149,7 +147,7 @@ def test_samples_appear_every_n_steps_on_the_node_and_next_to_the_checkpoints(co
 @pytest.fixture
 def inprocess(tmp_path, monkeypatch):
     """The pack imported here, ComfyUI's folders in this test's directory, one compute thread (as the server runs)."""
-    from support.host import import_pack
+    from devkit.host import import_pack
 
     pack = import_pack()
     import comfy.model_management
@@ -171,7 +169,7 @@ def test_cancel_in_the_middle_of_a_step_then_resume_equals_the_run_that_never_st
     from comfyui_qrlora.nodes.train import QRLoRATrain
     from comfyui_qrlora.nodes.train_session import TrainingSession
     from comfyui_qrlora.qrlora_core.formats import load_adapter as load
-    from support import models
+    from devkit import models
 
     pack, folders = inprocess
     latents = [{"samples": torch.randn(2, 4, 8, 8, generator=rng)}, {"samples": torch.randn(1, 4, 8, 16, generator=rng)}]

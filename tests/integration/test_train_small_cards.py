@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from support import models
+from devkit import models
 
 STEPS = 3
 
@@ -303,12 +303,12 @@ def test_the_basis_is_decomposed_in_the_room_the_plan_leaves_or_on_the_cpu(pack,
     weights = base_weights(patcher, where)
     largest = max(working_bytes(tuple(w.shape), w.dtype, 4) for w in weights.values())
     for full in (False, True):
-        session = TrainingSession.__new__(TrainingSession)  # only what _basis_memory reads
+        session = TrainingSession.__new__(TrainingSession)  # only what basis_memory reads
         session.model, session.config, session.notes = patcher, config(), []
         # a roomy card; then one whose memory other loaded models hold now (freed only when training loads its model)
         Card(monkeypatch, *((0.001, 64.0) if full else (64.0, 0.0)))
         session.plan = planned(patcher)
-        device, budget = session._basis_memory(weights)
+        device, budget = session.basis_memory(weights)
         if not full:
             assert device.type == "cuda" and largest <= budget <= session.plan.available - session.plan.keep
         else:

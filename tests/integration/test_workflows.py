@@ -1,6 +1,6 @@
 """Each example workflow (workflows/*.json, UI format) runs headless through /prompt.
 
-The files are turned into API prompts with support.workflow (widget order
+The files are turned into API prompts with devkit.workflow (widget order
 from /object_info), then run on the demo's small models, with smaller
 images and fewer steps where that only saves time.
 """
@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qrlora_core.formats import load_adapter
-from qrlora_core.similarity import delta_cosine
-from support import demo_assets, folder_dataset, workflow
-from support.server import require_nodes
+from comfyui_qrlora.qrlora_core.formats import load_adapter
+from comfyui_qrlora.qrlora_core.similarity import delta_cosine
+from devkit import demo_assets, folder_dataset, workflow
 
 pytestmark = pytest.mark.server
 
@@ -58,7 +57,6 @@ def test_compare_workflow_reports_the_demo_adapters_similarity(comfy, client, de
 
 @pytest.mark.parametrize("kind", ["content", "style"])
 def test_train_workflow_trains_saves_and_samples(comfy, client, demo_models, object_info, kind):
-    require_nodes(object_info, "QRLoRATrain")
     wf, prompt = prompt_of(f"qrlora_train_{kind}", object_info)
     train = workflow.node_id(wf, f"Train {kind} adapter")
     workflow.set_inputs(prompt, train, steps=3, rank=4)
@@ -74,7 +72,6 @@ def test_train_workflow_trains_saves_and_samples(comfy, client, demo_models, obj
 
 
 def test_folder_workflow_buckets_trains_and_samples(comfy, client, demo_models, object_info):
-    require_nodes(object_info, "QRLoRATrain")
     wf, prompt = prompt_of("qrlora_train_folder", object_info)
     data, train = workflow.node_id(wf, "Bucket, encode and caption"), workflow.node_id(wf, "Train from the folder")
     assert prompt[workflow.node_id(wf, "Image folder (images + same-name .txt captions)")]["inputs"]["folder"] == folder_dataset.FOLDER

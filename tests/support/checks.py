@@ -6,7 +6,7 @@ import uuid
 import safetensors.torch
 import torch
 
-from .graph import Graph
+from devkit.graph import Graph
 
 
 def saved_model(comfy, prefix) -> dict:

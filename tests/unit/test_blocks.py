@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.blocks import LBW_ORDERS, PRESETS, apply_block_weights, blocks_of, parse
-from qrlora_core.errors import AdapterError
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.blocks import LBW_ORDERS, PRESETS, apply_block_weights, blocks_of, parse
+from comfyui_qrlora.qrlora_core.errors import AdapterError
 
 SDXL = {  # kohya names of a real SDXL UNet's attention layers (two layers per block) -> their block
     "lora_unet_down_blocks_1_attentions_0_proj_in": "IN04",

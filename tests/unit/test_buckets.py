@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from qrlora_core.training.buckets import STEP, bucket_sizes, draw_batch, group_by_size, nearest_bucket
+from comfyui_qrlora.qrlora_core.training.buckets import STEP, bucket_sizes, draw_batch, group_by_size, nearest_bucket
 
 
 def test_buckets_follow_the_scheme_at_every_resolution():

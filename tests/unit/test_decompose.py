@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from qrlora_core.decompose import _orthonormalize, decompose, decompose_many, subspace_error, working_bytes
+from comfyui_qrlora.qrlora_core.decompose import decompose, decompose_many, subspace_error, working_bytes
+from devkit.spectra import SPECTRA, captured_energy
 
 
 def decaying(m, n, power, generator, dtype=torch.float32):
@@ -122,25 +123,28 @@ def test_subspace_q_and_r_match_published_algorithm(power, rng):
     assert torch.all(torch.diagonal(basis.r) > 0)
 
 
-def test_cholesky_orthonormalization_spans_the_block(rng):
-    x = torch.randn(3, 300, 40, generator=rng, dtype=torch.float64) @ torch.diag(torch.logspace(0, -3, 40, dtype=torch.float64))
-    q = _orthonormalize(x.float())
-    eye = torch.eye(40, dtype=torch.float64)
-    for i in range(3):
-        qi = q[i].double()
-        assert torch.allclose(qi.T @ qi, eye, atol=1e-3)  # one float32 pass; good enough to iterate on
-        ref = torch.linalg.qr(x[i])[0]
-        assert subspace_error(qi, ref) < 1e-4
-    q64 = _orthonormalize(x)
-    assert torch.allclose(q64[0].T @ q64[0], eye, atol=1e-10)
+def test_an_ill_conditioned_block_gives_an_orthonormal_basis_of_the_top_subspace(rng):
+    """The iteration's blocks (Cholesky QR on a float64 Gram matrix) stay orthonormal when the weight's
+    spectrum spans three decades, for a stack decomposed at once, in float32 and float64."""
+    for dtype in (torch.float32, torch.float64):
+        weights = {f"w{i}": decaying(300, 120, 1.5, rng, dtype) for i in range(3)}
+        bases = decompose_many(weights, 24, method="subspace")
+        eye = torch.eye(24, dtype=torch.float64)
+        for name, w in weights.items():
+            q = bases[name].q.double()
+            assert torch.allclose(q.T @ q, eye, atol=1e-6), (dtype, name)
+            exact = torch.linalg.svd(w.double(), full_matrices=False)[0][:, :24]
+            assert subspace_error(q, exact) < 1e-6, (dtype, name)
 
 
-def test_rank_deficient_block_falls_back_to_householder(rng):
-    x = torch.randn(50, 6, generator=rng, dtype=torch.float64)
-    x[:, 3] = x[:, 0]  # singular Gram matrix
-    q = _orthonormalize(x)
+def test_a_weight_of_lower_rank_than_asked_falls_back_to_householder_and_keeps_its_span(rng):
+    """Rank 3, basis of rank 6: every block of the iteration is rank deficient (singular Gram matrix)."""
+    u = torch.linalg.qr(torch.randn(50, 3, generator=rng, dtype=torch.float64))[0]
+    w = u @ torch.randn(3, 40, generator=rng, dtype=torch.float64)
+    q = decompose(w, 6, method="subspace").q.double()
     assert torch.isfinite(q).all()
-    assert torch.allclose(q.T @ q, torch.eye(6, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(q.T @ q, torch.eye(6, dtype=torch.float64), atol=1e-6)
+    assert torch.linalg.norm(u - q @ (q.T @ u)) < 1e-6  # W's column space lies in span(Q)
 
 
 def test_zero_weight_decomposes_without_nan(rng):
@@ -172,24 +176,6 @@ def _spectrum_weight(m, n, spectrum, generator):
     u, _ = torch.linalg.qr(torch.randn(m, len(spectrum), generator=generator, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(n, len(spectrum), generator=generator, dtype=torch.float64))
     return ((u * spectrum) @ v.T).to(torch.bfloat16)  # stored as models store them
-
-
-SPECTRA = {
-    "flat": lambda k: torch.ones(k, dtype=torch.float64),
-    "p=0.25": lambda k: torch.arange(1, k + 1, dtype=torch.float64) ** -0.25,
-    "p=0.5": lambda k: torch.arange(1, k + 1, dtype=torch.float64) ** -0.5,
-    "p=1": lambda k: torch.arange(1, k + 1, dtype=torch.float64) ** -1.0,
-    "noise floor": lambda k: torch.cat([torch.tensor([10.0, 8.0, 6.0, 5.0], dtype=torch.float64), torch.full((k - 4,), 0.1, dtype=torch.float64)]),
-}
-
-
-def captured_energy(q, w) -> float:
-    """||Q^T W||² / (sum of the top-r squared singular values), Q re-orthonormalized in float64."""
-    from qrlora_core.decompose import _orthonormal64
-
-    w = w.to(torch.float64)
-    top = torch.linalg.svdvals(w)[: q.shape[1]].square().sum()
-    return float((_orthonormal64(q).T @ w).square().sum() / top)
 
 
 @pytest.mark.parametrize("spectrum", list(SPECTRA))

@@ -8,14 +8,14 @@ import safetensors
 import safetensors.torch
 import torch
 
-from qrlora_core import QRLoRA, QRTarget
-from qrlora_core.decompose import decompose
-from qrlora_core.errors import AdapterError
-from qrlora_core.formats import export_lora, load_adapter, save_native
-from qrlora_core.basis import BasisStore
-from qrlora_core.metadata import base_of, modelspec
-from qrlora_core.reference_formats import is_q_and_r, reference_tensors, resolve_q_and_r
-from qrlora_core.stock_keys import Refused, read_layer, state_dict
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.errors import AdapterError
+from comfyui_qrlora.qrlora_core.formats import export_lora, load_adapter, save_native
+from comfyui_qrlora.qrlora_core.basis import BasisStore
+from comfyui_qrlora.qrlora_core.metadata import base_of, modelspec
+from comfyui_qrlora.qrlora_core.reference_formats import is_q_and_r, reference_tensors, resolve_q_and_r
+from comfyui_qrlora.qrlora_core.stock_keys import Refused, read_layer, state_dict
 
 FLUX_NAMES = ["transformer.transformer_blocks.0.attn.to_q", "transformer.transformer_blocks.0.attn.to_out.0", "transformer.single_transformer_blocks.1.proj_mlp"]
 

@@ -7,10 +7,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from qrlora_core import AdapterError
-from qrlora_core.basis import BasisStore
-from qrlora_core.decompose import decompose
-from qrlora_core.formats import export_lora, load_adapter, save_native
+from devkit import host
+from comfyui_qrlora.qrlora_core import AdapterError
+from comfyui_qrlora.qrlora_core.basis import BasisStore
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.formats import export_lora, load_adapter, save_native
 from support.adapters import write_published
 
 
@@ -84,7 +85,7 @@ def test_exported_lora_holds_the_same_delta(tmp_path, bases, rng):
 
 def test_an_interrupted_write_leaves_the_earlier_file_and_no_partial_one(tmp_path, bases, rng, monkeypatch):
     """Interrupted after the data is written, before the rename: the temporary file goes, the old file stays."""
-    import qrlora_core.formats as formats
+    import comfyui_qrlora.qrlora_core.formats as formats
 
     write_published(tmp_path / "pub.safetensors", bases, rng)
     adapter = load_adapter(str(tmp_path / "pub.safetensors"))
@@ -125,9 +126,11 @@ def test_a_full_disk_is_a_clear_error_and_leaves_earlier_files_untouched(tmp_pat
     (tmp_path / "out.safetensors").write_bytes(b"an earlier checkpoint")
     script = textwrap.dedent(f"""
         import resource, sys
-        sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))!r})
-        from qrlora_core.formats import load_adapter, save_native
-        from qrlora_core import AdapterError
+        sys.path.insert(0, {host.PACK_ROOT!r})
+        from devkit import host
+        host.import_pack(entry_point=False)
+        from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native
+        from comfyui_qrlora.qrlora_core import AdapterError
         adapter = load_adapter({str(tmp_path / "pub.safetensors")!r})
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
         try:

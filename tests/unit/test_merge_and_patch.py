@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from qrlora_core import QRLoRA, QRTarget, delta_cosine, merge
-from qrlora_core.decompose import decompose
-from qrlora_core.patch import add_delta_
+from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget, delta_cosine, merge
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.patch import add_delta_
 
 
 def adapter(bases, generator, alpha=None, source="a", sign_flip=False):

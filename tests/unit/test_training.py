@@ -5,10 +5,10 @@ import re
 import pytest
 import torch
 
-from qrlora_core import AdapterError
-from qrlora_core.basis import BasisStore
-from qrlora_core.training import QRDelta, QRWeightWrapper, TrainConfig, TrainTargets, select
-from qrlora_core.training import config as settings
+from comfyui_qrlora.qrlora_core import AdapterError
+from comfyui_qrlora.qrlora_core.basis import BasisStore
+from comfyui_qrlora.qrlora_core.training import QRDelta, QRWeightWrapper, TrainConfig, TrainTargets, select
+from comfyui_qrlora.qrlora_core.training import config as settings
 
 
 def orthonormal(m, r, generator):
@@ -188,19 +188,29 @@ def test_custom_pattern_is_used_and_a_bad_one_is_explained():
         TrainConfig(target_preset="custom pattern").target_regex()
 
 
-def test_every_setting_has_help_text_and_the_presets_are_offered():
+def test_every_setting_has_its_own_help_text_and_each_offered_preset_picks_the_layers_it_names():
     from dataclasses import fields
 
-    for f in fields(TrainConfig):
-        assert len(settings.help_text(f.name)) > 20, f.name
-    presets = {name: select(FLUX_LIKE + UNET_LIKE + NEVER, TrainConfig(target_preset=name, target_pattern="to_q$").target_regex())
-               for name in settings.limits("target_preset")["options"]}
-    assert len({tuple(v) for v in presets.values()}) == len(presets) == 3  # every offered preset picks its own layers
-    assert TrainConfig().scale_alpha == 64.0 and TrainConfig(rank=8, alpha=4.0).scale_alpha == 4.0
+    helps = {f.name: settings.help_text(f.name) for f in fields(TrainConfig)}
+    assert all(len(text) > 20 for text in helps.values()), helps
+    assert len(set(helps.values())) == len(helps)  # no tooltip copied onto another setting
+    mlp = [n for n in FLUX_LIKE + UNET_LIKE if re.search(r"ff(_context)?[._]net", n)]
+    picks = {  # what each preset's name promises, written out here rather than derived from the presets
+        "attention + MLP (paper)": FLUX_LIKE + UNET_LIKE,
+        "attention only": [n for n in FLUX_LIKE + UNET_LIKE if n not in mlp],
+        "custom pattern": [n for n in FLUX_LIKE + UNET_LIKE if n.endswith("to_q")],  # the pattern below
+    }
+    offered = settings.limits("target_preset")["options"]
+    assert sorted(offered) == sorted(picks)
+    for name in offered:
+        regex = TrainConfig(target_preset=name, target_pattern="to_q$").target_regex()
+        assert select(FLUX_LIKE + UNET_LIKE + NEVER, regex) == picks[name], name
+    assert TrainConfig().scale_alpha == 64.0 and TrainConfig(rank=8).scale_alpha == 8.0  # alpha 0: alpha = rank, s = 1
+    assert TrainConfig(rank=8, alpha=4.0).scale_alpha == 4.0
 
 
 def test_defaults_are_the_reference_setup():
-    from qrlora_core.training.objective import REFERENCE
+    from comfyui_qrlora.qrlora_core.training.objective import REFERENCE
 
     c = TrainConfig()
     assert (c.rank, c.scale_alpha, c.learning_rate, c.steps, c.grad_accumulation, c.max_grad_norm, c.weight_decay, c.optimizer) == (
@@ -221,7 +231,7 @@ def test_non_finite_settings_are_refused_in_one_sentence(name, value):
 
 
 def test_prediction_mse_is_the_velocity_loss_of_a_flow_model(rng):
-    from qrlora_core.training.objective import denoised_mse, flow_sigmas, prediction_mse
+    from comfyui_qrlora.qrlora_core.training.objective import denoised_mse, flow_sigmas, prediction_mse
 
     x0, noise, velocity = (torch.randn(3, 4, 5, 5, generator=rng, dtype=torch.float64) for _ in range(3))
     sigma = flow_sigmas(torch.rand(3, generator=rng, dtype=torch.float64))
@@ -234,7 +244,7 @@ def test_prediction_mse_is_the_velocity_loss_of_a_flow_model(rng):
 
 
 def test_flow_sigmas_are_the_reference_training_grid():
-    from qrlora_core.training.objective import discrete_timesteps, flow_sigmas
+    from comfyui_qrlora.qrlora_core.training.objective import discrete_timesteps, flow_sigmas
 
     u = torch.tensor([0.0, 0.5, 0.12345, 1 - 1e-12], dtype=torch.float64)
     assert flow_sigmas(u).tolist() == pytest.approx([1.0, 0.5, 0.877, 0.001])  # the scheduler's 1000 sigmas, uniformly
@@ -245,7 +255,7 @@ def test_flow_sigmas_are_the_reference_training_grid():
 
 
 def _loop(parameters, **overrides):
-    from qrlora_core.training.session import StepLoop
+    from comfyui_qrlora.qrlora_core.training.session import StepLoop
 
     settings_ = {"optimizer": "SGD", "learning_rate": 1.0, "weight_decay": 0.0, "grad_accumulation": 3, "max_grad_norm": 0.0, "seed": 0}
     settings_.update(overrides)
@@ -270,7 +280,7 @@ def test_clipping_limits_the_global_gradient_norm(rng):
 
 
 def test_non_finite_loss_stops_before_the_update(rng):
-    from qrlora_core.training.session import NonFiniteLoss
+    from comfyui_qrlora.qrlora_core.training.session import NonFiniteLoss
 
     p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     losses = iter([torch.tensor(1.0, dtype=torch.float64), torch.tensor(float("nan"), dtype=torch.float64)])
@@ -280,7 +290,7 @@ def test_non_finite_loss_stops_before_the_update(rng):
 
 
 def test_draws_are_seeded_and_independent_of_the_global_rng():
-    from qrlora_core.training.session import Draws
+    from comfyui_qrlora.qrlora_core.training.session import Draws
 
     def sample(seed):
         d = Draws(seed)
@@ -324,7 +334,7 @@ class _Child(_Residual):
 
 
 def test_rewritten_forward_trains_where_the_in_place_one_cannot(rng):
-    from qrlora_core.training.out_of_place import OutOfPlaceForwards
+    from comfyui_qrlora.qrlora_core.training.out_of_place import OutOfPlaceForwards
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(_Residual(), _Child())
@@ -354,7 +364,7 @@ def test_rewritten_forward_trains_where_the_in_place_one_cannot(rng):
 def test_rewritten_source_is_python_3_10_syntax_and_keeps_line_numbers():
     import ast
 
-    from qrlora_core.training.out_of_place import rewritten
+    from comfyui_qrlora.qrlora_core.training.out_of_place import rewritten
 
     new = rewritten(_Residual.forward)
     assert new.__code__.co_firstlineno == _Residual.forward.__code__.co_firstlineno
@@ -366,7 +376,7 @@ def test_rewritten_source_is_python_3_10_syntax_and_keeps_line_numbers():
 
 @pytest.mark.parametrize("batch, accumulation, processes", [(1, 4, 2), (2, 3, 2), (4, 1, 2), (3, 1, 2), (1, 1, 2), (2, 2, 4), (5, 3, 3)])
 def test_data_parallel_shares_every_sample_of_a_step_exactly_once(batch, accumulation, processes, rng):
-    from qrlora_core.training.parallel import DataParallel
+    from comfyui_qrlora.qrlora_core.training.parallel import DataParallel
 
     shares = [DataParallel(batch, accumulation, rank=k, world=processes) for k in range(processes)]
     for step in range(3):

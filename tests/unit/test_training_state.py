@@ -9,10 +9,10 @@ trainer offers. Continuing from the file must give the uninterrupted run's
 import pytest
 import torch
 
-from qrlora_core.adapter import QRLoRA, QRTarget
-from qrlora_core.errors import AdapterError
-from qrlora_core.formats import atomic_save, load_adapter, read_safetensors, save_native
-from qrlora_core.training.state import PREFIX, TrainingState, read_training_state
+from comfyui_qrlora.qrlora_core.adapter import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.errors import AdapterError
+from comfyui_qrlora.qrlora_core.formats import atomic_save, load_adapter, read_safetensors, save_native
+from comfyui_qrlora.qrlora_core.training.state import PREFIX, TrainingState, read_training_state
 
 SHAPES = {"a": (6, 10), "b": (4, 7)}  # ΔR r x n per layer
 OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD, "RMSprop": torch.optim.RMSprop}

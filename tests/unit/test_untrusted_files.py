@@ -9,12 +9,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from qrlora_core import AdapterError, QRLoRA, QRTarget
-from qrlora_core.basis import BasisStore
-from qrlora_core.decompose import decompose
-from qrlora_core.errors import require_finite
-from qrlora_core.formats import load_adapter, save_native
-from qrlora_core.safefile import ContentIds
+from comfyui_qrlora.qrlora_core import AdapterError, QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.basis import BasisStore
+from comfyui_qrlora.qrlora_core.decompose import decompose
+from comfyui_qrlora.qrlora_core.errors import require_finite
+from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native
+from comfyui_qrlora.qrlora_core.safefile import ContentIds
 
 NAME = "transformer.a.to_q"
 

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from support import workflow
-from support.demo_assets import WORKFLOWS
+from devkit import workflow
+from devkit.demo_assets import WORKFLOWS
 
 ROOT = os.path.dirname(WORKFLOWS)
 EXAMPLES = os.path.join(ROOT, "example_workflows")

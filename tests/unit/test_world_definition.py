@@ -85,7 +85,7 @@ def test_text_encoder_formula_gives_the_same_bytes_everywhere():
 
 
 def test_text_encoder_layout_is_comfyuis_clip_l():
-    from support.host import import_comfy
+    from devkit.host import import_comfy
 
     import_comfy()
     import comfy.sd1_clip

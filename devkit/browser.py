@@ -3,6 +3,7 @@
 import contextlib
 import os
 import shutil
+import urllib.request
 
 CHROMIUM = os.environ.get("QRLORA_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -34,7 +35,8 @@ def chromium():
 
 
 def open_comfy(browser, url: str, path: str = "/"):
-    """A page with the ComfyUI app loaded and the first-visit Templates dialog closed."""
+    """A page with the ComfyUI app loaded and no dialog over it."""
+    past_first_visit(url)
     page = browser.new_page(viewport=VIEWPORT)
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
@@ -43,14 +45,18 @@ def open_comfy(browser, url: str, path: str = "/"):
     return page
 
 
+def past_first_visit(url: str) -> None:
+    """Mark the server's user as past the first visit, which opens the Templates dialog over the canvas
+    a moment after the app is ready (the frontend does so while Comfy.TutorialCompleted is false)."""
+    request = urllib.request.Request(url + "/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200, f"the server refused the setting: {answer.status}"
+
+
 def wait_ready(page, timeout_ms: int = 90_000) -> None:
     page.wait_for_function("window.app && window.app.graph && window.app.canvas && window.LiteGraph", timeout=timeout_ms)
     page.wait_for_function("() => !window.app.configuringGraph", timeout=timeout_ms)
-    # A first visit (per server user) opens the Templates dialog a moment after the app is ready.
-    try:
-        page.wait_for_selector(".p-dialog-mask", timeout=5_000)
-    except Exception:  # playwright's TimeoutError: no dialog this time
-        pass
     close_dialogs(page)
 
 
@@ -61,21 +67,39 @@ CLOSE_BUTTON_JS = """() => {
     const r = buttons.sort((a, b) => b.right - a.right)[0];
     return r ? [r.left + r.width / 2, r.top + r.height / 2] : null;
 }"""
+NO_DIALOG_JS = "() => !document.querySelector('.p-dialog-mask')"
 
 
 def close_dialogs(page) -> None:
-    """Close the Templates dialog a first visit opens (Escape, else its close button, top right)."""
+    """Close whatever dialog covers the page: Escape, else its close button (top right)."""
     for _ in range(3):
-        if not page.locator(".p-dialog-mask").count():
+        if page.evaluate(NO_DIALOG_JS):
             return
         page.keyboard.press("Escape")
-        page.wait_for_timeout(300)
-        if page.locator(".p-dialog-mask").count():
-            where = page.evaluate(CLOSE_BUTTON_JS)
-            if where:
-                page.mouse.click(*where)
-                page.wait_for_timeout(300)
-    assert not page.locator(".p-dialog-mask").count(), "a dialog over the page would not close"
+        if _closed(page):
+            return
+        where = page.evaluate(CLOSE_BUTTON_JS)
+        if where:
+            page.mouse.click(*where)
+            if _closed(page):
+                return
+    assert page.evaluate(NO_DIALOG_JS), "a dialog over the page would not close"
+
+
+def _closed(page, timeout_ms: int = 2_000) -> bool:
+    """Whether the dialog goes within the time its closing animation takes."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(NO_DIALOG_JS, timeout=timeout_ms)
+        return True
+    except PlaywrightTimeout:
+        return False
+
+
+def next_frames(page, frames: int = 2) -> None:
+    """Return once the page has drawn `frames` more animation frames (what a canvas change needs to show)."""
+    page.evaluate("(n) => new Promise(done => { const step = k => k ? requestAnimationFrame(() => step(k - 1)) : done(); step(n); })", frames)
 
 
 def load_workflow(page, workflow: dict) -> list[str]:

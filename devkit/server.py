@@ -38,16 +38,6 @@ def make_base_directory(base: str, pack_root: str = PACK_ROOT) -> str:
     return base
 
 
-def require_nodes(object_info: dict, *names: str) -> None:
-    """Skip the calling test while a node it needs is not on the server (QRLoRATrain is built on another branch)."""
-    import pytest
-
-    missing = [n for n in names if n not in object_info]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} is not on this server yet (it is built on the `train` branch); "
-                    "this test runs once that branch is merged")
-
-
 def _drain(source, log) -> None:
     for line in iter(source.readline, b""):
         log.write(line)
@@ -59,13 +49,12 @@ class PromptFailed(AssertionError):
 
 
 class ComfyServer:
-    def __init__(self, base_directory: str, port: int | None = None, python: str = sys.executable, extra_args=(), file_size_limit: int | None = None):
+    def __init__(self, base_directory: str, port: int | None = None, python: str = sys.executable, file_size_limit: int | None = None):
         """`file_size_limit` (bytes) makes every file write of the server past that size fail, as a full disk would."""
         self.base = base_directory
         self.file_size_limit = file_size_limit
         self.port = port or free_port()
         self.python = python
-        self.extra_args = list(extra_args)
         self.log_path = os.path.join(base_directory, "server.log")
         self.process = None
 
@@ -80,7 +69,7 @@ class ComfyServer:
     def start(self, timeout: float = 180, detach: bool = False) -> "ComfyServer":
         """Start and wait until it answers. Detached servers outlive this process (the demo's)."""
         args = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                "--base-directory", self.base, "--disable-auto-launch", *self.extra_args]
+                "--base-directory", self.base, "--disable-auto-launch"]
         log = open(self.log_path, "ab")
         # One compute thread: on the shared 2-core CI machine, OpenMP's spinning
         # threads made a tiny model's training step about 10x slower (measured).
