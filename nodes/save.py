@@ -9,7 +9,7 @@ from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.fingerprint import q_digest
 from ..qrlora_core.formats import export_lora, save_native
 from . import files
-from .types import CATEGORY, QRLoRAType
+from .adapter_socket import CATEGORY, QRLoRAType
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -25,13 +25,12 @@ from ..qrlora_core.training import TrainConfig
 from ..qrlora_core.training import config as settings
 from ..qrlora_core.training.session import NonFiniteLoss
 from . import files, train_fit
+from .adapter_socket import TRAINING_CATEGORY, QRLoRAType, describe
 from .apply import patches_for, resolve_targets
 from .routes import running_server
 from .train_samples import SamplePreviews, SampleSettingsType
 from .train_session import TrainingSession
-from .types import QRLoRAType, describe
 
-CATEGORY = "QR-LoRA/training"
 LIVE_LOSS_EVENT = "qrlora.train.loss"  # web/train.js draws these while the run goes on
 LossMap = io.Custom("LOSS_MAP")  # ComfyUI's loss history type: {"loss": [float, ...]}
 
@@ -149,7 +148,7 @@ class QRLoRATrain(io.ComfyNode):
         return io.Schema(
             node_id="QRLoRATrain",
             display_name="Train QR-LoRA",
-            category=CATEGORY,
+            category=TRAINING_CATEGORY,
             description=(
                 "Trains a QR-LoRA as the paper does: per layer the base weight's top-r SVD and QR give a frozen basis Q, "
                 "and only ΔR (zero at the start) is learned, with the reference scripts' objective and defaults."

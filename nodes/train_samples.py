@@ -28,8 +28,8 @@ import comfy.utils
 
 from ..qrlora_core.errors import AdapterError
 from . import files
+from .adapter_socket import TRAINING_CATEGORY
 
-CATEGORY = "QR-LoRA/training"
 SampleSettingsType = io.Custom("QR_SAMPLE_SETTINGS")
 PREVIEW_SIZE = 512  # longest side of the progress preview
 
@@ -123,7 +123,7 @@ class QRLoRASampleSettings(io.ComfyNode):
         return io.Schema(
             node_id="QRLoRASampleSettings",
             display_name="QR-LoRA Sample Settings",
-            category=CATEGORY,
+            category=TRAINING_CATEGORY,
             description=(
                 "Sample images while training: every N steps Train QR-LoRA generates one image per prompt with the adapter as "
                 "trained so far (fixed seed), shows it on the node and keeps it as a PNG next to the checkpoints."

@@ -181,8 +181,9 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
         raise AdapterError(f"{what} contains NaN or infinite values; the file is broken (a diverged training?), use another checkpoint.")
 
 
-def _float(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to(torch.float32) if tensor.is_floating_point() else tensor
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Q and ΔR as the adapter holds them, whatever precision the file stored (fp16, bf16, fp64, fp8)."""
+    return tensor.to(torch.float32)
 
 
 def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str, stacked: bool = False) -> QRTarget:
@@ -205,7 +206,7 @@ def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str
     check_finite(delta_r, f"{source}: ΔR of layer {name}")
     if not stacked:
         check_orthonormal(q, f"{source}: Q of layer {name}", "the file is damaged or not a QR-LoRA: export it again.")
-    return QRTarget(q=_float(q), delta_r=_float(delta_r))
+    return QRTarget(q=_float32(q), delta_r=_float32(delta_r))
 
 
 ORTHONORMAL_PROBES = 8
