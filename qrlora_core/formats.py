@@ -29,6 +29,7 @@ import torch
 
 from . import safefile
 from .adapter import QRLoRA, QRTarget
+from .decompose import rank_fits
 from .errors import AdapterError
 from .fingerprint import SKETCH_SIZE, q_digest
 from .metadata import modelspec
@@ -197,7 +198,7 @@ def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str
         raise AdapterError(f"{source}: layer {name} stores Q as {q.dtype} and ΔR as {delta_r.dtype}, not floating-point numbers; the file is damaged or not a QR-LoRA.")
     if q.shape[1] == 0:
         raise AdapterError(f"{source}: layer {name} has rank 0; such an adapter changes nothing, train or export it with a rank of 1 or more.")
-    if not stacked and q.shape[1] > min(q.shape[0], delta_r.shape[1]):
+    if not stacked and not rank_fits((q.shape[0], delta_r.shape[1]), q.shape[1]):
         raise AdapterError(
             f"{source}: layer {name} has rank {q.shape[1]}, more than its {q.shape[0]} x {delta_r.shape[1]} layer allows; "
             "the file is damaged or not a QR-LoRA."
