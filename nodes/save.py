@@ -6,7 +6,6 @@ import torch
 from comfy_api.latest import io
 
 from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.fingerprint import q_digest
 from ..qrlora_core.formats import export_lora, save_native
 from . import files
 from .adapter_socket import CATEGORY, QRLoRAType
@@ -25,23 +24,12 @@ def unused_path(prefix: str) -> tuple[str, str]:
 
 
 def _compact_basis(adapter) -> str:
-    """Make sure a basis file holding exactly the Qs of `adapter` is on disk; return its id.
-
-    The basis it was trained on is reused when that file holds these very
-    Qs; otherwise (a basis computed elsewhere, or none) the Qs are stored
-    under an id made from their exact content, which nothing else can share.
-    """
+    """The id of a basis file on disk holding exactly the Qs of `adapter` (written if needed)."""
     if not adapter.shared_basis:
         raise AdapterError("This mix falls back to summed deltas of different bases, so it has no single shared basis: save it without 'compact'.")
-    store = files.basis_store()
     qs = {name: t.q for name, t in adapter.targets.items()}
-    known = adapter.metadata.get("basis")
-    if known and store.holds(known, qs):
-        return known
-    key = f"r{adapter.rank}-q{q_digest(qs)[:16]}"
-    if not store.holds(key, qs):
-        store.save(key, qs, {n: t.fingerprint for n, t in adapter.targets.items() if t.fingerprint is not None})
-    return key
+    sketches = {n: t.fingerprint for n, t in adapter.targets.items() if t.fingerprint is not None}
+    return files.basis_store().keep(qs, adapter.rank, sketches, known=adapter.metadata.get("basis"))
 
 
 class QRLoRASave(io.ComfyNode):
