@@ -68,17 +68,17 @@ class Checkpoints:
 
     def __init__(self, prefix: str, last_step: int):
         prefix = prefix.strip() or settings.default("filename_prefix")
-        for run in range(1, 100_000):
-            self.run = f"{prefix}_{run:05}"
-            folder, stem = os.path.split(files.output_path(self.run + "_step"))
-            stem = stem[: -len(".safetensors")]
-            if not os.path.isdir(folder) or not any(f.startswith(stem) for f in os.listdir(folder)):
-                break
-        else:
-            raise AdapterError(f"There are already 99,999 training runs named {prefix}_*: choose another filename prefix.")
+        self.run = files.first_free(prefix, self._run_exists, "training runs")
         self._check_writable(prefix, f"{self.run}_step{last_step:06}.safetensors")
         self.targets, self.metadata, self.training_state = None, {}, None  # training_state(steps) -> TrainingState
         self.saved_step, self.saved_name = None, None
+
+    @staticmethod
+    def _run_exists(run: str) -> bool:
+        """Whether any file of run `run` (a checkpoint or a sample image) is in its folder."""
+        folder, stem = os.path.split(files.output_path(run + "_step"))
+        stem = stem[: -len(files.EXTENSION)]
+        return os.path.isdir(folder) and any(f.startswith(stem) for f in os.listdir(folder))
 
     @staticmethod
     def _check_writable(prefix: str, name: str) -> None:

@@ -59,9 +59,6 @@ from ..qrlora_core.training.state import TrainingState, read_training_state
 from . import files, keymap, train_fit
 from .apply import resolve_targets
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
 # ------------------------------------------------------------ inputs
 
 
@@ -256,7 +253,7 @@ class TrainingSession:
 
     def __init__(self, model, config: TrainConfig, latents: list, positive: list, existing=None, trainable=None, parallel=None):
         self.model, self.config, self.existing, self.parallel = model, config, existing, parallel
-        self.dtype = DTYPES[config.training_dtype]
+        self.dtype = config.torch_dtype
         self.latents = training_latents(latents)
         self.captions = captions_per_image(positive, len(self.latents))
         self.buckets = group_by_size([x.shape for x in self.latents])  # a batch is drawn within one

@@ -41,6 +41,7 @@ NATIVE_Q, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT = ".qr.q", ".qr.d
 NATIVE_SCALE = ".qr.scale"  # s = alpha / rank per layer, float64: the stock loaders see tensors only
 BASIS_DIGEST = "basis_q_digest"  # compact files: q_digest of the Qs they were saved with
 BASIS_ID_KEY = META_PREFIX + "basis_id"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the nodes' precision names
 TRAINING_STATE_PREFIX = "train_state."  # a checkpoint's optimizer and RNG state (training/state.py); load_adapter never reads it
 
 
