@@ -71,6 +71,7 @@ class QRLoRA:
             "format": self.format,
             "rank": self.rank,
             "alpha": self.alpha,
+            "scale": self.scale,
             "layers": len(self.targets),
             "parameters": sum(t.delta_r.numel() for t in self.targets.values()),
             "shared_basis": self.shared_basis,
