@@ -49,20 +49,25 @@ TRAINING_STATE_PREFIX = "train_state."  # a checkpoint's optimizer and RNG state
 
 
 def atomic_save(tensors: dict, path: str, metadata: dict | None = None) -> None:
-    """Write a safetensors file so that `path` is either untouched or complete.
+    """Write a safetensors file so that `path` is either untouched or complete (see atomic_write)."""
+    atomic_write(safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata), path)
 
-    The file is serialized in memory and written by Python, so a failed
-    write (a full disk, a file-size limit, a vanished folder) is an
-    OSError with its errno, said in words; the temporary file is removed
-    whatever stops the write, and any earlier file at `path` is left as it was.
+
+def atomic_write(data: bytes, path: str, what: str | None = None) -> None:
+    """Write `data` to `path` so that `path` is either untouched or complete: every file the pack writes goes through here.
+
+    The bytes go to a temporary `.partial-*` file in the same folder, which
+    is renamed into place once complete, so a failed write (a full disk, a
+    file-size limit, a vanished folder) is an OSError with its errno, said
+    in words about `what` (default: the file's name); the temporary file is
+    removed whatever stops the write, and any earlier file at `path` is left as it was.
     """
-    name = os.path.basename(path)
+    name = what or os.path.basename(path)
     folder = os.path.dirname(os.path.abspath(path))
-    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=os.path.splitext(path)[1], dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
