@@ -99,7 +99,7 @@ def _pack_upper(delta_r: torch.Tensor) -> torch.Tensor | None:
     return delta_r[rows, cols]
 
 
-def _unpack_upper(packed: torch.Tensor, rank: int, name: str, source: str) -> torch.Tensor:
+def unpack_upper(packed: torch.Tensor, rank: int, name: str, source: str) -> torch.Tensor:
     """The r x n matrix whose upper trapezoid `packed` holds, row by row.
 
     n is solved from r·n - r(r-1)/2 = len(packed) and must be at least r
@@ -116,6 +116,11 @@ def _unpack_upper(packed: torch.Tensor, rank: int, name: str, source: str) -> to
         out[row, row:] = packed[start:start + n - row]
         start += n - row
     return out
+
+
+def scale_tensor(scale: float) -> torch.Tensor:
+    """A native layer's `.qr.scale`: s = alpha / rank as one float64, for ComfyUI's own loaders, which see tensors only (stock_keys.py)."""
+    return torch.tensor(float(scale), dtype=torch.float64)
 
 
 def native_metadata(adapter: QRLoRA, **extra) -> dict:
@@ -142,7 +147,7 @@ def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=N
             tensors[name + NATIVE_DELTA_UPPER] = packed
         if basis_id is None:
             tensors[name + NATIVE_Q] = target.q
-            tensors[name + NATIVE_SCALE] = torch.tensor(float(adapter.scale), dtype=torch.float64)  # s for ComfyUI's own loaders (stock_keys.py)
+            tensors[name + NATIVE_SCALE] = scale_tensor(adapter.scale)
         if target.fingerprint is not None:
             tensors[name + NATIVE_FINGERPRINT] = target.fingerprint.to(torch.float32)
     facts = {"basis_id": basis_id, BASIS_DIGEST: q_digest({n: t.q for n, t in adapter.targets.items()})} if basis_id else {}
@@ -302,7 +307,7 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
         if name + NATIVE_DELTA in tensors:
             delta_r = tensors[name + NATIVE_DELTA]
         else:
-            delta_r = _unpack_upper(tensors[name + NATIVE_DELTA_UPPER], q.shape[1] if q.dim() == 2 else 0, name, source)
+            delta_r = unpack_upper(tensors[name + NATIVE_DELTA_UPPER], q.shape[1] if q.dim() == 2 else 0, name, source)
         target = _check_target(name, q, delta_r, source, stacked=not shared)
         target.fingerprint = _check_fingerprint(tensors.get(name + NATIVE_FINGERPRINT), name, source)
         targets[name] = target
