@@ -71,6 +71,12 @@ def basis_identity(name: str, content: str | None = None) -> str | None:
     return content_id(path, f"{basis_id}.safetensors")[0] if os.path.isfile(path) else None
 
 
+def loaded_identity(name: str) -> tuple[str, str | None]:
+    """What an adapter loads to depends on: its content and, for a compact file, its basis file's content."""
+    content = identity(name)
+    return content, basis_identity(name, content)
+
+
 def adapter_path(name: str) -> str:
     """The full path of an adapter in the loras folder, refusing anything that leaves it."""
     _check_relative(name)

@@ -41,8 +41,7 @@ class QRLoRALoader(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, lora_name, model=None):
         """Run again whenever the file's content changes, or the basis file a compact adapter uses."""
-        content = files.identity(lora_name)
-        return content, files.basis_identity(lora_name, content)
+        return files.loaded_identity(lora_name)
 
     @classmethod
     def execute(cls, lora_name, model=None) -> io.NodeOutput:

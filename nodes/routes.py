@@ -39,8 +39,7 @@ class Summaries:
 
     def _key(self, lora_name: str) -> tuple:
         with self._slots:  # hashing reads the file when it is new or changed
-            content = files.identity(lora_name)
-            return content, files.basis_identity(lora_name, content)
+            return files.loaded_identity(lora_name)
 
     def get(self, lora_name: str) -> dict:
         with self._lock:
