@@ -193,7 +193,7 @@ class Loaded:
             mm.NUM_STREAMS, self.streams = self.streams, None
 
 
-def out_of_memory(plan: MemoryPlan | None, step: int, error: BaseException) -> AdapterError:
+def out_of_memory(plan: MemoryPlan | None, step: int, error: Exception) -> AdapterError:
     """The sentence for a run that ran out of GPU memory after all."""
     gc.collect()
     mm.soft_empty_cache()
