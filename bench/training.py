@@ -144,7 +144,7 @@ def _store_basis(ctx, patcher, qs) -> None:
     weights = sessions.base_weights(patcher, where, ctx.device)
     sketches = {n: fingerprint.sketch(w) for n, w in weights.items()}
     store = host.module("nodes.files").basis_store()
-    store.save(basis.basis_id(sketches, ctx.rank), {n: qs[n].float().cpu() for n in weights}, sketches)
+    store.save(basis.basis_id(ctx.rank, sketches=sketches), {n: qs[n].float().cpu() for n in weights}, sketches)
 
 
 def run(ctx) -> dict:

@@ -5,7 +5,7 @@ from comfy_api.latest import io
 from ..qrlora_core.errors import AdapterError, require_finite
 from ..qrlora_core.fingerprint import same_weight, sketch
 from . import keymap
-from .types import CATEGORY, QRLoRAType, STRENGTH_RANGE
+from .adapter_socket import CATEGORY, QRLoRAType, STRENGTH_RANGE
 from .weight_adapter import QRLoRAPatch
 
 FINGERPRINT_CHECKS = 8  # layers compared against the adapter's base fingerprint

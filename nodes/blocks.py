@@ -3,7 +3,7 @@
 from comfy_api.latest import io
 
 from ..qrlora_core.blocks import PRESETS, apply_block_weights
-from .types import CATEGORY, QRLoRAType, describe
+from .adapter_socket import CATEGORY, QRLoRAType, describe
 
 
 class QRLoRABlockWeights(io.ComfyNode):

@@ -14,6 +14,7 @@ from ..qrlora_core.safefile import content_id, header_of
 LORAS = "loras"
 BASES = "qrlora_bases"
 EXTENSION = ".safetensors"
+COUNTER_LIMIT = 99_999  # <prefix>_00001 ... <prefix>_99999
 
 folder_paths.add_model_folder_path(BASES, os.path.join(folder_paths.models_dir, BASES))
 
@@ -70,6 +71,12 @@ def basis_identity(name: str, content: str | None = None) -> str | None:
     return content_id(path, f"{basis_id}.safetensors")[0] if os.path.isfile(path) else None
 
 
+def loaded_identity(name: str) -> tuple[str, str | None]:
+    """What an adapter loads to depends on: its content and, for a compact file, its basis file's content."""
+    content = identity(name)
+    return content, basis_identity(name, content)
+
+
 def adapter_path(name: str) -> str:
     """The full path of an adapter in the loras folder, refusing anything that leaves it."""
     _check_relative(name)
@@ -95,6 +102,15 @@ def output_path(name: str, suffix: str = EXTENSION) -> str:
         raise AdapterError(f"'{name}' would be written outside the loras folder; choose a plain file name.")
     _check_writable(name, root)
     return path
+
+
+def first_free(prefix: str, taken, what: str) -> str:
+    """The first of <prefix>_00001, <prefix>_00002, ... that `taken(stem)` says is free; `what` names them in the refusal."""
+    for counter in range(1, COUNTER_LIMIT + 1):
+        stem = f"{prefix}_{counter:05}"
+        if not taken(stem):
+            return stem
+    raise AdapterError(f"There are already {COUNTER_LIMIT:,} {what} named {prefix}_*: choose another file name prefix.")
 
 
 NAME_MAX = 255  # bytes per path component on the file systems ComfyUI runs on

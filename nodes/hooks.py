@@ -12,7 +12,7 @@ import comfy.hooks
 from comfy_api.latest import io
 
 from ..qrlora_core.stock_keys import state_dict
-from .types import CATEGORY, QRLoRAType, STRENGTH_RANGE
+from .adapter_socket import CATEGORY, QRLoRAType, STRENGTH_RANGE
 
 
 class QRLoRAHook(io.ComfyNode):

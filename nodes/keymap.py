@@ -17,6 +17,8 @@ import comfy.lora
 import comfy.utils
 from comfy.model_patcher import get_key_weight
 
+from ..qrlora_core.decompose import is_matrix_weight
+
 TRANSFORMER_PREFIX = "transformer."
 UNET_PREFIX = "lora_unet_"
 
@@ -72,7 +74,7 @@ def rows_of(weight, offset):
 
 
 def _is_trainable(weight) -> bool:
-    return weight is not None and (weight.dim() == 2 or (weight.dim() == 4 and weight.shape[2] * weight.shape[3] == 1))
+    return weight is not None and is_matrix_weight(weight.shape)
 
 
 def named_targets(model_patcher) -> dict:

@@ -7,7 +7,7 @@ from ..qrlora_core.formats import load_adapter
 from ..qrlora_core.metadata import trigger_words
 from ..qrlora_core.reference_formats import is_q_and_r_file
 from . import files, reference
-from .types import CATEGORY, QRLoRAType, describe
+from .adapter_socket import CATEGORY, QRLoRAType, describe
 
 
 class QRLoRALoader(io.ComfyNode):
@@ -41,8 +41,7 @@ class QRLoRALoader(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, lora_name, model=None):
         """Run again whenever the file's content changes, or the basis file a compact adapter uses."""
-        content = files.identity(lora_name)
-        return content, files.basis_identity(lora_name, content)
+        return files.loaded_identity(lora_name)
 
     @classmethod
     def execute(cls, lora_name, model=None) -> io.NodeOutput:

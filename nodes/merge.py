@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from ..qrlora_core.errors import require_finite
 from ..qrlora_core.merge import merge
-from .types import CATEGORY, QRLoRAType, STRENGTH_RANGE, describe
+from .adapter_socket import CATEGORY, QRLoRAType, STRENGTH_RANGE, describe
 
 MAX_ADAPTERS = 8
 REQUIRED_ADAPTERS = 2

@@ -13,7 +13,7 @@ from ..qrlora_core.metadata import modelspec
 from ..qrlora_core.reference_formats import reference_tensors, resolve_q_and_r
 from . import keymap
 from .save import unused_path
-from .types import CATEGORY, QRLoRAType
+from .adapter_socket import CATEGORY, QRLoRAType
 
 
 def _base_weights(model):

@@ -1,12 +1,17 @@
 """Small HTTP routes for the web extension, on ComfyUI's own server.
 
 GET /qrlora/summary?lora_name=<file in loras> -> the adapter's summary
-(format, rank, layers, trigger words, base fingerprint), so Load QR-LoRA
-can show what a file is as soon as it is picked, before anything runs.
-Errors come back as {"error": sentence} with status 400.
+(format, rank, scale, layers, trigger words, base fingerprint), so Load
+QR-LoRA can show what a file is as soon as it is picked, before anything
+runs. Errors come back as {"error": sentence} with status 400.
+
+GET /qrlora/page -> what web/*.js needs to know of the Python side (the
+node each of its modules draws, the live event names), read once by the
+page, so no value is copied by hand into the scripts.
 """
 
 import asyncio
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -34,8 +39,7 @@ class Summaries:
 
     def _key(self, lora_name: str) -> tuple:
         with self._slots:  # hashing reads the file when it is new or changed
-            content = files.identity(lora_name)
-            return content, files.basis_identity(lora_name, content)
+            return files.loaded_identity(lora_name)
 
     def get(self, lora_name: str) -> dict:
         with self._lock:
@@ -71,6 +75,21 @@ def summary(lora_name: str) -> dict:
     return summaries.get(lora_name)
 
 
+@functools.cache
+def page_facts() -> dict:
+    """{"nodes": {web module: node id}, "events": {name: event type}} for GET /qrlora/page."""
+    from .loader import QRLoRALoader
+    from .merge import QRLoRAMerge
+    from .similarity import QRLoRASimilarity
+    from .train import LIVE_LOSS_EVENT, QRLoRATrain
+    from .train_data import QRLoRATrainingData
+
+    drawn = {"loader": QRLoRALoader, "merge": QRLoRAMerge, "similarity": QRLoRASimilarity, "train": QRLoRATrain,
+             "train_data": QRLoRATrainingData}
+    return {"nodes": {module: node.define_schema().node_id for module, node in drawn.items()},
+            "events": {"train_loss": LIVE_LOSS_EVENT}}
+
+
 def running_server():
     """ComfyUI's PromptServer when the pack runs inside it; None when imported elsewhere (tests, bench)."""
     try:
@@ -87,6 +106,10 @@ def register() -> None:
     instance = running_server()
     if instance is None:
         return
+
+    @instance.routes.get("/qrlora/page")
+    async def get_page_facts(request):
+        return web.json_response(page_facts())
 
     @instance.routes.get("/qrlora/summary")
     async def get_summary(request):

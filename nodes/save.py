@@ -2,46 +2,27 @@
 
 import os
 
-import torch
 from comfy_api.latest import io
 
 from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.fingerprint import q_digest
-from ..qrlora_core.formats import export_lora, save_native
+from ..qrlora_core.formats import PRECISIONS, export_lora, save_native
 from . import files
-from .types import CATEGORY, QRLoRAType
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .adapter_socket import CATEGORY, QRLoRAType
 
 
 def unused_path(prefix: str) -> tuple[str, str]:
     """(full path, name relative to loras) for prefix_00001.safetensors, the first free number."""
-    for counter in range(1, 100_000):
-        name = f"{prefix}_{counter:05}.safetensors"
-        path = files.output_path(name)
-        if not os.path.exists(path):
-            return path, name
-    raise AdapterError(f"There are already 99,999 files named {prefix}_*.safetensors; choose another file name prefix.")
+    stem = files.first_free(prefix, lambda stem: os.path.exists(files.output_path(stem + files.EXTENSION)), "files")
+    return files.output_path(stem + files.EXTENSION), stem + files.EXTENSION
 
 
 def _compact_basis(adapter) -> str:
-    """Make sure a basis file holding exactly the Qs of `adapter` is on disk; return its id.
-
-    The basis it was trained on is reused when that file holds these very
-    Qs; otherwise (a basis computed elsewhere, or none) the Qs are stored
-    under an id made from their exact content, which nothing else can share.
-    """
+    """The id of a basis file on disk holding exactly the Qs of `adapter` (written if needed)."""
     if not adapter.shared_basis:
         raise AdapterError("This mix falls back to summed deltas of different bases, so it has no single shared basis: save it without 'compact'.")
-    store = files.basis_store()
     qs = {name: t.q for name, t in adapter.targets.items()}
-    known = adapter.metadata.get("basis")
-    if known and store.holds(known, qs):
-        return known
-    key = f"r{adapter.rank}-q{q_digest(qs)[:16]}"
-    if not store.holds(key, qs):
-        store.save(key, qs, {n: t.fingerprint for n, t in adapter.targets.items() if t.fingerprint is not None})
-    return key
+    sketches = {n: t.fingerprint for n, t in adapter.targets.items() if t.fingerprint is not None}
+    return files.basis_store().keep(qs, adapter.rank, sketches, known=adapter.metadata.get("basis"))
 
 
 class QRLoRASave(io.ComfyNode):
@@ -57,7 +38,7 @@ class QRLoRASave(io.ComfyNode):
                 QRLoRAType.Input("qr_lora"),
                 io.String.Input("filename_prefix", default="qrlora/adapter", tooltip="File name inside the loras folder; a counter is appended."),
                 io.Boolean.Input("compact", default=False, tooltip="Store ΔR only; Q goes once per base model into models/qrlora_bases (half a LoRA's size)."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="fp32", tooltip="Precision of the stored ΔR."),
+                io.Combo.Input("dtype", options=list(PRECISIONS), default="fp32", tooltip="Precision of the stored ΔR."),
             ],
             outputs=[io.String.Output(display_name="filename")],
         )
@@ -65,7 +46,7 @@ class QRLoRASave(io.ComfyNode):
     @classmethod
     def execute(cls, qr_lora, filename_prefix, compact, dtype) -> io.NodeOutput:
         path, name = unused_path(filename_prefix)
-        save_native(qr_lora, path, basis_id=_compact_basis(qr_lora) if compact else None, dtype=DTYPES[dtype])
+        save_native(qr_lora, path, basis_id=_compact_basis(qr_lora) if compact else None, dtype=PRECISIONS[dtype])
         return io.NodeOutput(name, ui={"text": [f"Saved {name}"], "files": [name]})
 
 
@@ -81,7 +62,7 @@ class QRLoRAExportLoRA(io.ComfyNode):
             inputs=[
                 QRLoRAType.Input("qr_lora"),
                 io.String.Input("filename_prefix", default="qrlora/exported_lora"),
-                io.Combo.Input("dtype", options=list(DTYPES), default="fp32"),
+                io.Combo.Input("dtype", options=list(PRECISIONS), default="fp32"),
             ],
             outputs=[io.String.Output(display_name="filename")],
         )
@@ -89,5 +70,5 @@ class QRLoRAExportLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, qr_lora, filename_prefix, dtype) -> io.NodeOutput:
         path, name = unused_path(filename_prefix)
-        export_lora(qr_lora, path, dtype=DTYPES[dtype])
+        export_lora(qr_lora, path, dtype=PRECISIONS[dtype])
         return io.NodeOutput(name, ui={"text": [f"Exported {name}"], "files": [name]})

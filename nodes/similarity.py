@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..qrlora_core.blocks import block_overlap, overlap_spec
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.similarity import delta_cosine
-from .types import CATEGORY, QRLoRAType
+from .adapter_socket import CATEGORY, QRLoRAType
 
 WIDTH, HEIGHT = 768, 384
 MARGIN = {"left": 56, "right": 16, "top": 44, "bottom": 40}

@@ -25,13 +25,12 @@ from ..qrlora_core.training import TrainConfig
 from ..qrlora_core.training import config as settings
 from ..qrlora_core.training.session import NonFiniteLoss
 from . import files, train_fit
+from .adapter_socket import TRAINING_CATEGORY, QRLoRAType, describe
 from .apply import patches_for, resolve_targets
 from .routes import running_server
 from .train_samples import SamplePreviews, SampleSettingsType
 from .train_session import TrainingSession
-from .types import QRLoRAType, describe
 
-CATEGORY = "QR-LoRA/training"
 LIVE_LOSS_EVENT = "qrlora.train.loss"  # web/train.js draws these while the run goes on
 LossMap = io.Custom("LOSS_MAP")  # ComfyUI's loss history type: {"loss": [float, ...]}
 
@@ -69,17 +68,17 @@ class Checkpoints:
 
     def __init__(self, prefix: str, last_step: int):
         prefix = prefix.strip() or settings.default("filename_prefix")
-        for run in range(1, 100_000):
-            self.run = f"{prefix}_{run:05}"
-            folder, stem = os.path.split(files.output_path(self.run + "_step"))
-            stem = stem[: -len(".safetensors")]
-            if not os.path.isdir(folder) or not any(f.startswith(stem) for f in os.listdir(folder)):
-                break
-        else:
-            raise AdapterError(f"There are already 99,999 training runs named {prefix}_*: choose another filename prefix.")
+        self.run = files.first_free(prefix, self._run_exists, "training runs")
         self._check_writable(prefix, f"{self.run}_step{last_step:06}.safetensors")
         self.targets, self.metadata, self.training_state = None, {}, None  # training_state(steps) -> TrainingState
         self.saved_step, self.saved_name = None, None
+
+    @staticmethod
+    def _run_exists(run: str) -> bool:
+        """Whether any file of run `run` (a checkpoint or a sample image) is in its folder."""
+        folder, stem = os.path.split(files.output_path(run + "_step"))
+        stem = stem[: -len(files.EXTENSION)]
+        return os.path.isdir(folder) and any(f.startswith(stem) for f in os.listdir(folder))
 
     @staticmethod
     def _check_writable(prefix: str, name: str) -> None:
@@ -149,7 +148,7 @@ class QRLoRATrain(io.ComfyNode):
         return io.Schema(
             node_id="QRLoRATrain",
             display_name="Train QR-LoRA",
-            category=CATEGORY,
+            category=TRAINING_CATEGORY,
             description=(
                 "Trains a QR-LoRA as the paper does: per layer the base weight's top-r SVD and QR give a frozen basis Q, "
                 "and only ΔR (zero at the start) is learned, with the reference scripts' objective and defaults."

@@ -19,8 +19,8 @@ import comfy.utils
 
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.training.buckets import STEP, bucket_sizes, nearest_bucket
+from .adapter_socket import TRAINING_CATEGORY
 
-CATEGORY = "QR-LoRA/training"
 RESIZE_METHOD = "lanczos"  # as the stock Upscale Image node offers; PIL's, clamped to [0, 1]
 
 
@@ -66,7 +66,7 @@ class QRLoRATrainingData(io.ComfyNode):
         return io.Schema(
             node_id="QRLoRATrainingData",
             display_name="QR-LoRA Training Data",
-            category=CATEGORY,
+            category=TRAINING_CATEGORY,
             description=(
                 "Turns a folder of images and captions (Load Image and Text Dataset from Folder) into training data: "
                 "each image is resized to the nearest aspect-ratio bucket of about resolution x resolution pixels "

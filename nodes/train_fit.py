@@ -138,7 +138,7 @@ def _what_would_fit(mp, shapes, config, latents, dtype, fused_rows, room: int) -
 def plan(mp, shapes: list, config, latents: list, fused_rows: int = 0) -> MemoryPlan:
     """The memory plan of a run, or one sentence saying why it cannot fit and what would make it fit."""
     device = mp.load_device
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[config.training_dtype]
+    dtype = config.torch_dtype
     weights = mp.model_size()
     e = estimate(mp, shapes, config.rank, latents, config.batch_size, config.gradient_checkpointing, dtype, fused_rows)
     if device.type == "cpu":  # host memory: nothing to plan; the setting still offloads, for testing the path
@@ -193,7 +193,7 @@ class Loaded:
             mm.NUM_STREAMS, self.streams = self.streams, None
 
 
-def out_of_memory(plan: MemoryPlan | None, step: int, error: BaseException) -> AdapterError:
+def out_of_memory(plan: MemoryPlan | None, step: int, error: Exception) -> AdapterError:
     """The sentence for a run that ran out of GPU memory after all."""
     gc.collect()
     mm.soft_empty_cache()

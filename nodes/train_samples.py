@@ -27,9 +27,10 @@ import comfy.samplers
 import comfy.utils
 
 from ..qrlora_core.errors import AdapterError
+from ..qrlora_core.formats import atomic_write
 from . import files
+from .adapter_socket import TRAINING_CATEGORY
 
-CATEGORY = "QR-LoRA/training"
 SampleSettingsType = io.Custom("QR_SAMPLE_SETTINGS")
 PREVIEW_SIZE = 512  # longest side of the progress preview
 
@@ -99,22 +100,13 @@ def _strip(images: torch.Tensor) -> Image.Image:
 
 
 def _save_png(image: torch.Tensor, path: str, text: dict) -> None:
-    """Write a PNG with its prompt, seed and step as text chunks, atomically (temporary name, then rename)."""
+    """Write a PNG with its prompt, seed and step as text chunks, atomically (formats.atomic_write)."""
     info = PngInfo()
     for key, value in text.items():
         info.add_text(key, value)
     buffer = bytes_io.BytesIO()
     Image.fromarray(np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)).save(buffer, format="PNG", pnginfo=info)
-    partial = os.path.join(os.path.dirname(path), ".partial-" + os.path.basename(path))
-    try:
-        with open(partial, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(partial, path)
-    except OSError as e:
-        if os.path.exists(partial):
-            os.unlink(partial)
-        raise AdapterError(f"Could not write the sample image {os.path.basename(path)} ({e.strerror or e}): the disk may be full. "
-                           "Free some space and run it again.") from None
+    atomic_write(buffer.getvalue(), path, f"the sample image {os.path.basename(path)}")
 
 
 class QRLoRASampleSettings(io.ComfyNode):
@@ -123,7 +115,7 @@ class QRLoRASampleSettings(io.ComfyNode):
         return io.Schema(
             node_id="QRLoRASampleSettings",
             display_name="QR-LoRA Sample Settings",
-            category=CATEGORY,
+            category=TRAINING_CATEGORY,
             description=(
                 "Sample images while training: every N steps Train QR-LoRA generates one image per prompt with the adapter as "
                 "trained so far (fixed seed), shows it on the node and keeps it as a PNG next to the checkpoints."

@@ -47,7 +47,7 @@ import comfy.samplers
 import comfy.utils
 from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
 
-from ..qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, working_bytes
+from ..qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, rank_fits, working_bytes
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.formats import load_adapter
 from ..qrlora_core.training import TrainConfig, TrainTargets, select
@@ -58,9 +58,6 @@ from ..qrlora_core.training.session import StepLoop
 from ..qrlora_core.training.state import TrainingState, read_training_state
 from . import files, keymap, train_fit
 from .apply import resolve_targets
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 # ------------------------------------------------------------ inputs
 
@@ -154,7 +151,7 @@ def weight_scales(model, wrappers: dict) -> dict:
 
 def layers_that_fit(weights: dict, rank: int) -> tuple[dict, str | None]:
     """The weights a rank-`rank` basis fits, and a note on those left out (refused only if none fits)."""
-    small = {n: tuple(w.shape) for n, w in weights.items() if rank > max_rank(w.shape)}
+    small = {n: tuple(w.shape) for n, w in weights.items() if not rank_fits(w.shape, rank)}
     if not small:
         return weights, None
     name, shape = min(small.items(), key=lambda item: max_rank(item[1]))
@@ -256,7 +253,7 @@ class TrainingSession:
 
     def __init__(self, model, config: TrainConfig, latents: list, positive: list, existing=None, trainable=None, parallel=None):
         self.model, self.config, self.existing, self.parallel = model, config, existing, parallel
-        self.dtype = DTYPES[config.training_dtype]
+        self.dtype = config.torch_dtype
         self.latents = training_latents(latents)
         self.captions = captions_per_image(positive, len(self.latents))
         self.buckets = group_by_size([x.shape for x in self.latents])  # a batch is drawn within one

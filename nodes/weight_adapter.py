@@ -22,7 +22,7 @@ import comfy.weight_adapter
 from comfy.weight_adapter.base import WeightAdapterBase
 
 from ..qrlora_core.formats import TRAINING_STATE_PREFIX
-from ..qrlora_core.patch import add_delta_
+from ..qrlora_core.patch import add_delta_, delta, delta_output
 from ..qrlora_core.reference_formats import UP, is_q_and_r
 from ..qrlora_core.stock_keys import Refused, read_layer
 
@@ -105,14 +105,13 @@ class QRLoRAPatch(WeightAdapterBase):
         factor = strength * self.scale
         if _is_identity(function) and weight.dtype == intermediate_dtype:
             return add_delta_(weight, q, delta_r, factor)  # one fused multiply-add, no m x n temporary
-        delta = torch.mm(q, delta_r).mul_(factor).reshape(weight.shape)
-        weight += function(delta).type(weight.dtype)
+        weight += function(delta(q, delta_r, factor, intermediate_dtype).reshape(weight.shape)).type(weight.dtype)
         return weight
 
     def h(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         """Newer ComfyUI's bypass mode (the model's weights stay as they are): s · (x ΔR^T) Q^T for a linear layer."""
-        q, delta_r = (t.to(device=x.device, dtype=x.dtype) for t in self.weights)
-        return (x @ delta_r.T @ q.T) * (self.scale * getattr(self, "multiplier", 1.0))
+        q, delta_r = self.weights
+        return delta_output(x, q, delta_r, self.scale * getattr(self, "multiplier", 1.0))
 
 
 class _Refusal(WeightAdapterBase):

@@ -1,6 +1,6 @@
 """The in-memory adapter: per target, the frozen basis Q and the learned ΔR.
 
-A target's weight delta is scale * q @ delta_r. delta_r is stored already
+A target's weight delta is s · Q · ΔR (patch.py). delta_r is stored already
 masked (the triangular variant's mask is a training detail), so what is
 held here is exactly what gets added to the model.
 """
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import AdapterError
+from .patch import delta, lora_pair
 
 
 class QRShape:
@@ -36,10 +37,11 @@ class QRTarget(QRShape):
 
     def up_down(self, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The same delta as an ordinary LoRA pair: up = s·Q, down = ΔR."""
-        return self.q * scale, self.delta_r
+        return lora_pair(self.q, self.delta_r, scale)
 
     def delta(self, scale: float, dtype=torch.float32) -> torch.Tensor:
-        return (self.q.to(dtype) @ self.delta_r.to(dtype)) * scale
+        """s·Q·ΔR, the m x n matrix this target adds to its layer."""
+        return delta(self.q, self.delta_r, scale, dtype)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class QRLoRA:
             "format": self.format,
             "rank": self.rank,
             "alpha": self.alpha,
+            "scale": self.scale,
             "layers": len(self.targets),
             "parameters": sum(t.delta_r.numel() for t in self.targets.values()),
             "shared_basis": self.shared_basis,

@@ -21,7 +21,19 @@ from .metadata import basis_modelspec
 BASIS_VERSION = 1  # bump when the decomposition changes what Q it produces
 
 
-def basis_id(sketches: dict, rank: int) -> str:
+def basis_id(rank: int, *, sketches: dict | None = None, qs: dict | None = None) -> str:
+    """The id (and file name) of a basis; the one place ids are made (docs/formats.md, "Basis files").
+
+    From the base weights' `sketches`: what training computes before it
+    decomposes, so the next run on the same base and rank finds the file
+    (`r<rank>-<16 hex>`). From the `qs` themselves, for a compact save
+    whose Qs no stored basis holds: the start of their exact digest
+    (`r<rank>-q<16 hex>`), an id no other Q can share. Give one of the two.
+    """
+    if (sketches is None) == (qs is None):
+        raise TypeError("basis_id takes either the base weights' sketches or the Qs")
+    if qs is not None:
+        return f"r{rank}-q{q_digest(qs)[:16]}"
     return f"r{rank}-{digest(sketches, rank, BASIS_VERSION)}"
 
 
@@ -63,6 +75,20 @@ class BasisStore:
             return False
         return qs.keys() <= stored.keys() and q_digest({n: stored[n] for n in qs}) == q_digest(qs)
 
+    def keep(self, qs: dict, rank: int, sketches: dict, known: str | None = None) -> str:
+        """The id of a stored basis holding exactly these Qs, writing one if none does (Save QR-LoRA's compact files).
+
+        `known`, the basis the adapter was trained on, is reused when its
+        file holds these very Qs; otherwise (a basis computed elsewhere, or
+        none) the Qs are stored under their content id.
+        """
+        if known and self.holds(known, qs):
+            return known
+        key = basis_id(rank, qs=qs)
+        if not self.holds(key, qs):
+            self.save(key, qs, sketches)
+        return key
+
     def save(self, basis_id: str, qs: dict, sketches: dict) -> None:
         tensors = {name + ".q": q.contiguous() for name, q in qs.items()}
         tensors.update({name + ".fingerprint": s for name, s in sketches.items()})
@@ -74,7 +100,7 @@ class BasisStore:
         `device` and `memory_budget`: where the decomposition runs and how much
         working memory each chunk may take there (see decompose_many)."""
         sketches = {name: sketch(w) for name, w in weights.items()}
-        key = basis_id(sketches, rank)
+        key = basis_id(rank, sketches=sketches)
         if os.path.isfile(self.path(key)):
             qs = self.load(key)
             if qs.keys() >= weights.keys():

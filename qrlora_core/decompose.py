@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import AdapterError
+
 EXACT_MAX_ELEMENTS = 1024 * 1024  # a float64 SVD of this size takes about a second on a CPU
 SUBSPACE_OVERSAMPLE = 64
 SUBSPACE_ITERATIONS = 16  # float32
@@ -55,17 +57,44 @@ class Basis:
         return self.q.shape[1]
 
 
+def is_matrix_weight(shape) -> bool:
+    """What QR-LoRA targets: a linear weight (m, n) or a 1x1 convolution (m, n, 1, 1)."""
+    return len(shape) == 2 or (len(shape) == 4 and shape[2] * shape[3] == 1)
+
+
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:
     """Linear weights as they are; 1x1 convolutions as their (out, in) matrix."""
-    if weight.dim() == 2:
-        return weight
-    if weight.dim() == 4 and weight.shape[2] * weight.shape[3] == 1:
-        return weight.reshape(weight.shape[0], weight.shape[1])
-    raise ValueError(f"QR-LoRA targets linear layers and 1x1 convolutions, not weights of shape {tuple(weight.shape)}")
+    if not is_matrix_weight(weight.shape):
+        raise AdapterError(
+            f"QR-LoRA targets linear layers and 1x1 convolutions, not weights of shape {tuple(weight.shape)}: "
+            "leave such layers out with the target pattern."
+        )
+    return weight if weight.dim() == 2 else weight.reshape(weight.shape[0], weight.shape[1])
 
 
 def max_rank(weight_shape) -> int:
+    """The largest rank a layer of this shape holds: min(m, n)."""
     return min(weight_shape[0], int(torch.Size(weight_shape[1:]).numel()))
+
+
+def rank_fits(weight_shape, rank: int) -> bool:
+    return 1 <= rank <= max_rank(weight_shape)
+
+
+def check_rank(shapes: dict, rank: int, advice: str = "lower the rank to {limit} or less.", source: str = "") -> None:
+    """Refuse a rank some layer cannot hold, naming the tightest one; `advice` ({limit}: its largest rank) says what to do.
+
+    `shapes` maps layer names to weight shapes; `source`, if given, opens the sentence (a file's name).
+    """
+    opening = f"{source}: rank" if source else "Rank"
+    if rank < 1:
+        raise AdapterError(f"{opening} {rank} is not a rank a QR-LoRA can have: use a rank of 1 or more.")
+    too_small = {n: s for n, s in shapes.items() if not rank_fits(s, rank)}
+    if too_small:
+        name, shape = min(too_small.items(), key=lambda item: max_rank(item[1]))
+        limit = max_rank(shape)
+        layer = f"layer {name}" if name else "the layer"
+        raise AdapterError(f"{opening} {rank} is larger than {layer} allows ({tuple(shape)}, at most rank {limit}): " + advice.format(limit=limit))
 
 
 def _qr_of_core(u: torch.Tensor, small: torch.Tensor):
@@ -222,20 +251,14 @@ def _decompose_stack(w: torch.Tensor, rank: int, scale: float, method: str, gene
     elif method == "subspace":
         u, small = _subspace_top(w, rank, scale, generator)
     else:
-        raise ValueError(f"unknown decomposition method {method!r}")
+        raise AdapterError(f"{method!r} is not a decomposition method: use 'auto', 'exact' or 'subspace'.")
     return _qr_of_core(u, small)
-
-
-def check_rank(weight_shape, rank: int, name: str = "layer") -> None:
-    limit = max_rank(weight_shape)
-    if rank < 1 or rank > limit:
-        raise ValueError(f"rank {rank} does not fit {name} of shape {tuple(weight_shape)}: use a rank from 1 to {limit}")
 
 
 def decompose(weight: torch.Tensor, rank: int, alpha: float | None = None, method: str = "auto") -> Basis:
     """The published decomposition of one weight (alpha defaults to rank: s = 1)."""
     w = as_matrix(weight)
-    check_rank(w.shape, rank)
+    check_rank({"": w.shape}, rank)
     scale = (alpha if alpha is not None else rank) / rank
     q, r = _decompose_stack(w, rank, scale, _pick_method(w, method))
     return Basis(q.to(torch.float32), r.to(torch.float32), scale)
@@ -276,9 +299,9 @@ def decompose_many(
     """
     scale = (alpha if alpha is not None else rank) / rank
     groups: dict[tuple, list[str]] = {}
-    for name, weight in weights.items():
-        w = as_matrix(weight)
-        check_rank(w.shape, rank, name)
+    matrices = {name: as_matrix(weight) for name, weight in weights.items()}
+    check_rank({name: w.shape for name, w in matrices.items()}, rank)
+    for name, w in matrices.items():
         groups.setdefault((tuple(w.shape), w.device, w.dtype), []).append(name)
     out = {}
     for (shape, device_of, dtype), names in groups.items():
@@ -287,7 +310,7 @@ def decompose_many(
         size = max(1, budget // working_bytes(shape, dtype, rank))
         for start in range(0, len(names), size):
             chunk = names[start : start + size]
-            stack = torch.stack([as_matrix(weights[n]).to(where) for n in chunk])
+            stack = torch.stack([matrices[n].to(where) for n in chunk])
             q, r = _decompose_stack(stack, rank, scale, _pick_method(stack, method))
             del stack
             for i, name in enumerate(chunk):

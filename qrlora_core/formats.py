@@ -29,6 +29,7 @@ import torch
 
 from . import safefile
 from .adapter import QRLoRA, QRTarget
+from .decompose import rank_fits
 from .errors import AdapterError
 from .fingerprint import SKETCH_SIZE, q_digest
 from .metadata import modelspec
@@ -40,6 +41,7 @@ NATIVE_Q, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT = ".qr.q", ".qr.d
 NATIVE_SCALE = ".qr.scale"  # s = alpha / rank per layer, float64: the stock loaders see tensors only
 BASIS_DIGEST = "basis_q_digest"  # compact files: q_digest of the Qs they were saved with
 BASIS_ID_KEY = META_PREFIX + "basis_id"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the nodes' precision names
 TRAINING_STATE_PREFIX = "train_state."  # a checkpoint's optimizer and RNG state (training/state.py); load_adapter never reads it
 
 
@@ -47,20 +49,25 @@ TRAINING_STATE_PREFIX = "train_state."  # a checkpoint's optimizer and RNG state
 
 
 def atomic_save(tensors: dict, path: str, metadata: dict | None = None) -> None:
-    """Write a safetensors file so that `path` is either untouched or complete.
+    """Write a safetensors file so that `path` is either untouched or complete (see atomic_write)."""
+    atomic_write(safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata), path)
 
-    The file is serialized in memory and written by Python, so a failed
-    write (a full disk, a file-size limit, a vanished folder) is an
-    OSError with its errno, said in words; the temporary file is removed
-    whatever stops the write, and any earlier file at `path` is left as it was.
+
+def atomic_write(data: bytes, path: str, what: str | None = None) -> None:
+    """Write `data` to `path` so that `path` is either untouched or complete: every file the pack writes goes through here.
+
+    The bytes go to a temporary `.partial-*` file in the same folder, which
+    is renamed into place once complete, so a failed write (a full disk, a
+    file-size limit, a vanished folder) is an OSError with its errno, said
+    in words about `what` (default: the file's name); the temporary file is
+    removed whatever stops the write, and any earlier file at `path` is left as it was.
     """
-    name = os.path.basename(path)
+    name = what or os.path.basename(path)
     folder = os.path.dirname(os.path.abspath(path))
-    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=os.path.splitext(path)[1], dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -92,7 +99,7 @@ def _pack_upper(delta_r: torch.Tensor) -> torch.Tensor | None:
     return delta_r[rows, cols]
 
 
-def _unpack_upper(packed: torch.Tensor, rank: int, name: str, source: str) -> torch.Tensor:
+def unpack_upper(packed: torch.Tensor, rank: int, name: str, source: str) -> torch.Tensor:
     """The r x n matrix whose upper trapezoid `packed` holds, row by row.
 
     n is solved from r·n - r(r-1)/2 = len(packed) and must be at least r
@@ -109,6 +116,11 @@ def _unpack_upper(packed: torch.Tensor, rank: int, name: str, source: str) -> to
         out[row, row:] = packed[start:start + n - row]
         start += n - row
     return out
+
+
+def scale_tensor(scale: float) -> torch.Tensor:
+    """A native layer's `.qr.scale`: s = alpha / rank as one float64, for ComfyUI's own loaders, which see tensors only (stock_keys.py)."""
+    return torch.tensor(float(scale), dtype=torch.float64)
 
 
 def native_metadata(adapter: QRLoRA, **extra) -> dict:
@@ -135,7 +147,7 @@ def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=N
             tensors[name + NATIVE_DELTA_UPPER] = packed
         if basis_id is None:
             tensors[name + NATIVE_Q] = target.q
-            tensors[name + NATIVE_SCALE] = torch.tensor(float(adapter.scale), dtype=torch.float64)  # s for ComfyUI's own loaders (stock_keys.py)
+            tensors[name + NATIVE_SCALE] = scale_tensor(adapter.scale)
         if target.fingerprint is not None:
             tensors[name + NATIVE_FINGERPRINT] = target.fingerprint.to(torch.float32)
     facts = {"basis_id": basis_id, BASIS_DIGEST: q_digest({n: t.q for n, t in adapter.targets.items()})} if basis_id else {}
@@ -181,8 +193,9 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
         raise AdapterError(f"{what} contains NaN or infinite values; the file is broken (a diverged training?), use another checkpoint.")
 
 
-def _float(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to(torch.float32) if tensor.is_floating_point() else tensor
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Q and ΔR as the adapter holds them, whatever precision the file stored (fp16, bf16, fp64, fp8)."""
+    return tensor.to(torch.float32)
 
 
 def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str, stacked: bool = False) -> QRTarget:
@@ -196,7 +209,7 @@ def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str
         raise AdapterError(f"{source}: layer {name} stores Q as {q.dtype} and ΔR as {delta_r.dtype}, not floating-point numbers; the file is damaged or not a QR-LoRA.")
     if q.shape[1] == 0:
         raise AdapterError(f"{source}: layer {name} has rank 0; such an adapter changes nothing, train or export it with a rank of 1 or more.")
-    if not stacked and q.shape[1] > min(q.shape[0], delta_r.shape[1]):
+    if not stacked and not rank_fits((q.shape[0], delta_r.shape[1]), q.shape[1]):
         raise AdapterError(
             f"{source}: layer {name} has rank {q.shape[1]}, more than its {q.shape[0]} x {delta_r.shape[1]} layer allows; "
             "the file is damaged or not a QR-LoRA."
@@ -205,7 +218,7 @@ def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str
     check_finite(delta_r, f"{source}: ΔR of layer {name}")
     if not stacked:
         check_orthonormal(q, f"{source}: Q of layer {name}", "the file is damaged or not a QR-LoRA: export it again.")
-    return QRTarget(q=_float(q), delta_r=_float(delta_r))
+    return QRTarget(q=_float32(q), delta_r=_float32(delta_r))
 
 
 ORTHONORMAL_PROBES = 8
@@ -294,7 +307,7 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
         if name + NATIVE_DELTA in tensors:
             delta_r = tensors[name + NATIVE_DELTA]
         else:
-            delta_r = _unpack_upper(tensors[name + NATIVE_DELTA_UPPER], q.shape[1] if q.dim() == 2 else 0, name, source)
+            delta_r = unpack_upper(tensors[name + NATIVE_DELTA_UPPER], q.shape[1] if q.dim() == 2 else 0, name, source)
         target = _check_target(name, q, delta_r, source, stacked=not shared)
         target.fingerprint = _check_fingerprint(tensors.get(name + NATIVE_FINGERPRINT), name, source)
         targets[name] = target

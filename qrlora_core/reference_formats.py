@@ -1,6 +1,7 @@
 """The reference implementation's other files: its Q-and-R checkpoints, and its own layout as an export.
 
-Q-and-R checkpoints (the reference's second training script, METHOD.md):
+Q-and-R checkpoints (the reference's second training script; docs/method.md,
+"The reference's Q-and-R checkpoints"):
 it replaces W by W - s·Q0·R0, trains Q and R themselves, and saves them as
 ordinary `.lora.up.weight` (Q_t) / `.lora.down.weight` (R_t) pairs; its
 `to_out.0` layers come out as `...to_out.0.to_out.0`. The layer then
@@ -23,7 +24,7 @@ import os
 import torch
 
 from .adapter import QRLoRA, QRTarget
-from .decompose import decompose_many
+from .decompose import check_rank, decompose_many
 from .errors import AdapterError
 from .formats import PUBLISHED_SUFFIXES
 from .safefile import header_of
@@ -90,10 +91,8 @@ def resolve_q_and_r(tensors, base_weight, source: str, alpha: float | None = Non
         raise AdapterError(f"{source} matches none of this model's layers (its layers are named like '{example}'); connect the model it was trained on.")
     rank = ranks.pop()
     scale = 1.0 if alpha is None else alpha / rank
-    try:
-        tops = decompose_many(weights, rank)  # Q0·R0: the top-r part of each W (alpha = rank), batched by shape
-    except ValueError as e:  # a rank the layers cannot have
-        raise AdapterError(f"{source}: {e}; the file is damaged.") from None
+    check_rank({name: tuple(w.shape) for name, w in weights.items()}, rank, "the file is damaged.", source=source)
+    tops = decompose_many(weights, rank)  # Q0·R0: the top-r part of each W (alpha = rank), batched by shape
     targets = {}
     for name, top in tops.items():
         q_t, r_t = pairs[name]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import AdapterError
-from .formats import NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT, NATIVE_Q, NATIVE_SCALE, PUBLISHED_SUFFIXES, _unpack_upper
+from .formats import NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT, NATIVE_Q, NATIVE_SCALE, PUBLISHED_SUFFIXES, scale_tensor, unpack_upper
 
 
 @dataclass
@@ -80,7 +80,7 @@ def read_layer(x: str, lora: dict, alpha: float | None = None) -> StockLayer | N
         )
     q = lora[q_key]
     try:
-        delta_r = lora[full] if full in lora else _unpack_upper(lora[upper], q.shape[1] if q.dim() == 2 else 0, x, "the file")
+        delta_r = lora[full] if full in lora else unpack_upper(lora[upper], q.shape[1] if q.dim() == 2 else 0, x, "the file")
     except AdapterError as e:
         raise Refused(str(e).split(": ", 1)[-1]) from None
     keys = {q_key, scale_key, full if full in lora else upper} | ({x + NATIVE_FINGERPRINT} & lora.keys())
@@ -96,5 +96,5 @@ def state_dict(adapter) -> dict:
     for name, t in adapter.targets.items():
         tensors[name + NATIVE_Q] = t.q
         tensors[name + NATIVE_DELTA] = t.delta_r
-        tensors[name + NATIVE_SCALE] = torch.tensor(float(adapter.scale), dtype=torch.float64)
+        tensors[name + NATIVE_SCALE] = scale_tensor(adapter.scale)
     return tensors

@@ -6,7 +6,7 @@ import { api, app, chain, first, addPanel, onNodeOfType, widget } from "./qrlora
 export function summaryRows(s) {
   const rows = [
     ["format", s.format + (s.shared_basis === false ? " (mixed bases)" : "")],
-    ["rank", `${s.rank} · alpha ${s.alpha} · scale ${(s.alpha / s.rank).toPrecision(3)}`],
+    ["rank", `${s.rank} · alpha ${s.alpha} · scale ${Number(s.scale).toPrecision(3)}`],
     ["layers", `${s.layers} · ${Number(s.parameters).toLocaleString("en")} ΔR values`],
     ["trigger", s.trigger_words || "—"],
     ["base", s.base_fingerprint || "—"],
@@ -42,8 +42,8 @@ function setup(node) {
 
 app.registerExtension({
   name: "qrlora.loader",
-  beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!onNodeOfType(nodeType, nodeData, "QRLoRALoader", setup)) return;
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!(await onNodeOfType(nodeType, nodeData, "loader", setup))) return;
     chain(nodeType.prototype, "onConfigure", function () {
       queueMicrotask(() => fetchSummary(this));
     });

@@ -1,29 +1,43 @@
 // Merge ΔR: adapter slots that come and go, a weight slider each, and a
 // content/style balance for the common two-adapter mix.
 //
-// The node always has eight weight widgets (so saved workflows keep one
+// The node always has all its weight widgets (so saved workflows keep one
 // layout); only the first `count` are shown. `count` is the larger of two,
 // the number the user asked for with "+ adapter" / "− adapter", and the
 // highest connected slot. Sockets: the shown slots, plus one empty socket
-// to connect the next adapter to.
+// to connect the next adapter to. How many slots there are, how many are
+// required and the sockets' type come from the node's own definition
+// (/object_info: qr_lora_<i> inputs), not from a copy here.
 import { addPanel, app, chain, first, fitHeight, frontendOnly, onNodeOfType, setHidden, widget } from "./qrlora_ui.js";
 
-const MAX = 8;
-const MIN = 2;
 const BALANCE = "content ↔ style";
+const SLOT = /^qr_lora_\d+$/;
+const slots = { node: null, min: 0, max: 0, type: null }; // from the node definition, in beforeRegisterNodeDef
+
+/** The adapter slots a Merge definition declares: {node: its id, min: required, max: all, type: their socket type}. */
+export function slotsOf(nodeData) {
+  const names = (group) => Object.keys(nodeData.input?.[group] ?? {}).filter((name) => SLOT.test(name));
+  const required = names("required");
+  return {
+    node: nodeData.name,
+    min: required.length,
+    max: required.length + names("optional").length,
+    type: nodeData.input.required[required[0]][0],
+  };
+}
 
 const socket = (node, i) => node.inputs?.find((s) => s.name === `qr_lora_${i}`);
 const connected = (node, i) => socket(node, i)?.link != null;
 
 function lastConnected(node) {
   let last = 0;
-  for (let i = 1; i <= MAX; i++) if (connected(node, i)) last = i;
+  for (let i = 1; i <= slots.max; i++) if (connected(node, i)) last = i;
   return last;
 }
 
 export function slotCount(node) {
-  const asked = node.properties?.qrloraSlots ?? MIN;
-  return Math.min(MAX, Math.max(MIN, asked, lastConnected(node)));
+  const asked = node.properties?.qrloraSlots ?? slots.min;
+  return Math.min(slots.max, Math.max(slots.min, asked, lastConnected(node)));
 }
 
 /** Weights from the balance b in [0, 1]: 0.5 keeps both at 1, the ends fade one out. */
@@ -45,18 +59,18 @@ function refresh(node) {
   if (!node.qrlora || app.configuringGraph) return;
   const count = slotCount(node);
   const allUsed = Array.from({ length: count }, (_, i) => connected(node, i + 1)).every(Boolean);
-  const sockets = Math.min(MAX, count + (allUsed ? 1 : 0));
-  for (let i = MAX; i > sockets; i--) {
+  const sockets = Math.min(slots.max, count + (allUsed ? 1 : 0));
+  for (let i = slots.max; i > sockets; i--) {
     const index = node.inputs.findIndex((s) => s.name === `qr_lora_${i}`);
     if (index >= 0 && node.inputs[index].link == null) node.removeInput(index);
   }
   for (let i = 1; i <= sockets; i++) {
-    if (!socket(node, i)) node.addInput(`qr_lora_${i}`, "QR_LORA", i > MIN ? { shape: 7 } : undefined);
+    if (!socket(node, i)) node.addInput(`qr_lora_${i}`, slots.type, i > slots.min ? { shape: 7 } : undefined);
   }
-  for (let i = 1; i <= MAX; i++) setHidden(widget(node, `weight_${i}`), i > count);
+  for (let i = 1; i <= slots.max; i++) setHidden(widget(node, `weight_${i}`), i > count);
   const { balance, less } = node.qrlora;
   setHidden(balance, count !== 2);
-  less.disabled = count <= MIN;
+  less.disabled = count <= slots.min;
   syncBalance(node);
   fitHeight(node);
 }
@@ -77,13 +91,13 @@ function setBalance(node, b) {
 }
 
 function addSlot(node) {
-  node.properties.qrloraSlots = Math.min(MAX, slotCount(node) + 1);
+  node.properties.qrloraSlots = Math.min(slots.max, slotCount(node) + 1);
   refresh(node);
 }
 
 function removeSlot(node) {
   const count = slotCount(node);
-  if (count <= MIN) return;
+  if (count <= slots.min) return;
   const index = node.inputs.findIndex((s) => s.name === `qr_lora_${count}`);
   if (index >= 0 && node.inputs[index].link != null) node.disconnectInput(index);
   node.properties.qrloraSlots = count - 1;
@@ -109,8 +123,9 @@ function setup(node) {
 
 app.registerExtension({
   name: "qrlora.merge",
-  beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!onNodeOfType(nodeType, nodeData, "QRLoRAMerge", setup)) return;
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!(await onNodeOfType(nodeType, nodeData, "merge", setup))) return;
+    Object.assign(slots, slotsOf(nodeData));
     chain(nodeType.prototype, "onConfigure", function () {
       queueMicrotask(() => refresh(this));
     });
@@ -123,6 +138,6 @@ app.registerExtension({
     });
   },
   afterConfigureGraph() {
-    for (const node of app.graph.nodes) if (node.type === "QRLoRAMerge") refresh(node);
+    for (const node of app.graph.nodes) if (node.type === slots.node) refresh(node);
   },
 });

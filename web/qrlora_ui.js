@@ -1,9 +1,23 @@
 // Shared helpers for the QR-LoRA node UIs: hooks, widgets, the info panel, a line chart.
 // Each node's UI lives in its own module (merge.js, loader.js, train.js, train_data.js, similarity.js).
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 
-export { app };
-export { api } from "../../scripts/api.js";
+export { app, api };
+
+let facts = null;
+/**
+ * What the server says of the pack, asked once (GET /qrlora/page, nodes/routes.py):
+ * `nodes` (the node id each of our modules draws) and `events` (live event types).
+ * The scripts copy no value from the Python side; they read it here.
+ */
+export function pageFacts() {
+  facts ??= api.fetchApi("/qrlora/page").then((r) => {
+    if (!r.ok) throw new Error(`GET /qrlora/page answered ${r.status}`);
+    return r.json();
+  });
+  return facts;
+}
 
 /** Run `fn` after `object[method]`, keeping whatever was there (other extensions' hooks). */
 export function chain(object, method, fn) {
@@ -15,9 +29,13 @@ export function chain(object, method, fn) {
   };
 }
 
-/** Hook a node type of ours in beforeRegisterNodeDef: `setup(node)` once per new node. */
-export function onNodeOfType(nodeType, nodeData, id, setup) {
-  if (nodeData.name !== id) return false;
+/**
+ * Hook a node type of ours in beforeRegisterNodeDef (which ComfyUI awaits): `setup(node)` once per
+ * new node of the type that pageFacts().nodes[module] names. Resolves to whether it was that type.
+ */
+export async function onNodeOfType(nodeType, nodeData, module, setup) {
+  const { nodes } = await pageFacts();
+  if (nodeData.name !== nodes[module]) return false;
   chain(nodeType.prototype, "onNodeCreated", function () {
     setup(this);
   });

@@ -14,11 +14,11 @@ export function similarityRows(s, top = 4) {
 
 app.registerExtension({
   name: "qrlora.similarity",
-  beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!onNodeOfType(nodeType, nodeData, "QRLoRASimilarity", (node) => {
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!(await onNodeOfType(nodeType, nodeData, "similarity", (node) => {
       node.qrlora = { panel: addPanel(node, "similarity", { height: 120 }) };
       node.qrlora.panel.note("Queue the workflow to compare the two adapters layer by layer.");
-    })) return;
+    }))) return;
     chain(nodeType.prototype, "onExecuted", function (message) {
       const stats = first(message, "qrlora_similarity");
       if (stats) this.qrlora.panel.rows(similarityRows(stats), "executed");

@@ -13,11 +13,11 @@ export function bucketRows(buckets) {
 
 app.registerExtension({
   name: "qrlora.train_data",
-  beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!onNodeOfType(nodeType, nodeData, "QRLoRATrainingData", (node) => {
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!(await onNodeOfType(nodeType, nodeData, "train_data", (node) => {
       node.qrlora = { panel: addPanel(node, "buckets", { height: 90 }) };
       node.qrlora.panel.note("Queue the workflow to see which aspect-ratio buckets the images go to.");
-    })) return;
+    }))) return;
     chain(nodeType.prototype, "onExecuted", function (message) {
       const buckets = message?.qrlora_buckets;
       if (Array.isArray(buckets) && this.qrlora) this.qrlora.panel.rows(bucketRows(buckets), "executed");

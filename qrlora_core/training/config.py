@@ -13,7 +13,9 @@ import re
 from dataclasses import MISSING, dataclass, field, fields
 
 from ..errors import AdapterError
+from ..formats import PRECISIONS
 from .objective import OBJECTIVES, REFERENCE
+from .session import OPTIMIZERS
 
 # The paper's targets on canonical adapter names, in both spellings:
 # diffusers-style `transformer.transformer_blocks.0.attn.to_q` (Flux, SD3) and
@@ -26,8 +28,7 @@ PRESETS = {
     "attention only": rf"(?:^|[._]){_ATTENTION}$",
     "custom pattern": None,
 }
-OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
-TRAINING_DTYPES = ("bf16", "fp32")
+TRAINING_DTYPES = ("bf16", "fp32")  # of PRECISIONS: fp16 trains unstably without loss scaling
 
 
 def _help(text: str, record: bool = True, optional: bool = False, widget: dict | None = None, **limits) -> dict:
@@ -57,7 +58,7 @@ class TrainConfig:
         "Seed for the noise, timesteps and image order: the same seed and inputs train the same adapter.",
         min=0, max=0xFFFFFFFFFFFFFFFF, widget={"control_after_generate": False}))
     optimizer: str = field(default="AdamW", metadata=_help(
-        "Optimizer for ΔR (constant learning rate); the reference uses AdamW.", options=OPTIMIZERS))
+        "Optimizer for ΔR (constant learning rate); the reference uses AdamW.", options=tuple(OPTIMIZERS)))
     training_dtype: str = field(default="bf16", metadata=_help(
         "Precision of the model's forward and backward passes (ΔR itself is kept in fp32); the reference trains in bf16.",
         options=TRAINING_DTYPES))
@@ -105,6 +106,11 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise AdapterError(f"{f.name} is {value}, which is not a number training can use: enter a finite value (default {f.default:g}).")
+
+    @property
+    def torch_dtype(self):
+        """The dtype of the model's forward and backward passes."""
+        return PRECISIONS[self.training_dtype]
 
     @property
     def scale_alpha(self) -> float:

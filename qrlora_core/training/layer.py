@@ -1,4 +1,4 @@
-"""The layer math of training: W' = W + s · Q · (M ⊙ ΔR), only ΔR learned.
+"""The layer math of training: W' = W + s · Q · (M ⊙ ΔR) (qrlora_core/patch.py), only ΔR learned.
 
 Training needs neither the residual W_res nor R: W_res + s·Q·(R + ΔR)
 equals W + s·Q·ΔR (docs/method.md, "The patch"), so the frozen extra per target is
@@ -16,6 +16,7 @@ holds several targets, each adding only to its own rows.
 import torch
 
 from ..adapter import QRShape
+from ..patch import add_delta, add_delta_, add_delta_stacked
 
 
 class QRDelta(QRShape, torch.nn.Module):
@@ -41,15 +42,11 @@ class QRDelta(QRShape, torch.nn.Module):
 
     def add_to(self, matrix: torch.Tensor) -> torch.Tensor:
         """matrix + s · Q · (M ⊙ ΔR), out of place, in the matrix's dtype (one fused addmm)."""
-        q = self.q.to(device=matrix.device, dtype=matrix.dtype)
-        delta_r = self.masked_delta_r().to(device=matrix.device, dtype=matrix.dtype)
-        return torch.addmm(matrix, q, delta_r, alpha=self.scale)
+        return add_delta(matrix, self.q, self.masked_delta_r(), self.scale)
 
     def add_to_(self, matrix: torch.Tensor) -> torch.Tensor:
         """The same, in place (on a tensor this module's caller owns)."""
-        q = self.q.to(device=matrix.device, dtype=matrix.dtype)
-        delta_r = self.masked_delta_r().to(device=matrix.device, dtype=matrix.dtype)
-        return matrix.addmm_(q, delta_r, alpha=self.scale)
+        return add_delta_(matrix, self.q, self.masked_delta_r(), self.scale)
 
 
 class QRWeightWrapper(torch.nn.Module):
@@ -98,8 +95,7 @@ class QRWeightWrapper(torch.nn.Module):
         delta_r = torch.stack([t.delta_r for t in self.targets])
         if first.triangular:
             delta_r = torch.triu(delta_r)
-        q = self.q_stack.to(device=matrix.device, dtype=matrix.dtype)
-        patched = torch.baddbmm(span, q, delta_r.to(matrix.dtype), alpha=first.scale).reshape(end - start, matrix.shape[1])
+        patched = add_delta_stacked(span, self.q_stack, delta_r, first.scale).reshape(end - start, matrix.shape[1])
         pieces = [p for p in (matrix[:start], patched, matrix[end:]) if p.shape[0]]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 

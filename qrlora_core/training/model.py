@@ -13,7 +13,7 @@ import torch
 
 from ..adapter import QRLoRA, QRTarget
 from ..basis import BasisStore
-from ..decompose import max_rank
+from ..decompose import check_rank
 from ..errors import AdapterError
 from ..fingerprint import digest, sketch
 from .layer import QRDelta, QRWeightWrapper
@@ -22,16 +22,6 @@ from .layer import QRDelta, QRWeightWrapper
 def select(names, regex) -> list[str]:
     """The names the target regex finds (re.search), in order."""
     return [n for n in names if regex.search(n)]
-
-
-def _check_rank(shapes: dict, rank: int) -> None:
-    too_small = {n: s for n, s in shapes.items() if rank > max_rank(s)}
-    if too_small:
-        name, shape = min(too_small.items(), key=lambda item: max_rank(item[1]))
-        raise AdapterError(
-            f"Rank {rank} is larger than layer {name} allows ({tuple(shape)}, at most rank {max_rank(shape)}): "
-            f"lower the rank to {max_rank(shape)} or less, or leave such layers out with the target pattern."
-        )
 
 
 @dataclass
@@ -52,7 +42,8 @@ class TrainTargets:
         `device`: where Q and ΔR live (default: each weight's device);
         `basis_device` / `basis_budget`: where the decomposition runs and
         the working memory it may take there (BasisStore.get_or_build)."""
-        _check_rank({n: tuple(w.shape) for n, w in weights.items()}, rank)
+        check_rank({n: tuple(w.shape) for n, w in weights.items()}, rank,
+                   "lower the rank to {limit} or less, or leave such layers out with the target pattern.")
         basis_id, qs, sketches = store.get_or_build(weights, rank, progress=progress, device=basis_device, memory_budget=basis_budget)
         scale = alpha / rank
         layers = {n: QRDelta.zeros(qs[n].to(device or weights[n].device), weights[n].shape[1], scale, triangular) for n in weights}

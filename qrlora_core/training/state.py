@@ -27,7 +27,7 @@ VERSION = 1
 @dataclass
 class TrainingState:
     step: int  # optimizer steps done in total
-    optimizer: str  # its name (AdamW, Adam, SGD, RMSprop)
+    optimizer: str  # its name, a key of session.OPTIMIZERS
     layers: dict  # layer name -> {state key: tensor or JSON value}
     generators: dict  # name -> torch.Generator state (uint8 tensor)
     settings: dict = field(default_factory=dict)  # what the run was trained with

@@ -283,6 +283,23 @@ def test_loader_shows_what_a_file_is_when_it_is_picked(ui, comfy):
     assert "holds no QR-LoRA layers" in panel(ui, node, "adapter_info", "error")
 
 
+def test_train_node_draws_the_losses_the_server_sends_under_its_event_name(ui, object_info):
+    """web/train.js listens for the event type GET /qrlora/page names (nodes/train.py sends it), on the node it names."""
+    require_nodes(object_info, "QRLoRATrain")
+    node, facts = ui.evaluate("""async () => {
+        const facts = await (await window.comfyAPI.api.api.fetchApi("/qrlora/page")).json();
+        app.graph.clear();
+        const n = LiteGraph.createNode(facts.nodes.train);
+        n.pos = [200, 200]; app.graph.add(n);
+        for (const [step, loss] of [[1, 0.5], [2, 0.25], [3, 0.125]])
+            window.comfyAPI.api.api.dispatchCustomEvent(facts.events.train_loss, {node: n.id, step, loss});
+        return [n.id, facts];
+    }""")
+    assert facts["nodes"]["train"] == "QRLoRATrain"
+    panel(ui, node, "loss_curve", "training")
+    assert ui.get_attribute(f'.qrlora-panel[data-qrlora-node="{node}"]', "data-qrlora-steps") == "3"
+
+
 def test_demo_url_opens_the_mix_workflow_and_templates_list_each_example_once(chromium, comfy, demo_models):
     page = chromium.new_page(viewport=browser.VIEWPORT)
     try:

@@ -35,3 +35,24 @@ def test_summary_of_an_adapter_in_loras(comfy, demo_models):
 def test_summary_refuses_names_outside_loras_with_a_sentence(comfy, demo_models, name, words):
     status, body = summary(comfy, name)
     assert status == 400 and words in body["error"]
+
+
+def get_json(comfy, path):
+    with urllib.request.urlopen(f"{comfy.url}/api{path}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_summary_carries_the_scale_so_the_page_computes_nothing(comfy, demo_models):
+    status, body = summary(comfy, demo_assets.STYLE)
+    assert status == 200 and body["scale"] == body["alpha"] / body["rank"]
+
+
+def test_page_facts_name_the_nodes_the_scripts_draw_and_the_live_loss_event(comfy, object_info):
+    """GET /qrlora/page is where web/*.js reads node ids and event names; each must be what the server really uses."""
+    facts = get_json(comfy, "/qrlora/page")
+    drawn = {"loader": "Load QR-LoRA", "merge": "Merge ΔR", "similarity": "ΔR Similarity", "train": "Train QR-LoRA",
+             "train_data": "QR-LoRA Training Data"}
+    assert set(facts["nodes"]) == set(drawn)
+    for module, node in facts["nodes"].items():
+        assert object_info[node]["display_name"] == drawn[module], (module, node)
+    assert facts["events"]["train_loss"].startswith("qrlora.")

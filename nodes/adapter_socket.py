@@ -1,4 +1,5 @@
-"""The socket type that carries an adapter between our nodes, and how it is described."""
+"""What the pack's nodes share: the socket type that carries an adapter between them, how an
+adapter is described on a node, the node menu categories and the strength sliders' range."""
 
 from comfy_api.latest import io
 
@@ -6,6 +7,7 @@ from ..qrlora_core.adapter import QRLoRA
 
 QRLoRAType = io.Custom("QR_LORA")
 CATEGORY = "QR-LoRA"
+TRAINING_CATEGORY = CATEGORY + "/training"
 STRENGTH_RANGE = {"min": -4.0, "max": 4.0, "step": 0.01}
 
 

@@ -1,0 +1,87 @@
+"""Facts the core defines once: basis ids (files saved earlier keep loading), the rank check, the layer shapes QR-LoRA targets."""
+
+import os
+
+import pytest
+import torch
+
+from qrlora_core import AdapterError, QRLoRA, QRTarget
+from qrlora_core.basis import BasisStore, basis_id
+from qrlora_core.decompose import check_rank, decompose_many, is_matrix_weight
+from qrlora_core.fingerprint import q_digest, sketch
+from qrlora_core.formats import load_adapter, save_native
+from qrlora_core.patch import add_delta, add_delta_, add_delta_stacked, delta, delta_output
+
+SHAPES = {"x.a": (24, 16), "x.b": (20, 16)}
+
+
+def bases(rng, rank=4) -> dict:
+    return {n: torch.linalg.qr(torch.randn(*shape[:1], rank, generator=rng))[0] for n, shape in SHAPES.items()}
+
+
+def files_in(folder) -> list:
+    return sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+
+
+def test_a_compact_file_saved_under_the_earlier_content_id_loads_and_its_basis_is_reused(tmp_path, rng):
+    """Before basis ids were made in one function, Save wrote a compact adapter's Qs under 'r<rank>-q' + their digest."""
+    qs = bases(rng)
+    earlier_id = f"r4-q{q_digest(qs)[:16]}"  # what nodes/save.py computed itself
+    store = BasisStore(str(tmp_path / "bases"))
+    store.save(earlier_id, qs, {})
+    targets = {n: QRTarget(q=q, delta_r=torch.triu(torch.randn(4, 16, generator=rng))) for n, q in qs.items()}
+    adapter = QRLoRA(targets, rank=4, alpha=4.0, format="native")
+    save_native(adapter, str(tmp_path / "earlier.safetensors"), basis_id=earlier_id)
+
+    loaded = load_adapter(str(tmp_path / "earlier.safetensors"), basis_loader=store.load)
+    assert loaded.format == "compact" and loaded.metadata["basis"] == earlier_id
+    assert all(torch.equal(loaded.targets[n].q, qs[n]) for n in qs)
+    assert store.keep(qs, 4, {}) == earlier_id == basis_id(4, qs=qs)
+    assert files_in(tmp_path / "bases") == [earlier_id + ".safetensors"], "saving the same Qs again wrote a second basis"
+
+
+def test_keep_reuses_the_trained_basis_only_when_it_holds_the_very_qs(tmp_path, rng):
+    weights = {n: torch.randn(*shape, generator=rng) for n, shape in SHAPES.items()}
+    store = BasisStore(str(tmp_path))
+    trained, qs, sketches = store.get_or_build(weights, 4)
+    assert trained == basis_id(4, sketches={n: sketch(w) for n, w in weights.items()})
+    assert store.keep(qs, 4, sketches, known=trained) == trained
+    flipped = {n: -q for n, q in qs.items()}  # the same subspaces, other Qs: a compact file must not take them
+    other = store.keep(flipped, 4, sketches, known=trained)
+    assert other == basis_id(4, qs=flipped) != trained
+    assert torch.equal(store.load(other)["x.a"], flipped["x.a"]) and torch.equal(store.load(trained)["x.a"], qs["x.a"])
+    with pytest.raises(TypeError):
+        basis_id(4)
+
+
+def test_the_rank_check_names_the_tightest_layer_and_what_to_do():
+    shapes = {"x.wide": (64, 128), "x.small": (6, 40), "x.smaller": (5, 40)}
+    with pytest.raises(AdapterError, match=r"Rank 8 is larger than layer x.smaller allows \(\(5, 40\), at most rank 5\): lower the rank to 5"):
+        check_rank(shapes, 8)
+    with pytest.raises(AdapterError, match=r"^f.safetensors: rank 0 .* rank of 1 or more"):
+        check_rank(shapes, 0, source="f.safetensors")
+    check_rank(shapes, 5)
+    with pytest.raises(AdapterError, match="at most rank 5"):
+        decompose_many({n: torch.zeros(s) for n, s in shapes.items()}, 6)
+
+
+@pytest.mark.parametrize("shape, targeted", [((8, 4), True), ((8, 4, 1, 1), True), ((8, 4, 3, 3), False), ((8,), False), ((8, 4, 1), False)])
+def test_linear_layers_and_1x1_convolutions_are_what_qrlora_targets(shape, targeted):
+    assert is_matrix_weight(shape) == targeted
+    if not targeted and len(shape) > 1:
+        with pytest.raises(AdapterError, match=r"linear layers and 1x1 convolutions, not weights of shape"):
+            decompose_many({"x.conv": torch.randn(shape)}, 1)
+
+
+def test_every_form_of_the_patch_is_w_plus_s_q_delta_r(rng):
+    """patch.py against float64: in place, out of place, batched, the delta itself, a layer's output."""
+    w = torch.randn(2, 12, 10, generator=rng, dtype=torch.float64)
+    q = torch.linalg.qr(torch.randn(2, 12, 3, generator=rng, dtype=torch.float64))[0]
+    d = torch.randn(2, 3, 10, generator=rng, dtype=torch.float64)
+    x = torch.randn(5, 10, generator=rng, dtype=torch.float64)
+    want = w + 0.7 * q @ d
+    assert torch.allclose(delta(q[0], d[0], 0.7, torch.float64), want[0] - w[0])
+    assert torch.allclose(add_delta(w[0], q[0].float(), d[0].float(), 0.7), want[0], atol=1e-5)
+    assert torch.allclose(add_delta_(w[0].clone().reshape(12, 10, 1, 1), q[0], d[0], 0.7).reshape(12, 10), want[0])
+    assert torch.allclose(add_delta_stacked(w, q, d, 0.7), want)
+    assert torch.allclose(delta_output(x, q[1], d[1], 0.7), x @ (want[1] - w[1]).T)
