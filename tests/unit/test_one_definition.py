@@ -5,12 +5,12 @@ import os
 import pytest
 import torch
 
-from qrlora_core import AdapterError, QRLoRA, QRTarget
-from qrlora_core.basis import BasisStore, basis_id
-from qrlora_core.decompose import check_rank, decompose_many, is_matrix_weight
-from qrlora_core.fingerprint import q_digest, sketch
-from qrlora_core.formats import load_adapter, save_native
-from qrlora_core.patch import add_delta, add_delta_, add_delta_stacked, delta, delta_output
+from comfyui_qrlora.qrlora_core import AdapterError, QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.basis import BasisStore, basis_id
+from comfyui_qrlora.qrlora_core.decompose import check_rank, decompose_many, is_matrix_weight
+from comfyui_qrlora.qrlora_core.fingerprint import q_digest, sketch
+from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native
+from comfyui_qrlora.qrlora_core.patch import add_delta, add_delta_, add_delta_stacked, delta, delta_output
 
 SHAPES = {"x.a": (24, 16), "x.b": (20, 16)}
 
