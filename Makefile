@@ -29,9 +29,9 @@ test-unit: setup
 test-browser: setup
 	@cd tests && ../$(PYTHON) -m pytest browser $(PYTEST_ARGS)
 
-# Rebuild workflows/*.json (and example_workflows/) in the real page; see scripts/build_workflows.py.
+# Rebuild example_workflows/ (the graphs, laid out in the real page, and their .jpg thumbnails from real runs); see scripts/build_workflows.py.
 workflows: setup
-	@$(PYTHON) scripts/build_workflows.py
+	@$(PYTHON) scripts/build_workflows.py $(NAMES)
 
 bench: setup
 	@$(PYTHON) bench/run.py $(BENCH_ARGS)

@@ -1,6 +1,6 @@
 """The demo's files: the toy world's trained model, its two trained adapters and its training images.
 
-The workflows themselves are files (workflows/*.json, UI format); the demo
+The workflows themselves are files (example_workflows/*.json, UI format); the demo
 and the tests run them through devkit.workflow.to_api. The model (an SD1.5
 UNet, a TAESD autoencoder) and the adapters are shipped trained in
 toy_world/weights/ (see toy_world/README.md); the CLIP-L text encoder is
@@ -22,7 +22,7 @@ CONTENT = model_files.CONTENT_ADAPTER
 STYLE = model_files.STYLE_ADAPTER
 CONTENT_FOLDER = "toy_world_heart"  # training images + captions (.txt), in the input folder
 STYLE_FOLDER = "toy_world_checker"
-WORKFLOWS = os.path.join(PACK_ROOT, "workflows")
+WORKFLOWS = os.path.join(PACK_ROOT, "example_workflows")
 MIX_WORKFLOW = os.path.join(WORKFLOWS, "qrlora_mix.json")
 RANK = adapters.RECIPE["rank"]
 LAYERS = 40  # the paper's attention + MLP targets: 10 in each of the UNet's 4 transformer blocks

@@ -1,64 +1,44 @@
-"""Writes the example workflows (workflows/*.json) with the real server and page.
+"""`make workflows`: writes example_workflows/ (the graphs and their thumbnails) with the real server and page.
 
 Each workflow is described below as groups of nodes (with titles a person
 can follow) and links. This script turns that into the page's own format:
 it asks /object_info for every node's inputs, outputs and widget order,
 loads the draft into the ComfyUI page (headless Chromium), lets the page
-size and place the nodes, draws the groups around them, and saves what the
-page serializes, so the files are exactly what ComfyUI itself would save.
-example_workflows/ (what ComfyUI's template browser reads) gets the same
-bytes. The demo and the test suite read workflows/*.json; run this script
-again after changing a workflow here: `make workflows`.
+size the nodes (and settle: images loaded, notes grown to show their whole
+text), places them in columns by the boxes the page draws (title bar
+included), draws the groups around them, and saves what the page
+serializes, so the files are exactly what ComfyUI itself would save.
 
-QRLoRATrain is built on another branch; until the server knows it, its
-planned interface (PLANNED below) stands in, and the page keeps the node
-as it does any missing node.
+Then it runs every workflow as shipped through the server's /prompt, on
+the toy world's model and adapters, and writes `example_workflows/NAME.jpg`
+next to each `NAME.json` from what that run produced (the file name
+ComfyUI's template browser asks for: /api/workflow_templates/<pack>/NAME.jpg).
+
+example_workflows/ is the only copy: ComfyUI's template browser, the demo
+and the tests all read it. Run this again after changing a workflow here,
+the nodes, or the toy world's adapters.
 """
 
 import argparse
+import io
 import json
 import os
-import shutil
 import sys
 import tempfile
+import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from devkit import browser, demo_assets, folder_dataset  # noqa: E402
+from devkit import browser, demo_assets, folder_dataset, workflow as ui_workflow  # noqa: E402
 from toy_world import adapters, pipeline, world  # noqa: E402
 from devkit.server import Client, ComfyServer, make_base_directory  # noqa: E402
 from devkit.workflow import widget_names  # noqa: E402
 
-WORKFLOWS = os.path.join(ROOT, "workflows")
-EXAMPLES = os.path.join(ROOT, "example_workflows")
-
-# The interface of Train QR-LoRA as planned (branch `train`), in /object_info's shape.
-_train_widgets = [
-    ("rank", ["INT", {"default": 64}]), ("alpha", ["FLOAT", {"default": 0.0}]), ("steps", ["INT", {"default": 1000}]),
-    ("learning_rate", ["FLOAT", {"default": 1e-4}]), ("batch_size", ["INT", {"default": 1}]),
-    ("grad_accumulation", ["INT", {"default": 1}]), ("seed", ["INT", {"default": 0, "control_after_generate": False}]),
-    ("optimizer", ["COMBO", {"options": ["AdamW", "Adam", "SGD", "RMSprop"], "default": "AdamW"}]),
-    ("training_dtype", ["COMBO", {"options": ["bf16", "fp32"], "default": "bf16"}]),
-    ("gradient_checkpointing", ["BOOLEAN", {"default": True}]),
-    ("target_preset", ["COMBO", {"options": ["attention + MLP (paper)", "attention only", "custom pattern"], "default": "attention + MLP (paper)"}]),
-    ("target_pattern", ["STRING", {"default": ""}]), ("triangular", ["BOOLEAN", {"default": True}]),
-    ("checkpoint_every", ["INT", {"default": 0}]), ("filename_prefix", ["STRING", {"default": "qrlora/trained"}]),
-    ("trigger_words", ["STRING", {"default": ""}]),
-]
-PLANNED = {
-    "QRLoRATrain": {
-        "input": {
-            "required": {"model": ["MODEL", {}], "latents": ["LATENT", {}], "positive": ["CONDITIONING", {}], **dict(_train_widgets)},
-            "optional": {"qr_lora": ["QR_LORA", {}]},
-        },
-        "input_order": {"required": ["model", "latents", "positive", *(n for n, _ in _train_widgets)], "optional": ["qr_lora"]},
-        "output": ["QR_LORA", "MODEL", "LOSS_MAP", "IMAGE", "INT"],
-        "output_name": ["qr_lora", "model", "loss_map", "loss_curve", "steps"],
-        "display_name": "Train QR-LoRA",
-    }
-}
+EXAMPLES = demo_assets.WORKFLOWS  # example_workflows/
+THUMBNAIL_SIZE = 512  # square: the template browser shows each card's image in a square
+THUMBNAIL_BACKGROUND = (32, 32, 32)  # the page's dark canvas
 
 MIX_NOTE = (
     "Each weight says how much of that adapter goes into the mix (negative subtracts it). With two adapters the "
@@ -112,9 +92,10 @@ def model_group(title="1 · Base model (toy world, SD1.5 architecture)"):
 
 
 def generate_group(title, prompt, prefix, model_from, negative=""):
+    """Prompt, sampler, decode, save. `prompt` is the text, or None when a link brings it (the mix's trigger words)."""
     sampler = pipeline.SAMPLER
     nodes = G(title, BROWN, [
-        N("prompt", "CLIPTextEncode", "Prompt (with the trigger words)", box_w=360, text=prompt),
+        N("prompt", "CLIPTextEncode", "Prompt (with the trigger words)", box_w=360, text=prompt or ""),
         N("negative", "CLIPTextEncode", "Negative prompt", box_w=360, text=negative),
         N("latent", "EmptyLatentImage", "Image size", box_w=360, width=world.SIZE, height=world.SIZE, batch_size=1),
     ], [
@@ -132,9 +113,12 @@ def generate_group(title, prompt, prefix, model_from, negative=""):
     return nodes, links
 
 
+MIX_TEMPLATE = "a {content} shape in {style}"  # the mix's prompt; the loaders' trigger words fill it in
+
+
 def mix():
     generate, generate_links = generate_group(
-        "3 · Generate with both trigger words", pipeline.MIX_PROMPT, "qrlora_demo/mix", ("apply", 0))
+        "4 · Generate with both trigger words", None, "qrlora_demo/mix", ("apply", 0))
     groups = [
         model_group(),
         G("2 · Mix content + style adapters", GREEN, [
@@ -146,13 +130,23 @@ def mix():
         ], [
             N("apply", "QRLoRAApply", "Apply the mix to the model", strength=1.0),
         ]),
+        G("3 · The prompt, from the adapters' trigger words", PURPLE, [
+            N("with_content", "StringReplace", "Prompt: {content} ← the content adapter's trigger words", box_w=340,
+              string=MIX_TEMPLATE, find="{content}", replace=""),
+            N("with_style", "StringReplace", "{style} ← the style adapter's trigger words", box_w=340, string="", find="{style}", replace=""),
+        ], [
+            N("shown", "PreviewAny", "The prompt, as sent", box_w=300),
+        ]),
         generate,
     ]
     links = [
+        ("unet", 0, "content", "model"), ("unet", 0, "style", "model"),  # any format loads, the reference's Q-and-R files too
         ("content", 0, "merge", "qr_lora_1"), ("style", 0, "merge", "qr_lora_2"),
-        ("unet", 0, "apply", "model"), ("merge", 0, "apply", "qr_lora"), *generate_links,
+        ("unet", 0, "apply", "model"), ("merge", 0, "apply", "qr_lora"),
+        ("content", 2, "with_content", "replace"), ("with_content", 0, "with_style", "string"), ("style", 2, "with_style", "replace"),
+        ("with_style", 0, "prompt", "text"), ("with_style", 0, "shown", "source"), *generate_links,
     ]
-    return groups, links
+    return groups, links, [[("out", "save")]]
 
 
 def train(kind: str):
@@ -187,7 +181,7 @@ def train(kind: str):
         ("unet", 0, "train", "model"), ("dataset", 0, "train", "latents"), ("dataset", 1, "train", "positive"),
         ("train", 3, "loss", "images"), *generate_links,
     ]
-    return groups, links
+    return groups, links, [[("in", "images"), ("out", "save")], [("out", "loss")]]
 
 
 def train_folder():
@@ -201,13 +195,13 @@ def train_folder():
               folder=folder_dataset.FOLDER),
             N("note", "Note", "About the folder", box_w=360, box_h=300, text=FOLDER_NOTE.format(trigger=trigger)),
         ], [
-            N("data", "QRLoRATrainingData", "Bucket, encode and caption", box_w=340, resolution=256,
+            N("data", "QRLoRATrainingData", "Bucket, encode and caption", box_w=340, resolution=world.SIZE,  # the toy model's size
               default_caption=f"a photo of a {trigger} dog"),
         ]),
         G("3 · Train the adapter, with samples every 50 steps", GREEN, [
             N("samples", "QRLoRASampleSettings", "Samples while training", box_w=340,
               prompts=f"a photo of a {trigger} dog on a beach\na {trigger} dog in the snow", negative="", every=50,
-              width=256, height=256, steps=8, cfg=4.0, sampler_name="euler", scheduler="normal", seed=42),
+              width=world.SIZE, height=world.SIZE, steps=8, cfg=4.0, sampler_name="euler", scheduler="normal", seed=42),
         ], [
             N("train", "QRLoRATrain", "Train from the folder", box_w=340, box_h=640, rank=8, alpha=0.0, steps=200, learning_rate=1e-4,
               batch_size=2, grad_accumulation=1, seed=0, optimizer="AdamW", training_dtype="fp32",
@@ -224,7 +218,7 @@ def train_folder():
         ("clip", 0, "samples", "clip"), ("vae", 0, "samples", "vae"), ("samples", 0, "train", "samples"),
         ("train", 3, "loss", "images"), *generate_links,
     ]
-    return groups, links
+    return groups, links, [[("in", "folder"), ("out", "save")], [("out", "loss")]]
 
 
 def compare():
@@ -241,9 +235,11 @@ def compare():
         ]),
     ]
     links = [("content", 0, "similarity", "qr_lora_a"), ("style", 0, "similarity", "qr_lora_b"), ("similarity", 0, "save", "images")]
-    return groups, links
+    return groups, links, [[("out", "save")]]
 
 
+# name -> () -> (groups, links, thumbnail rows: what the card shows, ("out", node) = that node's output
+# image from the shipped run, ("in", node) = the first training image of that node's folder)
 WORKFLOW_SPECS = {
     "qrlora_mix": mix,
     "qrlora_train_content": lambda: train("content"),
@@ -261,69 +257,107 @@ def _default(spec):
     return options[0] if options else None
 
 
-def draft(groups, links, info: dict) -> tuple[dict, dict]:
-    """A UI-format draft (nodes, links) and the layout the page should apply."""
-    nodes, ids = [], {}
-    for group in groups:
-        for column in group["columns"]:
-            for spec in column:
-                ids[spec["key"]] = len(ids) + 1
+def _specs(groups):
+    return [spec for group in groups for column in group["columns"] for spec in column]
+
+
+def draft(groups, links, info: dict) -> tuple[dict, dict, dict]:
+    """A UI-format draft (nodes, links), the layout the page should apply, and the node id of each key."""
+    specs = _specs(groups)
+    ids = {spec["key"]: n for n, spec in enumerate(specs, start=1)}
+    types = {spec["key"]: spec["type"] for spec in specs}
     link_rows, inputs_of, outputs_of = [], {}, {}
     for link_id, (src, slot, dst, name) in enumerate(links, start=1):
-        kind = info[next(s["type"] for g in groups for c in g["columns"] for s in c if s["key"] == src)]["output"][slot]
+        kind = info[types[src]]["output"][slot]
         link_rows.append([link_id, ids[src], slot, ids[dst], name, kind])
         inputs_of.setdefault(dst, {})[name] = (link_id, kind)
         outputs_of.setdefault(src, {}).setdefault(slot, []).append(link_id)
-    for group in groups:
-        for column in group["columns"]:
-            for spec in column:
-                node_info = info[spec["type"]]
-                values = []
-                widgets = spec["widgets"]
-                for name in widget_names(node_info):
-                    if name is None:
-                        values.append(widgets.get("_control") or widgets.get("_upload"))
-                        continue
-                    section = "required" if name in node_info["input"].get("required", {}) else "optional"
-                    values.append(widgets.get(name, _default(node_info["input"][section][name])))
-                unknown = set(widgets) - set(widget_names(node_info)) - {"_control", "_upload"}
-                if unknown:
-                    raise SystemExit(f"{spec['title']}: {spec['type']} has no widgets {sorted(unknown)}")
-                node_inputs = []
-                for name, (link_id, kind) in inputs_of.get(spec["key"], {}).items():
-                    node_inputs.append({"name": name, "type": kind, "link": link_id})
-                node_outputs = [
-                    {"name": n, "type": t, "links": outputs_of.get(spec["key"], {}).get(i, []), "slot_index": i}
-                    for i, (n, t) in enumerate(zip(node_info.get("output_name", node_info["output"]), node_info["output"]))
-                ]
-                nodes.append({
-                    "id": ids[spec["key"]], "type": spec["type"], "title": spec["title"], "pos": [0, 0],
-                    "size": [spec["width"], 100], "flags": {}, "order": len(nodes), "mode": 0,
-                    "inputs": node_inputs, "outputs": node_outputs,
-                    "properties": {"Node name for S&R": spec["type"]}, "widgets_values": values,
-                })
+    nodes = []
+    for spec in specs:
+        node_info = info[spec["type"]]
+        names = widget_names(node_info)
+        values = []
+        widgets = spec["widgets"]
+        for name in names:
+            if name is None:
+                values.append(widgets.get("_control") or widgets.get("_upload"))
+                continue
+            section = "required" if name in node_info["input"].get("required", {}) else "optional"
+            values.append(widgets.get(name, _default(node_info["input"][section][name])))
+        unknown = set(widgets) - set(names) - {"_control", "_upload"}
+        if unknown:
+            raise SystemExit(f"{spec['title']}: {spec['type']} has no widgets {sorted(unknown)}")
+        node_inputs = []
+        for name, (link_id, kind) in inputs_of.get(spec["key"], {}).items():
+            node_inputs.append({"name": name, "type": kind, "link": link_id, **({"widget": {"name": name}} if name in names else {})})
+        node_outputs = [
+            {"name": n, "type": t, "links": outputs_of.get(spec["key"], {}).get(i, []), "slot_index": i}
+            for i, (n, t) in enumerate(zip(node_info.get("output_name", node_info["output"]), node_info["output"]))
+        ]
+        nodes.append({
+            "id": ids[spec["key"]], "type": spec["type"], "title": spec["title"], "pos": [0, 0],
+            "size": [spec["width"], 100], "flags": {}, "order": len(nodes), "mode": 0,
+            "inputs": node_inputs, "outputs": node_outputs,
+            "properties": {"Node name for S&R": spec["type"]}, "widgets_values": values,
+        })
     for row in link_rows:  # the page wants input slot indexes; it re-derives them from names on load
         target = next(n for n in nodes if n["id"] == row[3])
         row[4] = next(i for i, s in enumerate(target["inputs"]) if s["name"] == row[4])
     layout = {
         "groups": [{"title": g["title"], "color": g["color"], "columns": [[ids[s["key"]] for s in c] for c in g["columns"]]} for g in groups],
-        "widths": {ids[s["key"]]: s["width"] for g in groups for c in g["columns"] for s in c},
-        "heights": {ids[s["key"]]: s["height"] for g in groups for c in g["columns"] for s in c},
+        "widths": {ids[s["key"]]: s["width"] for s in specs},
+        "heights": {ids[s["key"]]: s["height"] for s in specs},
     }
     workflow = {"last_node_id": len(nodes), "last_link_id": len(link_rows), "nodes": nodes, "links": link_rows,
                 "groups": [], "config": {}, "extra": {}, "version": 0.4}
-    return workflow, layout
+    return workflow, layout, ids
 
 
+# The page's sizes are the truth: a node is as wide as its title (with its badges) needs, a note as tall
+# as its text needs, and a node that grows once loaded (an image preview) is measured after it grew.
+# Columns are then stacked by the boxes the page draws, title bar included.
 LAYOUT_JS = """async ({workflow, layout}) => {
     await app.loadGraphData(workflow, true, true, null, {showMissingNodesDialog: false, showMissingModelsDialog: false});
     const TITLE = LiteGraph.NODE_TITLE_HEIGHT, GROUP_TITLE = 34, PAD = 16, GAP = 36;
     const nodes = layout.groups.flatMap(g => g.columns.flat()).map(id => app.graph.getNodeById(id));
+    const settle = async () => {  // until every image loaded and no size changed for a second (as tests/browser waits)
+        const sizes = () => JSON.stringify(nodes.map(n => [...n.size]));
+        let last = null, stableSince = performance.now();
+        for (const started = performance.now(); performance.now() - started < 20000;) {
+            app.canvas.setDirty(true, true);
+            app.canvas.draw(true, true);  // drawing lays out the widgets, which may grow a node
+            await new Promise(r => setTimeout(r, 100));
+            const now = sizes(), loading = nodes.some(n => (n.imgs ?? []).some(img => !img.complete));
+            if (now !== last || loading) { last = now; stableSince = performance.now(); }
+            else if (performance.now() - stableSince > 1000) break;
+        }
+    };
+    const ctx = app.canvas.ctx;
+    const titleWidth = node => {
+        ctx.font = app.canvas.title_text_font;
+        const badges = (node.badges ?? []).map(b => typeof b === "function" ? b() : b)
+            .reduce((sum, b) => sum + (b?.text ? b.getWidth(ctx) + 12 : 0), 0);
+        return Math.ceil(2 * TITLE + ctx.measureText(node.title).width + badges + 12);  // the page truncates past width - 2 * TITLE
+    };
+    const groupTitleWidth = title => { ctx.font = "18px Arial"; return Math.ceil(ctx.measureText(title).width + 2 * PAD); };
+    await settle();
     for (const node of nodes) {
         const [w, h] = node.computeSize();
-        node.size = [Math.max(w, layout.widths[node.id]), Math.max(h, layout.heights[node.id])];
+        node.size = [Math.max(w, layout.widths[node.id], titleWidth(node)), Math.max(h, layout.heights[node.id], node.size[1])];
     }
-    app.canvas.draw(true, true);  // drawing lays out the widgets, which may grow a node: place them after
+    await settle();
+    for (let round = 0; round < 4; round++) {  // notes: grow until the whole text shows
+        let grown = false;
+        for (const node of nodes) for (const w of node.widgets ?? []) {
+            const el = w.element;
+            if (node.type === "Note" && el instanceof HTMLTextAreaElement && el.scrollHeight > el.clientHeight + 1) {
+                node.size = [node.size[0], node.size[1] + (el.scrollHeight - el.clientHeight) / app.canvas.ds.scale + 8];
+                grown = true;
+            }
+        }
+        if (!grown) break;
+        await settle();
+    }
     let x = 0;
     for (const g of layout.groups) {
         let colX = x + PAD, bottom = 0;
@@ -339,12 +373,13 @@ LAYOUT_JS = """async ({workflow, layout}) => {
             bottom = Math.max(bottom, y);
         }
         const group = new LiteGraph.LGraphGroup(g.title);
-        group.font_size = 18;
+        group.font_size = 18;  // groupTitleWidth's font
         group.color = g.color;
+        const width = Math.max(colX - GAP + PAD - x, groupTitleWidth(g.title));
         group.pos = [x, 0];
-        group.size = [colX - GAP + PAD - x, bottom];
+        group.size = [width, bottom];
         app.graph.add(group);
-        x = colX - GAP + PAD + 60;
+        x += width + 60;
     }
     app.canvas.ds.offset = [100, 170];
     app.canvas.ds.scale = 0.6;
@@ -359,61 +394,112 @@ LAYOUT_JS = """async ({workflow, layout}) => {
 
 
 def build(names, url: str, info: dict) -> dict:
+    """name -> (the workflow as the page saves it, node id of each key in its spec)."""
     out = {}
     with browser.chromium() as b:
         page = browser.open_comfy(b, url)
         for name in names:
-            groups, links = WORKFLOW_SPECS[name]()
-            workflow, layout = draft(groups, links, info)
-            out[name] = page.evaluate(LAYOUT_JS, {"workflow": workflow, "layout": layout})
-            out[name]["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-qrlora/workflows/{name}"))  # stable across rebuilds
+            groups, links, _ = WORKFLOW_SPECS[name]()
+            draft_workflow, layout, ids = draft(groups, links, info)
+            saved = page.evaluate(LAYOUT_JS, {"workflow": draft_workflow, "layout": layout})
+            saved["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-qrlora/workflows/{name}"))  # stable across rebuilds
+            out[name] = (saved, ids)
         if page.errors:
             raise SystemExit(f"the page reported errors: {page.errors}")
     return out
 
 
-def write(workflows: dict) -> None:
-    os.makedirs(WORKFLOWS, exist_ok=True)
-    for name, workflow in workflows.items():
-        text = json.dumps(workflow, indent=1, ensure_ascii=False) + "\n"
-        with open(os.path.join(WORKFLOWS, name + ".json"), "w", encoding="utf-8") as f:
-            f.write(text)
-        print(f"wrote workflows/{name}.json ({len(workflow['nodes'])} nodes, {len(workflow['links'])} links, {len(workflow['groups'])} groups)")
-    sync_examples()
+def _write(file: str, data: bytes) -> None:
+    """Whole or not at all: an interrupted rebuild leaves the previous file."""
+    path = os.path.join(EXAMPLES, file)
+    with open(path + ".partial", "wb") as f:
+        f.write(data)
+    os.replace(path + ".partial", path)
 
 
-def sync_examples() -> None:
-    """example_workflows/ := workflows/ (same files, same bytes)."""
-    os.makedirs(EXAMPLES, exist_ok=True)
-    sources = {f for f in os.listdir(WORKFLOWS) if f.endswith(".json")}
-    for f in os.listdir(EXAMPLES):
-        if f.endswith(".json") and f not in sources:
-            os.unlink(os.path.join(EXAMPLES, f))
-    for f in sorted(sources):
-        shutil.copyfile(os.path.join(WORKFLOWS, f), os.path.join(EXAMPLES, f))
+def write_workflow(name: str, saved: dict) -> None:
+    _write(name + ".json", (json.dumps(saved, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    print(f"wrote example_workflows/{name}.json ({len(saved['nodes'])} nodes, {len(saved['links'])} links, {len(saved['groups'])} groups)")
+
+
+def _fit(image, width: int, height: int):
+    """The image scaled to fit the box (a small image enlarged a lot keeps crisp pixels)."""
+    from PIL import Image
+
+    scale = min(width / image.width, height / image.height)
+    resample = Image.NEAREST if scale >= 2 else Image.LANCZOS
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
+
+
+def _square(image):
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def thumbnail(rows, ids: dict, saved: dict, entry: dict, base: str, info: dict):
+    """One square picture of the run: each row of panels a band of equal height, panels side by side, centred."""
+    from PIL import Image
+
+    def panel(kind, key):
+        if kind == "out":
+            image = entry["outputs"][str(ids[key])]["images"][0]
+            return Image.open(os.path.join(base, image["type"], image["subfolder"], image["filename"])).convert("RGB")
+        node = next(n for n in saved["nodes"] if n["id"] == ids[key])
+        folder = ui_workflow.widget_values(node, info[node["type"]])["folder"]
+        path = os.path.join(base, "input", folder)
+        first = sorted(f for f in os.listdir(path) if f.lower().endswith((".png", ".jpg", ".jpeg", ".webp")))[0]
+        return _square(Image.open(os.path.join(path, first)).convert("RGB"))
+
+    card = Image.new("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), THUMBNAIL_BACKGROUND)
+    band = THUMBNAIL_SIZE // len(rows)
+    for r, row in enumerate(rows):
+        cell = THUMBNAIL_SIZE // len(row)
+        for c, (kind, key) in enumerate(row):
+            image = _fit(panel(kind, key), cell, band)
+            card.paste(image, (c * cell + (cell - image.width) // 2, r * band + (band - image.height) // 2))
+    return card
+
+
+def write_thumbnail(name: str, saved: dict, ids: dict, client: Client, base: str, info: dict) -> None:
+    """Run the workflow as shipped and draw its card from what the run made."""
+    started = time.time()
+    entry = client.run(ui_workflow.to_api(saved, info), timeout=3600)
+    _, _, rows = WORKFLOW_SPECS[name]()
+    card = thumbnail(rows, ids, saved, entry, base, info)
+    buffer = io.BytesIO()
+    card.save(buffer, "JPEG", quality=88, optimize=True)
+    _write(name + ".jpg", buffer.getvalue())
+    print(f"wrote example_workflows/{name}.jpg (from its run on the server: {time.time() - started:.0f} s)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", default=list(WORKFLOW_SPECS), help="which workflows (default: all)")
-    parser.add_argument("--sync-only", action="store_true", help="only copy workflows/ to example_workflows/")
     args = parser.parse_args()
-    if args.sync_only:
-        sync_examples()
-        return 0
+    unknown = set(args.names) - set(WORKFLOW_SPECS)
+    if unknown:
+        raise SystemExit(f"no such workflow: {', '.join(sorted(unknown))} (there are {', '.join(WORKFLOW_SPECS)})")
     reason = browser.available()
     if reason:
         raise SystemExit(f"cannot build the workflows: {reason}")
+    started = time.time()
+    os.makedirs(EXAMPLES, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qrlora-workflows-") as base:
         make_base_directory(base, ROOT)
-        demo_assets.training_folders(base)  # the dataset loader's folder list comes from input/
-        folder_dataset.write(os.path.join(base, "input"))  # the folder node lists it
+        demo_assets.build(base)  # the toy world's model, adapters and training folders: the runs use them, the page lists them
         server = ComfyServer(base).start()
         try:
-            info = {**PLANNED, **NOTE_INFO, **Client(server.url).object_info()}
-            write(build(args.names, server.url, info))
+            client = Client(server.url)
+            info = {**NOTE_INFO, **client.object_info()}
+            built = build(args.names, server.url, info)
+            for name, (saved, _) in built.items():
+                write_workflow(name, saved)
+            for name, (saved, ids) in built.items():
+                write_thumbnail(name, saved, ids, client, base, info)
         finally:
             server.stop()
+    print(f"done in {time.time() - started:.0f} s")
     return 0
 
 

@@ -5,7 +5,7 @@ UNet and a TAESD autoencoder trained from scratch, shipped, and a CLIP-L
 text encoder written from its formula) and its two adapters trained by
 Train QR-LoRA (a heart "<c>" and a checkerboard "<s>", never seen by the
 base model) into a ComfyUI base directory, starts ComfyUI with the pack on
-127.0.0.1:PORT, runs the mixing workflow (workflows/qrlora_mix.json, turned
+127.0.0.1:PORT, runs the mixing workflow (example_workflows/qrlora_mix.json, turned
 into its API form: "a <c> shape in <s> style") through /prompt, reports the
 image it wrote with its scores against the world (the goal: a checkered heart)
 and leaves the server running. The URL it
@@ -27,16 +27,13 @@ from devkit import demo_assets, workflow  # noqa: E402
 from devkit.host import COMFYUI_DIR  # noqa: E402
 from devkit.server import Client, ComfyServer, make_base_directory  # noqa: E402
 
-WORKFLOWS = os.path.join(ROOT, "workflows")
-
-
 def install_workflows(base: str) -> None:
     """Put the example workflows into the user's Workflows sidebar."""
     target = os.path.join(base, "user", "default", "workflows")
     os.makedirs(target, exist_ok=True)
-    for name in os.listdir(WORKFLOWS) if os.path.isdir(WORKFLOWS) else []:
+    for name in os.listdir(demo_assets.WORKFLOWS):
         if name.endswith(".json"):
-            shutil.copy(os.path.join(WORKFLOWS, name), os.path.join(target, name))
+            shutil.copy(os.path.join(demo_assets.WORKFLOWS, name), os.path.join(target, name))
 
 
 def world_check(path: str) -> str:

@@ -69,8 +69,13 @@ def load(page, name):
     return wf
 
 
-def without_titles(prompt):
-    return {k: {**v, "_meta": None} for k, v in prompt.items()}
+def as_the_server_reads(prompt, object_info):
+    """The prompt without titles and without inputs the node does not declare (the server ignores both;
+    the page sends frontend-only widgets too, e.g. Preview as Text's display)."""
+    def declared(node):
+        spec = object_info[node["class_type"]]["input"]
+        return {k: v for k, v in node["inputs"].items() if k in spec.get("required", {}) or k in spec.get("optional", {})}
+    return {k: {**v, "inputs": declared(v), "_meta": None} for k, v in prompt.items()}
 
 
 def show(page, node_id):
@@ -134,7 +139,9 @@ def test_workflow_loads_with_no_missing_nodes_or_broken_links(ui, object_info, n
     assert ui.evaluate("() => app.graph.nodes.length") == len(wf["nodes"])
     # What the Run button would send is exactly what the suite's converter makes of the file.
     sent = ui.evaluate("async () => (await app.graphToPrompt()).output")
-    assert without_titles(sent) == without_titles(workflow.to_api(wf, object_info))
+    api = workflow.to_api(wf, object_info)
+    assert as_the_server_reads(sent, object_info) == as_the_server_reads(api, object_info)
+    assert all(set(api[k]["inputs"]) <= set(sent[k]["inputs"]) for k in api), "the converter invents no inputs"
 
 
 def test_mix_workflow_runs_from_the_page_and_shows_its_results(ui, comfy, artifacts):
@@ -148,6 +155,7 @@ def test_mix_workflow_runs_from_the_page_and_shows_its_results(ui, comfy, artifa
     assert "native" in content and f"{demo_assets.RANK} · alpha" in content and "<c>" in content
     assert "<s> style" in style
     assert "merged as one ΔR sum" in panel(ui, ids["Mix content + style"], "mix_report", "executed")
+    show(ui, ids["Result"])  # the page loads a node's image when it draws the node, as a person scrolls to it
     ui.wait_for_function(f"() => app.graph.getNodeById({ids['Result']}).imgs?.[0]?.complete", timeout=30_000)
 
     # Wide enough to show the whole graph at a zoom where the canvas still draws its text.
@@ -283,9 +291,8 @@ def test_loader_shows_what_a_file_is_when_it_is_picked(ui, comfy):
     assert "holds no QR-LoRA layers" in panel(ui, node, "adapter_info", "error")
 
 
-def test_train_node_draws_the_losses_the_server_sends_under_its_event_name(ui, object_info):
+def test_train_node_draws_the_losses_the_server_sends_under_its_event_name(ui):
     """web/train.js listens for the event type GET /qrlora/page names (nodes/train.py sends it), on the node it names."""
-    require_nodes(object_info, "QRLoRATrain")
     node, facts = ui.evaluate("""async () => {
         const facts = await (await window.comfyAPI.api.api.fetchApi("/qrlora/page")).json();
         app.graph.clear();

@@ -1,4 +1,5 @@
-"""Each example workflow (workflows/*.json, UI format) runs headless through /prompt.
+"""Each example workflow (example_workflows/*.json, UI format) runs headless through /prompt,
+and ComfyUI's template route lists and serves the files with their thumbnails.
 
 The files are turned into API prompts with devkit.workflow (widget order
 from /object_info), then run on the demo's small models, with smaller
@@ -6,6 +7,7 @@ images and fewer steps where that only saves time.
 """
 
 import os
+import urllib.request
 
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ from PIL import Image
 from comfyui_qrlora.qrlora_core.formats import load_adapter
 from comfyui_qrlora.qrlora_core.similarity import delta_cosine
 from devkit import demo_assets, folder_dataset, workflow
+from devkit.server import PACK_FOLDER_NAME
+from toy_world import pipeline
 
 pytestmark = pytest.mark.server
 
@@ -36,10 +40,20 @@ def test_mix_workflow_runs_and_mixes_as_one_delta_r_sum(comfy, client, demo_mode
     workflow.set_inputs(prompt, size, width=64, height=64)
     workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
     assert prompt[merge]["inputs"]["weight_1"] == 1.0 and prompt[merge]["inputs"]["weight_2"] == 1.0
+    content, style = workflow.node_id(wf, "Content adapter"), workflow.node_id(wf, "Style adapter")
+    unet = workflow.node_id(wf, "Diffusion model")
+    assert prompt[content]["inputs"]["model"] == prompt[style]["inputs"]["model"] == [unet, 0], "the loaders get the base model"
+    encode = workflow.node_id(wf, "Prompt (with the trigger words)")
+    assert isinstance(prompt[encode]["inputs"]["text"], list), "the prompt's text comes from the loaders' trigger words"
     entry = client.run(prompt)
     assert f"{demo_assets.LAYERS} layers merged as one ΔR sum" in client.ui(entry, merge)["text"][0]
-    summary = client.ui(entry, workflow.node_id(wf, "Content adapter"))["qrlora"][0]
+    summary = client.ui(entry, content)["qrlora"][0]
     assert (summary["format"], summary["rank"], summary["trigger_words"]) == ("native", demo_assets.RANK, "<c>")
+    style_words = client.ui(entry, style)["qrlora"][0]["trigger_words"]
+    shown = client.ui(entry, workflow.node_id(wf, "The prompt, as sent"))["text"]
+    template = prompt[workflow.node_id(wf, "Prompt: {content} ← the content adapter's trigger words")]["inputs"]["string"]
+    assert shown == [template.replace("{content}", "<c>").replace("{style}", style_words)]
+    assert shown == [pipeline.MIX_PROMPT], "the prompt the demo scores"
     image = image_of(comfy, entry, workflow.node_id(wf, "Result"))
     assert image.shape == (64, 64, 3) and image.std() > 0
 
@@ -75,8 +89,7 @@ def test_folder_workflow_buckets_trains_and_samples(comfy, client, demo_models, 
     wf, prompt = prompt_of("qrlora_train_folder", object_info)
     data, train = workflow.node_id(wf, "Bucket, encode and caption"), workflow.node_id(wf, "Train from the folder")
     assert prompt[workflow.node_id(wf, "Image folder (images + same-name .txt captions)")]["inputs"]["folder"] == folder_dataset.FOLDER
-    assert prompt[data]["inputs"]["resolution"] == 256  # as a user gets it
-    workflow.set_inputs(prompt, data, resolution=128)
+    assert prompt[data]["inputs"]["resolution"] == 128  # as a user gets it: the toy world's size
     workflow.set_inputs(prompt, train, steps=2, rank=4, checkpoint_every=0)
     samples = workflow.node_id(wf, "Samples while training")
     assert prompt[samples]["inputs"]["every"] == 50 and prompt[train]["inputs"]["samples"] == [samples, 0]
@@ -93,3 +106,16 @@ def test_folder_workflow_buckets_trains_and_samples(comfy, client, demo_models, 
     assert image_of(comfy, entry, workflow.node_id(wf, "Result")).shape == (64, 64, 3)
     saved = [f for f in os.listdir(os.path.join(demo_models, "models", "loras", "qrlora")) if f.startswith("folder_")]
     assert saved, "no adapter was saved as loras/qrlora/folder_*"
+
+
+def test_template_route_lists_each_example_once_and_serves_its_thumbnail(comfy, client):
+    """What ComfyUI's template browser asks for: the pack's names, then NAME.json and NAME.jpg from example_workflows/."""
+    names = sorted(f[:-5] for f in os.listdir(demo_assets.WORKFLOWS) if f.endswith(".json"))
+    assert len(names) == 5
+    assert sorted(client.get("/workflow_templates")[PACK_FOLDER_NAME]) == names  # once each: no second folder of copies
+    for name in names:
+        for ext, kind in ((".json", "application/json"), (".jpg", "image/jpeg")):
+            with urllib.request.urlopen(f"{comfy.url}/api/workflow_templates/{PACK_FOLDER_NAME}/{name}{ext}", timeout=30) as r:
+                assert r.status == 200 and r.headers["Content-Type"] == kind, (name, ext, r.headers["Content-Type"])
+                with open(os.path.join(demo_assets.WORKFLOWS, name + ext), "rb") as f:
+                    assert r.read() == f.read()

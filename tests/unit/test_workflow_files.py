@@ -4,25 +4,36 @@ The converter is also checked against the page's own graphToPrompt in
 tests/browser; here it meets the cases the example files do not have.
 """
 
-import filecmp
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from devkit import workflow
 from devkit.demo_assets import WORKFLOWS
 
-ROOT = os.path.dirname(WORKFLOWS)
-EXAMPLES = os.path.join(ROOT, "example_workflows")
 NAMES = ("qrlora_mix", "qrlora_train_content", "qrlora_train_style", "qrlora_compare", "qrlora_train_folder")
 
 
-def test_example_workflows_are_the_same_files_as_workflows():
-    ours = sorted(f for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
-    assert ours == sorted(n + ".json" for n in NAMES)
-    assert sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".json")) == ours
-    differ = [f for f in ours if not filecmp.cmp(os.path.join(WORKFLOWS, f), os.path.join(EXAMPLES, f), shallow=False)]
-    assert not differ, f"example_workflows/ is out of date for {differ}: run `make workflows` (or scripts/build_workflows.py --sync-only)"
+def test_example_workflows_are_the_named_graphs_each_with_a_thumbnail():
+    """example_workflows/ (the one copy: template browser, demo, tests) holds NAME.json + NAME.jpg for each workflow."""
+    files = sorted(os.listdir(WORKFLOWS))
+    assert files == sorted(n + ext for n in NAMES for ext in (".json", ".jpg")), "run `make workflows`"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_thumbnail_is_a_jpeg_card_of_sensible_size(name):
+    path = os.path.join(WORKFLOWS, name + ".jpg")
+    with Image.open(path) as image:
+        assert image.format == "JPEG"
+        image.verify()  # the whole file decodes
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    height, width = pixels.shape[:2]
+    assert 256 <= width <= 1024 and 256 <= height <= 1024 and 0.75 <= width / height <= 1.34, f"{width}x{height}: not a card"
+    assert 5_000 <= os.path.getsize(path) <= 400_000, f"{os.path.getsize(path)} bytes"
+    assert pixels.std() > 10, "a flat picture shows nothing"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -31,8 +42,10 @@ def test_workflow_file_is_a_followable_ui_graph(name):
     nodes = {n["id"]: n for n in wf["nodes"]}
     assert wf["groups"] and all(g["title"][0].isdigit() for g in wf["groups"]), "groups numbered in reading order"
     assert all(n.get("title") for n in nodes.values()), "every node has a title a person can follow"
-    inside = lambda n, g: g["bounding"][0] <= n["pos"][0] <= g["bounding"][0] + g["bounding"][2] and g["bounding"][1] <= n["pos"][1] <= g["bounding"][1] + g["bounding"][3]
-    assert all(any(inside(n, g) for g in wf["groups"]) for n in nodes.values()), "every node sits in a group"
+    title = 30  # LiteGraph.NODE_TITLE_HEIGHT: a node's box starts one title bar above its pos
+    inside = lambda n, g: (g["bounding"][0] <= n["pos"][0] and n["pos"][0] + n["size"][0] <= g["bounding"][0] + g["bounding"][2]
+                           and g["bounding"][1] <= n["pos"][1] - title and n["pos"][1] + n["size"][1] <= g["bounding"][1] + g["bounding"][3])
+    assert all(any(inside(n, g) for g in wf["groups"]) for n in nodes.values()), "every node sits whole in a group"
     for link_id, origin, origin_slot, target, target_slot, kind in wf["links"]:
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
         assert link_id in nodes[origin]["outputs"][origin_slot]["links"]

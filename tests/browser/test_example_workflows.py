@@ -1,0 +1,111 @@
+"""The shipped workflows (example_workflows/) as the page shows them: template cards with their
+thumbnails, and graphs in which no node covers another.
+
+The template browser is opened as a person opens it (Templates, then the
+pack's category); it fetches NAME.jpg next to each NAME.json. Each file is loaded into the real page the way a drop or the template
+browser loads it; once the page has settled (image previews loaded, widgets
+laid out: either may grow a node past its saved size), every node's box as
+the page draws it, title bar included (LGraphNode.boundingRect), is
+compared with every other's.
+"""
+
+import os
+
+import pytest
+from PIL import Image
+
+from devkit import browser, demo_assets, workflow
+from devkit.server import PACK_FOLDER_NAME
+
+pytestmark = pytest.mark.browser
+
+NAMES = ("qrlora_mix", "qrlora_compare", "qrlora_train_content", "qrlora_train_style", "qrlora_train_folder")
+
+# Settled: every image loaded and no node's size changed for a second (a preview image is fetched
+# a moment after the graph loads, and the node grows when it arrives).
+SETTLED_BOXES_JS = """async () => {
+    const sizes = () => JSON.stringify(app.graph.nodes.map(n => [...n.size]));
+    let last = null, stableSince = performance.now();
+    for (const started = performance.now(); performance.now() - started < 20000;) {
+        app.canvas.setDirty(true, true);
+        app.canvas.draw(true, true);
+        await new Promise(r => setTimeout(r, 100));
+        const now = sizes(), loading = app.graph.nodes.some(n => (n.imgs ?? []).some(img => !img.complete));
+        if (now !== last || loading) { last = now; stableSince = performance.now(); }
+        else if (performance.now() - stableSince > 1000) break;
+    }
+    return app.graph.nodes.map(n => ({title: n.title, box: [...n.boundingRect], body: [...n.pos, ...n.size]}));
+}"""
+
+
+def overlaps(nodes):
+    """Pairs of titles whose boxes share area (touching edges is fine)."""
+    hits = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            (ax, ay, aw, ah), (bx, by, bw, bh) = a["box"], b["box"]
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                hits.append((a["title"], b["title"]))
+    return hits
+
+
+def settled_boxes(page, wf):
+    browser.load_workflow(page, wf)
+    nodes = page.evaluate(SETTLED_BOXES_JS)
+    title = page.evaluate("() => LiteGraph.NODE_TITLE_HEIGHT")
+    for n in nodes:  # the box the check compares is the body and its title bar above it
+        x, y, w, h = n["body"]
+        assert n["box"] == pytest.approx([x, y - title, w, h + title], abs=1e-3), n
+    return nodes
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_node_of_a_shipped_workflow_covers_another(ui, name):
+    wf = workflow.load(os.path.join(demo_assets.WORKFLOWS, name + ".json"))
+    nodes = settled_boxes(ui, wf)
+    assert len(nodes) == len(wf["nodes"])
+    assert overlaps(nodes) == [], f"{name}: nodes overlap in the page"
+
+
+def test_the_check_sees_title_bars_and_nodes_the_page_grows(ui, comfy):
+    """The old train workflow's fault: 'Content image' (LoadImage, saved 102 high) grows to show its
+    image once loaded and covers 'Encode the image' placed under its saved size; and a node whose
+    title bar alone reaches into the node above."""
+    Image.new("RGB", (512, 512), (200, 60, 60)).save(comfy.path("input", "layout_check.png"))
+    node = lambda id, type, title, pos, size, values: {
+        "id": id, "type": type, "title": title, "pos": pos, "size": size, "flags": {}, "order": id, "mode": 0,
+        "inputs": [], "outputs": [], "properties": {}, "widgets_values": values}
+    grows = {"last_node_id": 2, "last_link_id": 0, "links": [], "groups": [], "config": {}, "extra": {}, "version": 0.4, "nodes": [
+        node(1, "LoadImage", "Content image", [0, 80], [300, 102], ["layout_check.png", "image"]),
+        node(2, "VAEEncode", "Encode the image", [0, 228], [300, 46], []),
+    ]}
+    nodes = settled_boxes(ui, grows)
+    assert nodes[0]["body"][3] > 228 - 30 - 80, "the page grew the image loader past the node below"
+    assert overlaps(nodes) == [("Content image", "Encode the image")]
+
+    title_only = {**grows, "nodes": [
+        node(1, "VAEEncode", "Upper", [0, 100], [300, 100], []),
+        node(2, "VAEEncode", "Lower", [0, 210], [300, 46], []),  # body below 200, title bar from 180
+    ]}
+    assert overlaps(settled_boxes(ui, title_only)) == [("Upper", "Lower")]
+
+
+def test_template_browser_shows_each_workflow_with_its_thumbnail(chromium, comfy, demo_models):
+    page = browser.open_comfy(chromium, comfy.url)
+    try:
+        fetched = {}
+        prefix = f"/api/workflow_templates/{PACK_FOLDER_NAME}/"
+        page.on("response", lambda r: prefix in r.url and r.url.endswith(".jpg") and fetched.setdefault(r.url.rsplit("/", 1)[1][:-4], r.status))
+        page.locator(".side-bar-button, button").filter(has_text="Templates").first.click()
+        page.locator(".p-dialog").get_by_text(PACK_FOLDER_NAME, exact=True).first.click()
+        for name in NAMES:
+            page.locator(".p-dialog").get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+        shown = """() => [...document.querySelectorAll('.p-dialog img')].filter(i => i.complete && i.naturalWidth > 0)
+            .map(i => i.src.endsWith('default-template.png') ? 'placeholder' : i.naturalWidth)"""
+        page.wait_for_function(f"() => ({shown})().filter(w => w !== 'placeholder').length >= {len(NAMES)}", timeout=30_000)
+        assert fetched == {name: 200 for name in NAMES}
+        with Image.open(os.path.join(demo_assets.WORKFLOWS, NAMES[0] + ".jpg")) as image:
+            width = image.width
+        assert page.evaluate(shown) == [width] * len(NAMES), "every card shows its thumbnail, none the placeholder"
+    finally:
+        page.close()
