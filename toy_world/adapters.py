@@ -21,8 +21,8 @@ sys.path.insert(0, ROOT)
 from toy_world import model_files, pipeline  # noqa: E402
 
 # One recipe for the shipped adapters and the CI test (which trains fewer steps).
-RECIPE = {"rank": 8, "learning_rate": 2e-3, "batch_size": 1, "grad_accumulation": 1, "training_dtype": "fp32", "gradient_checkpointing": False}
-IMAGES = 4
+RECIPE = {"rank": 8, "learning_rate": 1e-2, "batch_size": 4, "grad_accumulation": 1, "training_dtype": "fp32", "gradient_checkpointing": False}
+IMAGES = 8
 STEPS = 300
 SEEDS = {"content": 11, "style": 12}
 
@@ -69,6 +69,7 @@ def main() -> int:
     import torch
 
     pipeline.import_host(args.comfyui, cpu=not torch.cuda.is_available())
+    from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native
     work = tempfile.mkdtemp(prefix="toy_world_adapters_")
     try:
         pipeline.install_models(os.path.join(work, "models"))
@@ -79,7 +80,7 @@ def main() -> int:
         for adapter, losses, name in ((content, c_losses, model_files.CONTENT_ADAPTER), (style, s_losses, model_files.STYLE_ADAPTER)):
             source = os.path.join(work, "models", "loras", adapter.source)
             target = os.path.join(args.out, os.path.basename(name))
-            shutil.copyfile(source, target)
+            save_native(load_adapter(source), target, dtype=torch.float16)  # the adapter alone, fp16: no optimizer state
             print(f"{target}: {args.steps} steps, loss {sum(losses[:10]) / 10:.4f} (first 10) -> {sum(losses[-10:]) / 10:.4f} (last 10)")
         print(f"trained both in {time.time() - started:.0f} s")
         if args.check:
