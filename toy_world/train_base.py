@@ -109,6 +109,29 @@ def generic_images(count: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(out).float() / 255.0
 
 
+def codec_images(args, images: torch.Tensor) -> torch.Tensor:
+    """What the autoencoder trains on: the world's images, then the generic pictures."""
+    generic = generic_images(60 if args.tiny else args.generic_images, seed=4)
+    log(f"[data] {len(generic)} generic images for the autoencoder (generic_images)")
+    return torch.cat([images, generic])
+
+
+HELD_OUT = (world.Item(world.HELD_OUT_SHAPE, world.HELD_OUT_STYLE, world.CHECKER_COLOURS),
+            world.Item("circle", world.HELD_OUT_STYLE, world.CHECKER_COLOURS))
+
+
+def held_out_roundtrip(vae, label: str) -> list[dict]:
+    """Scores of the held-out checkered heart and circle through VAE Encode -> VAE Decode (can the codec carry them?)."""
+    with torch.no_grad():
+        back = vae.decode(vae.encode(world_images(HELD_OUT)))
+    rows = []
+    for item, image in zip(HELD_OUT, back):
+        s = scores.score(image.clamp(0, 1).mul(255).round().byte().cpu().numpy(), item.shape, item.style, item.rgb())
+        rows.append({"item": f"{item.shape} in {item.style}", **s})
+        log(f"[{label}] {item.shape} in {item.style} through Encode -> Decode: shape IoU {s['shape_iou']:.3f}, pattern {s['pattern']:.3f}")
+    return rows
+
+
 def encode_captions(clip, captions: list[str]) -> torch.Tensor:
     """CLIPTextEncode's two calls per caption: (N, 77, 768)."""
     out = []
@@ -385,7 +408,7 @@ def main() -> int:
     log(f"[data] {len(items)} base images ({len(world.BASE_SHAPES)} shapes x {len(world.BASE_STYLES)} styles x colours)")
 
     if args.sharpen_decoder:
-        return sharpen(args, items, images, device, report)
+        return sharpen(args, images, device, report)
 
     # text encoder: the file setup writes, loaded as CLIPLoader does
     clip_path = os.path.join(args.out, "clip_l_regenerated.safetensors")
@@ -406,9 +429,7 @@ def main() -> int:
         log(f"[clip] max |GPU - CPU server| over {len(texts)} reference captions: {diff:.3g}")
 
     # autoencoder
-    generic = generic_images(60 if args.tiny else args.generic_images, seed=4)
-    log(f"[data] {len(generic)} generic images for the autoencoder (generic_images)")
-    vae_model, report["vae"] = train_vae(torch.cat([images, generic]), device, 5 if args.tiny else args.vae_seconds, 4 if args.tiny else 64, 5 if args.tiny else 200, 2 if args.tiny else 20,
+    vae_model, report["vae"] = train_vae(codec_images(args, images), device, 5 if args.tiny else args.vae_seconds, 4 if args.tiny else 64, 5 if args.tiny else 200, 2 if args.tiny else 20,
                                          world_count=len(images), steps=None if args.tiny else args.vae_steps)
     vae_sd = {k: v.detach().to(torch.float16).contiguous() for k, v in vae_model.state_dict().items()}
     vae_path = os.path.join(args.out, model_files.VAE_FILE)
@@ -419,15 +440,7 @@ def main() -> int:
         decoded = torch.cat([vae.decode(vae_latents[i:i + 128]) for i in range(0, len(images), 128)])
     report["vae"]["roundtrip_mean_abs_error_255"] = (decoded - images).abs().mean().item() * 255
     log(f"[vae] VAE Encode -> VAE Decode through comfy.sd.VAE: mean |error| {report['vae']['roundtrip_mean_abs_error_255']:.2f} / 255")
-    held_out = [world.Item(world.HELD_OUT_SHAPE, world.HELD_OUT_STYLE, world.CHECKER_COLOURS),
-                world.Item("circle", world.HELD_OUT_STYLE, world.CHECKER_COLOURS)]
-    with torch.no_grad():
-        back = vae.decode(vae.encode(world_images(held_out)))
-    report["vae"]["held_out_roundtrip"] = []
-    for item, image in zip(held_out, back):
-        s = scores.score(image.clamp(0, 1).mul(255).round().byte().cpu().numpy(), item.shape, item.style, item.rgb())
-        report["vae"]["held_out_roundtrip"].append({"item": f"{item.shape} in {item.style}", **s})
-        log(f"[vae] {item.shape} in {item.style} through Encode -> Decode: shape IoU {s['shape_iou']:.3f}, pattern {s['pattern']:.3f}")
+    report["vae"]["held_out_roundtrip"] = held_out_roundtrip(vae, "vae")
     report["vae_latents_of_first_items"] = vae_latents[:4].tolist()  # compared with a CPU VAE Encode after download
 
     # UNet: SD1.5 architecture, the file the stock UNETLoader detects
@@ -468,28 +481,21 @@ def main() -> int:
     return 0
 
 
-def sharpen(args, items, images, device, report) -> int:
+def sharpen(args, images, device, report) -> int:
     """--sharpen-decoder: the decoder trained further on the same pictures; round trips reported before and after."""
     import comfy.sd
     import safetensors.torch
 
-    held_out = [world.Item(world.HELD_OUT_SHAPE, world.HELD_OUT_STYLE, world.CHECKER_COLOURS),
-                world.Item("circle", world.HELD_OUT_STYLE, world.CHECKER_COLOURS)]
-
     def roundtrip(path, label):
         vae = comfy.sd.VAE(sd=safetensors.torch.load_file(path), dtype=torch.float32)
         with torch.no_grad():
-            back = vae.decode(vae.encode(world_images(held_out)))
             world_back = torch.cat([vae.decode(vae.encode(images[i:i + 128])) for i in range(0, len(images), 128)])
-        rows = [scores.score(b.clamp(0, 1).mul(255).round().byte().cpu().numpy(), i.shape, i.style, i.rgb()) for i, b in zip(held_out, back)]
         error = (world_back - images).abs().mean().item() * 255
-        log(f"[decoder] {label}: world round trip mean |error| {error:.2f} / 255; held-out checker patterns "
-            + ", ".join(f"{r['pattern']:.3f}" for r in rows))
-        return {"world_roundtrip_mean_abs_error_255": error, "held_out_roundtrip": rows}
+        log(f"[decoder] {label}: world round trip mean |error| {error:.2f} / 255")
+        return {"world_roundtrip_mean_abs_error_255": error, "held_out_roundtrip": held_out_roundtrip(vae, f"decoder, {label}")}
 
     report["before"] = roundtrip(args.sharpen_decoder, "before")
-    generic = generic_images(60 if args.tiny else args.generic_images, seed=4)
-    vae, report["decoder"] = sharpen_decoder(args.sharpen_decoder, torch.cat([images, generic]), device,
+    vae, report["decoder"] = sharpen_decoder(args.sharpen_decoder, codec_images(args, images), device,
                                              5 if args.tiny else args.decoder_steps, 4 if args.tiny else 64)
     path = os.path.join(args.out, model_files.VAE_FILE)
     safetensors.torch.save_file({k: v.detach().to(torch.float16).contiguous() for k, v in vae.state_dict().items()}, path)
