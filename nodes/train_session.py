@@ -122,7 +122,7 @@ def base_weights(model, where: dict, device=None) -> dict:
     for name, (key, offset) in where.items():
         if key not in full:
             full[key] = keymap.base_weight(model, key)
-        out[name] = keymap.rows_of(full[key], offset).detach()  # the basis build must record no autograd graph
+        out[name] = keymap.rows_of(full[key].data, offset)  # .data: no autograd graph, and a view even of a weight without versions
         if device is not None:
             out[name] = out[name].to(device)
     return out
@@ -165,8 +165,24 @@ def layers_that_fit(weights: dict, rank: int) -> tuple[dict, str | None]:
     return {n: w for n, w in weights.items() if n not in small}, note
 
 
+def _tracks_versions(t) -> bool:
+    """False for an inference tensor, and for one made in inference mode whose .data was replaced outside it.
+
+    The second kind is what a first load to the GPU outside inference mode
+    leaves (Module.to swaps .data): it says is_inference() False, yet it
+    has no version counter, so autograd and even a view of it fail.
+    """
+    if t.is_inference():
+        return False
+    try:
+        t._version
+    except RuntimeError:
+        return False
+    return True
+
+
 def _usable_for_autograd(module) -> None:
-    """Weights loaded inside ComfyUI's inference mode cannot be saved for backward: give them equal ordinary storage.
+    """Weights made inside ComfyUI's inference mode cannot be saved for backward: give them equal ordinary storage.
 
     Same values, new tensor objects (an inference tensor stays one even
     with its .data replaced), one layer at a time, so the model is never
@@ -175,11 +191,11 @@ def _usable_for_autograd(module) -> None:
     """
     for m in module.modules():
         for name, p in m._parameters.items():
-            if p is not None and p.is_inference() and not p.is_pinned():  # pinned: offloaded, always copied to the GPU before use
-                m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+            if p is not None and not _tracks_versions(p) and not p.is_pinned():  # pinned: offloaded, always copied to the GPU before use
+                m._parameters[name] = torch.nn.Parameter(p.data.clone(), requires_grad=False)
         for name, b in m._buffers.items():
-            if b is not None and b.is_inference():
-                m._buffers[name] = b.clone()
+            if b is not None and not _tracks_versions(b):
+                m._buffers[name] = b.data.clone()
 
 
 def _release_wrappers(mp, wrappers: dict) -> None:

@@ -350,3 +350,20 @@ def test_images_of_different_sizes_train_one_at_a_time_in_bf16(pack, folders, rn
 
     with pytest.raises(AdapterError, match=r"3 captions \(conditionings\) for 2 training images"):
         train(pack, model, latents, [caption, caption, caption], steps=1)
+
+
+def test_training_twice_after_a_load_outside_inference_mode(pack, folders, rng):
+    """A first load to the GPU inside Train (outside inference mode) swaps the .data of weights made in inference
+    mode: they then have no version counter. The second training of that model must still run, and leave it as it was."""
+    with torch.inference_mode():  # as the executor runs the loader
+        base = models.patcher("sd15")
+    for p in base.model.parameters():
+        p.data = p.data.clone()  # what Module.to does when it moves a weight, here outside inference mode
+    with pytest.raises(RuntimeError):
+        next(base.model.parameters()).view(-1)  # the state the GPU run was in
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    latents, positive = inputs("sd15", rng)
+    for run in range(2):
+        adapter = train(pack, base, latents, positive, steps=2, filename_prefix=f"t/twice{run}")[0]
+        assert adapter.targets and all(t.delta_r.abs().sum() > 0 for t in adapter.targets.values())
+    assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())

@@ -68,7 +68,7 @@ def test_a_heart_in_another_pattern_of_the_checker_colours_fails_the_pattern_sco
     for style in ("solid", "horizontal stripes", "vertical stripes", "diagonal stripes", "dots"):
         colours = world.CHECKER_COLOURS[:1] if style == "solid" else world.CHECKER_COLOURS
         s = scores.score(world.render(world.Item("heart", style, colours)), "heart", "checkerboard", world.CHECKER_COLOURS)
-        assert s["shape_iou"] > 0.95 and s["pattern"] < 0.6 and not s["success"], (style, s)
+        assert s["shape_iou"] > 0.95 and s["pattern"] < scores.PATTERN_PASS - 0.05 and not s["success"], (style, s)
     s = scores.score(world.render(world.Item("circle", "checkerboard", world.CHECKER_COLOURS)), "heart", "checkerboard", world.CHECKER_COLOURS)
     assert s["pattern"] > 0.99 and s["best_shape"] == "circle" and not s["success"]
 
