@@ -4,11 +4,14 @@
     python bench/disentangle.py --smoke                                        # CPU-sized: one pair, few steps
 
 For each held-out content shape (heart, star) a content adapter is trained
-on a few images of it in base styles ("a <c> shape"), and for each held-out
-style (checkerboard, concentric rings) a style adapter on a few base shapes
-in it ("a circle in <s> style"): once with the pack's QRLoRATrain and once
-with ComfyUI's stock TrainLoraNode, same images, captions, steps, rank,
-learning rate, batch and seed. Every (content, style) pair is then mixed,
+on a few images of it in base styles ("a red <c> shape in dots style"), and
+for each held-out style (checkerboard, concentric rings) a style adapter on
+a few base shapes in it ("a circle in <s> style"): once with the pack's
+QRLoRATrain (the shipped adapters' recipe and targets, toy_world/adapters.py)
+and once with ComfyUI's stock TrainLoraNode (every layer: it has no target
+choice), same images, captions, steps, rank, learning rate, batch and seed.
+--contents / --styles pick some of them (run the pairs in parallel, then
+--combine their JSON files into one table). Every (content, style) pair is then mixed,
 QR-LoRA through QRLoRAMerge + QRLoRAApply (one ΔR sum on the shared Q),
 plain LoRAs through two stock LoraModelLoader nodes (the sum of both
 deltas), and "a <c> shape in <s> style" is sampled (KSampler, the same
@@ -132,7 +135,13 @@ def main() -> int:
                         help="score the shipped pair's checkpoints every N steps (merge and each adapter alone)")
     parser.add_argument("--curve-lrs", default="", help="learning rates for that curve, comma-separated (none: skip it)")
     parser.add_argument("--sampler-steps", type=int, help="fewer sampling steps (a quick check of the script)")
+    parser.add_argument("--contents", help=f"held-out shapes to train, comma-separated (default: {','.join(world.BENCH_SHAPES)})")
+    parser.add_argument("--styles", help=f"held-out styles to train, comma-separated (default: {','.join(world.BENCH_STYLES)})")
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help="print the table of runs made apart (one pair each, in parallel)")
     args = parser.parse_args()
+    if args.combine:
+        print(table(combined([json.load(open(path)) for path in args.combine])))
+        return 0
     cpu = args.smoke or not torch.cuda.is_available()
     pipeline.import_host(args.comfyui, cpu=cpu)
     from toy_world import adapters as recipe  # the shipped adapters' recipe (rank, learning rate, batch)
@@ -143,8 +152,8 @@ def main() -> int:
     if args.sampler_steps:
         pipeline.SAMPLER["steps"] = args.sampler_steps
     seeds = list(range(args.seeds or (1 if args.smoke else 6)))
-    contents = world.BENCH_SHAPES[:1] if args.smoke else world.BENCH_SHAPES
-    styles = world.BENCH_STYLES[:1] if args.smoke else world.BENCH_STYLES
+    contents = args.contents.split(",") if args.contents else world.BENCH_SHAPES[:1] if args.smoke else world.BENCH_SHAPES
+    styles = args.styles.split(",") if args.styles else world.BENCH_STYLES[:1] if args.smoke else world.BENCH_STYLES
     settings = {**recipe.RECIPE, "steps": steps}
     work = tempfile.mkdtemp(prefix="toy_world_bench_")
     results = {
@@ -160,11 +169,13 @@ def main() -> int:
         trained = {}
         common = {k: settings[k] for k in ("rank", "steps", "learning_rate", "batch_size", "training_dtype", "gradient_checkpointing")}
         for kind, names, make in (("content", contents, pipeline.content_set), ("style", styles, pipeline.style_set)):
-            for n, name in enumerate(names):
+            for name in names:
+                n = (world.BENCH_SHAPES if kind == "content" else world.BENCH_STYLES).index(name)
                 seed = recipe.SEEDS[kind] + n  # the heart and the checkerboard: the shipped adapters' images and seeds
                 items, captions = make(seed, recipe.IMAGES, name)
                 t = time.time()
-                qr, qr_losses = pipeline.train_qrlora(model, clip, vae, items, captions, f"bench/{kind}", "", seed=seed, **settings)
+                qr, qr_losses = pipeline.train_qrlora(model, clip, vae, items, captions, f"bench/{kind}", "", seed=seed,
+                                                      **settings, **recipe.TARGETS[kind])
                 t_qr = time.time() - t
                 t = time.time()
                 lora, lora_losses = pipeline.train_plain_lora(model, clip, vae, items, captions, seed=seed, **common)
@@ -227,6 +238,14 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def combined(runs: list) -> dict:
+    """Runs of one or more pairs each (same recipe and seeds), as one result."""
+    out = dict(runs[0])
+    out["pairs"] = [pair for run in runs for pair in run["pairs"]]
+    out["adapters"] = {k: v for run in runs for k, v in run["adapters"].items()}
+    return out
 
 
 def save(results: dict, gallery: list, per_row: int, out: str | None) -> None:

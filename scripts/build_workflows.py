@@ -71,7 +71,9 @@ COMPARE_NOTE = (
 NOTE_INFO = {"Note": {"input": {"required": {"text": ["STRING", {"multiline": True}]}}, "output": [], "output_name": []}}
 
 BLUE, GREEN, PURPLE, BROWN = "#3f5f7f", "#3f6f4f", "#5f4f7f", "#6f5a3f"
-DEMO_SEED = 42  # the sampler seed the workflows ship with
+# The sampler seed the workflows ship with. Chosen: the shipped pair draws a checkered heart at 8 of 17 seeds
+# (0-15 and 42, on the CPU; README, Disentanglement on the toy world), not at every one; 42 draws a diamond.
+DEMO_SEED = 1
 
 
 def N(key, node_type, title, box_w=300, box_h=0, **widgets):
@@ -168,7 +170,7 @@ def train(kind: str):
             N("train", "QRLoRATrain", f"Train {kind} adapter", box_w=340, box_h=640, rank=recipe["rank"], alpha=0.0,
               steps=adapters.STEPS, learning_rate=recipe["learning_rate"], batch_size=recipe["batch_size"], grad_accumulation=1,
               seed=adapters.SEEDS[kind], optimizer="AdamW", training_dtype=recipe["training_dtype"],
-              gradient_checkpointing=recipe["gradient_checkpointing"], target_preset="attention + MLP (paper)", target_pattern="",
+              gradient_checkpointing=recipe["gradient_checkpointing"], **adapters.TARGETS[kind],
               triangular=True, checkpoint_every=0, filename_prefix=f"qrlora/{kind}", trigger_words=trigger),
         ], [
             N("note", "Note", "About training", box_w=380, text=TRAIN_NOTE.format(kind=kind, trigger=trigger)),

@@ -104,10 +104,17 @@ def generate(model, clip, vae, prompt: str, seed: int, **sampler) -> np.ndarray:
 
 
 def content_set(seed: int, count: int, shape: str = world.HELD_OUT_SHAPE):
-    """`count` images of the held-out shape in base styles and colours, all captioned 'a <c> shape'."""
+    """`count` images of the held-out shape in base styles and colours, captioned with what the base model already
+    knows and '<c> shape' for the shape: 'a red and blue <c> shape in horizontal stripes style'.
+
+    Naming the fill leaves the trigger only the shape to learn (as DreamBooth
+    captions name what is not the concept); captioned 'a <c> shape' alone,
+    the content adapter also learned its images' fills, which then fought
+    the style adapter in the mix.
+    """
     rng = np.random.default_rng(seed)
     items = [world.random_item(rng, (shape,), world.BASE_STYLES[i % len(world.BASE_STYLES):][:1]) for i in range(count)]
-    return items, [f"a {CONTENT_TRIGGER} shape"] * count
+    return items, [item.caption(noun=f"{CONTENT_TRIGGER} shape") for item in items]
 
 
 def style_set(seed: int, count: int, style: str = world.HELD_OUT_STYLE):

@@ -51,11 +51,11 @@ class Item:
     def rgb(self) -> list:
         return [PALETTE[c] if isinstance(c, str) else tuple(c) for c in self.colours]
 
-    def caption(self, with_colours: bool = True) -> str:
-        """'a red and blue circle in horizontal stripes style' (colours only where they have names)."""
+    def caption(self, with_colours: bool = True, noun: str | None = None) -> str:
+        """'a red and blue circle in horizontal stripes style' (colours only where they have names; `noun` in place of the shape)."""
         named = [c for c in self.colours if isinstance(c, str)]
         words = " and ".join(named) + " " if with_colours and named else ""
-        noun = words + self.shape
+        noun = words + (noun or self.shape)
         return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} in {self.style} style"
 
 

@@ -98,3 +98,19 @@ def test_text_encoder_layout_is_comfyuis_clip_l():
 
 TOKEN_DIGEST = "b5c6912ca7e57ed7"
 FC2_DIGEST = "68e0e331f551279e"
+
+
+def test_the_shipped_codec_carries_the_held_out_checker_above_the_pass_mark():
+    """The pass mark must measure the adapters, not the codec: the world's own checkered heart and circle, through the
+    shipped VAE (Encode -> Decode), score a success (the pattern's edges, which the codec blurs, are not scored)."""
+    from devkit.host import import_comfy
+
+    import_comfy()
+    import comfy.sd
+    import safetensors.torch
+
+    from toy_world import model_files, train_base
+
+    vae = comfy.sd.VAE(sd=safetensors.torch.load_file(f"{model_files.WEIGHTS}/{model_files.VAE_FILE}"))
+    for row in train_base.held_out_roundtrip(vae, "shipped codec"):
+        assert row["success"] and row["pattern"] >= scores.PATTERN_PASS + 0.1, row
