@@ -53,6 +53,15 @@ def atomic_save(tensors: dict, path: str, metadata: dict | None = None) -> None:
     atomic_write(safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata), path)
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_process_umask()  # what open() gives a new file; read once, at import (os.umask is process-wide)
+
+
 def atomic_write(data: bytes, path: str, what: str | None = None) -> None:
     """Write `data` to `path` so that `path` is either untouched or complete: every file the pack writes goes through here.
 
@@ -69,6 +78,7 @@ def atomic_write(data: bytes, path: str, what: str | None = None) -> None:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=os.path.splitext(path)[1], dir=folder)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes it private (0600); a saved adapter is an ordinary file
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

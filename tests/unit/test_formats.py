@@ -105,6 +105,14 @@ def test_an_interrupted_write_leaves_the_earlier_file_and_no_partial_one(tmp_pat
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".partial")] == []
 
 
+def test_a_saved_adapter_gets_the_mode_an_ordinary_new_file_gets(tmp_path, bases, rng):
+    """Not the private 0600 of the temporary file it was written through (a shared models folder must read it)."""
+    write_published(tmp_path / "pub.safetensors", bases, rng)
+    save_native(load_adapter(str(tmp_path / "pub.safetensors")), str(tmp_path / "out.safetensors"))
+    (tmp_path / "plain").write_bytes(b"")
+    assert (tmp_path / "out.safetensors").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+
+
 def test_a_name_too_long_is_not_called_a_full_disk(tmp_path, bases, rng):
     write_published(tmp_path / "pub.safetensors", bases, rng)
     adapter = load_adapter(str(tmp_path / "pub.safetensors"))
