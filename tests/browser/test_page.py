@@ -158,11 +158,20 @@ def test_mix_workflow_runs_from_the_page_and_shows_its_results(ui, comfy, artifa
     show(ui, ids["Result"])  # the page loads a node's image when it draws the node, as a person scrolls to it
     ui.wait_for_function(f"() => app.graph.getNodeById({ids['Result']}).imgs?.[0]?.complete", timeout=30_000)
 
-    # Wide enough to show the whole graph at a zoom where the canvas still draws its text.
-    ui.set_viewport_size({"width": 2300, "height": 900})
+    # The whole graph, its result image included, at a zoom where the canvas still draws its text: the page as
+    # large as the graph's nodes (title bars included) need at that zoom.
+    scale, left, top = 0.8, 90, 200
+    x0, y0, x1, y1 = ui.evaluate("""() => app.graph.nodes.reduce(([a, b, c, d], n) => [Math.min(a, n.pos[0]),
+        Math.min(b, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT), Math.max(c, n.pos[0] + n.size[0]), Math.max(d, n.pos[1] + n.size[1])],
+        [Infinity, Infinity, -Infinity, -Infinity])""")
+    ui.set_viewport_size({"width": int((x1 - x0) * scale) + left + 60, "height": int((y1 - y0) * scale) + top + 260})  # below: room for the minimap
     try:
-        ui.evaluate("""() => { app.canvas.ds.scale = 0.8; app.canvas.ds.offset = [90, 190]; app.canvas.setDirty(true, true); }""")
+        ui.evaluate(f"""() => {{ app.canvas.ds.scale = {scale}; app.canvas.ds.offset = [{left / scale} - {x0}, {top / scale} - {y0}];
+                                 app.canvas.setDirty(true, true); }}""")
         browser.next_frames(ui)
+        shown = ui.evaluate(f"""() => {{ const n = app.graph.getNodeById({ids['Result']}), [x, y] = app.canvas.ds.convertOffsetToCanvas(n.pos);
+                                        return [x, y, x + n.size[0] * {scale}, y + n.size[1] * {scale}, innerWidth, innerHeight]; }}""")
+        assert 0 <= shown[0] and shown[2] <= shown[4] and 0 <= shown[1] and shown[3] <= shown[5], f"the result image is off the page: {shown}"
         ui.screenshot(path=os.path.join(artifacts, "qrlora_mix_after_run.png"))
     finally:
         ui.set_viewport_size(browser.VIEWPORT)
