@@ -170,10 +170,9 @@ def _tracks_versions(t) -> bool:
 
     The second kind is what a first load to the GPU outside inference mode
     leaves (Module.to swaps .data): it says is_inference() False, yet it
-    has no version counter, so autograd and even a view of it fail.
+    has no version counter, so autograd and even a view of it fail. Asking
+    for the version counter tells both kinds apart from ordinary tensors.
     """
-    if t.is_inference():
-        return False
     try:
         t._version
     except RuntimeError:

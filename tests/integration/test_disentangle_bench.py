@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from devkit.host import PACK_ROOT
 
 
 def run(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "bench", "disentangle.py"), *args], cwd=ROOT,
+    return subprocess.run([sys.executable, os.path.join(PACK_ROOT, "bench", "disentangle.py"), *args], cwd=PACK_ROOT,
                           capture_output=True, text=True, timeout=900)
 
 

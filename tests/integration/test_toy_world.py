@@ -36,15 +36,20 @@ MIX_SUCCESSES = 2  # of SAMPLE_SEEDS: the claim is a rate (bench/disentangle.py)
 KINDS = ("content", "style")
 
 
-def training_graph() -> dict:
-    """Train both adapters from their folders with the shipped recipe, a checkpoint every 25 steps: an API prompt."""
-    # every input of the train node at its default (the node's widgets are TrainConfig's fields), the shipped recipe on top
-    recipe = {**{f.name: f.default for f in fields(TrainConfig)}, **adapters.RECIPE, "steps": max(AVERAGED_STEPS), "checkpoint_every": 25}
-    p = {
+def loaders() -> dict:
+    """The world's UNETLoader, CLIPLoader and VAELoader: the first nodes of both graphs."""
+    return {
         "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": demo_assets.UNET, "weight_dtype": "default"}},
         "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": demo_assets.CLIP_L, "type": "stable_diffusion", "device": "default"}},
         "vae": {"class_type": "VAELoader", "inputs": {"vae_name": demo_assets.VAE}},
     }
+
+
+def training_graph() -> dict:
+    """Train both adapters from their folders with the shipped recipe, a checkpoint every 25 steps: an API prompt."""
+    # every input of the train node at its default (the node's widgets are TrainConfig's fields), the shipped recipe on top
+    recipe = {**{f.name: f.default for f in fields(TrainConfig)}, **adapters.RECIPE, "steps": max(AVERAGED_STEPS), "checkpoint_every": 25}
+    p = loaders()
     for kind, folder, trigger in (("content", demo_assets.CONTENT_FOLDER, pipeline.CONTENT_TRIGGER),
                                   ("style", demo_assets.STYLE_FOLDER, f"{pipeline.STYLE_TRIGGER} style")):
         p[f"{kind}_images"] = {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": folder}}
@@ -58,11 +63,7 @@ def training_graph() -> dict:
 
 def sampling_graph(checkpoints: dict, content_weight: float, style_weight: float, seed: int, prefix: str) -> dict:
     """Load the checkpoints, Merge ΔR (each kind's mean at its weight), apply, sample MIX_PROMPT: an API prompt."""
-    p = {
-        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": demo_assets.UNET, "weight_dtype": "default"}},
-        "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": demo_assets.CLIP_L, "type": "stable_diffusion", "device": "default"}},
-        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": demo_assets.VAE}},
-    }
+    p = loaders()
     merge = {}
     for kind, weight in zip(KINDS, (content_weight, style_weight)):
         for name in checkpoints[kind]:
