@@ -9,36 +9,36 @@ BASE ?= $(CURDIR)/.run/base
 .PHONY: setup serve demo stop test test-unit test-browser workflows bench world-adapters clean
 
 setup:
-	@./scripts/setup_host.sh
+	@./dev/scripts/setup_host.sh
 
 serve: setup
-	@$(PYTHON) scripts/demo.py --serve-only --port $(PORT) --base $(BASE)
+	@$(PYTHON) dev/scripts/demo.py --serve-only --port $(PORT) --base $(BASE)
 
 demo: setup
-	@$(PYTHON) scripts/demo.py --port $(PORT) --base $(BASE)
+	@$(PYTHON) dev/scripts/demo.py --port $(PORT) --base $(BASE)
 
 stop:
 	@if [ -f $(BASE)/server.pid ]; then kill $$(cat $(BASE)/server.pid) 2>/dev/null && echo "stopped the demo server"; rm -f $(BASE)/server.pid; fi
 
 test: setup
-	@cd tests && ../$(PYTHON) -m pytest $(PYTEST_ARGS)
+	@cd dev/tests && ../../$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
-	@cd tests && ../$(PYTHON) -m pytest unit $(PYTEST_ARGS)
+	@cd dev/tests && ../../$(PYTHON) -m pytest unit $(PYTEST_ARGS)
 
 test-browser: setup
-	@cd tests && ../$(PYTHON) -m pytest browser $(PYTEST_ARGS)
+	@cd dev/tests && ../../$(PYTHON) -m pytest browser $(PYTEST_ARGS)
 
-# Rebuild example_workflows/ (the graphs, laid out in the real page, and their .jpg thumbnails from real runs); see scripts/build_workflows.py.
+# Rebuild example_workflows/ (the graphs, laid out in the real page, and their .jpg thumbnails from real runs); see dev/scripts/build_workflows.py.
 workflows: setup
-	@$(PYTHON) scripts/build_workflows.py $(NAMES)
+	@$(PYTHON) dev/scripts/build_workflows.py $(NAMES)
 
 bench: setup
-	@$(PYTHON) bench/run.py $(BENCH_ARGS)
+	@$(PYTHON) dev/bench/run.py $(BENCH_ARGS)
 
-# Retrain the toy world's two shipped adapters with Train QR-LoRA (toy_world/adapters.py; CPU or GPU).
+# Retrain the toy world's two shipped adapters with Train QR-LoRA (dev/toy_world/adapters.py; CPU or GPU).
 world-adapters: setup
-	@$(PYTHON) -m toy_world.adapters $(ADAPTER_ARGS)
+	@cd dev && ../$(PYTHON) -m toy_world.adapters $(ADAPTER_ARGS)
 
 clean:
 	rm -rf .run .cache/stamps

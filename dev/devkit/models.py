@@ -10,11 +10,18 @@ and wrap them in ComfyUI's real ModelPatcher in-process.
 import safetensors.torch
 import torch
 
-from toy_world import model_files
-
 from .host import import_comfy
 
-SD15_CONFIG = model_files.UNET_CONFIG  # the toy world's UNet: the one small SD1.5 the stock loader detects
+# SD1.5's UNet (the stock loader detects it from 320 channels and a 768-wide
+# context) kept to one level: 25.8M parameters at 16x16 latents.
+SD15_CONFIG = {
+    "context_dim": 768, "model_channels": 320, "use_linear_in_transformer": False, "adm_in_channels": None,
+    "use_temporal_attention": False, "in_channels": 4, "out_channels": 4, "num_res_blocks": [1], "channel_mult": [1],
+    "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": 1,
+    "use_spatial_transformer": True, "legacy": False, "num_heads": 8, "num_head_channels": -1, "image_size": 32,
+    "dims": 2, "use_checkpoint": False,
+}
+
 SD3_CONFIG = {
     "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None, "adm_in_channels": 2048,
     "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},

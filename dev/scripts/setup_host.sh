@@ -5,7 +5,7 @@
 # demo's .run/base, the tests' temporary ones), so edits here are live.
 # Idempotent: each step leaves a stamp and is skipped next time.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$PWD
 VENV=$ROOT/.venv
 HOST=$ROOT/.comfyui
@@ -48,17 +48,17 @@ staging.rename(host)
 PYEOF
 fi
 
-HOST_REQS_STAMP="$STAMPS/host-reqs-$(stamp_for "$HOST/requirements.txt" requirements.txt requirements-dev.txt scripts/setup_host.sh)"
+HOST_REQS_STAMP="$STAMPS/host-reqs-$(stamp_for "$HOST/requirements.txt" requirements.txt dev/requirements.txt dev/scripts/setup_host.sh)"
 if [ ! -f "$HOST_REQS_STAMP" ]; then
   echo "[setup] installing ComfyUI's requirements (torch pinned to the copy on disk, no torchaudio)"
   grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$HOST/requirements.txt" > "$ROOT/.cache/host-requirements.txt"
   "${PIP[@]}" install "${TORCH_PINS[@]}" "${HOST_MISSING[@]}" -r "$ROOT/.cache/host-requirements.txt" \
-    -r requirements.txt -r requirements-dev.txt
+    -r requirements.txt -r dev/requirements.txt
   touch "$HOST_REQS_STAMP"
 fi
 
 # The browser tests drive Debian's chromium through the playwright package
-# (requirements-dev.txt); `playwright install` is never used (it downloads).
+# (dev/requirements.txt); `playwright install` is never used (it downloads).
 CHROMIUM=${QRLORA_CHROMIUM:-/usr/bin/chromium}
 if [ ! -x "$CHROMIUM" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -50,7 +50,7 @@ def comfy(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_models(comfy):
     """The demo's model, adapters and training images in the server's folders (example_workflows/*.json use them)."""
-    from devkit import demo_assets
+    from toy_world import demo_assets
 
     demo_assets.build(comfy.base)
     return comfy.base

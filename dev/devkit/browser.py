@@ -14,11 +14,11 @@ VIEWPORT = {"width": 1600, "height": 1000}
 def available() -> str | None:
     """Why the browser cannot run here, or None when it can."""
     if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        return f"{CHROMIUM} is missing: run scripts/setup_host.sh as root (it installs Debian's chromium)"
+        return f"{CHROMIUM} is missing: run dev/scripts/setup_host.sh as root (it installs Debian's chromium)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "the playwright package is missing: pip install -r requirements-dev.txt"
+        return "the playwright package is missing: pip install -r dev/requirements.txt"
     return None
 
 

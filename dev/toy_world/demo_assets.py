@@ -9,11 +9,10 @@ written from its formula (toy_world/text_encoder.py) on first use.
 
 import os
 
-from toy_world import adapters, model_files, text_encoder, world
-from toy_world import pipeline
+from devkit import folder_dataset
+from devkit.host import PACK_ROOT
 
-from . import folder_dataset
-from .host import PACK_ROOT
+from . import adapters, model_files, pipeline, text_encoder, world
 
 UNET = model_files.UNET_FILE
 CLIP_L = model_files.CLIP_FILE
@@ -37,7 +36,7 @@ def _path(base, *parts):
 def page_url(server_url: str, workflow_file: str = MIX_WORKFLOW) -> str:
     """The page opened on one of the pack's example workflows (the frontend's own ?template= loader
     reads it from the pack's example_workflows/, under the pack's folder name in custom_nodes)."""
-    from .server import PACK_FOLDER_NAME
+    from devkit.server import PACK_FOLDER_NAME
 
     name = os.path.splitext(os.path.basename(workflow_file))[0]
     return f"{server_url}/?template={name}&source={PACK_FOLDER_NAME}"

@@ -6,9 +6,9 @@ import os
 import pytest
 
 from devkit import browser
+from devkit.host import PACK_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ARTIFACTS = os.path.join(ROOT, "test-artifacts")
+ARTIFACTS = os.path.join(PACK_ROOT, "test-artifacts")
 
 
 @pytest.fixture(scope="session")

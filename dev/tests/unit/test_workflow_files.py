@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from devkit import workflow
-from devkit.demo_assets import WORKFLOWS
+from toy_world.demo_assets import WORKFLOWS
 
 NAMES = ("qrlora_mix", "qrlora_train_content", "qrlora_train_style", "qrlora_compare", "qrlora_train_folder")
 

@@ -14,7 +14,8 @@ import os
 import pytest
 from PIL import Image
 
-from devkit import browser, demo_assets, workflow
+from devkit import browser, workflow
+from toy_world import demo_assets
 from devkit.server import PACK_FOLDER_NAME
 
 pytestmark = pytest.mark.browser

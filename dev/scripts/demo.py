@@ -23,8 +23,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from devkit import demo_assets, workflow  # noqa: E402
-from devkit.host import COMFYUI_DIR  # noqa: E402
+from devkit import workflow  # noqa: E402
+from toy_world import demo_assets  # noqa: E402
+from devkit.host import COMFYUI_DIR, PACK_ROOT  # noqa: E402
 from devkit.server import Client, ComfyServer, make_base_directory  # noqa: E402
 
 def install_workflows(base: str) -> None:
@@ -62,11 +63,11 @@ def running_server(port: int) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8188)
-    parser.add_argument("--base", default=os.path.join(ROOT, ".run", "base"))
+    parser.add_argument("--base", default=os.path.join(PACK_ROOT, ".run", "base"))
     parser.add_argument("--serve-only", action="store_true")
     args = parser.parse_args()
 
-    base = make_base_directory(args.base, ROOT)
+    base = make_base_directory(args.base, PACK_ROOT)
     install_workflows(base)
     server = ComfyServer(base, port=args.port)
     if args.serve_only:

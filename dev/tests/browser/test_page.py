@@ -10,7 +10,8 @@ import os
 
 import pytest
 
-from devkit import browser, demo_assets, folder_dataset, workflow
+from devkit import browser, folder_dataset, workflow
+from toy_world import demo_assets
 from devkit.server import PACK_FOLDER_NAME, Client
 
 pytestmark = pytest.mark.browser

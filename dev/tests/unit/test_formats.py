@@ -134,7 +134,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_earlier_files_untouched(tmp_pat
     (tmp_path / "out.safetensors").write_bytes(b"an earlier checkpoint")
     script = textwrap.dedent(f"""
         import resource, sys
-        sys.path.insert(0, {host.PACK_ROOT!r})
+        sys.path.insert(0, {host.DEV_ROOT!r})
         from devkit import host
         host.import_pack(entry_point=False)
         from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native

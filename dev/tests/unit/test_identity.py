@@ -54,13 +54,13 @@ def run_python(script: str, cwd: str) -> dict:
 
 def test_nothing_imports_the_pack_under_a_second_name():
     files = list(python_files())
-    assert any(p.startswith("tests") for p in files) and any(p.startswith("bench") for p in files)
+    assert any(p.startswith(os.path.join("dev", "tests")) for p in files) and any(p.startswith(os.path.join("dev", "bench")) for p in files)
     assert offenders(SECOND_NAME, files) == []
 
 
 def test_the_pack_imports_no_development_code_and_no_script_imports_the_tests():
     assert offenders(DEVELOPMENT, python_files(*PACK_CODE)) == []
-    outside_tests = [p for p in python_files() if not p.startswith("tests" + os.sep)]
+    outside_tests = [p for p in python_files() if not p.startswith(os.path.join("dev", "tests") + os.sep)]
     assert offenders(TESTS_FROM_OUTSIDE, outside_tests) == []
 
 
@@ -77,7 +77,7 @@ def test_collecting_every_test_loads_each_pack_module_under_one_name():
             if any(path == p or path.startswith(p + os.sep) for p in pack):
                 names.setdefault(os.path.relpath(path, {ROOT!r}), []).append(name)
         print(json.dumps({{"code": int(code), "names": names}}))
-    """, cwd=os.path.join(ROOT, "tests"))
+    """, cwd=os.path.join(ROOT, "dev", "tests"))
     assert found["code"] == 0
     assert "qrlora_core/formats.py" in found["names"]  # what the unit tests import at collection
     second = {path: names for path, names in found["names"].items() if names != [f"{host.PACKAGE}." + _dotted(path)]}
@@ -93,7 +93,7 @@ def test_qrlora_core_is_plain_pytorch():
     """Every module of comfyui_qrlora.qrlora_core imports with no ComfyUI anywhere on the path."""
     found = run_python(f"""
         import json, pkgutil, importlib, sys
-        sys.path.insert(0, {ROOT!r})
+        sys.path.insert(0, {host.DEV_ROOT!r})
         from devkit import host
         core = host.module("qrlora_core")  # registered under its one name, nothing of ComfyUI imported
         names = [m.name for m in pkgutil.walk_packages(core.__path__, core.__name__ + ".")]

@@ -15,7 +15,8 @@ from PIL import Image
 
 from comfyui_qrlora.qrlora_core.formats import load_adapter
 from comfyui_qrlora.qrlora_core.similarity import delta_cosine
-from devkit import demo_assets, folder_dataset, workflow
+from devkit import folder_dataset, workflow
+from toy_world import demo_assets
 from devkit.server import PACK_FOLDER_NAME
 from toy_world import pipeline
 

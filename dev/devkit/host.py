@@ -14,7 +14,8 @@ import os
 import runpy
 import sys
 
-PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEV_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # dev/: what is not the product
+PACK_ROOT = os.path.dirname(DEV_ROOT)
 PACKAGE = "comfyui_qrlora"
 COMFYUI_DIR = os.environ.get("QRLORA_COMFYUI", os.path.join(PACK_ROOT, ".comfyui"))
 

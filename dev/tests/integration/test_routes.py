@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from devkit import demo_assets
+from toy_world import demo_assets
 
 pytestmark = pytest.mark.server
 

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from comfyui_qrlora.qrlora_core.training import TrainConfig
-from devkit import demo_assets
+from toy_world import demo_assets
 from toy_world import adapters, pipeline, scores, world
 
 pytestmark = pytest.mark.server

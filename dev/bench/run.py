@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     torch.set_float32_matmul_precision("highest")
     host.import_comfy(args.comfyui, cpu=ctx.device.type == "cpu", pinned_memory=False)  # the bench never offloads
     ctx.pack = host.module("nodes.weight_adapter"), host.module("nodes.keymap")  # without the node API (comfy_api, av, aiohttp)
-    out = args.out or os.path.join(host.PACK_ROOT, "bench", "results", "results-smoke.json" if args.smoke else "results.json")
+    out = args.out or os.path.join(host.DEV_ROOT, "bench", "results", "results-smoke.json" if args.smoke else "results.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     env = environment(ctx)
     results = {"environment": env}

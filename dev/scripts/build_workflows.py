@@ -31,8 +31,9 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from devkit import browser, demo_assets, folder_dataset, workflow as ui_workflow  # noqa: E402
-from toy_world import adapters, pipeline, world  # noqa: E402
+from devkit import browser, folder_dataset, workflow as ui_workflow  # noqa: E402
+from toy_world import adapters, demo_assets, pipeline, world  # noqa: E402
+from devkit.host import PACK_ROOT  # noqa: E402
 from devkit.server import Client, ComfyServer, make_base_directory  # noqa: E402
 from devkit.workflow import widget_names  # noqa: E402
 
@@ -488,7 +489,7 @@ def main() -> int:
     started = time.time()
     os.makedirs(EXAMPLES, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qrlora-workflows-") as base:
-        make_base_directory(base, ROOT)
+        make_base_directory(base, PACK_ROOT)
         demo_assets.build(base)  # the toy world's model, adapters and training folders: the runs use them, the page lists them
         server = ComfyServer(base).start()
         try:

@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 
-from devkit.host import PACK_ROOT
+from devkit.host import DEV_ROOT, PACK_ROOT
 
 
 def run(*args):
-    return subprocess.run([sys.executable, os.path.join(PACK_ROOT, "bench", "disentangle.py"), *args], cwd=PACK_ROOT,
+    return subprocess.run([sys.executable, os.path.join(DEV_ROOT, "bench", "disentangle.py"), *args], cwd=PACK_ROOT,
                           capture_output=True, text=True, timeout=900)
 
 
