@@ -6,7 +6,8 @@ it was cloned to, so everything inside uses relative imports.
 
 from comfy_api.latest import ComfyExtension
 
-from .nodes import NODES
+from . import integration
+from .nodes import DRAWN, NODES
 
 WEB_DIRECTORY = "./web"
 
@@ -17,6 +18,11 @@ class QRLoRAExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> ComfyExtension:
+    """ComfyUI's load hook for the pack: the routes and the weight adapter are registered here, once per load.
+
+    (ComfyUI 0.3.75 never calls ComfyExtension.on_load, so that hook would leave them out.)
+    """
+    integration.register(DRAWN)
     return QRLoRAExtension()
 
 

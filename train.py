@@ -8,7 +8,7 @@ anything (comfyui-qrlora, with a hyphen, is no module name). It registers
 the pack as the package `comfyui_qrlora` without running its __init__.py
 (which is ComfyUI's entry point to the nodes), so the modules inside import
 each other relatively, exactly as they do when ComfyUI loads the pack;
-then nodes/train_cli.py does the rest. ComfyUI itself imports nothing
+then integration/training/cli.py does the rest. ComfyUI itself imports nothing
 from here.
 """
 
@@ -31,4 +31,4 @@ def register_pack() -> None:
 
 if __name__ == "__main__":
     register_pack()
-    sys.exit(importlib.import_module(PACKAGE + ".nodes.train_cli").main())
+    sys.exit(importlib.import_module(PACKAGE + ".integration.training.cli").main())

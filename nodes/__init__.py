@@ -1,6 +1,5 @@
-"""ComfyUI glue: one module per node family, each node a thin shell over qrlora_core."""
+"""The node classes, one module per node family; the work they do lives in integration/ and qrlora_core/."""
 
-from . import routes, weight_adapter
 from .apply import QRLoRAApply
 from .blocks import QRLoRABlockWeights
 from .hooks import QRLoRAHook
@@ -17,6 +16,5 @@ NODES = [
     QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrainingData, QRLoRASampleSettings, QRLoRATrain,
     QRLoRASimilarity, QRLoRAHook, QRLoRABlockWeights, QRLoRAExportReference,
 ]
-
-routes.register()
-weight_adapter.register()  # LoraLoader and friends read QR-LoRA files from here on
+DRAWN = {"loader": QRLoRALoader, "merge": QRLoRAMerge, "similarity": QRLoRASimilarity, "train": QRLoRATrain,
+         "train_data": QRLoRATrainingData}  # web/<module>.js -> the node it draws

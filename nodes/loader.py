@@ -6,7 +6,7 @@ from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.formats import load_adapter
 from ..qrlora_core.metadata import trigger_words
 from ..qrlora_core.reference_formats import is_q_and_r_file
-from . import files, reference
+from ..integration import files, reference
 from .adapter_socket import CATEGORY, QRLoRAType, describe
 
 

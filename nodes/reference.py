@@ -1,43 +1,17 @@
-"""The reference implementation's other files: Q-and-R checkpoints in, its own layout out.
+"""Export for the Reference Scripts: an adapter in the reference implementation's own layout.
 
-Both need the base model: a Q-and-R checkpoint's update subtracts the
-base's top-r part, and the reference layout stores the base's R = Q^T W
+The layout stores the base's R = Q^T W, so it needs the base model
 (qrlora_core/reference_formats.py says why).
 """
 
 from comfy_api.latest import io
 
-from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.formats import atomic_save, read_safetensors
+from ..integration.files import unused_path
+from ..integration.reference import base_weights
+from ..qrlora_core.formats import atomic_save
 from ..qrlora_core.metadata import modelspec
-from ..qrlora_core.reference_formats import reference_tensors, resolve_q_and_r
-from . import keymap
-from .save import unused_path
+from ..qrlora_core.reference_formats import reference_tensors
 from .adapter_socket import CATEGORY, QRLoRAType
-
-
-def _base_weights(model):
-    key_map = keymap.lora_key_map(model)
-
-    def base_weight(name):
-        where = key_map.get(name)
-        return None if where is None else keymap.target_weight(model, where)
-
-    return base_weight
-
-
-def load_q_and_r(path: str, model, source: str):
-    """A Q-and-R checkpoint as an adapter whose patch is its exact update on `model`."""
-    if model is None:
-        raise AdapterError(
-            f"{source} is the QR-LoRA reference's Q-and-R checkpoint: its update is Q·R minus the base model's top-r part, "
-            "so Load QR-LoRA needs the base model: connect the model to its 'model' input."
-        )
-    tensors, _ = read_safetensors(path)
-    adapter, missing = resolve_q_and_r(tensors, _base_weights(model), source)  # the reference's alpha = rank: s = 1
-    if missing:
-        adapter.metadata["note"] += f"; {len(missing)} layers are not in the connected model (e.g. {missing[0]})"
-    return adapter
 
 
 class QRLoRAExportReference(io.ComfyNode):
@@ -60,7 +34,7 @@ class QRLoRAExportReference(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, qr_lora, filename_prefix) -> io.NodeOutput:
-        tensors, not_triangular = reference_tensors(qr_lora, _base_weights(model))
+        tensors, not_triangular = reference_tensors(qr_lora, base_weights(model))
         path, name = unused_path(filename_prefix)
         atomic_save(tensors, path, modelspec(qr_lora, path, "qr-lora"))
         lines = [f"Exported {name} ({len(qr_lora.targets)} layers, reference layout)."]

@@ -1,19 +1,11 @@
 """Save QR-LoRA (native or compact) and Export as LoRA, into the loras folder."""
 
-import os
-
 from comfy_api.latest import io
 
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.formats import PRECISIONS, export_lora, save_native
-from . import files
+from ..integration import files
 from .adapter_socket import CATEGORY, QRLoRAType
-
-
-def unused_path(prefix: str) -> tuple[str, str]:
-    """(full path, name relative to loras) for prefix_00001.safetensors, the first free number."""
-    stem = files.first_free(prefix, lambda stem: os.path.exists(files.output_path(stem + files.EXTENSION)), "files")
-    return files.output_path(stem + files.EXTENSION), stem + files.EXTENSION
 
 
 def _compact_basis(adapter) -> str:
@@ -45,7 +37,7 @@ class QRLoRASave(io.ComfyNode):
 
     @classmethod
     def execute(cls, qr_lora, filename_prefix, compact, dtype) -> io.NodeOutput:
-        path, name = unused_path(filename_prefix)
+        path, name = files.unused_path(filename_prefix)
         save_native(qr_lora, path, basis_id=_compact_basis(qr_lora) if compact else None, dtype=PRECISIONS[dtype])
         return io.NodeOutput(name, ui={"text": [f"Saved {name}"], "files": [name]})
 
@@ -69,6 +61,6 @@ class QRLoRAExportLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, qr_lora, filename_prefix, dtype) -> io.NodeOutput:
-        path, name = unused_path(filename_prefix)
+        path, name = files.unused_path(filename_prefix)
         export_lora(qr_lora, path, dtype=PRECISIONS[dtype])
         return io.NodeOutput(name, ui={"text": [f"Exported {name}"], "files": [name]})

@@ -66,7 +66,7 @@ def lora_delta_cosines(a: dict, b: dict, layers: set | None = None) -> dict:
 
 def qr_layer_modules(model, adapter) -> set:
     """The module names (as the stock LoRA names them) of the layers a QR-LoRA trains."""
-    from comfyui_qrlora.nodes.apply import resolve_targets
+    from comfyui_qrlora.integration.targets import resolve_targets
 
     found, _ = resolve_targets(model, adapter)
     keys = set()

@@ -33,7 +33,7 @@ def main():
     import_pack()
     import folder_paths
 
-    from comfyui_qrlora.nodes.train_session import Batch, TrainingSession
+    from comfyui_qrlora.integration.training.session import Batch, TrainingSession
     from comfyui_qrlora.qrlora_core.training import TrainConfig
     from comfyui_qrlora.qrlora_core.training.objective import COMFYUI, REFERENCE
 

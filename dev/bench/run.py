@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     ctx = Context(args)
     torch.set_float32_matmul_precision("highest")
     host.import_comfy(args.comfyui, cpu=ctx.device.type == "cpu", pinned_memory=False)  # the bench never offloads
-    ctx.pack = host.module("nodes.weight_adapter"), host.module("nodes.keymap")  # without the node API (comfy_api, av, aiohttp)
+    ctx.pack = host.module("integration.weight_adapter"), host.module("integration.keymap")  # without the node API (comfy_api, av, aiohttp)
     out = args.out or os.path.join(host.DEV_ROOT, "bench", "results", "results-smoke.json" if args.smoke else "results.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     env = environment(ctx)

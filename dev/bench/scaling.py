@@ -105,7 +105,7 @@ def worker(argv=None) -> None:
     import folder_paths
 
     folder_paths.add_model_folder_path("qrlora_bases", os.path.join(args.base, "qrlora_bases"), is_default=True)  # the launch's scratch folder
-    from comfyui_qrlora.nodes.train_session import TrainingSession
+    from comfyui_qrlora.integration.training.session import TrainingSession
     from comfyui_qrlora.qrlora_core.training import TrainConfig
     from comfyui_qrlora.qrlora_core.training.parallel import DataParallel
 

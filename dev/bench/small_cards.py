@@ -70,7 +70,7 @@ def _inputs(ctx):
 
 
 def _row(ctx, device, patcher, base, card, steps, smoke_keep=None):
-    from comfyui_qrlora.nodes.train_session import TrainingSession
+    from comfyui_qrlora.integration.training.session import TrainingSession
     from comfyui_qrlora.qrlora_core.errors import AdapterError
     from comfyui_qrlora.qrlora_core.training import TrainConfig
 

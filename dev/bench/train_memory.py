@@ -172,7 +172,7 @@ def sd15(args):
     host.import_pack()
     import comfy.model_management
     import comfy.utils
-    from comfyui_qrlora.nodes.train_session import base_weights, trainable_targets
+    from comfyui_qrlora.integration.training.session import base_weights, trainable_targets
     from comfyui_qrlora.qrlora_core.training.out_of_place import OutOfPlaceForwards
     from comfyui_qrlora.qrlora_core.basis import BasisStore
     from comfyui_qrlora.qrlora_core.training import TrainConfig, TrainTargets, select

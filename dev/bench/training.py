@@ -50,7 +50,7 @@ class StockLoRA:
 def _session_module():
     from devkit import host
 
-    return host.module("nodes.train_session")
+    return host.module("integration.training.session")
 
 
 def _inputs(ctx):
@@ -143,7 +143,7 @@ def _store_basis(ctx, patcher, qs) -> None:
     where, _ = sessions.choose_targets(patcher, _config(ctx))
     weights = sessions.base_weights(patcher, where, ctx.device)
     sketches = {n: fingerprint.sketch(w) for n, w in weights.items()}
-    store = host.module("nodes.files").basis_store()
+    store = host.module("integration.files").basis_store()
     store.save(basis.basis_id(ctx.rank, sketches=sketches), {n: qs[n].float().cpu() for n in weights}, sketches)
 
 

@@ -8,6 +8,7 @@ and then as `comfyui_qrlora.*`; a top-level `qrlora_core` would be a second
 copy of every class (tests/unit/test_identity.py refuses one).
 """
 
+import asyncio
 import importlib
 import importlib.util
 import os
@@ -44,8 +45,8 @@ def import_pack(entry_point: bool = True):
     entry_point=False only registers the package (train.py's register_pack):
     `comfyui_qrlora.qrlora_core` (plain PyTorch) and single node modules then
     import without ComfyUI's node API (comfy_api, av, aiohttp). True also runs
-    the package's __init__.py as ComfyUI does (the nodes, the routes, the
-    weight adapter registered with ComfyUI), importing ComfyUI first; it may
+    the package's __init__.py and its load hook as ComfyUI does (the nodes,
+    the weight adapter registered with ComfyUI), importing ComfyUI first; it may
     follow a registration without it (the same module objects, run now).
     """
     if PACKAGE not in sys.modules:
@@ -55,6 +56,7 @@ def import_pack(entry_point: bool = True):
             import_comfy()
         for name, folder in ((PACKAGE + ".nodes", os.path.join(PACK_ROOT, "nodes")), (PACKAGE, PACK_ROOT)):
             _run_init(sys.modules[name], folder)
+        asyncio.run(sys.modules[PACKAGE].comfy_entrypoint())  # the load hook ComfyUI calls: registers the weight adapter
     return sys.modules[PACKAGE]
 
 
@@ -69,6 +71,6 @@ def _run_init(module, folder: str) -> None:
 
 
 def module(name: str):
-    """A module of the pack by its path inside it (`qrlora_core.decompose`, `nodes.keymap`), registering the pack first."""
+    """A module of the pack by its path inside it (`qrlora_core.decompose`, `integration.keymap`), registering the pack first."""
     import_pack(entry_point=False)
     return importlib.import_module(f"{PACKAGE}.{name}")

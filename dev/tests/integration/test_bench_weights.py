@@ -39,7 +39,7 @@ def _targets(pack, model):
 
 @pytest.mark.parametrize("base", ["bf16", "fp8"])
 def test_every_trained_layer_gets_the_decaying_spectrum(pack, base, monkeypatch):
-    from comfyui_qrlora.nodes import keymap
+    from comfyui_qrlora.integration import keymap
 
     decompose = importlib.import_module("comfyui_qrlora.qrlora_core.decompose")  # the module, not the function of that name
     dtype, compute = (torch.bfloat16, None) if base == "bf16" else (torch.float8_e4m3fn, torch.bfloat16)

@@ -69,7 +69,7 @@ def test_apply_patches_exactly_and_unpatches_to_the_original_bits(arch, targets,
 def test_base_weights_are_read_unpatched_while_a_clone_holds_them_patched(rng):
     """Clones share one module; a patched clone must not leak into what the pack reads as the base."""
     host.import_pack()
-    from comfyui_qrlora.nodes import keymap
+    from comfyui_qrlora.integration import keymap
     from comfyui_qrlora.nodes.apply import QRLoRAApply
 
     model = models.patcher("flux")
@@ -90,7 +90,7 @@ def test_layers_stored_in_another_layout_are_not_offered_for_training():
     """SD3's norm_out.linear is kept by ComfyUI with its halves swapped: a basis of that weight
     would be saved under the diffusers name and applied swapped, so training leaves it out."""
     host.import_pack()
-    from comfyui_qrlora.nodes import keymap
+    from comfyui_qrlora.integration import keymap
 
     model = models.patcher("sd3")
     key_map = keymap.lora_key_map(model)

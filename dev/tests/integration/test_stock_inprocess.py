@@ -47,7 +47,7 @@ def test_stock_load_lora_gives_apply_s_patches_on_fused_flux_slices(tmp_path, rn
 def test_registering_twice_keeps_one_entry_and_it_is_apply_s_class():
     host.import_pack()
     import comfy.weight_adapter
-    from comfyui_qrlora.nodes import weight_adapter
+    from comfyui_qrlora.integration import weight_adapter
 
     weight_adapter.register()
     weight_adapter.register()
@@ -59,7 +59,7 @@ def test_registering_twice_keeps_one_entry_and_it_is_apply_s_class():
 def test_bypass_h_adds_the_same_delta_to_a_linear_layer_s_output(rng):
     """Newer ComfyUI's bypass mode adds h(x) to the layer's output instead of patching W."""
     host.import_pack()
-    from comfyui_qrlora.nodes.weight_adapter import QRLoRAPatch
+    from comfyui_qrlora.integration.weight_adapter import QRLoRAPatch
 
     q, delta_r, x = torch.randn(12, 3, generator=rng), torch.randn(3, 7, generator=rng), torch.randn(2, 5, 7, generator=rng)
     patch = QRLoRAPatch(q, delta_r, 0.5)

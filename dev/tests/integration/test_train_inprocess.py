@@ -82,7 +82,7 @@ def config(**overrides):
 
 
 def session(model, latents, positive, **overrides):
-    from comfyui_qrlora.nodes.train_session import TrainingSession
+    from comfyui_qrlora.integration.training.session import TrainingSession
 
     return TrainingSession(model, config(**overrides), latents, positive)
 

@@ -167,7 +167,7 @@ def test_cancel_in_the_middle_of_a_step_then_resume_equals_the_run_that_never_st
     """Cancel lands between two accumulated micro-batches: the kept checkpoint is the last whole step, and resuming it continues exactly."""
     import comfy.model_management
     from comfyui_qrlora.nodes.train import QRLoRATrain
-    from comfyui_qrlora.nodes.train_session import TrainingSession
+    from comfyui_qrlora.integration.training.session import TrainingSession
     from comfyui_qrlora.qrlora_core.formats import load_adapter as load
     from devkit import models
 

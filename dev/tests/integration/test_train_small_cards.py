@@ -55,7 +55,7 @@ def config(**overrides):
 
 def train(patcher, cfg, existing=None, watch=None):
     """Losses and the ΔRs after every step of a session on `patcher`."""
-    from comfyui_qrlora.nodes.train_session import TrainingSession
+    from comfyui_qrlora.integration.training.session import TrainingSession
 
     latents, positive = inputs()
     states = []
@@ -72,8 +72,8 @@ def train(patcher, cfg, existing=None, watch=None):
 
 def zero_adapter(patcher, rank=4):
     """A fresh adapter (ΔR = 0) on `patcher`'s basis, so runs on other copies of the base share Q."""
-    from comfyui_qrlora.nodes import files
-    from comfyui_qrlora.nodes.train_session import base_weights, choose_targets
+    from comfyui_qrlora.integration import files
+    from comfyui_qrlora.integration.training.session import base_weights, choose_targets
     from comfyui_qrlora.qrlora_core.training import TrainTargets
 
     where, _ = choose_targets(patcher, config(rank=rank))
@@ -117,7 +117,7 @@ def test_fp8_base_trains_like_bf16_and_stays_fp8(pack, folders, flux_state, fp8)
 
 def test_fp8_basis_and_fingerprints_come_from_the_fp8_weights(pack, folders, flux_state):
     """A fresh run on an fp8 base decomposes the weights as the model holds them, not a wider copy."""
-    from comfyui_qrlora.nodes.train_session import base_weights
+    from comfyui_qrlora.integration.training.session import base_weights
     from comfyui_qrlora.qrlora_core.decompose import decompose
     from comfyui_qrlora.qrlora_core.fingerprint import sketch
 
@@ -183,15 +183,15 @@ class Card:
     """A GPU as the planner sees it: a CUDA device type with a given free memory (the model in host memory)."""
 
     def __init__(self, monkeypatch, free_gib: float, held_gib: float = 0.0):
-        from comfyui_qrlora.nodes import train_fit
+        from comfyui_qrlora.integration.training import fit as train_fit
 
         monkeypatch.setattr(train_fit, "device_free", lambda device: int(free_gib * train_fit.GiB))
         monkeypatch.setattr(train_fit, "held_by_models", lambda device: int(held_gib * train_fit.GiB))
 
 
 def planned(patcher, **overrides):
-    from comfyui_qrlora.nodes import train_fit
-    from comfyui_qrlora.nodes.train_session import choose_targets, target_shapes
+    from comfyui_qrlora.integration.training import fit as train_fit
+    from comfyui_qrlora.integration.training.session import choose_targets, target_shapes
 
     cfg = config(**overrides)
     where, _ = choose_targets(patcher, cfg)
@@ -201,7 +201,7 @@ def planned(patcher, **overrides):
 
 
 def test_plan_keeps_the_whole_model_when_it_fits_and_offloads_the_rest_otherwise(pack, flux_state, monkeypatch):
-    from comfyui_qrlora.nodes import train_fit
+    from comfyui_qrlora.integration.training import fit as train_fit
 
     patcher = load_flux(flux_state, torch.bfloat16)
     Card(monkeypatch, 8)
@@ -214,7 +214,7 @@ def test_plan_keeps_the_whole_model_when_it_fits_and_offloads_the_rest_otherwise
 
 
 def test_a_run_that_cannot_fit_says_so_and_what_would_fit(pack, flux_state, monkeypatch):
-    from comfyui_qrlora.nodes import train_fit
+    from comfyui_qrlora.integration.training import fit as train_fit
     from comfyui_qrlora.qrlora_core.errors import AdapterError
 
     patcher = load_flux(flux_state, torch.bfloat16)
@@ -231,7 +231,7 @@ def test_a_run_that_cannot_fit_says_so_and_what_would_fit(pack, flux_state, monk
 
 
 def test_out_of_memory_is_one_sentence_with_a_setting(pack):
-    from comfyui_qrlora.nodes import train_fit
+    from comfyui_qrlora.integration.training import fit as train_fit
 
     p = train_fit.MemoryPlan(torch.device("cuda", 0), weights=24 * train_fit.GiB, keep=10 * train_fit.GiB, adapter=train_fit.GiB,
                              block=train_fit.GiB, activations=train_fit.GiB, available=14 * train_fit.GiB)
@@ -244,7 +244,7 @@ def test_the_basis_build_records_no_autograd_graph(pack, folders, flux_state):
     build keep its working copies alive: on the first H200 run such a build filled the GPU (129 GiB)."""
     patcher = load_flux(flux_state, torch.bfloat16)
     assert any(p.requires_grad for p in patcher.model.parameters())
-    from comfyui_qrlora.nodes.train_session import TrainingSession
+    from comfyui_qrlora.integration.training.session import TrainingSession
 
     latents, positive = inputs()
     with torch.inference_mode(False):
@@ -294,8 +294,8 @@ def test_scaled_fp8_base_trains_like_its_dequantized_weights(pack, folders, flux
 
 
 def test_the_basis_is_decomposed_in_the_room_the_plan_leaves_or_on_the_cpu(pack, flux_state, monkeypatch):
-    from comfyui_qrlora.nodes import train_fit
-    from comfyui_qrlora.nodes.train_session import TrainingSession, base_weights, choose_targets
+    from comfyui_qrlora.integration.training import fit as train_fit
+    from comfyui_qrlora.integration.training.session import TrainingSession, base_weights, choose_targets
     from comfyui_qrlora.qrlora_core.decompose import working_bytes
 
     patcher = load_flux(flux_state, torch.bfloat16)

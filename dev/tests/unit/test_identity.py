@@ -17,7 +17,7 @@ import textwrap
 from devkit import host
 
 ROOT = os.path.realpath(host.PACK_ROOT)
-PACK_CODE = ("__init__.py", "train.py", "nodes", "qrlora_core")  # what ComfyUI and the headless trainer run
+PACK_CODE = ("__init__.py", "train.py", "nodes", "integration", "qrlora_core")  # what ComfyUI and the headless trainer run
 SKIPPED = {".git", ".venv", ".comfyui", ".run", ".cache", "__pycache__", "node_modules"}
 
 SECOND_NAME = re.compile(r"^\s*(from|import)\s+qrlora_core\b|import_module\(\s*['\"]qrlora_core", re.M)

@@ -1,6 +1,6 @@
 """One training run on a ComfyUI MODEL: set up, run the steps, release.
 
-The node (nodes/train.py), the tests and the bench all train through
+The node (through run.py), the tests and the bench all train through
 `TrainingSession`; nothing of its wiring is repeated elsewhere.
 
 Set up: choose the target layers (the model's own LoRA key map), build
@@ -19,7 +19,7 @@ clipping and the NaN stop are qrlora_core's `StepLoop`; progress and the
 interrupt button are ComfyUI's. Release takes every wrapper and rewrite
 off the shared model, whatever happened.
 
-A data parallel run (train_parallel.py) passes `parallel`
+A data parallel run (processes.py) passes `parallel`
 (qrlora_core/training/parallel.py): the basis comes from process 0, each
 micro-batch's loss covers this process's share of the samples, and the
 step loop sums gradients over the processes; nothing else changes.
@@ -47,17 +47,18 @@ import comfy.samplers
 import comfy.utils
 from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
 
-from ..qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, rank_fits, working_bytes
-from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.formats import load_adapter
-from ..qrlora_core.training import TrainConfig, TrainTargets, select
-from ..qrlora_core.training.buckets import describe, group_by_size
-from ..qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
-from ..qrlora_core.training.out_of_place import OutOfPlaceForwards
-from ..qrlora_core.training.session import StepLoop
-from ..qrlora_core.training.state import TrainingState, read_training_state
-from . import files, keymap, train_fit
-from .apply import resolve_targets
+from ...qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, rank_fits, working_bytes
+from ...qrlora_core.errors import AdapterError
+from ...qrlora_core.formats import load_adapter
+from ...qrlora_core.training import TrainConfig, TrainTargets, select
+from ...qrlora_core.training.buckets import describe, group_by_size
+from ...qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
+from ...qrlora_core.training.out_of_place import OutOfPlaceForwards
+from ...qrlora_core.training.session import StepLoop
+from ...qrlora_core.training.state import TrainingState, read_training_state
+from .. import files, keymap
+from ..targets import resolve_targets
+from . import fit
 
 # ------------------------------------------------------------ inputs
 
@@ -278,7 +279,7 @@ class TrainingSession:
             logging.info(f"[QR-LoRA] training on {self.notes[-1]}")
         self.triangular = config.triangular
         fused_rows = sum(m for (m, _), (_, offset) in zip(target_shapes(model, self.where), self.where.values()) if offset is not None)
-        self.plan = train_fit.plan(model, target_shapes(model, self.where), config, self.latents, fused_rows)  # before any work
+        self.plan = fit.plan(model, target_shapes(model, self.where), config, self.latents, fused_rows)  # before any work
         self.targets = trainable if trainable is not None else self._targets()
         if self.plan.note():
             self.notes.append(self.plan.note())
@@ -313,8 +314,8 @@ class TrainingSession:
         room = self.plan.basis_room()
         largest = max(working_bytes(tuple(w.shape), w.dtype, self.config.rank) for w in weights.values())
         if room < largest:
-            self.notes.append(f"The basis was decomposed on the CPU: the GPU had {train_fit.gib(room)} to spare beside the model, "
-                              f"less than one layer needs ({train_fit.gib(largest)}).")
+            self.notes.append(f"The basis was decomposed on the CPU: the GPU had {fit.gib(room)} to spare beside the model, "
+                              f"less than one layer needs ({fit.gib(largest)}).")
             return torch.device("cpu"), None
         return device, min(room, GPU_CHUNK_BUDGET)
 
@@ -375,10 +376,10 @@ class TrainingSession:
         self._draws_after_step = self.loop.draws.generator.get_state()
 
     def _load(self) -> None:
-        """Load the model for training as planned (train_fit: whole, or partly offloaded), with weights autograd can use."""
+        """Load the model for training as planned (fit.py: whole, or partly offloaded), with weights autograd can use."""
         if self.loaded is not None:
             self.loaded.release()
-        self.loaded = train_fit.Loaded(self.patcher, self.plan)
+        self.loaded = fit.Loaded(self.patcher, self.plan)
         _usable_for_autograd(self.patcher.model)
 
     def between_steps(self, work):

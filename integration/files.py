@@ -127,3 +127,9 @@ def _check_writable(name: str, root: str) -> None:
         folder = os.path.join(folder, part)
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise AdapterError(f"'{os.path.relpath(folder, root)}' in the loras folder is a file, not a folder, so '{name}' cannot be written: choose another file name prefix.")
+
+
+def unused_path(prefix: str) -> tuple[str, str]:
+    """(full path, name relative to loras) for prefix_00001.safetensors, the first free number."""
+    stem = first_free(prefix, lambda stem: os.path.exists(output_path(stem + EXTENSION)), "files")
+    return output_path(stem + EXTENSION), stem + EXTENSION

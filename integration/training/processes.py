@@ -17,7 +17,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..qrlora_core.training.parallel import DataParallel
+from ...qrlora_core.training.parallel import DataParallel
 
 
 class Launch:

@@ -7,10 +7,10 @@ It is the node's run, not a second trainer: the model comes from
 ComfyUI's own loaders (comfy.sd: Load Diffusion Model / Load Checkpoint,
 CLIP and VAE loaders for images), the settings are TrainConfig (one flag
 per field, with the node's defaults, limits and help), and training is
-nodes/train.py's `train_to_files`: the same session, objective, layer,
+run.py's `train_to_files`: the same session, objective, layer,
 checkpoints and file metadata, written into ComfyUI's loras folder. Under
 torchrun each process trains on its own GPU against the same basis and
-the same global batch (train_parallel.py); process 0 writes the files.
+the same global batch (processes.py); process 0 writes the files.
 
 ComfyUI is imported from --comfyui (default: the ComfyUI this pack is
 installed in, i.e. the folder above custom_nodes/) only after the flags
@@ -24,11 +24,11 @@ import os
 import sys
 from dataclasses import fields
 
-from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.training import TrainConfig
-from ..qrlora_core.training import config as settings
+from ...qrlora_core.errors import AdapterError
+from ...qrlora_core.training import TrainConfig
+from ...qrlora_core.training import config as settings
 
-PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # integration/training/ -> the pack
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 EXIT_INTERRUPTED, EXIT_BAD_INPUT = 130, 2
 
@@ -201,7 +201,7 @@ def encode_images(folder: str, clip, vae, caption: str, resolution: int) -> tupl
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from .train_parallel import Launch
+    from .processes import Launch
 
     launch = Launch(args.cpu)
     logging.basicConfig(level=logging.INFO if launch.main else logging.WARNING, format=f"[rank {launch.rank}] %(message)s" if launch.distributed else "%(message)s")
@@ -231,11 +231,11 @@ def _train(args, config: TrainConfig, launch, say) -> int:
     import comfy.model_management
     import folder_paths
 
-    from ..qrlora_core.formats import load_adapter
-    from ..qrlora_core.training import datafile
-    from . import files
-    from .train import train_to_files
-    from .train_parallel import StopFlag
+    from ...qrlora_core.formats import load_adapter
+    from ...qrlora_core.training import datafile
+    from .. import files
+    from .processes import StopFlag
+    from .run import train_to_files
 
     if args.images:
         encoded = None

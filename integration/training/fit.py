@@ -32,8 +32,8 @@ import comfy.model_management as mm
 import comfy.model_patcher
 from comfy_extras.nodes_train import find_all_highest_child_module_with_forward
 
-from ..qrlora_core.decompose import working_bytes
-from ..qrlora_core.errors import AdapterError
+from ...qrlora_core.decompose import working_bytes
+from ...qrlora_core.errors import AdapterError
 
 GiB = 1024**3
 ACTIVATION_FACTOR = 3  # x ComfyUI's one-forward estimate: a checkpointed block's recompute + backward, plus the saved block inputs

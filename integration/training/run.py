@@ -1,0 +1,186 @@
+"""One training run into files: what Train QR-LoRA and train.py both run.
+
+A `TrainingSession` (session.py: setup, steps, release), checkpoints in
+`loras` every N steps, sample images, and what went wrong worded for the
+user: interrupted runs keep what was trained, diverged ones the last good
+state, runs that do not fit say what would.
+"""
+
+import errno
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+import comfy.model_management
+
+from ...qrlora_core.errors import AdapterError
+from ...qrlora_core.formats import save_native
+from ...qrlora_core.training import TrainConfig
+from ...qrlora_core.training import config as settings
+from ...qrlora_core.training.session import NonFiniteLoss
+from .. import files
+from . import fit
+from .samples import SamplePreviews
+from .session import TrainingSession
+
+
+
+class Checkpoints:
+    """<prefix>_<run>_step<steps>.safetensors in the loras folder, written atomically.
+
+    Made before any work: it picks the run number and checks that the
+    folder can be made and the longest name of the run can be written there,
+    so a bad prefix is reported before step 1, not after the last.
+    """
+
+    def __init__(self, prefix: str, last_step: int):
+        prefix = prefix.strip() or settings.default("filename_prefix")
+        self.run = files.first_free(prefix, self._run_exists, "training runs")
+        self._check_writable(prefix, f"{self.run}_step{last_step:06}.safetensors")
+        self.targets, self.metadata, self.training_state = None, {}, None  # training_state(steps) -> TrainingState
+        self.saved_step, self.saved_name = None, None
+
+    @staticmethod
+    def _run_exists(run: str) -> bool:
+        """Whether any file of run `run` (a checkpoint or a sample image) is in its folder."""
+        folder, stem = os.path.split(files.output_path(run + "_step"))
+        stem = stem[: -len(files.EXTENSION)]
+        return os.path.isdir(folder) and any(f.startswith(stem) for f in os.listdir(folder))
+
+    @staticmethod
+    def _check_writable(prefix: str, name: str) -> None:
+        path = files.output_path(name)
+        folder = os.path.dirname(path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+            os.unlink(path)
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                longest = max(len(part.encode()) for part in name.split("/"))
+                raise AdapterError(
+                    f"The filename prefix '{prefix}' makes names too long for the file system ({longest} bytes in one name, "
+                    f"such as {os.path.basename(name)}; most allow 255): shorten the prefix."
+                ) from None
+            raise AdapterError(f"Checkpoints cannot be written for the filename prefix '{prefix}' ({e.strerror or e}): check that the loras folder is writable, or choose another prefix.") from None
+
+    def save(self, steps: int, loss: float | None) -> str:
+        name = f"{self.run}_step{steps:06}.safetensors"
+        meta = {**self.metadata, "steps": steps}
+        if loss is not None:
+            meta["loss"] = loss
+        state = self.training_state(steps).pack() if self.training_state else None
+        save_native(self.targets.to_adapter(meta, source=name), files.output_path(name), extra=state)
+        self.saved_step, self.saved_name = steps, name
+        logging.info(f"[QR-LoRA] saved checkpoint {name}")
+        return name
+
+    def keep(self, steps: int, losses: list) -> str | None:
+        """Save what was trained so far, unless nothing new was or it is not finite."""
+        if not losses or self.saved_step == steps or self.targets is None or not self.targets.all_finite():
+            return self.saved_name
+        return self.save(steps, losses[-1])
+
+
+def loss_curve(losses: list[float], first_step: int = 1, width: int = 512, height: int = 288) -> torch.Tensor:
+    """The loss per step as an IMAGE tensor (1, H, W, 3), axes labelled with steps and loss range."""
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    left, right, top, bottom = 56, width - 12, 12, height - 28
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=1)
+    if losses:
+        lo, hi = min(losses), max(losses)
+        span = (hi - lo) or 1.0
+        n = len(losses)
+        points = [
+            (left + (right - left) * (i / max(n - 1, 1)), bottom - (bottom - top) * ((v - lo) / span))
+            for i, v in enumerate(losses)
+        ]
+        if n == 1:
+            points = points * 2
+        draw.line(points, fill=(30, 90, 200), width=2)
+        draw.text((4, top), f"{hi:.4g}", fill="black", font=font)
+        draw.text((4, bottom - 10), f"{lo:.4g}", fill="black", font=font)
+        draw.text((left, bottom + 8), f"step {first_step}", fill="black", font=font)
+        draw.text((right - 70, bottom + 8), f"step {first_step + n - 1}", fill="black", font=font)
+    draw.text((width // 2 - 12, bottom + 8), "loss", fill="black", font=font)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+
+
+@dataclass
+class TrainedRun:
+    session: TrainingSession
+    metadata: dict  # what every file of the run records (settings, trigger words), without steps and loss
+    losses: list
+    steps_before: int
+    total: int  # steps trained in all, earlier runs of a continued adapter included
+    name: str | None  # the last file written (None on processes other than 0 of a parallel run)
+    previews: SamplePreviews | None = None  # the sample images made while training (process 0)
+
+
+def train_to_files(model, latents, positive, config: TrainConfig, existing=None, on_step=lambda step, loss: None, parallel=None,
+                   samples=None) -> TrainedRun:
+    """Train and write the checkpoints and the final adapter into `loras`: what the node and train.py both run.
+
+    Interrupted: keeps what was trained (a checkpoint), then re-raises.
+    Diverged: keeps the last good state and says so. `parallel`: a
+    DataParallel run, in which only process 0 writes files (and makes the
+    sample images, when `samples` (SampleSettings) asks for them).
+    """
+    writes = parallel is None or parallel.main
+    steps_before = int(existing.metadata.get("steps", 0) or 0) if existing is not None else 0
+    total = steps_before + config.steps
+    checkpoints = Checkpoints(config.filename_prefix, total) if writes else None  # before any work: a bad prefix fails now
+    try:
+        session = TrainingSession(model, config, latents, positive, existing, parallel=parallel)  # a run that cannot fit fails now
+    except fit.OUT_OF_MEMORY as e:
+        raise fit.out_of_memory(None, 0, e) from None
+    metadata = {
+        "trigger_words": config.trigger_words,
+        "training": {
+            **config.recorded(), "images": len(session.latents), "triangular": session.triangular,
+            "targets": config.target_pattern if config.target_preset == "custom pattern" else config.target_preset,
+        },
+    }
+    if checkpoints is not None:
+        checkpoints.targets, checkpoints.metadata, checkpoints.training_state = session.targets, metadata, session.training_state
+    previews = SamplePreviews(samples, checkpoints.run, config.steps) if samples is not None and checkpoints is not None else None
+    losses: list[float] = []
+
+    def after_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        on_step(step, loss)
+        if checkpoints is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+            checkpoints.save(steps_before + step, loss)
+        if previews is not None and previews.settings.due(steps_before + step):
+            previews(session, step, steps_before + step)
+
+    try:
+        with session:
+            session.run(config.steps, after_step)
+    except comfy.model_management.InterruptProcessingException:
+        if checkpoints is not None:
+            checkpoints.keep(steps_before + len(losses), losses)
+        raise
+    except fit.OUT_OF_MEMORY as e:  # the estimate was wrong: keep what was trained, say what to change
+        if checkpoints is not None:
+            checkpoints.keep(steps_before + len(losses), losses)
+        raise fit.out_of_memory(session.plan, steps_before + len(losses) + 1, e) from None
+    except NonFiniteLoss as e:
+        kept = checkpoints.keep(steps_before + len(losses), losses) if checkpoints is not None else None
+        where_kept = f"the last good state (step {checkpoints.saved_step}) is in {kept}" if kept else "nothing was trained yet, so no file was written"
+        raise AdapterError(
+            f"Training stopped at step {steps_before + e.step}: the loss became {e.loss} (it diverged); {where_kept}. "
+            "Lower the learning rate or train in fp32, then continue from that file."
+        ) from None
+
+    name = None
+    if checkpoints is not None:
+        name = checkpoints.save(total, losses[-1]) if checkpoints.saved_step != total else checkpoints.saved_name
+    return TrainedRun(session, metadata, losses, steps_before, total, name, previews)
