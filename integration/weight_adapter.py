@@ -21,9 +21,8 @@ import comfy.model_management
 import comfy.weight_adapter
 from comfy.weight_adapter.base import WeightAdapterBase
 
-from ..qrlora_core.formats import TRAINING_STATE_PREFIX
+from ..qrlora_core.formats import DOWN, TRAINING_STATE_PREFIX, UP, is_q_and_r
 from ..qrlora_core.patch import add_delta_, delta, delta_output
-from ..qrlora_core.reference_formats import UP, is_q_and_r
 from ..qrlora_core.stock_keys import Refused, read_layer
 
 _seen: dict[tuple, bool] = {}  # per state dict: is it a Q-and-R file; present once its warning is out
@@ -120,7 +119,7 @@ class _Refusal(WeightAdapterBase):
     name = "qrlora-refused"
 
     def __init__(self, x: str, lora: dict):
-        self.loaded_keys = {k for k in (x + UP, x + ".lora.down.weight", x + ".to_out.0" + UP, x + ".to_out.0.lora.down.weight") if k in lora}
+        self.loaded_keys = {k for k in (x + UP, x + DOWN, x + ".to_out.0" + UP, x + ".to_out.0" + DOWN) if k in lora}
         self.weights = []
 
     def calculate_weight(self, weight, *args, **kwargs):

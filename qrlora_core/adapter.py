@@ -51,7 +51,7 @@ class QRLoRA:
     targets: dict[str, QRTarget]
     rank: int
     alpha: float
-    format: str  # "native", "compact", "published", or "merged"
+    format: str  # "native", "compact", "published" (formats.py), "q_and_r" (reference_formats.py), or "merged" (merge.py)
     metadata: dict = field(default_factory=dict)  # trigger words, training notes, ...
     source: str = ""  # file name, for messages
     shared_basis: bool = True  # False after a merge had to fall back to summing deltas

@@ -37,6 +37,8 @@ from .metadata import modelspec
 FORMAT_VERSION = 1
 META_PREFIX = "qrlora."
 PUBLISHED_SUFFIXES = {"q": ".lora.q.weight", "base_r": ".lora.base_r.weight", "delta_r": ".lora.delta_r.weight"}
+UP, DOWN = ".lora.up.weight", ".lora.down.weight"  # ordinary LoRA pairs, also the reference's Q-and-R checkpoints
+DOUBLED_OUT = ".to_out.0.to_out.0"  # how the Q-and-R script names its output projections
 NATIVE_Q, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT = ".qr.q", ".qr.delta_r", ".qr.delta_r_upper", ".qr.fingerprint"
 NATIVE_SCALE = ".qr.scale"  # s = alpha / rank per layer, float64: the stock loaders see tensors only
 BASIS_DIGEST = "basis_q_digest"  # compact files: q_digest of the Qs they were saved with
@@ -259,12 +261,20 @@ def _check_fingerprint(fingerprint, name: str, source: str):
     return fingerprint.to(torch.float32)
 
 
+def is_q_and_r(keys) -> bool:
+    """The reference's Q-and-R checkpoint layout (reference_formats.py): up/down pairs carrying its doubled `to_out.0` names."""
+    return any(k.endswith(DOUBLED_OUT + UP) for k in keys)
+
+
 def detect_format(keys, metadata: dict) -> str:
+    """'native', 'compact', 'published', 'q_and_r', 'lora' (an ordinary LoRA) or 'unknown', from the header alone."""
     if META_PREFIX + "format_version" in metadata:
         return "compact" if metadata.get(BASIS_ID_KEY) else "native"
     if any(k.endswith(PUBLISHED_SUFFIXES["q"]) for k in keys):
         return "published"
-    if any(k.endswith((".lora_up.weight", ".lora_B.weight", ".lora.up.weight")) for k in keys):
+    if is_q_and_r(keys):
+        return "q_and_r"
+    if any(k.endswith((".lora_up.weight", ".lora_B.weight", UP)) for k in keys):
         return "lora"
     return "unknown"
 
@@ -380,10 +390,8 @@ def load_adapter(path: str, basis_loader=None, source: str | None = None) -> QRL
         if kind == "compact" and basis_loader is None:
             raise AdapterError(f"{source} is a compact adapter and needs its shared basis file, which nobody told us where to find.")
         return _load_native(tensors, metadata, source, basis_loader)
+    if kind == "q_and_r":
+        raise AdapterError(f"{source} is the QR-LoRA reference's Q-and-R checkpoint: load it with Load QR-LoRA and connect the base model to its 'model' input.")
     if kind == "lora":
-        from .reference_formats import is_q_and_r  # (that module reads this one)
-
-        if is_q_and_r(keys):
-            raise AdapterError(f"{source} is the QR-LoRA reference's Q-and-R checkpoint: load it with Load QR-LoRA and connect the base model to its 'model' input.")
         raise AdapterError(f"{source} is an ordinary LoRA, not a QR-LoRA: load it with the stock 'Load LoRA' node.")
     raise AdapterError(f"{source} holds no QR-LoRA layers (no '*.lora.q.weight' or '*.qr.*' tensors): pick a QR-LoRA file.")

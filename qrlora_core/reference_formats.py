@@ -26,16 +26,8 @@ import torch
 from .adapter import QRLoRA, QRTarget
 from .decompose import check_rank, decompose_many
 from .errors import AdapterError
-from .formats import PUBLISHED_SUFFIXES
+from .formats import DOUBLED_OUT, DOWN, PUBLISHED_SUFFIXES, UP, is_q_and_r
 from .safefile import header_of
-
-UP, DOWN = ".lora.up.weight", ".lora.down.weight"
-DOUBLED_OUT = ".to_out.0.to_out.0"  # how the Q-and-R script's output projections are named
-
-
-def is_q_and_r(tensors) -> bool:
-    """A file in the Q-and-R script's layout: up/down pairs carrying its doubled `to_out.0` names."""
-    return any(k.endswith(DOUBLED_OUT + UP) for k in tensors)
 
 
 def is_q_and_r_file(path: str) -> bool:
