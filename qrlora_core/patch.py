@@ -1,7 +1,7 @@
 """The patch itself, W' = W + s · Q · ΔR (docs/method.md, "The patch"), in the forms its users need.
 
 This is the one place the formula is computed: inference adds it in place
-where ComfyUI loads a weight (nodes/weight_adapter.py), training adds it
+where ComfyUI loads a weight (integration/weight_adapter.py), training adds it
 out of place on every forward (training/layer.py), a stored target gives
 its delta (adapter.py). `scale` is s = alpha / rank, already multiplied by
 any strength. Q and ΔR are cast to the weight's device and dtype, so the

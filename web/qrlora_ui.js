@@ -7,7 +7,7 @@ export { app, api };
 
 let facts = null;
 /**
- * What the server says of the pack, asked once (GET /qrlora/page, nodes/routes.py):
+ * What the server says of the pack, asked once (GET /qrlora/page, integration/routes.py):
  * `nodes` (the node id each of our modules draws) and `events` (live event types).
  * The scripts copy no value from the Python side; they read it here.
  */

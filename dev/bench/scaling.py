@@ -4,7 +4,7 @@ Each count is one `torchrun --nproc_per_node N` launch of this file's
 worker (the run's own processes, NCCL between GPUs; gloo on the CPU for
 --smoke). Every process builds ComfyUI's Flux (FLUX.1-dev's depth and
 widths, random bf16 weights, the same on every process) and trains it
-through the pack's TrainingSession with its DataParallel hooks, i.e. what
+through the pack's TrainingSession with its StepShare hooks, i.e. what
 `torchrun ... train.py` runs after loading the model file: rank 64,
 512 px latents, a 512-token T5 context, the reference defaults (global
 batch 1 x 4 accumulation, bf16, gradient checkpointing, AdamW). The first
@@ -107,7 +107,7 @@ def worker(argv=None) -> None:
     folder_paths.add_model_folder_path("qrlora_bases", os.path.join(args.base, "qrlora_bases"), is_default=True)  # the launch's scratch folder
     from comfyui_qrlora.integration.training.session import TrainingSession
     from comfyui_qrlora.qrlora_core.training import TrainConfig
-    from comfyui_qrlora.qrlora_core.training.parallel import DataParallel
+    from comfyui_qrlora.qrlora_core.training.distributed import StepShare
 
     from bench.common import sync
     from bench.flux import FULL, SMOKE, build_model
@@ -125,7 +125,7 @@ def worker(argv=None) -> None:
     positive = [[[torch.randn(1, args.tokens, 4096, generator=generator), {"pooled_output": torch.randn(1, 768, generator=generator)}]]]
     config = TrainConfig(rank=args.rank, steps=WARMUP_STEPS + TIMED_STEPS, training_dtype="bf16" if not cpu else "fp32",
                          gradient_checkpointing=True, filename_prefix="bench/scaling")
-    parallel = DataParallel(config.batch_size, config.grad_accumulation) if world > 1 else None
+    parallel = StepShare(config.batch_size, config.grad_accumulation) if world > 1 else None
     if int(os.environ.get("RANK", "0")) == 0:
         _store_random_basis(patcher, config, device)
     ends = []

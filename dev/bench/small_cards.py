@@ -1,7 +1,7 @@
 """Section 5 (memory): training full FLUX.1-dev depth on 24, 16 and 12 GiB cards, bf16 and fp8 bases.
 
 Everything runs through the node's own code path, `TrainingSession`
-(nodes/train_session.py): the memory plan and its automatic choice of how
+(integration/training/session.py): the memory plan and its automatic choice of how
 much of the model stays on the GPU (model_on_gpu_gb = 0), the basis
 decomposition in the memory the plan leaves, ComfyUI's partial loading
 for what does not fit, gradient checkpointing, the reference objective.

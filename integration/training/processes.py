@@ -3,7 +3,7 @@
 torchrun starts one process per GPU and tells each its RANK, LOCAL_RANK
 and WORLD_SIZE. Each process trains on GPU LOCAL_RANK (NCCL between
 them) or on the CPU (gloo), with its own copy of the frozen base; what
-they share per step is qrlora_core/training/parallel.py's. A signal
+they share per step is qrlora_core/training/distributed.py's. A signal
 (SIGINT, SIGTERM) to any process only raises a flag; after every
 optimizer step the processes agree (one all-reduce of the flags) and all
 stop at that same step, so process 0 keeps a checkpoint of a state every
@@ -17,7 +17,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from ...qrlora_core.training.parallel import DataParallel
+from ...qrlora_core.training.distributed import StepShare
 
 
 class Launch:
@@ -48,8 +48,8 @@ class Launch:
             kwargs = {} if self.cpu else {"device_id": torch.device("cuda", self.local_rank)}
             dist.init_process_group(backend, **kwargs)
 
-    def parallel(self, batch_size: int, grad_accumulation: int) -> DataParallel | None:
-        return DataParallel(batch_size, grad_accumulation) if self.distributed else None
+    def parallel(self, batch_size: int, grad_accumulation: int) -> StepShare | None:
+        return StepShare(batch_size, grad_accumulation) if self.distributed else None
 
     def broadcast(self, value):
         """Process 0's `value` on every process (a picklable object; tensors travel inside it)."""
@@ -99,6 +99,6 @@ class StopFlag:
         self.requested, self._first = True, now
         self.say(f"{signal.Signals(signum).name}: stopping after this step (a checkpoint is kept); send it again to stop at once.")
 
-    def agreed(self, parallel: DataParallel | None, device) -> bool:
+    def agreed(self, parallel: StepShare | None, device) -> bool:
         """Whether to stop now: this process's flag, or any process's in a parallel run."""
         return self.requested if parallel is None else parallel.any(self.requested, device)

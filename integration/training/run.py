@@ -21,7 +21,7 @@ from ...qrlora_core.errors import AdapterError
 from ...qrlora_core.formats import save_native
 from ...qrlora_core.training import TrainConfig
 from ...qrlora_core.training import config as settings
-from ...qrlora_core.training.session import NonFiniteLoss
+from ...qrlora_core.training.step_loop import NonFiniteLoss
 from .. import files
 from . import fit
 from .samples import SamplePreviews
@@ -130,7 +130,7 @@ def train_to_files(model, latents, positive, config: TrainConfig, existing=None,
 
     Interrupted: keeps what was trained (a checkpoint), then re-raises.
     Diverged: keeps the last good state and says so. `parallel`: a
-    DataParallel run, in which only process 0 writes files (and makes the
+    StepShare run, in which only process 0 writes files (and makes the
     sample images, when `samples` (SampleSettings) asks for them).
     """
     writes = parallel is None or parallel.main

@@ -20,7 +20,7 @@ interrupt button are ComfyUI's. Release takes every wrapper and rewrite
 off the shared model, whatever happened.
 
 A data parallel run (processes.py) passes `parallel`
-(qrlora_core/training/parallel.py): the basis comes from process 0, each
+(qrlora_core/training/distributed.py): the basis comes from process 0, each
 micro-batch's loss covers this process's share of the samples, and the
 step loop sums gradients over the processes; nothing else changes.
 
@@ -54,7 +54,7 @@ from ...qrlora_core.training import TrainConfig, TrainTargets, select
 from ...qrlora_core.training.buckets import describe, group_by_size
 from ...qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
 from ...qrlora_core.training.out_of_place import OutOfPlaceForwards
-from ...qrlora_core.training.session import StepLoop
+from ...qrlora_core.training.step_loop import StepLoop
 from ...qrlora_core.training.state import TrainingState, read_training_state
 from .. import files, keymap
 from ..targets import resolve_targets
@@ -263,7 +263,7 @@ class TrainingSession:
     `wrappers(where) -> {weight key: module}` and `parameters()` to train
     instead of fresh QR-LoRA targets (the bench's stock LoRA), on the layers
     `choose_targets` picks. Use as a context manager: setup on entry,
-    release on exit. `parallel`: a DataParallel to train on several
+    release on exit. `parallel`: a StepShare to train on several
     processes at once (None: this process alone).
     """
 

@@ -1,7 +1,8 @@
 """QR-LoRA training in PEFT's layout: config (settings and their help),
 layer (the math of one trained layer), model (choosing and building targets),
-objective (the losses), session (the step loop), out_of_place (autograd-safe
-residual updates). Plain PyTorch; the ComfyUI side is nodes/train_session.py."""
+objective (the losses), step_loop (the optimizer steps), distributed (one step
+shared by several processes), out_of_place (autograd-safe residual updates).
+Plain PyTorch; the ComfyUI side is integration/training/."""
 
 from .config import PRESETS, TrainConfig
 from .layer import QRDelta, QRWeightWrapper

@@ -15,7 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from ..errors import AdapterError
 from ..formats import PRECISIONS
 from .objective import OBJECTIVES, REFERENCE
-from .session import OPTIMIZERS
+from .step_loop import OPTIMIZERS
 
 # The paper's targets on canonical adapter names, in both spellings:
 # diffusers-style `transformer.transformer_blocks.0.attn.to_q` (Flux, SD3) and

@@ -2,7 +2,7 @@
 
 Works on plain data: a dict of canonical adapter names -> base weight (a
 2-D view, row slices of fused matrices included) and, for wiring, names ->
-(weight key, row range or None). The ComfyUI side (nodes/train.py) supplies
+(weight key, row range or None). The ComfyUI side (integration/training/session.py) supplies
 both from the model's own LoRA key map. The basis comes from a
 `BasisStore`, so a second training on the same base loads it from disk.
 """

@@ -125,7 +125,7 @@ def test_flux_gradients_are_right_with_and_without_checkpointing(pack, folders, 
     differences of the loss along a random direction, in float64 arithmetic
     on the loss (the model runs in float32).
     """
-    from comfyui_qrlora.qrlora_core.training.session import Draws
+    from comfyui_qrlora.qrlora_core.training.step_loop import Draws
 
     base = models.patcher("flux")
     latents, positive = inputs("flux", rng)
@@ -165,7 +165,7 @@ def _raw_flux(run, x_t, sigma, caption, guidance):
 
 def test_flow_loss_is_the_velocity_mse_of_the_reference(pack, folders, rng):
     """The loss the trainer reports for Flux is |v - (noise - x0)|² at x_t = (1 - sigma) x0 + sigma noise, sigma in (0, 1], guidance 1."""
-    from comfyui_qrlora.qrlora_core.training.session import Draws
+    from comfyui_qrlora.qrlora_core.training.step_loop import Draws
 
     latents, positive = inputs("flux", rng, images=3)
     seed = int(torch.randint(0, 2**31, (1,), generator=rng))
@@ -188,7 +188,7 @@ def test_flow_loss_is_the_velocity_mse_of_the_reference(pack, folders, rng):
 
 def test_epsilon_loss_is_the_dreambooth_noise_mse(pack, folders, rng):
     """SD1.5: |eps_pred - noise|² at x_t = sqrt(a) x0 + sqrt(1 - a) noise, a = alphas_cumprod at a uniform integer timestep."""
-    from comfyui_qrlora.qrlora_core.training.session import Draws
+    from comfyui_qrlora.qrlora_core.training.step_loop import Draws
 
     latents, positive = inputs("sd15", rng)
     seed = int(torch.randint(0, 2**31, (1,), generator=rng))
@@ -213,7 +213,7 @@ def test_epsilon_loss_is_the_dreambooth_noise_mse(pack, folders, rng):
 @pytest.mark.parametrize("arch", ["flux", "sd15"])
 def test_comfyui_objective_option_compares_x0_on_the_sampling_schedule(pack, folders, arch, rng):
     from comfyui_qrlora.qrlora_core.training.objective import COMFYUI
-    from comfyui_qrlora.qrlora_core.training.session import Draws
+    from comfyui_qrlora.qrlora_core.training.step_loop import Draws
 
     latents, positive = inputs(arch, rng)
     seed = int(torch.randint(0, 2**31, (1,), generator=rng))

@@ -102,7 +102,7 @@ def test_qrlora_core_is_plain_pytorch():
         comfy = sorted(m for m in sys.modules if m.split(".")[0] in ("comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes"))
         print(json.dumps({{"imported": names, "comfy": comfy}}))
     """, cwd=os.path.dirname(ROOT))
-    assert f"{host.PACKAGE}.qrlora_core.training.session" in found["imported"]
+    assert f"{host.PACKAGE}.qrlora_core.training.step_loop" in found["imported"]
     assert found["comfy"] == []
 
 

@@ -255,7 +255,7 @@ def test_flow_sigmas_are_the_reference_training_grid():
 
 
 def _loop(parameters, **overrides):
-    from comfyui_qrlora.qrlora_core.training.session import StepLoop
+    from comfyui_qrlora.qrlora_core.training.step_loop import StepLoop
 
     settings_ = {"optimizer": "SGD", "learning_rate": 1.0, "weight_decay": 0.0, "grad_accumulation": 3, "max_grad_norm": 0.0, "seed": 0}
     settings_.update(overrides)
@@ -280,7 +280,7 @@ def test_clipping_limits_the_global_gradient_norm(rng):
 
 
 def test_non_finite_loss_stops_before_the_update(rng):
-    from comfyui_qrlora.qrlora_core.training.session import NonFiniteLoss
+    from comfyui_qrlora.qrlora_core.training.step_loop import NonFiniteLoss
 
     p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     losses = iter([torch.tensor(1.0, dtype=torch.float64), torch.tensor(float("nan"), dtype=torch.float64)])
@@ -290,7 +290,7 @@ def test_non_finite_loss_stops_before_the_update(rng):
 
 
 def test_draws_are_seeded_and_independent_of_the_global_rng():
-    from comfyui_qrlora.qrlora_core.training.session import Draws
+    from comfyui_qrlora.qrlora_core.training.step_loop import Draws
 
     def sample(seed):
         d = Draws(seed)
@@ -376,9 +376,9 @@ def test_rewritten_source_is_python_3_10_syntax_and_keeps_line_numbers():
 
 @pytest.mark.parametrize("batch, accumulation, processes", [(1, 4, 2), (2, 3, 2), (4, 1, 2), (3, 1, 2), (1, 1, 2), (2, 2, 4), (5, 3, 3)])
 def test_data_parallel_shares_every_sample_of_a_step_exactly_once(batch, accumulation, processes, rng):
-    from comfyui_qrlora.qrlora_core.training.parallel import DataParallel
+    from comfyui_qrlora.qrlora_core.training.distributed import StepShare
 
-    shares = [DataParallel(batch, accumulation, rank=k, world=processes) for k in range(processes)]
+    shares = [StepShare(batch, accumulation, rank=k, world=processes) for k in range(processes)]
     for step in range(3):
         sizes = [int(torch.randint(1, batch + 1, (1,), generator=rng)) for _ in range(accumulation)]  # small buckets draw fewer
         for size in sizes:

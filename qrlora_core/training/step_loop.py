@@ -4,7 +4,7 @@
 gradient accumulation (the mean of `grad_accumulation` micro-batches),
 the non-finite loss check (before the update, so a NaN never reaches ΔR),
 clipping of the global gradient norm, and the optimizer step. The host
-(nodes/train_session.py) supplies the micro-batch loss, the interrupt
+(integration/training/session.py) supplies the micro-batch loss, the interrupt
 check and what to do after each step (progress, checkpoints).
 
 The draws (images, timestep fractions, noise) come from one seeded

@@ -35,7 +35,7 @@ import torch.distributed as dist
 BUCKET_BYTES = 64 * 2**20  # gradients sent per all-reduce call
 
 
-class DataParallel:
+class StepShare:
     """The hooks a training session and its StepLoop take to train on `world` processes at once."""
 
     def __init__(self, batch_size: int, grad_accumulation: int, group=None, rank: int | None = None, world: int | None = None):
@@ -117,7 +117,7 @@ class DataParallel:
 class SharedBasis:
     """A BasisStore whose get_or_build runs on process 0 only; the others receive its Qs."""
 
-    def __init__(self, store, parallel: DataParallel):
+    def __init__(self, store, parallel: StepShare):
         self.store, self.parallel = store, parallel
 
     def get_or_build(self, weights: dict, rank: int, method: str = "auto", progress=None, device=None, memory_budget=None) -> tuple[str, dict, dict]:
