@@ -12,15 +12,15 @@ from ..qrlora_core.formats import BASIS_ID_KEY
 from ..qrlora_core.safefile import content_id, header_of
 
 LORAS = "loras"
-BASES = "qrlora_bases"
+BASIS_FOLDER = "qrlora_bases"
 EXTENSION = ".safetensors"
 COUNTER_LIMIT = 99_999  # <prefix>_00001 ... <prefix>_99999
 
-folder_paths.add_model_folder_path(BASES, os.path.join(folder_paths.models_dir, BASES))
+folder_paths.add_model_folder_path(BASIS_FOLDER, os.path.join(folder_paths.models_dir, BASIS_FOLDER))
 
 
 def basis_store() -> BasisStore:
-    return BasisStore(folder_paths.get_folder_paths(BASES)[0])
+    return BasisStore(folder_paths.get_folder_paths(BASIS_FOLDER)[0])
 
 
 def _check_relative(name: str) -> None:

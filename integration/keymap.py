@@ -61,9 +61,9 @@ def target_shape(model_patcher, target) -> tuple[int, int]:
 
 
 def target_weight(model_patcher, target):
-    """The weight (or its row slice) a target addresses as this patcher makes it (see base_weight), 2-D."""
+    """The weight (or its row slice) a target addresses as this patcher makes it (see patched_weight), 2-D."""
     key, offset = split_target(target)
-    return rows_of(base_weight(model_patcher, key), offset)
+    return rows_of(patched_weight(model_patcher, key), offset)
 
 
 def rows_of(weight, offset):
@@ -96,7 +96,7 @@ def named_targets(model_patcher) -> dict:
     return {k: v for k, v in sorted(names.items()) if convert_of(v) is None and _is_trainable(state.get(split_target(v)[0]))}
 
 
-def base_weight(model_patcher, key: str):
+def patched_weight(model_patcher, key: str):
     """A weight as this patcher makes it: its own patches applied, none that another clone left in place.
 
     ComfyUI patches the one shared model in place for whichever clone was

@@ -11,7 +11,7 @@ TRAINING_CATEGORY = CATEGORY + "/training"
 STRENGTH_RANGE = {"min": -4.0, "max": 4.0, "step": 0.01}
 
 
-def describe(adapter: QRLoRA) -> str:
+def describe_adapter(adapter: QRLoRA) -> str:
     s = adapter.summary()
     parts = [f"{s['format']} · rank {s['rank']} · alpha {s['alpha']:g} · {s['layers']} layers · {s['parameters']:,} ΔR values"]
     if s["trigger_words"]:

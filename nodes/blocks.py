@@ -2,8 +2,8 @@
 
 from comfy_api.latest import io
 
-from ..qrlora_core.blocks import PRESETS, apply_block_weights
-from .adapter_socket import CATEGORY, QRLoRAType, describe
+from ..qrlora_core.blocks import BLOCK_PRESETS, apply_block_weights
+from .adapter_socket import CATEGORY, QRLoRAType, describe_adapter
 
 
 class QRLoRABlockWeights(io.ComfyNode):
@@ -17,7 +17,7 @@ class QRLoRABlockWeights(io.ComfyNode):
                         "Put one before Merge ΔR per adapter, or before Apply to Model.",
             inputs=[
                 QRLoRAType.Input("qr_lora"),
-                io.Combo.Input("preset", options=list(PRESETS), default=next(iter(PRESETS)), tooltip="A named split; used when the text below is empty."),
+                io.Combo.Input("preset", options=list(BLOCK_PRESETS), default=next(iter(BLOCK_PRESETS)), tooltip="A named split; used when the text below is empty."),
                 io.String.Input("block_weights", default="", multiline=True,
                                 tooltip="When not empty, used instead of the preset: entries like OUT01=0, IN04-IN08=0.5, D0-9=1, S=0.3, EARLY=1, LATE=0, *=1, "
                                         "or a LoRA Block Weight vector (17/26 values for SD1.x, 12/20 for SDXL). See the README."),
@@ -27,7 +27,7 @@ class QRLoRABlockWeights(io.ComfyNode):
 
     @classmethod
     def execute(cls, qr_lora, preset, block_weights) -> io.NodeOutput:
-        spec = block_weights if block_weights.strip() else PRESETS[preset]
+        spec = block_weights if block_weights.strip() else BLOCK_PRESETS[preset]
         weighted, used = apply_block_weights(qr_lora, spec)
         text = "block weights: " + ", ".join(f"{block} {weight:g}" for block, weight in used.items())
-        return io.NodeOutput(weighted, text, ui={"text": [text + "\n" + describe(weighted)]})
+        return io.NodeOutput(weighted, text, ui={"text": [text + "\n" + describe_adapter(weighted)]})

@@ -7,7 +7,7 @@ from ..qrlora_core.formats import load_adapter
 from ..qrlora_core.metadata import trigger_words
 from ..qrlora_core.reference_formats import is_q_and_r_file
 from ..integration import files, reference
-from .adapter_socket import CATEGORY, QRLoRAType, describe
+from .adapter_socket import CATEGORY, QRLoRAType, describe_adapter
 
 
 class QRLoRALoader(io.ComfyNode):
@@ -50,5 +50,5 @@ class QRLoRALoader(io.ComfyNode):
             adapter = reference.load_q_and_r(path, model, lora_name)
         else:
             adapter = load_adapter(path, basis_loader=files.basis_store().load, source=lora_name)
-        info = describe(adapter)
+        info = describe_adapter(adapter)
         return io.NodeOutput(adapter, info, trigger_words(adapter), ui={"text": [info], "qrlora": [adapter.summary()]})

@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from ..qrlora_core.errors import require_finite
 from ..qrlora_core.merge import merge
-from .adapter_socket import CATEGORY, QRLoRAType, STRENGTH_RANGE, describe
+from .adapter_socket import CATEGORY, QRLoRAType, STRENGTH_RANGE, describe_adapter
 
 MAX_ADAPTERS = 8
 REQUIRED_ADAPTERS = 2
@@ -38,5 +38,5 @@ class QRLoRAMerge(io.ComfyNode):
         pairs = [(a, w) for a, w in pairs if a is not None]
         require_finite(**{f"weight_{i}": kwargs.get(f"weight_{i}") for i in range(1, MAX_ADAPTERS + 1)})
         merged, report = merge([a for a, _ in pairs], [w for _, w in pairs])
-        text = report.text() + "\n" + describe(merged)
+        text = report.text() + "\n" + describe_adapter(merged)
         return io.NodeOutput(merged, text, ui={"text": [text]})

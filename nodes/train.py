@@ -17,7 +17,7 @@ from ..integration.targets import patches_for, resolve_targets
 from ..integration.training.run import loss_curve, train_to_files
 from ..qrlora_core.training import TrainConfig
 from ..qrlora_core.training import config as settings
-from .adapter_socket import TRAINING_CATEGORY, QRLoRAType, describe
+from .adapter_socket import TRAINING_CATEGORY, QRLoRAType, describe_adapter
 from .train_samples import SampleSettingsType
 
 LossMap = io.Custom("LOSS_MAP")  # ComfyUI's loss history type: {"loss": [float, ...]}
@@ -100,7 +100,7 @@ class QRLoRATrain(io.ComfyNode):
             f"Trained {len(targets.layers)} layers ({targets.trainable_count():,} ΔR values) for {config.steps} steps: "
             f"loss {losses[0]:.4g} -> {losses[-1]:.4g}. Saved {name}.",
             *run.session.notes,
-            describe(adapter),
+            describe_adapter(adapter),
         ])
         preview = ui.PreviewImage(curve, cls=cls).as_dict()
         summary = {"file": name, "steps": total, "losses": losses, "layers": len(targets.layers), "trained_values": targets.trainable_count()}

@@ -43,7 +43,7 @@ LBW_ORDERS = {  # length of a LoRA Block Weight vector -> its blocks after BASE
     20: [f"IN{i:02}" for i in range(9)] + ["MID"] + [f"OUT{i:02}" for i in range(9)],
 }
 
-PRESETS = {  # name -> spec; shown on the node, editable in its text box
+BLOCK_PRESETS = {  # name -> spec; shown on the node, editable in its text box
     "all blocks": "*=1",
     "early half only (content)": "EARLY=1, LATE=0",
     "late half only (style)": "EARLY=0, LATE=1",

@@ -14,7 +14,7 @@ import os
 
 SPEC_VERSION = "1.0.0"
 IMPLEMENTATION = "https://arxiv.org/abs/2507.04599"  # QR-LoRA; files written by comfyui-qrlora
-BASES = {  # base -> (architecture id, its reference implementation)
+BASE_MODELS = {  # base -> (architecture id, its reference implementation)
     "flux": ("flux-1-dev", "https://github.com/black-forest-labs/flux"),
     "sd3": ("stable-diffusion-v3-medium", "https://github.com/Stability-AI/sd3.5"),
     "sdxl": ("stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models"),
@@ -47,7 +47,7 @@ def _base_from(in_features: dict) -> str | None:
 def modelspec(adapter, path: str, network: str) -> dict:
     """`modelspec.*` keys for a file at `path`; `network` is 'qr-lora' (our formats) or 'lora' (exports)."""
     base = base_of(adapter)
-    architecture, _ = BASES.get(base, ("unknown", None))
+    architecture, _ = BASE_MODELS.get(base, ("unknown", None))
     meta = {
         "modelspec.sai_model_spec": SPEC_VERSION,
         "modelspec.architecture": f"{architecture}/{network}",
@@ -70,7 +70,7 @@ def modelspec(adapter, path: str, network: str) -> dict:
 
 def basis_modelspec(basis_id: str, qs: dict) -> dict:
     """`modelspec.*` keys for a shared basis file (Q per layer of one base model and rank)."""
-    architecture, _ = BASES.get(_base_from(dict.fromkeys(qs)), ("unknown", None))
+    architecture, _ = BASE_MODELS.get(_base_from(dict.fromkeys(qs)), ("unknown", None))
     return {
         "modelspec.sai_model_spec": SPEC_VERSION,
         "modelspec.architecture": f"{architecture}/qr-lora-basis",

@@ -51,7 +51,7 @@ from ...qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, rank_fits, work
 from ...qrlora_core.errors import AdapterError
 from ...qrlora_core.formats import load_adapter
 from ...qrlora_core.training import TrainConfig, TrainTargets, select
-from ...qrlora_core.training.buckets import describe, group_by_size
+from ...qrlora_core.training.buckets import describe_buckets, group_by_size
 from ...qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
 from ...qrlora_core.training.out_of_place import OutOfPlaceForwards
 from ...qrlora_core.training.step_loop import StepLoop
@@ -122,7 +122,7 @@ def base_weights(model, where: dict, device=None) -> dict:
     full, out = {}, {}
     for name, (key, offset) in where.items():
         if key not in full:
-            full[key] = keymap.base_weight(model, key)
+            full[key] = keymap.patched_weight(model, key)
         out[name] = keymap.rows_of(full[key].data, offset)  # .data: no autograd graph, and a view even of a weight without versions
         if device is not None:
             out[name] = out[name].to(device)
@@ -275,7 +275,7 @@ class TrainingSession:
         self.buckets = group_by_size([x.shape for x in self.latents])  # a batch is drawn within one
         self.where, self.notes = choose_targets(model, config, existing)
         if len(self.buckets) > 1:
-            self.notes.append(describe(self.buckets, [x.shape for x in self.latents]) + "; each batch comes from one bucket.")
+            self.notes.append(describe_buckets(self.buckets, [x.shape for x in self.latents]) + "; each batch comes from one bucket.")
             logging.info(f"[QR-LoRA] training on {self.notes[-1]}")
         self.triangular = config.triangular
         fused_rows = sum(m for (m, _), (_, offset) in zip(target_shapes(model, self.where), self.where.values()) if offset is not None)

@@ -45,7 +45,7 @@ def group_by_size(shapes: list[tuple]) -> list[list[int]]:
     return list(groups.values())
 
 
-def describe(groups: list[list[int]], shapes: list[tuple]) -> str:
+def describe_buckets(groups: list[list[int]], shapes: list[tuple]) -> str:
     """'5 images in 3 buckets (latent width x height: images): 16x16: 2, 24x8: 2, 8x24: 1'."""
     sizes = ", ".join(f"{shapes[g[0]][-1]}x{shapes[g[0]][-2]}: {len(g)}" for g in groups)
     return f"{len(shapes)} images in {len(groups)} buckets (latent width x height: images): {sizes}"

@@ -23,7 +23,7 @@ from .step_loop import OPTIMIZERS
 # whose UNets number their attentions attn1 / attn2).
 _ATTENTION = r"attn\d?[._](?:to_q|to_k|to_v|to_out[._]0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
 _MLP = r"(?:ff|ff_context)[._]net[._](?:0[._]proj|2)"
-PRESETS = {
+TARGET_PRESETS = {
     "attention + MLP (paper)": rf"(?:^|[._])(?:{_ATTENTION}|{_MLP})$",
     "attention only": rf"(?:^|[._]){_ATTENTION}$",
     "custom pattern": None,
@@ -65,7 +65,7 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=True, metadata=_help(
         "Recompute activations block by block in the backward pass: much less memory, about a third more time.", record=False))
     target_preset: str = field(default="attention + MLP (paper)", metadata=_help(
-        "Which layers get a QR-LoRA: the paper's attention + MLP projections, attention only, or the pattern below.", options=tuple(PRESETS)))
+        "Which layers get a QR-LoRA: the paper's attention + MLP projections, attention only, or the pattern below.", options=tuple(TARGET_PRESETS)))
     target_pattern: str = field(default="", metadata=_help(
         "With 'custom pattern': a regular expression searched in the layer names (e.g. 'attn1?[._]to_[qkv]$'); "
         "names look like 'transformer.transformer_blocks.0.attn.to_q' (Flux, SD3) or "
@@ -117,9 +117,9 @@ class TrainConfig:
         return float(self.alpha) if self.alpha > 0 else float(self.rank)
 
     def target_regex(self) -> "re.Pattern":
-        pattern = PRESETS.get(self.target_preset, MISSING)
+        pattern = TARGET_PRESETS.get(self.target_preset, MISSING)
         if pattern is MISSING:
-            raise AdapterError(f"'{self.target_preset}' is not a target preset; choose one of: {', '.join(PRESETS)}.")
+            raise AdapterError(f"'{self.target_preset}' is not a target preset; choose one of: {', '.join(TARGET_PRESETS)}.")
         if pattern is None:
             pattern = self.target_pattern.strip()
             if not pattern:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
-from comfyui_qrlora.qrlora_core.blocks import LBW_ORDERS, PRESETS, apply_block_weights, blocks_of, parse
+from comfyui_qrlora.qrlora_core.blocks import LBW_ORDERS, BLOCK_PRESETS, apply_block_weights, blocks_of, parse
 from comfyui_qrlora.qrlora_core.errors import AdapterError
 
 SDXL = {  # kohya names of a real SDXL UNet's attention layers (two layers per block) -> their block
@@ -63,12 +63,12 @@ def named_blocks(spec: str, present: list[str]) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("layers", [SDXL, SD15, FLUX], ids=["sdxl", "sd15", "flux"])
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", list(BLOCK_PRESETS))
 def test_every_preset_scales_exactly_the_blocks_it_names(layers, preset, rng):
     adapter = adapter_with(layers, rng)
     order = {"IN": 0, "MID": 1, "OUT": 2, "D": 0, "S": 1}
     present = sorted({b for b in layers.values() if b}, key=lambda b: (order[b.rstrip("0123456789")], int(b[len(b.rstrip("0123456789")):] or 0)))
-    spec = PRESETS[preset]
+    spec = BLOCK_PRESETS[preset]
     named = named_blocks(spec, present)
     weighted, _ = apply_block_weights(adapter, spec)
     for name, block in layers.items():
