@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import AdapterError
-from .patch import delta, lora_pair
+from .patch import lora_pair
 
 
 class QRShape:
@@ -38,10 +38,6 @@ class QRTarget(QRShape):
     def up_down(self, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The same delta as an ordinary LoRA pair: up = s·Q, down = ΔR."""
         return lora_pair(self.q, self.delta_r, scale)
-
-    def delta(self, scale: float, dtype=torch.float32) -> torch.Tensor:
-        """s·Q·ΔR, the m x n matrix this target adds to its layer."""
-        return delta(self.q, self.delta_r, scale, dtype)
 
 
 @dataclass

@@ -14,12 +14,9 @@ import os
 
 SPEC_VERSION = "1.0.0"
 IMPLEMENTATION = "https://arxiv.org/abs/2507.04599"  # QR-LoRA; files written by comfyui-qrlora
-BASE_MODELS = {  # base -> (architecture id, its reference implementation)
-    "flux": ("flux-1-dev", "https://github.com/black-forest-labs/flux"),
-    "sd3": ("stable-diffusion-v3-medium", "https://github.com/Stability-AI/sd3.5"),
-    "sdxl": ("stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models"),
-    "sd2": ("stable-diffusion-v2", "https://github.com/Stability-AI/stablediffusion"),
-    "sd1": ("stable-diffusion-v1", "https://github.com/CompVis/stable-diffusion"),
+BASE_MODELS = {  # base -> modelspec.architecture
+    "flux": "flux-1-dev", "sd3": "stable-diffusion-v3-medium", "sdxl": "stable-diffusion-xl-v1-base",
+    "sd2": "stable-diffusion-v2", "sd1": "stable-diffusion-v1",
 }
 CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
@@ -47,7 +44,7 @@ def _base_from(in_features: dict) -> str | None:
 def modelspec(adapter, path: str, network: str) -> dict:
     """`modelspec.*` keys for a file at `path`; `network` is 'qr-lora' (our formats) or 'lora' (exports)."""
     base = base_of(adapter)
-    architecture, _ = BASE_MODELS.get(base, ("unknown", None))
+    architecture = BASE_MODELS.get(base, "unknown")
     meta = {
         "modelspec.sai_model_spec": SPEC_VERSION,
         "modelspec.architecture": f"{architecture}/{network}",
@@ -70,7 +67,7 @@ def modelspec(adapter, path: str, network: str) -> dict:
 
 def basis_modelspec(basis_id: str, qs: dict) -> dict:
     """`modelspec.*` keys for a shared basis file (Q per layer of one base model and rank)."""
-    architecture, _ = BASE_MODELS.get(_base_from(dict.fromkeys(qs)), ("unknown", None))
+    architecture = BASE_MODELS.get(_base_from(dict.fromkeys(qs)), "unknown")
     return {
         "modelspec.sai_model_spec": SPEC_VERSION,
         "modelspec.architecture": f"{architecture}/qr-lora-basis",

@@ -5,7 +5,7 @@ import torch
 
 from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget, delta_cosine, merge
 from comfyui_qrlora.qrlora_core.decompose import decompose
-from comfyui_qrlora.qrlora_core.patch import add_delta_
+from comfyui_qrlora.qrlora_core.patch import add_delta_, delta
 
 
 def adapter(bases, generator, alpha=None, source="a", sign_flip=False):
@@ -46,7 +46,7 @@ def test_merge_of_shared_basis_is_one_delta_r_sum(base, bases, rng):
         t = merged.targets[name]
         assert t.rank == 6  # still one rank-r ΔR per layer
         expected = content.targets[name].q.double() @ (0.8 * content.targets[name].delta_r.double() - 0.3 * style.targets[name].delta_r.double())
-        assert torch.allclose(t.delta(merged.scale, torch.float64), expected, atol=1e-5)
+        assert torch.allclose(delta(t.q, t.delta_r, merged.scale, torch.float64), expected, atol=1e-5)
 
 
 def test_merge_carries_sign_flipped_bases_into_the_reference_basis(base, bases, rng):
@@ -54,8 +54,8 @@ def test_merge_carries_sign_flipped_bases_into_the_reference_basis(base, bases, 
     merged, report = merge([a, b], [1.0, 0.5])
     assert not report.fallback
     for name in base:
-        expected = a.targets[name].delta(a.scale, torch.float64) + 0.5 * b.targets[name].delta(b.scale, torch.float64)
-        assert torch.allclose(merged.targets[name].delta(merged.scale, torch.float64), expected, atol=1e-5)
+        expected = delta(a.targets[name].q, a.targets[name].delta_r, a.scale, torch.float64) + 0.5 * delta(b.targets[name].q, b.targets[name].delta_r, b.scale, torch.float64)
+        assert torch.allclose(delta(merged.targets[name].q, merged.targets[name].delta_r, merged.scale, torch.float64), expected, atol=1e-5)
 
 
 def test_merge_of_different_bases_falls_back_to_exact_sum_and_says_so(base, bases, rng):
@@ -65,8 +65,8 @@ def test_merge_of_different_bases_falls_back_to_exact_sum_and_says_so(base, base
     assert len(report.fallback) == len(base) and not merged.shared_basis
     assert "disentanglement does not hold" in report.text()
     for name in base:
-        expected = a.targets[name].delta(1.0, torch.float64) + 2.0 * b.targets[name].delta(1.0, torch.float64)
-        assert torch.allclose(merged.targets[name].delta(merged.scale, torch.float64), expected, atol=1e-5)
+        expected = delta(a.targets[name].q, a.targets[name].delta_r, 1.0, torch.float64) + 2.0 * delta(b.targets[name].q, b.targets[name].delta_r, 1.0, torch.float64)
+        assert torch.allclose(delta(merged.targets[name].q, merged.targets[name].delta_r, merged.scale, torch.float64), expected, atol=1e-5)
 
 
 def test_zero_weight_contributes_nothing(base, bases, rng):
