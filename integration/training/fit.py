@@ -15,8 +15,7 @@ copy before the backward kernel has read it. While an offloaded run
 trains, copies therefore go on the compute stream (NUM_STREAMS = 0).
 
 The plan is made before any work, from sizes alone: the model's bytes,
-what the adapter holds (Q, ΔR, its gradient and AdamW's moments: 4·r·(m + 4n)
-bytes per target), one top-level block's weights in the training dtype
+what the adapter holds (qrlora_core/training/layer.adapter_bytes), one top-level block's weights in the training dtype
 (the copies and patched weights W' a checkpointed block holds), and
 activations scaled from ComfyUI's own inference estimate for the latent
 size (BaseModel.memory_required). The estimate errs high; what it leaves
@@ -34,6 +33,7 @@ from comfy_extras.nodes_train import find_all_highest_child_module_with_forward
 
 from ...qrlora_core.decompose import working_bytes
 from ...qrlora_core.errors import AdapterError
+from ...qrlora_core.training.layer import adapter_bytes
 
 GiB = 1024**3
 ACTIVATION_FACTOR = 3  # x ComfyUI's one-forward estimate: a checkpointed block's recompute + backward, plus the saved block inputs
@@ -109,7 +109,7 @@ def _blocks(diffusion_model) -> list:
 
 def estimate(mp, shapes: list, rank: int, latents: list, batch: int, checkpointing: bool, dtype: torch.dtype, fused_rows: int = 0) -> dict:
     """Bytes: adapter, one block's (or, without checkpointing, every block's) weight copies, activations."""
-    adapter = sum(4 * rank * (m + 4 * n) for m, n in shapes) + 4 * rank * fused_rows  # + the fused weights' stacked Qs
+    adapter = sum(adapter_bytes(m, n, rank) for m, n in shapes) + 4 * rank * fused_rows  # + the fused weights' stacked Qs
     itemsize = torch.empty((), dtype=dtype).element_size()
     blocks = _blocks(mp.model.diffusion_model)
     numels = [sum(p.numel() for p in b.parameters()) for b in blocks] or [sum(p.numel() for p in mp.model.diffusion_model.parameters())]

@@ -25,9 +25,7 @@ micro-batch's loss covers this process's share of the samples, and the
 step loop sums gradients over the processes; nothing else changes.
 
 Memory beyond the model (measured: bench/train_memory.py, bench/train_memory.md).
-Per target of m x n weights at rank r, for the whole run: Q (4·r·m bytes)
-and ΔR, its gradient and AdamW's two moments (4·4·r·n), so 4·r·(m + 4n);
-no residual and no R. Per step: each trained weight key hands its layer a
+Per target, for the whole run: qrlora_core/training/layer.adapter_bytes. Per step: each trained weight key hands its layer a
 patched W' = W + s·Q·ΔR (m x n in the training dtype) that autograd keeps
 until that layer's backward; with gradient checkpointing only one block's
 W' live at a time, without it all of them at once.

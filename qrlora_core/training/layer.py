@@ -19,6 +19,16 @@ from ..adapter import QRShape
 from ..patch import add_delta, add_delta_, add_delta_stacked
 
 
+def adapter_bytes(out_features: int, in_features: int, rank: int) -> int:
+    """What one trained m x n layer holds for the whole run, beyond the model: 4·r·(m + 4n) bytes.
+
+    All float32: Q (r·m), ΔR, its gradient and AdamW's two moments (4·r·n);
+    no residual W_res and no R, since W_res + s·Q·(R + ΔR) = W + s·Q·ΔR.
+    (dev/bench/train_memory.md measures it.)
+    """
+    return 4 * rank * (out_features + 4 * in_features)
+
+
 class QRDelta(QRShape, torch.nn.Module):
     """One target: frozen Q (m x r), trainable ΔR (r x n), scale s = alpha / rank."""
 
