@@ -24,6 +24,7 @@ from ...qrlora_core.training import config as settings
 from ...qrlora_core.training.step_loop import NonFiniteLoss
 from .. import files
 from . import fit
+from .names import checkpoint_name
 from .samples import SamplePreviews
 from .session import TrainingSession
 
@@ -40,7 +41,7 @@ class Checkpoints:
     def __init__(self, prefix: str, last_step: int):
         prefix = prefix.strip() or settings.default("filename_prefix")
         self.run = files.first_free(prefix, self._run_exists, "training runs")
-        self._check_writable(prefix, f"{self.run}_step{last_step:06}.safetensors")
+        self._check_writable(prefix, checkpoint_name(self.run, last_step))
         self.targets, self.metadata, self.training_state = None, {}, None  # training_state(steps) -> TrainingState
         self.saved_step, self.saved_name = None, None
 
@@ -70,7 +71,7 @@ class Checkpoints:
             raise AdapterError(f"Checkpoints cannot be written for the filename prefix '{prefix}' ({e.strerror or e}): check that the loras folder is writable, or choose another prefix.") from None
 
     def save(self, steps: int, loss: float | None) -> str:
-        name = f"{self.run}_step{steps:06}.safetensors"
+        name = checkpoint_name(self.run, steps)
         meta = {**self.metadata, "steps": steps}
         if loss is not None:
             meta["loss"] = loss

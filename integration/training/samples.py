@@ -25,6 +25,7 @@ import comfy.utils
 
 from ...qrlora_core.formats import atomic_write
 from .. import files
+from .names import sample_name
 
 PREVIEW_SIZE = 512  # longest side of the progress preview
 
@@ -78,12 +79,12 @@ class SamplePreviews:
         """After optimizer step `step` of the run, `total` steps of the adapter's training."""
         images = session.between_steps(self.settings.generate)
         for k, (prompt, image) in enumerate(zip(self.settings.prompts, images), start=1):
-            name = f"{self.run}_step{total:06}_sample{k}.png"
+            name = sample_name(self.run, total, k)
             _save_png(image, files.output_path(name, ".png"), {"prompt": prompt, "seed": str(self.settings.seed), "steps": str(total)})
             self.files.append({"step": total, "prompt": prompt, "file": name})
         self.shown += ui.ImageSaveHelper.save_images(images, filename_prefix="qrlora_samples/sample", folder_type=io.FolderType.temp,
                                                      cls=None, compress_level=1)
-        logging.info(f"[QR-LoRA] step {total}: {len(images)} sample image(s) saved next to the checkpoints ({self.run}_step{total:06}_sample*.png)")
+        logging.info(f"[QR-LoRA] step {total}: {len(images)} sample image(s) saved next to the checkpoints ({sample_name(self.run, total, '*')})")
         self.progress.update_absolute(step, None, ("PNG", _strip(images), PREVIEW_SIZE))
 
 
