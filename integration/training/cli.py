@@ -29,7 +29,6 @@ from ...qrlora_core.training import TrainConfig
 from ...qrlora_core.training import config as settings
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # integration/training/ -> the pack
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 EXIT_INTERRUPTED, EXIT_BAD_INPUT = 130, 2
 
 
@@ -59,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--data", help="encoded latents + captions (.safetensors, written by --save-data)")
     data.add_argument("--images", help="a folder of images, each with its caption in a .txt file of the same name")
     data.add_argument("--caption", default="", help="caption of the images without a .txt file (with your trigger word)")
-    data.add_argument("--resolution", type=int, default=512, help="--images are scaled to cover RESOLUTION x RESOLUTION and centre-cropped")
+    data.add_argument("--resolution", type=int, default=512, help="--images are resized to the aspect-ratio bucket of about RESOLUTION² pixels nearest each (as QR-LoRA Training Data does)")
     data.add_argument("--save-data", help="encode --images into this .safetensors file and stop (then train from it with --data)")
 
     train = p.add_argument_group("training settings (the Train QR-LoRA node's inputs; --batch-size is the global batch)")
@@ -159,41 +158,19 @@ def load_encoders(args):
     return clip, vae
 
 
-def encode_images(folder: str, clip, vae, caption: str, resolution: int) -> tuple[list, list, list[str]]:
-    """([LATENT], [CONDITIONING], texts) of a folder of images and .txt captions, as VAE Encode and CLIP Text Encode give them."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageOps
+def encode_images(folder: str, clip, vae, caption: str, resolution: int):
+    """The folder as QR-LoRA Training Data encodes it (data.py), read by ComfyUI's own "Load Image and Text Dataset from Folder"."""
+    from comfy_extras.nodes_dataset import LoadImageTextDataSetFromFolderNode
 
-    import comfy.utils
+    from .data import encode
 
     if not os.path.isdir(folder):
         raise AdapterError(f"{folder} is not a folder: give the folder that holds the training images.")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
-    if not names:
-        raise AdapterError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): put the training images there.")
-    latents, positive, texts, encoded = [], [], [], {}
-    for name in names:
-        stem = os.path.join(folder, os.path.splitext(name)[0])
-        text = caption.strip()
-        if os.path.isfile(stem + ".txt"):
-            with open(stem + ".txt", encoding="utf-8", errors="replace") as f:
-                text = f.read().strip() or text
-        if not text:
-            raise AdapterError(f"{name} has no caption ({os.path.basename(stem)}.txt) and --caption is empty: write one with your trigger word.")
-        try:
-            with Image.open(os.path.join(folder, name)) as image:
-                pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.float32) / 255.0
-        except OSError as e:
-            raise AdapterError(f"{name} cannot be read as an image ({e}); remove it from the folder or save it again.") from None
-        image = torch.from_numpy(pixels)[None]
-        image = comfy.utils.common_upscale(image.movedim(-1, 1), resolution, resolution, "lanczos", "center").movedim(1, -1)  # the stock Upscale Image node
-        latents.append({"samples": vae.encode(image)})
-        if text not in encoded:
-            encoded[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
-        positive.append(encoded[text])
-        texts.append(text)
-    return latents, positive, texts
+    try:
+        images, captions = LoadImageTextDataSetFromFolderNode.execute(os.path.abspath(folder)).args  # an absolute path: any folder
+    except ValueError:  # the stock loader's "No valid images found in input"
+        raise AdapterError(f"{folder} holds no images (.png, .jpg, .jpeg, .webp): put the training images there.") from None
+    return encode(images, captions, vae, clip, resolution, caption)
 
 
 # ------------------------------------------------------------ the run
@@ -242,7 +219,9 @@ def _train(args, config: TrainConfig, launch, say) -> int:
         if launch.main:  # encoded once, by process 0; the others train on its latents and captions
             with torch.inference_mode():  # as ComfyUI runs VAE Encode and CLIP Text Encode: no graph kept
                 clip, vae = load_encoders(args)
-                encoded = encode_images(args.images, clip, vae, args.caption, args.resolution)
+                data = encode_images(args.images, clip, vae, args.caption, args.resolution)
+                say(f"Training data: {data.report(args.resolution)}")
+                encoded = (data.latents, data.positive, data.texts)
             del clip, vae
         latents, positive, texts = launch.broadcast(encoded)
         if args.save_data:
