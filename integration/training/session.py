@@ -83,12 +83,7 @@ def captions_per_image(positive: list, images: int) -> list:
 
 def trainable_targets(model) -> dict:
     """name -> (weight key, row slice or None) for every layer a QR-LoRA can train."""
-    out = {}
-    for name, value in keymap.named_targets(model).items():
-        if isinstance(value, tuple) and len(value) > 2 and value[2] is not None:
-            continue  # stored in another layout than the adapter's (e.g. swapped scale/shift halves)
-        out[name] = keymap.split_target(value)
-    return out
+    return {name: keymap.split_target(value) for name, value in keymap.named_targets(model).items()}  # layout-converted ones are left out there
 
 
 def choose_targets(model, config: TrainConfig, existing=None) -> tuple[dict, list[str]]:
