@@ -15,7 +15,7 @@ import torch
 from .decompose import decompose_many
 from .errors import AdapterError
 from .fingerprint import digest, q_digest, sketch
-from .formats import atomic_save, check_finite, check_orthonormal, read_safetensors
+from .formats import BASIS_ID_KEY, atomic_save, check_finite, check_orthonormal, read_safetensors
 from .metadata import basis_modelspec
 
 BASIS_VERSION = 1  # bump when the decomposition changes what Q it produces
@@ -92,7 +92,7 @@ class BasisStore:
     def save(self, basis_id: str, qs: dict, sketches: dict) -> None:
         tensors = {name + ".q": q.contiguous() for name, q in qs.items()}
         tensors.update({name + ".fingerprint": s for name, s in sketches.items()})
-        atomic_save(tensors, self.path(basis_id), {"qrlora.basis_id": basis_id, **basis_modelspec(basis_id, qs)})
+        atomic_save(tensors, self.path(basis_id), {BASIS_ID_KEY: basis_id, **basis_modelspec(basis_id, qs)})
 
     def get_or_build(self, weights: dict, rank: int, method: str = "auto", progress=None, device=None, memory_budget=None) -> tuple[str, dict, dict]:
         """(basis id, name -> Q, name -> sketch) for these base weights, from disk when known.

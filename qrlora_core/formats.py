@@ -183,7 +183,7 @@ def export_lora(adapter: QRLoRA, path: str, dtype=None) -> None:
         else:
             tensors[name + ".lora_up.weight"], tensors[name + ".lora_down.weight"] = up, down
             tensors[name + ".alpha"] = torch.tensor(float(down.shape[0]))
-    meta = {"ss_network_module": "networks.lora", "qrlora.exported_from": adapter.source or "merged QR-LoRA"}
+    meta = {"ss_network_module": "networks.lora", META_PREFIX + "exported_from": adapter.source or "merged QR-LoRA"}
     meta.update(modelspec(adapter, path, "lora"))
     atomic_save(tensors, path, meta)
 
