@@ -345,8 +345,8 @@ def _bound_basis(basis_id: str, names, metadata: dict, source: str, basis_loader
     stored = metadata.get(META_PREFIX + BASIS_DIGEST)
     if not stored:
         raise AdapterError(
-            f"{source} is a compact adapter without the fingerprint of its basis (written by an older version), so it cannot be "
-            "checked against the basis file: load it where it was saved and save it again, or save it without 'compact'."
+            f"{source} is a compact adapter without the fingerprint of its basis ({META_PREFIX + BASIS_DIGEST}), so it cannot be "
+            "checked against the basis file; the file is incomplete: save the adapter again, or save it without 'compact'."
         )
     qs = basis_loader(basis_id, source)
     if names <= qs.keys() and q_digest({n: qs[n] for n in names}) != stored:

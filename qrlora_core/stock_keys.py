@@ -13,9 +13,8 @@ a layer needs must be in its own tensors:
   (its mask is applied at init and in every forward, so those entries
   never move), so ΔR is used as stored in both variants.
 - native: `x.qr.q`, `x.qr.delta_r` or the packed `x.qr.delta_r_upper`, and
-  `x.qr.scale` (s = alpha / rank as float64, written since this reader
-  exists). A native layer without `x.qr.scale` is refused: its alpha lives
-  only in the file's metadata, which the stock path cannot see.
+  `x.qr.scale` (s = alpha / rank as float64: the stock path sees tensors,
+  never the file's metadata). A native layer without it is incomplete: refused.
 - compact: native without Q. Q is in a shared basis file that only the
   file's metadata names, so the stock path cannot reach it: refused.
 - Q-and-R (the reference's second script): `x.lora.up.weight` /
@@ -75,8 +74,7 @@ def read_layer(x: str, lora: dict, alpha: float | None = None) -> StockLayer | N
         )
     if scale_key not in lora:
         raise Refused(
-            "was saved before native files carried their scale per layer, so the stock loaders cannot know its alpha; "
-            "load it with the Load QR-LoRA node, or load and save it again with Save QR-LoRA"
+            f"has no scale ({NATIVE_SCALE}), so its alpha is unknown; the file is incomplete: save the adapter again with Save QR-LoRA"
         )
     q = lora[q_key]
     try:

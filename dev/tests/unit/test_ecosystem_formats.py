@@ -11,10 +11,11 @@ import torch
 from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
 from comfyui_qrlora.qrlora_core.decompose import decompose
 from comfyui_qrlora.qrlora_core.errors import AdapterError
-from comfyui_qrlora.qrlora_core.formats import export_lora, load_adapter, save_native
+from comfyui_qrlora.qrlora_core.formats import export_lora, is_q_and_r, load_adapter, save_native
 from comfyui_qrlora.qrlora_core.basis import BasisStore
 from comfyui_qrlora.qrlora_core.metadata import base_of, modelspec
-from comfyui_qrlora.qrlora_core.reference_formats import is_q_and_r, reference_tensors, resolve_q_and_r
+from comfyui_qrlora.qrlora_core.patch import delta
+from comfyui_qrlora.qrlora_core.reference_formats import reference_tensors, resolve_q_and_r
 from comfyui_qrlora.qrlora_core.stock_keys import Refused, read_layer, state_dict
 
 FLUX_NAMES = ["transformer.transformer_blocks.0.attn.to_q", "transformer.transformer_blocks.0.attn.to_out.0", "transformer.single_transformer_blocks.1.proj_mlp"]
@@ -85,7 +86,7 @@ def test_compact_and_scale_less_layers_are_refused_with_a_reason(tmp_path, weigh
         read_layer(FLUX_NAMES[0], tensors)
     save_native(adapter, path)
     tensors = {k: v for k, v in safetensors.torch.load_file(path).items() if not k.endswith(".qr.scale")}
-    with pytest.raises(Refused, match="alpha"):
+    with pytest.raises(Refused, match="alpha is unknown"):
         read_layer(FLUX_NAMES[0], tensors)
     tensors[FLUX_NAMES[0] + ".qr.scale"] = torch.tensor(float("nan"), dtype=torch.float64)
     with pytest.raises(Refused, match="not one finite number"):
@@ -121,7 +122,7 @@ def test_q_and_r_update_is_trained_product_minus_the_base_top_part(weights, rng)
     assert not missing and adapter.scale == 1.0 and not adapter.shared_basis
     for name, (q_t, r_t) in pairs.items():
         want = q_t.double() @ r_t.double() - top_part(weights[name], 4)
-        got = adapter.targets[name].delta(adapter.scale, torch.float64)
+        got = delta(adapter.targets[name].q, adapter.targets[name].delta_r, adapter.scale, torch.float64)
         assert torch.allclose(got, want, atol=1e-6), f"{name}: {(got - want).abs().max():.2e}"
 
 
@@ -162,9 +163,9 @@ def test_reference_layout_runs_as_the_reference_computes_it_and_reloads(tmp_path
         base_r, delta_r = tensors[f"{name}.lora.base_r.weight"].double(), tensors[f"{name}.lora.delta_r.weight"].double()
         residual = w.double() - q @ base_r  # what the reference's scripts keep frozen
         reference_layer = residual + q @ (base_r + delta_r)  # and what their layer computes
-        want = w.double() + adapter.targets[name].delta(adapter.scale, torch.float64)
+        want = w.double() + delta(adapter.targets[name].q, adapter.targets[name].delta_r, adapter.scale, torch.float64)
         assert torch.allclose(reference_layer, want, atol=1e-6)
-        assert torch.allclose(again.targets[name].delta(1.0, torch.float64), want - w.double(), atol=1e-6)
+        assert torch.allclose(delta(again.targets[name].q, again.targets[name].delta_r, 1.0, torch.float64), want - w.double(), atol=1e-6)
         assert torch.allclose(q @ base_r, top_part(w, 4), atol=1e-5)  # Q R is the top-r part of W
 
 
