@@ -82,7 +82,8 @@ function drawChart(canvas, losses, steps) {
     if (values.length === 1) ctx.lineTo(x(0) + 1, y(values[0]));
     ctx.stroke();
   }
-  const legend = [[RAW.replace("0.45", "1"), `loss ${losses.at(-1).toPrecision(4)}`], [SMOOTHED, `smoothed (${span} steps) ${smooth.at(-1).toPrecision(4)}`]];
+  canvas.title = `Loss per step (blue) and its moving average over ${span} steps (orange).`;
+  const legend = [[RAW.replace("0.45", "1"), `loss ${losses.at(-1).toPrecision(4)}`], [SMOOTHED, `smoothed ${smooth.at(-1).toPrecision(4)}`]];
   let at = pad.left;
   for (const [color, text] of legend) {
     ctx.fillStyle = color;
@@ -132,6 +133,8 @@ function addTrainPanel(node) {
     losses: [],
     steps: 0,
   };
+  // Drawn at the size the canvas has: again when the node is resized (and once it is first laid out).
+  new ResizeObserver(() => node.qrlora.losses.length && draw(node, panel.element.dataset.qrloraState)).observe(node.qrlora.chart);
 }
 
 function draw(node, state) {
