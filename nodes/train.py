@@ -3,9 +3,10 @@
 The node gathers its inputs and runs `train_to_files`
 (integration/training/run.py: checkpoints, the session, what went wrong),
 sending the loss, the sample images and a stop by Cancel to the page as
-they come (integration/routes.py names the events; web/train.js draws them). The base model is never written to; the MODEL
-output is the base with the trained adapter applied as ordinary patches,
-exactly what Load QR-LoRA + Apply to Model give.
+they come (integration/routes.py names the events; web/train.js draws
+them). The base model is never written to; the MODEL output is the base
+with the trained adapter applied as ordinary patches, exactly what Load
+QR-LoRA + Apply to Model give.
 """
 
 import time
