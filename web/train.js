@@ -5,6 +5,8 @@
 //   train_loss    {node, step, steps, loss, seconds}  after each step (seconds: since step 1 ended)
 //   train_samples {node, step, samples: [{prompt, file, image: {filename, subfolder, type}}]}
 //   train_stopped {node, step, file, text}             Cancel: what was kept (ComfyUI itself says only "interrupted")
+// A run that fails (ComfyUI's execution_error on this node: diverged, out of memory) shows its message here too,
+// since it says what was kept and what to change.
 // Finished, its ui payload carries `loss` (the history), `text` (the summary: "... Saved <file>.")
 // and `qrlora_samples` (every sample image), so a reloaded page shows the same.
 import { api, app, chain, addPanel, onNodeOfType, pageFacts } from "./qrlora_ui.js";
@@ -103,6 +105,7 @@ function addStyles() {
     .qrlora-train .qrlora-train-progress { color: var(--input-text, #ddd); }
     .qrlora-train .qrlora-train-result { white-space: pre-wrap; margin-top: 2px; }
     .qrlora-train .qrlora-train-result[data-qrlora-outcome="stopped"] { color: #ffb454; }
+    .qrlora-train .qrlora-train-result[data-qrlora-outcome="failed"] { color: #e57373; }
     .qrlora-train .qrlora-train-strip { margin-top: 4px; }
     .qrlora-train .qrlora-train-strip > div { color: var(--descrip-text, #999); }
     .qrlora-train .qrlora-train-strip img { height: 72px; margin-right: 2px; image-rendering: pixelated; cursor: pointer; }
@@ -205,6 +208,12 @@ function onStopped(detail, node) {
   app.extensionManager?.toast?.add({ severity: "warn", summary: `${node.title}: stopped`, detail: detail.text, life: 10_000 });
 }
 
+function onFailed(detail, node) {
+  node.qrlora.progress.textContent = `failed at step ${node.qrlora.losses.length} of ${node.qrlora.steps}`;
+  showResult(node, String(detail.exception_message ?? "").trim(), "failed");
+  draw(node, "failed");
+}
+
 function onExecuted(node, message) {
   const losses = lossHistory(message);
   if (!losses) return;
@@ -231,6 +240,10 @@ app.registerExtension({
     listen(events.train_loss, onLoss);
     listen(events.train_samples, (detail, node) => showSamples(node, detail.step, detail.samples));
     listen(events.train_stopped, onStopped);
+    api.addEventListener("execution_error", ({ detail }) => {
+      const node = ourNode({ node: detail?.node_id }, nodes.train);
+      if (node) onFailed(detail, node);
+    });
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!(await onNodeOfType(nodeType, nodeData, "train", addTrainPanel))) return;

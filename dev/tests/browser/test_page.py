@@ -367,6 +367,17 @@ def test_train_node_says_what_a_stop_kept(ui):
     ui.wait_for_selector(f".p-toast-message:has-text('{text}')", timeout=10_000)
 
 
+def test_train_node_shows_why_a_run_failed(ui):
+    """ComfyUI's execution_error for the node (e.g. a diverged run) shows on it too: its message says what was kept."""
+    text = "Training stopped at step 3: the loss became nan (it diverged); the last good state (step 2) is in qrlora/x_00001_step000002.safetensors."
+    node, _ = send_to_new_train_node(ui, [["train_loss", {"step": k, "steps": 10, "loss": 1 / k, "seconds": k}] for k in (1, 2)])
+    ui.evaluate("""([id, text]) => window.comfyAPI.api.api.dispatchCustomEvent("execution_error",
+        {prompt_id: "x", node_id: String(id), node_type: "QRLoRATrain", exception_message: text + "\\n", exception_type: "AdapterError",
+         traceback: [], executed: [], current_inputs: {}, current_outputs: []})""", [node, text])
+    assert text in panel(ui, node, "loss_curve", "failed")
+    browser.close_dialogs(ui)  # ComfyUI's own error dialog
+
+
 def test_cancel_from_the_page_says_which_checkpoint_it_kept(ui, comfy):
     """Cancel during a real run from the page: ComfyUI reports only the interrupt; the node says where the training is."""
     wf = load(ui, "qrlora_train_content")
