@@ -1,4 +1,4 @@
-// Shared helpers for the QR-LoRA node UIs: hooks, widgets, the info panel, a line chart.
+// Shared helpers for the QR-LoRA node UIs: hooks, widgets, the info panel.
 // Each node's UI lives in its own module (merge.js, loader.js, train.js, train_data.js, similarity.js).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -153,38 +153,4 @@ export function addPanel(node, name, { height = 96 } = {}) {
 export function first(message, key) {
   const value = message?.[key];
   return Array.isArray(value) ? value[0] : value;
-}
-
-/** Draw a line chart of `values` (y) against 1..n (x) into a canvas, sized to its box. */
-export function drawLineChart(canvas, values, { label = "", color = "#6cb6ff" } = {}) {
-  const ratio = window.devicePixelRatio || 1;
-  const width = Math.max(120, canvas.clientWidth || 240);
-  const height = Math.max(60, canvas.clientHeight || 100);
-  canvas.width = width * ratio;
-  canvas.height = height * ratio;
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, width, height);
-  ctx.font = "10px system-ui, sans-serif";
-  ctx.fillStyle = "#999";
-  if (!values.length) {
-    ctx.fillText("no values yet", 8, height / 2);
-    return;
-  }
-  const lo = Math.min(...values);
-  const hi = Math.max(...values);
-  const span = hi - lo || 1;
-  const pad = { left: 40, right: 6, top: 14, bottom: 14 };
-  const x = (i) => pad.left + (values.length === 1 ? 0 : (i / (values.length - 1)) * (width - pad.left - pad.right));
-  const y = (v) => pad.top + (1 - (v - lo) / span) * (height - pad.top - pad.bottom);
-  ctx.fillText(hi.toPrecision(3), 2, pad.top + 4);
-  ctx.fillText(lo.toPrecision(3), 2, height - pad.bottom);
-  ctx.fillText(`${label} · step ${values.length}: ${values.at(-1).toPrecision(4)}`, pad.left, 10);
-  ctx.strokeStyle = "#555";
-  ctx.strokeRect(pad.left, pad.top, width - pad.left - pad.right, height - pad.top - pad.bottom);
-  ctx.strokeStyle = color;
-  ctx.lineWidth = 1.5;
-  ctx.beginPath();
-  values.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
-  ctx.stroke();
 }

@@ -175,14 +175,14 @@ def train(kind: str):
               triangular=True, checkpoint_every=0, filename_prefix=f"qrlora/{kind}", trigger_words=trigger),
         ], [
             N("note", "Note", "About training", box_w=380, text=TRAIN_NOTE.format(kind=kind, trigger=trigger)),
-            N("loss", "PreviewImage", "Loss curve", box_w=380, box_h=300),
+            N("loss", "LossGraphNode", "Loss curve", box_w=380, box_h=300),
         ]),
         generate,
     ]
     links = [
         ("images", 0, "dataset", "images"), ("images", 1, "dataset", "texts"), ("vae", 0, "dataset", "vae"), ("clip", 0, "dataset", "clip"),
         ("unet", 0, "train", "model"), ("dataset", 0, "train", "latents"), ("dataset", 1, "train", "positive"),
-        ("train", 3, "loss", "images"), *generate_links,
+        ("train", 2, "loss", "loss"), *generate_links,
     ]
     return groups, links, [[("in", "images"), ("out", "save")], [("out", "loss")]]
 
@@ -211,7 +211,7 @@ def train_folder():
               gradient_checkpointing=False, target_preset="attention + MLP (paper)", target_pattern="", triangular=True,
               checkpoint_every=50, filename_prefix="qrlora/folder", trigger_words=trigger),
         ], [
-            N("loss", "PreviewImage", "Loss curve", box_w=380, box_h=300),
+            N("loss", "LossGraphNode", "Loss curve", box_w=380, box_h=300),
         ]),
         generate,
     ]
@@ -219,7 +219,7 @@ def train_folder():
         ("folder", 0, "data", "images"), ("folder", 1, "data", "captions"), ("vae", 0, "data", "vae"), ("clip", 0, "data", "clip"),
         ("unet", 0, "train", "model"), ("data", 0, "train", "latents"), ("data", 1, "train", "positive"),
         ("clip", 0, "samples", "clip"), ("vae", 0, "samples", "vae"), ("samples", 0, "train", "samples"),
-        ("train", 3, "loss", "images"), *generate_links,
+        ("train", 2, "loss", "loss"), *generate_links,
     ]
     return groups, links, [[("in", "folder"), ("out", "save")], [("out", "loss")]]
 

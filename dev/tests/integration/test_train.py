@@ -215,7 +215,7 @@ def test_interrupt_keeps_a_valid_checkpoint_and_no_partial_file(comfy, runs):
 def test_trainer_interface_and_a_wrong_setting_explained(client, base_files):
     info = client.object_info("QRLoRATrain")["QRLoRATrain"]
     assert info["display_name"] == "Train QR-LoRA" and info["category"] == "QR-LoRA/training"
-    assert info["output"] == ["QR_LORA", "MODEL", "LOSS_MAP", "IMAGE", "INT"]
+    assert info["output"] == ["QR_LORA", "MODEL", "LOSS_MAP", "INT"]  # the loss as an image: the stock Plot Loss Graph node
     from comfyui_qrlora.qrlora_core.training import config as settings
 
     from dataclasses import fields
