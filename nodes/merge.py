@@ -39,4 +39,5 @@ class QRLoRAMerge(io.ComfyNode):
         require_finite(**{f"weight_{i}": kwargs.get(f"weight_{i}") for i in range(1, MAX_ADAPTERS + 1)})
         merged, report = merge([a for a, _ in pairs], [w for _, w in pairs])
         text = report.text() + "\n" + describe_adapter(merged)
-        return io.NodeOutput(merged, text, ui={"text": [text]})
+        named = {"names": [a.source for a, _ in pairs], "weights": [w for _, w in pairs]}
+        return io.NodeOutput(merged, text, ui={"text": [text], "qrlora_mix": [named]})
