@@ -27,6 +27,7 @@ class QRLoRAMerge(io.ComfyNode):
             node_id="QRLoRAMerge",
             display_name="Merge ΔR",
             category=CATEGORY,
+            is_output_node=True,  # an output: run (and its report shown) even when all of it comes from the cache
             description="Mixes QR-LoRA adapters of the same base model: one ΔR sum per layer when they share the basis Q.",
             inputs=inputs,
             outputs=[QRLoRAType.Output(display_name="qr_lora"), io.String.Output(display_name="report")],

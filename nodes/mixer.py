@@ -81,6 +81,7 @@ class QRLoRAMixer(io.ComfyNode):
             node_id="QRLoRAMixer",
             display_name="Mix QR-LoRAs",
             category=CATEGORY,
+            is_output_node=True,  # an output: run (and its report shown) even when all of it comes from the cache
             description="Mixes QR-LoRA files from the loras folder into the model in one node: a row per adapter with an on/off "
                         "toggle, a strength and its role; the same ΔR sum and basis checks as Merge ΔR.",
             inputs=[
@@ -97,8 +98,11 @@ class QRLoRAMixer(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, rows, model=None, prompt=None):
-        """Refuse at queue time (HTTP 400, shown on the node) rows that are not well formed or name no file in loras."""
+    def validate_inputs(cls, rows):
+        """Refuse at queue time (HTTP 400, shown on the node) rows that are not well formed or name no file in loras.
+
+        Only `rows` is named: ComfyUI reports a refusal once for every input the check names.
+        """
         try:
             for row in parse_rows(rows):
                 if row.on:

@@ -46,7 +46,7 @@ export function weightsFromBalance(b) {
 }
 
 /** The balance that gives (w1, w2), or null when no balance does (weights set by hand outside its line). */
-export function balanceFromWeights(w1, w2) {
+function balanceFromWeights(w1, w2) {
   if (Math.abs(w1 - 1) < 1e-6 && w2 >= 0 && w2 <= 1) return w2 / 2;
   if (Math.abs(w2 - 1) < 1e-6 && w1 >= 0 && w1 <= 1) return 1 - w1 / 2;
   return null;
@@ -160,8 +160,6 @@ function setup(node) {
   for (const name of ["weight_1", "weight_2"]) chain(widget(node, name), "callback", () => syncBalance(node));
   const report = addPanel(node, "mix_report", { height: 40 });
   report.note("After a run: how the adapters were mixed.");
-  const last = node.properties.qrloraReport;
-  if (last) showReport(node, report, last);
   node.qrlora = { balance, more, less, report, refresh: () => refresh(node) };
   refresh(node);
 }

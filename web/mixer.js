@@ -54,6 +54,7 @@ function rowsFromWidgets(node) {
 
 function writeRows(node) {
   widget(node, "rows").value = JSON.stringify(rowsFromWidgets(node));
+  forgetReport(node);
   showTriggerWords(node);
 }
 
@@ -107,7 +108,7 @@ async function addRow(node) {
   const files = await loraFiles();
   const role = ROLES[Math.min(rows.length, 2)];
   rows.push({ lora: rows.at(-1)?.lora ?? files[0] ?? "", on: true, strength: 1, role });
-  unmarkReport(node);
+  forgetReport(node);
   await build(node, rows);
 }
 
@@ -115,11 +116,13 @@ async function removeRow(node) {
   const rows = rowsFromWidgets(node);
   if (!rows.length) return;
   rows.pop();
-  unmarkReport(node);
+  forgetReport(node);
   await build(node, rows);
 }
 
-function unmarkReport(node) {
+/** The last run's report no longer describes the rows: the panel goes back to the trigger words. */
+function forgetReport(node) {
+  delete node.properties.qrloraReport;
   node.qrlora.report.mark("selected");
 }
 

@@ -188,9 +188,18 @@ export function addPanel(node, name, { height = 96 } = {}) {
       }
       element.replaceChildren(...parts);
       mark(state);
-      const perLine = Math.max(20, Math.floor(((node.size?.[0] ?? 300) - 30) / 6));
+      const perLine = Math.max(20, Math.floor(((node.size?.[0] ?? 300) - 30) / 7));
       const lines = [lead, ...rest].reduce((n, line) => n + Math.max(1, Math.ceil(line.length / perLine)), 0) + pairs.length;
       panel.fit(lines);
+      // The estimate above holds for a node off screen; one on screen grows by what it lacks once drawn.
+      const grow = (tries) => requestAnimationFrame(() => {
+        const lacking = element.scrollHeight - element.clientHeight;
+        if (!element.isConnected || lacking <= 1 || !tries) return;
+        least += lacking + 2;
+        fitHeight(node);
+        grow(tries - 1);
+      });
+      grow(3);
     },
     /** Make room for `lines` lines of text (the node grows; it never shrinks below the panel's least height). */
     fit(lines) {
