@@ -215,3 +215,25 @@ def test_the_mix_workflow_opens_in_the_vue_node_view_with_its_rows(ui):
     finally:
         ui.evaluate(VUE_JS, False)
         dismiss_toasts(ui)
+
+
+@pytest.mark.parametrize("view", ["classic", "vue"])
+def test_preview_as_text_shows_trigger_words_as_typed_in_both_node_views(ui, view):
+    """The stock preview renders Markdown, where <c> and <s> read as HTML tags ("a shape in ~~style~~")."""
+    typed = "a <c> shape in <s> style & more"
+    ui.evaluate(VUE_JS, view == "vue")
+    try:
+        (preview,) = ui.evaluate(ADD_NODES_JS, [["PreviewAny", 200, 100]])
+        ui.evaluate("([id, text]) => app.graph.getNodeById(id).onExecuted({text: [text]})", [preview, typed])
+        if view == "classic":
+            shown = lambda: ui.evaluate(f"() => app.graph.getNodeById({preview}).widgets.find(w => w.name === 'preview').element.innerText.trim()")
+        else:
+            shown = lambda: ui.evaluate(f"""() => document.querySelector('[data-node-id="{preview}"] .lg-node-widgets')?.innerText.trim()""")
+        for _ in range(20):
+            if shown() == typed:
+                break
+            ui.wait_for_timeout(250)
+        assert shown() == typed
+    finally:
+        ui.evaluate(VUE_JS, False)
+        dismiss_toasts(ui)
