@@ -21,10 +21,11 @@ function summaryOf(name) {
   return summaries.get(name);
 }
 
-/** The adapter files the page knows: Load QR-LoRA's list (its definition in /object_info). */
-async function loraFiles() {
+/** The adapter files the page knows: Load QR-LoRA's list (its definition in /object_info, or in `defs` when the page refreshes them). */
+async function loraFiles(defs) {
   const { nodes } = await pageFacts();
-  const spec = LiteGraph.registered_node_types[nodes.loader]?.nodeData?.input?.required?.lora_name;
+  const definition = defs?.[nodes.loader] ?? LiteGraph.registered_node_types[nodes.loader]?.nodeData;
+  const spec = definition?.input?.required?.lora_name;
   const options = Array.isArray(spec?.[0]) ? spec[0] : spec?.[1]?.options;
   return options ?? [];
 }
@@ -85,6 +86,11 @@ function addRowWidgets(node, i, row, files) {
   on.tooltip = "Off: the row is left out of the mix (its file is not even read).";
   strength.tooltip = "How much of this adapter goes into the mix (negative removes it).";
   role.tooltip = "What the adapter is for: its trigger words fill {content}, {style} or {other} in the prompt.";
+}
+
+async function refreshFiles(node, defs) {
+  const files = await loraFiles(defs);
+  for (const w of node.widgets) if (/^lora_\d+$/.test(w.name)) w.options.values = files;
 }
 
 /** Rebuild the row widgets from `rows`: rows first, then the buttons and the report. */
@@ -154,6 +160,9 @@ app.registerExtension({
         const last = this.properties?.qrloraReport;
         if (last) showReport(this, last.text, last.mix);
       });
+    });
+    chain(nodeType.prototype, "refreshComboInNode", function (defs) {
+      refreshFiles(this, defs);  // the page's refresh (R): new files in loras/ join the rows' lists
     });
     chain(nodeType.prototype, "onExecuted", function (message) {
       const text = first(message, "text");

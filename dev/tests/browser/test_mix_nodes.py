@@ -2,6 +2,7 @@
 shown, also after a cache hit), the content ↔ style balance, and both node views (the canvas and Nodes 2.0)."""
 
 import json
+import shutil
 
 import pytest
 
@@ -26,10 +27,10 @@ VUE_JS = "async (on) => { await app.extensionManager.setting.set('Comfy.VueNodes
 
 def dismiss_toasts(page):
     """Close the page's notices (they cover the Run button), saying what they were."""
-    notices = page.evaluate("() => [...document.querySelectorAll('.p-toast-message')].map(e => e.innerText)")
-    for button in page.locator(".p-toast-close-button").all():
-        button.click()
-    return notices
+    return page.evaluate("""() => {
+        const notices = [...document.querySelectorAll('.p-toast-message')].map(e => e.innerText);
+        document.querySelectorAll('.p-toast-close-button').forEach(b => b.click());
+        return notices; }""")
 
 
 def reopen(page):
@@ -237,3 +238,15 @@ def test_preview_as_text_shows_trigger_words_as_typed_in_both_node_views(ui, vie
     finally:
         ui.evaluate(VUE_JS, False)
         dismiss_toasts(ui)
+
+
+def test_the_pages_refresh_brings_new_files_into_the_mixer_rows(ui, comfy):
+    (mixer,) = ui.evaluate(ADD_NODES_JS, [["QRLoRAMixer", 200, 100]])
+    ui.wait_for_function("(id) => app.graph.getNodeById(id).qrlora?.report.element.dataset.qrloraState === 'selected'", arg=mixer)
+    show(ui, mixer)
+    click_button(ui, mixer, "+ row")
+    shutil.copy(comfy.path("models", "loras", demo_assets.STYLE), comfy.path("models", "loras", "refreshed_copy.safetensors"))
+    ui.evaluate("async () => await app.refreshComboInNodes()")
+    ui.wait_for_function(f"""() => app.graph.getNodeById({mixer}).widgets.find(w => w.name === 'lora_1').options.values
+        .includes('refreshed_copy.safetensors')""", timeout=10_000)
+    dismiss_toasts(ui)
