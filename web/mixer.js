@@ -30,13 +30,13 @@ async function loraFiles(defs) {
   return options ?? [];
 }
 
-/** The rows in the `rows` widget, or [] when it holds none (the server says what is wrong with a bad one). */
-export function readRows(node) {
+/** The rows in the `rows` widget, or null when it holds no list of rows (the server says what is wrong when queued). */
+function readRows(node) {
   try {
     const rows = JSON.parse(widget(node, "rows").value || "[]");
-    return Array.isArray(rows) ? rows.filter((r) => r && typeof r.lora === "string") : [];
+    return Array.isArray(rows) && rows.every((r) => typeof r?.lora === "string") ? rows : null;
   } catch {
-    return [];
+    return null;
   }
 }
 
@@ -95,6 +95,10 @@ async function refreshFiles(node, defs) {
 
 /** Rebuild the row widgets from `rows`: rows first, then the buttons and the report. */
 async function build(node, rows = readRows(node)) {
+  if (rows === null) {  // kept as it is, not overwritten by an empty list
+    node.qrlora.report.error(`The rows input is not a list of rows: ${widget(node, "rows").value}`);
+    return;
+  }
   const files = await loraFiles();
   const kept = node.widgets.filter((w) => !ROW_WIDGET.test(w.name));
   node.widgets = kept;
@@ -133,7 +137,7 @@ function forgetReport(node) {
 }
 
 /** The report after a run (also on a cache hit, and kept in the node's properties for the next time the workflow opens). */
-export function showReport(node, text, mix) {
+function showReport(node, text, mix) {
   const pairs = (mix?.rows ?? []).map((r) => [`${r.role} · ${r.strength.toFixed(2)}`, `${r.lora}${r.trigger_words ? ` — ${r.trigger_words}` : ""}`]);
   node.qrlora.report.report(text, pairs, "executed");
 }

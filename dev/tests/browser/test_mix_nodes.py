@@ -111,6 +111,10 @@ def test_merge_report_names_the_adapters_shows_all_of_it_and_shows_after_a_cache
     assert whole[0] <= whole[1] + 1, f"the report is cut off: {whole}"
     labels = ui.evaluate(f"() => app.graph.getNodeById({merge}).widgets.filter(w => /^weight_[12]$/.test(w.name)).map(w => w.label)")
     assert content in labels[0] and style in labels[1], labels
+    loader = ui.evaluate(f"() => app.graph.getNodeById({merge}).getInputNode(0).id")
+    ui.evaluate(SET_JS, [loader, "lora_name", "refreshed_elsewhere.safetensors"])  # a new pick upstream
+    label = ui.evaluate(f"() => app.graph.getNodeById({merge}).widgets.find(w => w.name === 'weight_1').label")
+    assert label == "refreshed_elsewhere weight", label
 
     # Opened again (a saved workflow): the last report is still there.
     reopen(ui)
