@@ -8,8 +8,10 @@ import folder_paths
 
 from ..qrlora_core.basis import BasisStore
 from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.formats import BASIS_ID_KEY
+from ..qrlora_core.formats import BASIS_ID_KEY, load_adapter
+from ..qrlora_core.reference_formats import is_q_and_r_file
 from ..qrlora_core.safefile import content_id, header_of
+from . import reference
 
 LORAS = "loras"
 BASIS_FOLDER = "qrlora_bases"
@@ -88,6 +90,14 @@ def adapter_path(name: str) -> str:
     if not _inside(path, folder_paths.get_folder_paths(LORAS)):
         raise AdapterError(f"{name} is a link to a file outside the loras folder; for safety only files inside it are loaded: copy the file into the loras folder instead.")
     return path
+
+
+def load(name: str, model=None):
+    """The adapter in loras/<name>, any format; the reference's Q-and-R files need `model`, whose weights their update depends on."""
+    path = adapter_path(name)
+    if is_q_and_r_file(path):
+        return reference.load_q_and_r(path, model, name)
+    return load_adapter(path, basis_loader=basis_store().load, source=name)
 
 
 def output_path(name: str, suffix: str = EXTENSION) -> str:

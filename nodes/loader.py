@@ -3,10 +3,8 @@
 from comfy_api.latest import io
 
 from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.formats import load_adapter
 from ..qrlora_core.metadata import trigger_words
-from ..qrlora_core.reference_formats import is_q_and_r_file
-from ..integration import files, reference
+from ..integration import files
 from .adapter_socket import CATEGORY, QRLoRAType, describe_adapter
 
 
@@ -45,10 +43,6 @@ class QRLoRALoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora_name, model=None) -> io.NodeOutput:
-        path = files.adapter_path(lora_name)
-        if is_q_and_r_file(path):
-            adapter = reference.load_q_and_r(path, model, lora_name)
-        else:
-            adapter = load_adapter(path, basis_loader=files.basis_store().load, source=lora_name)
+        adapter = files.load(lora_name, model)
         info = describe_adapter(adapter)
         return io.NodeOutput(adapter, info, trigger_words(adapter), ui={"text": [info], "qrlora": [adapter.summary()]})
