@@ -1,15 +1,18 @@
 """Adapter files in ComfyUI's folders: `loras` for adapters, `qrlora_bases` for shared bases."""
 
 import os
+import threading
 from collections import OrderedDict
 from pathlib import PurePath
 
 import folder_paths
 
+from ..qrlora_core import safefile
+from ..qrlora_core.adapter import QRLoRA
 from ..qrlora_core.basis import BasisStore
 from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.formats import BASIS_ID_KEY
-from ..qrlora_core.safefile import content_id, header_of
+from ..qrlora_core.formats import BASIS_ID_KEY, read_adapter
+from ..qrlora_core.safefile import Seen, content_id
 
 LORAS = "loras"
 BASIS_FOLDER = "qrlora_bases"
@@ -45,36 +48,141 @@ def adapter_names() -> list[str]:
     return [n for n in folder_paths.get_filename_list(LORAS) if is_adapter_name(n)]
 
 
-def identity(name: str) -> str:
-    """The content hash of an adapter file: a rewritten file is a new file, even with the same size and mtime."""
-    return content_id(adapter_path(name), name)[0]
+_lock = threading.Lock()
+_basis_ids: OrderedDict[str, str | None] = OrderedDict()  # content hash -> the basis id its header names (None: none)
+_fingerprints: OrderedDict[tuple, tuple] = OrderedDict()  # (prompt id, node id, list index) -> what fingerprint() returned
+REMEMBERED = 256
 
 
-_basis_ids: OrderedDict[str, str | None] = OrderedDict()  # adapter content hash -> the basis id its header names
+def _bounded_set(table: OrderedDict, key, value) -> None:
+    with _lock:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > REMEMBERED:
+            table.popitem(last=False)
 
 
-def basis_identity(name: str, content: str | None = None) -> str | None:
-    """The content hash of the shared basis a compact adapter names, None for other files or a missing basis.
+def _remember(path: str, seen: Seen) -> str:
+    """Keep what one read saw of a file: its hash (under its stat key) and the basis its header names; its hash."""
+    content_id.remember(path, seen)
+    _bounded_set(_basis_ids, seen.digest, (seen.metadata or {}).get(BASIS_ID_KEY))
+    return seen.digest
 
-    `content` is the adapter's own identity when the caller has it (saves hashing a new file twice).
-    """
-    content = content or identity(name)
-    if content not in _basis_ids:
-        _basis_ids[content] = header_of(adapter_path(name), name).metadata.get(BASIS_ID_KEY)
-        while len(_basis_ids) > 256:
-            _basis_ids.popitem(last=False)
-    basis_id = _basis_ids[content]
+
+def _content(path: str, name: str) -> tuple[str, str | None]:
+    """(content hash, the basis id its header names), by one read unless a read proved both for the file as it is."""
+    digest = content_id.known(path)
+    with _lock:
+        if digest is not None and digest in _basis_ids:
+            return digest, _basis_ids[digest]
+    try:
+        seen = safefile.read(path, name, wanted=lambda header: [])[2]
+    except AdapterError as e:
+        if e.seen is None:
+            raise
+        seen = e.seen  # a file refused as safetensors still has an identity
+    return _remember(path, seen), (seen.metadata or {}).get(BASIS_ID_KEY)
+
+
+def _basis_path(basis_id: str | None) -> str | None:
+    """The file of a basis a header names, None if it names none, an invalid id, or a basis not on disk."""
     if not basis_id:
         return None
-    store = basis_store()
-    path = store.path(basis_id)
-    return content_id(path, f"{basis_id}.safetensors")[0] if os.path.isfile(path) else None
+    try:
+        path = basis_store().path(basis_id)
+    except AdapterError:
+        return None
+    return path if os.path.isfile(path) else None
 
 
 def loaded_identity(name: str) -> tuple[str, str | None]:
-    """What an adapter loads to depends on: its content and, for a compact file, its basis file's content."""
-    content = identity(name)
-    return content, basis_identity(name, content)
+    """What an adapter loads to depends on: its content and, for a compact file, its basis file's content.
+
+    Content, not size and mtime: a rewritten file is a new file, even with the same size and mtime.
+    """
+    content, basis_id = _content(adapter_path(name), name)
+    basis = _basis_path(basis_id)
+    return content, None if basis is None else _content(basis, f"{basis_id}.safetensors")[0]
+
+
+def known_identity(name: str) -> tuple[str, str | None] | None:
+    """loaded_identity without reading anything: None unless earlier reads proved every part of it."""
+    content = content_id.known(adapter_path(name))
+    with _lock:
+        if content is None or content not in _basis_ids:
+            return None
+        basis = _basis_path(_basis_ids[content])
+    if basis is None:
+        return content, None
+    basis_content = content_id.known(basis)
+    return None if basis_content is None else (content, basis_content)
+
+
+def load(name: str, q_and_r=None) -> tuple[QRLoRA, tuple[str, str | None]]:
+    """(adapter, loaded_identity of the very bytes it was parsed from), reading each file once.
+
+    A refusal carries that identity too (error.identity, None where not
+    every byte it depends on was read), so refusals can be cached by it.
+    `q_and_r`: see formats.read_adapter.
+    """
+    path = adapter_path(name)
+    bases: list[tuple[str, Seen | None]] = []
+
+    def basis_loader(basis_id: str, source: str) -> dict:
+        try:
+            qs, seen = basis_store().read(basis_id, source)
+        except AdapterError as e:
+            bases.append((basis_id, e.seen))
+            raise
+        bases.append((basis_id, seen))
+        return qs
+
+    def identity(seen: Seen | None):
+        if seen is None:
+            return None
+        content, basis_id = _remember(path, seen), (seen.metadata or {}).get(BASIS_ID_KEY)
+        if _basis_path(basis_id) is None:
+            return content, None
+        if not bases or bases[0][1] is None:  # refused before its basis was read, or the basis vanished meanwhile
+            return None
+        return content, _remember(_basis_path(basis_id), bases[0][1])
+
+    try:
+        adapter, seen = read_adapter(path, basis_loader, name, q_and_r)
+    except AdapterError as e:
+        e.identity = identity(e.seen)
+        raise
+    return adapter, identity(seen)
+
+
+def _executing() -> tuple | None:
+    from comfy_execution.utils import get_executing_context
+
+    context = get_executing_context()
+    return None if context is None else (context.prompt_id, context.node_id, context.list_index)
+
+
+def fingerprint(name: str) -> tuple[str, str | None]:
+    """loaded_identity, for a node's fingerprint_inputs: kept for the prompt and node asking (see load_fingerprinted)."""
+    identity = loaded_identity(name)
+    if (node := _executing()) is not None:
+        _bounded_set(_fingerprints, node, identity)
+    return identity
+
+
+def load_fingerprinted(name: str, q_and_r=None) -> QRLoRA:
+    """load(), from the very bytes fingerprint() hashed for this prompt and node, or a refusal.
+
+    ComfyUI runs fingerprint_inputs when the prompt starts and caches what
+    execute returns under it; an adapter read from other bytes (the file
+    changed in between) would be served for that fingerprint from then on.
+    """
+    with _lock:
+        expected = _fingerprints.pop(_executing(), None)
+    adapter, identity = load(name, q_and_r)
+    if expected is not None and identity != expected:
+        raise AdapterError(f"{name} changed after this prompt started (while it waited to run): run the prompt again to use the file as it is now.")
+    return adapter
 
 
 def adapter_path(name: str) -> str:

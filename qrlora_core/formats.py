@@ -30,7 +30,7 @@ import torch
 from . import safefile
 from .adapter import QRLoRA, QRTarget
 from .decompose import rank_fits
-from .errors import AdapterError
+from .errors import AdapterError, clipped
 from .fingerprint import SKETCH_SIZE, q_digest
 from .metadata import modelspec
 
@@ -312,7 +312,7 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
     try:
         alpha = float(metadata.get(META_PREFIX + "alpha", rank))
     except ValueError:
-        raise AdapterError(f"{source}: its alpha {metadata.get(META_PREFIX + 'alpha')!r} is not a number; the file is damaged.") from None
+        raise AdapterError(f"{source}: its alpha {clipped(metadata.get(META_PREFIX + 'alpha'))!r} is not a number; the file is damaged.") from None
     if rank < 1 or not (alpha == alpha) or alpha in (float("inf"), float("-inf")):
         raise AdapterError(f"{source}: rank {rank} and alpha {alpha} do not make a valid scale; the file is damaged, save it again.")
     shared = metadata.get(META_PREFIX + "shared_basis", "1") == "1"
@@ -368,30 +368,46 @@ def _needed(kind: str, keys) -> list:
     return [k for k in keys if k.endswith(suffixes)] if suffixes else []
 
 
-def load_adapter(path: str, basis_loader=None, source: str | None = None) -> QRLoRA:
-    """Any QR-LoRA file (native, compact or published) as a QRLoRA.
+def load_adapter(path: str, basis_loader=None, source: str | None = None, q_and_r=None) -> QRLoRA:
+    """Any QR-LoRA file (native, compact or published) as a QRLoRA (read_adapter without what the read saw)."""
+    return read_adapter(path, basis_loader, source, q_and_r)[0]
 
-    `basis_loader(basis_id, source)` returns {name: Q} for compact files.
-    The format is told from the header, so a large file of another kind
-    (a checkpoint, an ordinary LoRA) is refused without reading its data.
+
+def read_adapter(path: str, basis_loader=None, source: str | None = None, q_and_r=None) -> tuple[QRLoRA, safefile.Seen]:
+    """(adapter, what the read saw): the adapter parsed from the very bytes whose hash `seen.digest` is.
+
+    `basis_loader(basis_id, source)` returns {name: Q} for compact files;
+    `q_and_r(tensors)` turns the reference's Q-and-R checkpoint into an
+    adapter (it needs the base model). The format is told from the header,
+    so the data of a file of another kind (a checkpoint, an ordinary LoRA)
+    is only hashed, never held. A refusal carries what was seen (error.seen).
     """
     source = source or os.path.basename(path)
-    kind, keys = "unknown", []
+    kind = "unknown"
 
     def wanted(header):
-        nonlocal kind, keys
-        kind, keys = detect_format(header.keys(), header.metadata), list(header.keys())
-        return _needed(kind, keys)
-
-    tensors, metadata = read_safetensors(path, wanted, name=source)
-    if kind == "published":
-        return _load_published(tensors, source)
-    if kind in ("native", "compact"):
+        nonlocal kind
+        keys = list(header.keys())
+        kind = detect_format(keys, header.metadata)
+        if kind == "q_and_r":
+            if q_and_r is None:
+                raise AdapterError(f"{source} is the QR-LoRA reference's Q-and-R checkpoint: load it with Load QR-LoRA and connect the base model to its 'model' input.")
+            return keys
+        if kind == "lora":
+            raise AdapterError(f"{source} is an ordinary LoRA, not a QR-LoRA: load it with the stock 'Load LoRA' node.")
+        if kind == "unknown":
+            raise AdapterError(f"{source} holds no QR-LoRA layers (no '*.lora.q.weight' or '*.qr.*' tensors): pick a QR-LoRA file.")
         if kind == "compact" and basis_loader is None:
             raise AdapterError(f"{source} is a compact adapter and needs its shared basis file, which nobody told us where to find.")
-        return _load_native(tensors, metadata, source, basis_loader)
-    if kind == "q_and_r":
-        raise AdapterError(f"{source} is the QR-LoRA reference's Q-and-R checkpoint: load it with Load QR-LoRA and connect the base model to its 'model' input.")
-    if kind == "lora":
-        raise AdapterError(f"{source} is an ordinary LoRA, not a QR-LoRA: load it with the stock 'Load LoRA' node.")
-    raise AdapterError(f"{source} holds no QR-LoRA layers (no '*.lora.q.weight' or '*.qr.*' tensors): pick a QR-LoRA file.")
+        return _needed(kind, keys)
+
+    tensors, metadata, seen = safefile.read(path, source, wanted)
+    try:
+        if kind == "published":
+            return _load_published(tensors, source), seen
+        if kind == "q_and_r":
+            return q_and_r(tensors), seen
+        return _load_native(tensors, metadata, source, basis_loader), seen
+    except AdapterError as e:
+        e.seen = seen
+        raise
