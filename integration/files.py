@@ -198,13 +198,28 @@ def adapter_path(name: str) -> str:
     return path
 
 
+def loras_root() -> str:
+    """The folder new files are written into (the first loras folder), which writes stay inside (formats.atomic_write's root)."""
+    return folder_paths.get_folder_paths(LORAS)[0]
+
+
+def clean_prefix(prefix: str) -> str:
+    """A filename prefix as files are named from it: each folder and name stripped of surrounding spaces, empty ones dropped.
+
+    Done once, where a node takes the prefix, so the name reported is the name written.
+    """
+    return "/".join(part.strip() for part in prefix.split("/") if part.strip())
+
+
 def output_path(name: str, suffix: str = EXTENSION) -> str:
-    """Where a new adapter (or a training run's sample image, suffix .png) named `name` is written (first loras folder, subfolders allowed)."""
-    name = name.strip()
+    """Where a new adapter (or a training run's sample image, suffix .png) named `name` is written (first loras folder, subfolders allowed).
+
+    `name` is made from a clean_prefix; write it with root=loras_root().
+    """
     if not name.lower().endswith(suffix):  # adapters: is_adapter_name's rule
         name += suffix
     _check_relative(name)
-    root = folder_paths.get_folder_paths(LORAS)[0]
+    root = loras_root()
     path = os.path.join(root, name)
     if not _inside(os.path.dirname(path) or root, [root]):
         raise AdapterError(f"'{name}' would be written outside the loras folder; choose a plain file name.")
@@ -221,15 +236,24 @@ def first_free(prefix: str, taken, what: str) -> str:
     raise AdapterError(f"There are already {COUNTER_LIMIT:,} {what} named {prefix}_*: choose another file name prefix.")
 
 
-NAME_MAX = 255  # bytes per path component on the file systems ComfyUI runs on
+def _limit(root: str, name: str, default: int) -> int:
+    try:
+        return os.pathconf(root, name)
+    except (OSError, ValueError):
+        return default
 
 
 def _check_writable(name: str, root: str) -> None:
-    """Refuse, before anything runs, a name the file system would refuse at the end of the work."""
+    """Refuse, before anything runs or is made, a name the file system would refuse at the end of the work."""
     parts = PurePath(name).parts
+    name_max = _limit(root, "PC_NAME_MAX", 255)
     for part in parts:
-        if len(part.encode()) > NAME_MAX:
-            raise AdapterError(f"'{part[:40]}…' in the file name is {len(part.encode())} bytes long, more than a file name may be ({NAME_MAX}): choose a shorter one.")
+        if len(part.encode()) > name_max:
+            raise AdapterError(f"'{part[:40]}…' in the file name is {len(part.encode())} bytes long, more than a file name may be ({name_max}): choose a shorter one.")
+    path_max = _limit(root, "PC_PATH_MAX", 4096)
+    if len(os.fsencode(os.path.join(root, name))) >= path_max:
+        raise AdapterError(f"'{name[:40]}…' makes a path of {len(os.fsencode(os.path.join(root, name))):,} bytes in the loras folder, "
+                           f"longer than the system allows ({path_max:,}): choose a shorter file name prefix.")
     folder = root
     for part in parts[:-1]:
         folder = os.path.join(folder, part)
@@ -238,6 +262,7 @@ def _check_writable(name: str, root: str) -> None:
 
 
 def unused_path(prefix: str) -> tuple[str, str]:
-    """(full path, name relative to loras) for prefix_00001.safetensors, the first free number."""
+    """(full path, name relative to loras) for prefix_00001.safetensors, the first free number; `prefix` as the user typed it."""
+    prefix = clean_prefix(prefix)
     stem = first_free(prefix, lambda stem: os.path.exists(output_path(stem + EXTENSION)), "files")
     return output_path(stem + EXTENSION), stem + EXTENSION
