@@ -25,7 +25,7 @@ import torch
 from .adapter import QRLoRA, QRTarget
 from .decompose import check_rank, decompose_many
 from .errors import AdapterError
-from .formats import DOUBLED_OUT, DOWN, PUBLISHED_SUFFIXES, UP, is_q_and_r
+from .formats import DOUBLED_OUT, DOWN, PUBLISHED_SUFFIXES, UP
 
 
 def q_and_r_pairs(tensors, source: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
