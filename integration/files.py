@@ -7,7 +7,6 @@ from pathlib import PurePath
 
 import folder_paths
 
-from ..qrlora_core import safefile
 from ..qrlora_core.adapter import QRLoRA
 from ..qrlora_core.basis import BasisStore
 from ..qrlora_core.errors import AdapterError
@@ -75,12 +74,7 @@ def _content(path: str, name: str) -> tuple[str, str | None]:
     with _lock:
         if digest is not None and digest in _basis_ids:
             return digest, _basis_ids[digest]
-    try:
-        seen = safefile.read(path, name, wanted=lambda header: [])[2]
-    except AdapterError as e:
-        if e.seen is None:
-            raise
-        seen = e.seen  # a file refused as safetensors still has an identity
+    seen = content_id.read(path, name)
     return _remember(path, seen), (seen.metadata or {}).get(BASIS_ID_KEY)
 
 

@@ -151,10 +151,8 @@ def _write_failure(e: OSError) -> str:
         return f"{e.strerror}; the disk may be full. Free some space and run it again; no partial file was left and earlier files are untouched."
     if e.errno == errno.ENAMETOOLONG:
         return "the file name is too long; choose a shorter file name prefix."
-    if e.errno in (errno.ENOTDIR, errno.EEXIST):
-        return "a part of its folder path is a file, not a folder; choose another file name prefix."
-    if e.errno == errno.ELOOP:
-        return "a part of its folder path is a link; files are written only into real folders inside the folder that was checked. Choose another file name prefix."
+    if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.ELOOP):  # a link where a folder was checked: ENOTDIR or ELOOP
+        return "a part of its folder path is a file or a link, not a folder (files are written only into real folders); choose another file name prefix."
     return f"{e.strerror or e}. Check that the folder is writable; no partial file was left and earlier files are untouched."
 
 

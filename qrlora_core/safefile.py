@@ -275,18 +275,16 @@ class ContentIds:
             else:
                 self._known.pop(path, None)
 
-    def __call__(self, path: str, name: str) -> tuple[str, Seen | None]:
-        """(content hash, what the read saw: None when the hash was known without reading)."""
-        if (digest := self.known(path)) is not None:
-            return digest, None
+    def read(self, path: str, name: str) -> Seen:
+        """Hash the file by reading it whole (the header parsed, no tensor kept), and remember what was seen."""
         try:
-            _, _, seen = read(path, name, wanted=lambda header: [])
+            seen = read(path, name, wanted=lambda header: [])[2]
         except AdapterError as e:
             if e.seen is None:
                 raise
             seen = e.seen  # a file refused as safetensors still has an identity
         self.remember(path, seen)
-        return seen.digest, seen
+        return seen
 
 
 content_id = ContentIds()
