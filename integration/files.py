@@ -120,26 +120,26 @@ def load(name: str, q_and_r=None) -> tuple[QRLoRA, tuple[str, str | None]]:
     `q_and_r`: see formats.read_adapter.
     """
     path = adapter_path(name)
-    bases: list[tuple[str, Seen | None]] = []
+    basis_reads: list[Seen | None] = []  # what the read of its basis saw, if it got that far
 
     def basis_loader(basis_id: str, source: str) -> dict:
         try:
             qs, seen = basis_store().read(basis_id, source)
         except AdapterError as e:
-            bases.append((basis_id, e.seen))
+            basis_reads.append(e.seen)
             raise
-        bases.append((basis_id, seen))
+        basis_reads.append(seen)
         return qs
 
     def identity(seen: Seen | None):
         if seen is None:
             return None
-        content, basis_id = _remember(path, seen), (seen.metadata or {}).get(BASIS_ID_KEY)
-        if _basis_path(basis_id) is None:
+        content, basis = _remember(path, seen), _basis_path((seen.metadata or {}).get(BASIS_ID_KEY))
+        if basis is None:
             return content, None
-        if not bases or bases[0][1] is None:  # refused before its basis was read, or the basis vanished meanwhile
+        if not basis_reads or basis_reads[0] is None:  # refused before its basis was read, or the basis vanished meanwhile
             return None
-        return content, _remember(_basis_path(basis_id), bases[0][1])
+        return content, _remember(basis, basis_reads[0])
 
     try:
         adapter, seen = read_adapter(path, basis_loader, name, q_and_r)
@@ -198,11 +198,11 @@ def loras_root() -> str:
 
 
 def clean_prefix(prefix: str) -> str:
-    """A filename prefix as files are named from it: each folder and name stripped of surrounding spaces, empty ones dropped.
+    """A filename prefix as files are named from it: each folder and name stripped of surrounding spaces.
 
     Done once, where a node takes the prefix, so the name reported is the name written.
     """
-    return "/".join(part.strip() for part in prefix.split("/") if part.strip())
+    return "/".join(part.strip() for part in prefix.split("/"))
 
 
 def output_path(name: str, suffix: str = EXTENSION) -> str:
