@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ..integration import files
+from ..integration import files, reference
 from ..integration.targets import apply
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.merge import merge
@@ -114,12 +114,12 @@ class QRLoRAMixer(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, rows, model=None, prompt=None):
         """Run again whenever an enabled row's file (or the basis file it uses) changes."""
-        return tuple(files.loaded_identity(r.lora) for r in parse_rows(rows) if r.on)
+        return files.fingerprint([r.lora for r in parse_rows(rows) if r.on])
 
     @classmethod
     def execute(cls, model, rows, prompt="") -> io.NodeOutput:
         enabled = [r for r in parse_rows(rows) if r.on]
-        adapters = [files.load(r.lora, model) for r in enabled]
+        adapters = files.load_fingerprinted([r.lora for r in enabled], lambda name: reference.q_and_r(model, name))
         words = {}
         for row, adapter in zip(enabled, adapters):
             words.setdefault(row.role, []).append(trigger_words(adapter))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import comfy.model_management
 
 from ...qrlora_core.errors import AdapterError
-from ...qrlora_core.formats import save_native
+from ...qrlora_core.formats import probe_write, save_native
 from ...qrlora_core.training import TrainConfig
 from ...qrlora_core.training import config as settings
 from ...qrlora_core.training.step_loop import NonFiniteLoss
@@ -43,7 +43,7 @@ class Checkpoints:
     """
 
     def __init__(self, prefix: str, last_step: int):
-        prefix = prefix.strip() or settings.default("filename_prefix")
+        prefix = files.clean_prefix(prefix) or settings.default("filename_prefix")
         self.run = files.first_free(prefix, self._run_exists, "training runs")
         self._check_writable(prefix, checkpoint_name(self.run, last_step))
         self.targets, self.metadata, self.training_state = None, {}, None  # training_state(steps) -> TrainingState
@@ -58,13 +58,8 @@ class Checkpoints:
 
     @staticmethod
     def _check_writable(prefix: str, name: str) -> None:
-        path = files.output_path(name)
-        folder = os.path.dirname(path)
         try:
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            os.close(fd)
-            os.unlink(path)
+            probe_write(files.output_path(name), root=files.loras_root())  # leaves no file or folder behind
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG:
                 longest = max(len(part.encode()) for part in name.split("/"))
@@ -80,7 +75,7 @@ class Checkpoints:
         if loss is not None:
             meta["loss"] = loss
         state = self.training_state(steps).pack() if self.training_state else None
-        save_native(self.targets.to_adapter(meta, source=name), files.output_path(name), extra=state)
+        save_native(self.targets.to_adapter(meta, source=name), files.output_path(name), extra=state, root=files.loras_root())
         self.saved_step, self.saved_name = steps, name
         logging.info(f"[QR-LoRA] saved checkpoint {name}")
         return name

@@ -92,4 +92,4 @@ def _save_png(image: torch.Tensor, path: str, text: dict) -> None:
         info.add_text(key, value)
     buffer = bytes_io.BytesIO()
     Image.fromarray(np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)).save(buffer, format="PNG", pnginfo=info)
-    atomic_write(buffer.getvalue(), path, f"the sample image {os.path.basename(path)}")
+    atomic_write(buffer.getvalue(), path, f"the sample image {os.path.basename(path)}", root=files.loras_root())
