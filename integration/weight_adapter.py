@@ -100,6 +100,12 @@ class QRLoRAPatch(WeightAdapterBase):
         return cls(layer.q, layer.delta_r, layer.scale, layer.keys | _training_state_keys(lora))
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function, intermediate_dtype=torch.float32, original_weight=None):
+        q, delta_r = self.weights
+        if weight.dim() == 0 or (q.shape[0], delta_r.shape[1]) != (weight.shape[0], weight[0].numel()):
+            # a file for another model through the stock loaders: skipped and logged, as ComfyUI's own adapters do
+            logging.warning(f"[QR-LoRA] {key}: the adapter's layer is {q.shape[0]} x {delta_r.shape[1]}, the model's weight {tuple(weight.shape)}; "
+                            "left unchanged (is the LoRA made for another model?)")
+            return weight
         q, delta_r = (comfy.model_management.cast_to_device(t, weight.device, intermediate_dtype) for t in self.weights)
         factor = strength * self.scale
         if _is_identity(function) and weight.dtype == intermediate_dtype:
