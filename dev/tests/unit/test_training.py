@@ -387,3 +387,13 @@ def test_data_parallel_shares_every_sample_of_a_step_exactly_once(batch, accumul
     per_process = [sum(len(s.mine(batch)) for _ in range(accumulation)) for s in shares]
     assert max(per_process) - min(per_process) <= 1  # the work of a full step is split evenly
     assert shares[0].idle() == max(0, processes - batch * accumulation)
+
+
+def test_settings_of_another_type_are_coerced_or_refused_in_a_sentence():
+    """/prompt and train.py may hand any JSON; a value of another type used to fail in the run (int + str)."""
+    assert TrainConfig(steps="12", alpha=3).steps == 12 and isinstance(TrainConfig(alpha=3).alpha, float)
+    for bad, words in ((dict(steps="ten"), "steps is 'ten' (str), not an int"), (dict(steps=True), "steps is True (bool), not an int"),
+                       (dict(gradient_checkpointing="yes"), "gradient_checkpointing is 'yes' (str), not a bool"),
+                       (dict(trigger_words="<s>\ud800"), "cannot be written into a file (U+D800")):
+        with pytest.raises(AdapterError, match=re.escape(words)):
+            TrainConfig(**bad)
