@@ -1,11 +1,16 @@
 """Where an adapter's layers land in a loaded model, and the patches that put it there."""
 
+import torch
+
 from ..qrlora_core.errors import AdapterError
 from ..qrlora_core.fingerprint import same_weight, sketch
+from ..qrlora_core.formats import delta_bound
 from . import keymap
 from .weight_adapter import QRLoRAPatch
 
 FINGERPRINT_CHECKS = 8  # layers compared against the adapter's base fingerprint
+SIZE_CHECKS = 8  # layers (those with the largest deltas) whose delta is compared with their weight
+FAR_BEYOND = 10.0  # |ΔW| / |W| (Frobenius) past which a delta is said to be far beyond a trained one (docs/method.md, "Delta sizes")
 
 
 def resolve_targets(model, adapter) -> tuple[dict, list[str]]:
@@ -58,6 +63,7 @@ def apply(model, adapter, strength: float):
     Apply to Model and Mix QR-LoRAs both patch through here, so a mix equals Merge ΔR + Apply bit for bit.
     """
     found, missing = resolve_targets(model, adapter)
+    far = delta_sizes(model, adapter, found, strength)
     patches = patches_for(adapter, found)
     patched = model.clone()
     if strength != 0:
@@ -65,6 +71,36 @@ def apply(model, adapter, strength: float):
     lines = [f"Patched {len(patches)} of {len(adapter.targets)} adapter layers at strength {strength:g}."]
     if missing:
         lines.append(f"{len(missing)} layers are not in this model and were skipped (e.g. {missing[0]}).")
+    if far:
+        lines.append(far)
     if fingerprint_mismatches(model, adapter, found):
         lines.append("This model's weights differ from the base the adapter was trained on; results may differ from the trainer's.")
     return patched, "\n".join(lines)
+
+
+def delta_sizes(model, adapter, found: dict, strength: float) -> str | None:
+    """Refuse a delta that would make a weight infinite in the model's dtype; a sentence when one is far beyond any trained one.
+
+    |ΔW| = |strength·s|·|ΔR| exactly when Q is orthonormal, so the sizes cost ΔR's norms; only the
+    largest few are compared with their weights (reading every weight of a large model would cost seconds).
+    """
+    factor = strength * adapter.scale
+    sizes = sorted(((abs(factor) * float(torch.linalg.vector_norm(adapter.targets[n].delta_r.double())), n, w) for n, w in found.items()), reverse=True)
+    if not sizes:
+        return None
+    _, name, where = sizes[0]
+    weight, t = keymap.target_weight(model, where), adapter.targets[name]
+    if weight.is_floating_point() and not delta_bound(t.q, t.delta_r, factor) < torch.finfo(weight.dtype).max:
+        raise AdapterError(
+            f"{adapter.source or 'The adapter'} at strength {strength:g} would make layer {name} infinite in this model's {weight.dtype} weights "
+            f"(its delta reaches {delta_bound(t.q, t.delta_r, factor):.3g}): its values are absurd (a damaged file, or alpha or block weights "
+            "far too large); use another file or smaller weights."
+        )
+    worst = (0.0, None)
+    for size, name, where in sizes[:SIZE_CHECKS]:
+        norm = float(torch.linalg.vector_norm(keymap.target_weight(model, where).double()))
+        worst = max(worst, (size / max(norm, 1e-30), name))
+    if worst[0] > FAR_BEYOND:
+        return (f"The delta of layer {worst[1]} is {worst[0]:.3g} times the size of its weight, far beyond any trained adapter's "
+                f"(more than {FAR_BEYOND:g}x): expect a broken image; check the file, its alpha, the block weights and the strength.")
+    return None

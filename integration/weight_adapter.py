@@ -14,6 +14,7 @@ Apply to Model makes.
 """
 
 import logging
+import weakref
 
 import torch
 
@@ -25,41 +26,45 @@ from ..qrlora_core.formats import DOWN, TRAINING_STATE_PREFIX, UP, is_q_and_r
 from ..qrlora_core.patch import add_delta_, delta, delta_output
 from ..qrlora_core.stock_keys import Refused, read_layer
 
-_seen: dict[tuple, bool] = {}  # per state dict: is it a Q-and-R file; present once its warning is out
+_seen: dict[int, tuple] = {}  # id of a file's first tensor -> (a weak reference to it, what is known about that file)
 
 
-def _file_key(lora: dict) -> tuple:
-    """Tells state dicts apart for the length of one load (an id alone can be reused after one is freed)."""
-    return id(lora), len(lora), next(iter(lora), None)
+def _about(lora: dict) -> dict:
+    """What is known about one loaded file, for the length of its life. Its first tensor tells files apart: an id
+    alone (of the dict, or the tensor) is reused once freed, so a new file of the same keys was taken for the old one."""
+    first = next(iter(lora.values()), None)
+    if not isinstance(first, torch.Tensor):
+        return {}
+    entry = _seen.get(id(first))
+    if entry is None or entry[0]() is not first:
+        if len(_seen) > 256:
+            _seen.clear()
+        entry = _seen[id(first)] = (weakref.ref(first), {})
+    return entry[1]
 
 
 def _warn_once(lora: dict, message: str) -> None:
     """One warning per file, not one per layer."""
-    key = ("warned", *_file_key(lora))
-    if key not in _seen:
-        _remember(key, True)
+    about = _about(lora)
+    if "warned" not in about:
+        about["warned"] = True
         logging.warning("[QR-LoRA] %s", message)
 
 
-def _remember(key: tuple, value: bool) -> bool:
-    if len(_seen) > 256:
-        _seen.clear()
-    _seen[key] = value
-    return value
-
-
 def _q_and_r(lora: dict) -> bool:
-    key = _file_key(lora)
-    return _seen[key] if key in _seen else _remember(key, is_q_and_r(lora))
+    about = _about(lora)
+    if "q_and_r" not in about:
+        about["q_and_r"] = is_q_and_r(lora)
+    return about["q_and_r"]
 
 
 def _training_state_keys(lora: dict) -> set:
     """A training checkpoint's state (train_state.*: optimizer moments, random draws) holds no weights: its keys
     count as read, once per file, so the stock loaders do not log each of them as a key not loaded."""
-    key = ("state", *_file_key(lora))
-    if key in _seen:
+    about = _about(lora)
+    if "state" in about:
         return set()
-    _remember(key, True)
+    about["state"] = True
     return {k for k in lora if k.startswith(TRAINING_STATE_PREFIX)}
 
 
@@ -100,6 +105,12 @@ class QRLoRAPatch(WeightAdapterBase):
         return cls(layer.q, layer.delta_r, layer.scale, layer.keys | _training_state_keys(lora))
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function, intermediate_dtype=torch.float32, original_weight=None):
+        q, delta_r = self.weights
+        if weight.dim() == 0 or (q.shape[0], delta_r.shape[1]) != (weight.shape[0], weight[0].numel()):
+            # a file for another model through the stock loaders: skipped and logged, as ComfyUI's own adapters do
+            logging.warning(f"[QR-LoRA] {key}: the adapter's layer is {q.shape[0]} x {delta_r.shape[1]}, the model's weight {tuple(weight.shape)}; "
+                            "left unchanged (is the LoRA made for another model?)")
+            return weight
         q, delta_r = (comfy.model_management.cast_to_device(t, weight.device, intermediate_dtype) for t in self.weights)
         factor = strength * self.scale
         if _is_identity(function) and weight.dtype == intermediate_dtype:

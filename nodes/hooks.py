@@ -11,6 +11,7 @@ Model makes.
 import comfy.hooks
 from comfy_api.latest import io
 
+from ..qrlora_core.errors import require_finite
 from ..qrlora_core.stock_keys import state_dict
 from .adapter_socket import CATEGORY, QRLoRAType, STRENGTH_RANGE
 
@@ -34,6 +35,7 @@ class QRLoRAHook(io.ComfyNode):
 
     @classmethod
     def execute(cls, qr_lora, strength, prev_hooks=None, hook_kf=None) -> io.NodeOutput:
+        require_finite(strength=strength)
         hooks = comfy.hooks.create_hook_lora(lora=state_dict(qr_lora), strength_model=strength, strength_clip=0.0)
         if hook_kf is not None:
             hooks.set_keyframes_on_hooks(hook_kf=hook_kf)

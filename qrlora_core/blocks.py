@@ -31,10 +31,13 @@ import re
 
 from .adapter import QRLoRA, QRTarget
 from .errors import AdapterError
+from .formats import all_finite
 
-_UNET = re.compile(r"^lora_unet_(down_blocks|up_blocks)_(\d+)_(attentions|resnets|downsamplers|upsamplers)_(\d+)_")
-_DIT = re.compile(r"^transformer\.(transformer_blocks|single_transformer_blocks)\.(\d+)\.")
-_ID = re.compile(r"^(IN|OUT|D|S)(\d+)$")
+# Block numbers have at most 4 digits (Flux has 57 blocks): a longer one names no block, and never reaches int(),
+# which refuses numbers of more than 4,300 digits with an exception instead of a sentence.
+_UNET = re.compile(r"^lora_unet_(down_blocks|up_blocks)_(\d{1,4})_(attentions|resnets|downsamplers|upsamplers)_(\d{1,4})_")
+_DIT = re.compile(r"^transformer\.(transformer_blocks|single_transformer_blocks)\.(\d{1,4})\.")
+_ID = re.compile(r"^(IN|OUT|D|S)(\d{1,4})$")
 
 LBW_ORDERS = {  # length of a LoRA Block Weight vector -> its blocks after BASE
     17: ["IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "MID"] + [f"OUT{i:02}" for i in range(3, 12)],
@@ -177,6 +180,10 @@ def apply_block_weights(adapter: QRLoRA, spec: str) -> tuple[QRLoRA, dict[str, f
         name: t if weights[name] == 1.0 else QRTarget(q=t.q, delta_r=t.delta_r * weights[name], fingerprint=t.fingerprint)
         for name, t in adapter.targets.items()
     }
+    for name, t in targets.items():
+        if not all_finite(t.delta_r):
+            raise AdapterError(f"Block weights: the weight {weights[name]:g} of {block_of(name, _unet_levels(adapter.targets)) or name} "
+                               f"makes layer {name}'s ΔR infinite; use weights a trained adapter can take (between -4 and 4 are plenty).")
     layer_blocks = blocks_of(adapter)
     used = {}
     for name, block in layer_blocks.items():

@@ -34,3 +34,16 @@ def require_finite(**numbers) -> None:
     for name, value in numbers.items():
         if value is not None and not math.isfinite(value):
             raise AdapterError(f"The input {name} is {value}, which is not a number a node can use: set it to a finite value (e.g. 1.0).")
+
+
+def require_encodable(**texts) -> None:
+    """Refuse, before any work, text a file or its name will carry but UTF-8 cannot hold (an unpaired
+    surrogate, which JSON sent to /prompt may carry as \\ud800): otherwise the first save fails, after the work."""
+    for name, value in texts.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise AdapterError(
+                f"The input {name} has a character that cannot be written into a file (U+{ord(value[e.start]):04X}, an unpaired surrogate, "
+                f"at position {e.start + 1}): delete it and type the text again."
+            ) from None

@@ -22,6 +22,7 @@ into place, so a failed or interrupted write never leaves a partial file.
 import contextlib
 import errno
 import json
+import math
 import os
 import secrets
 
@@ -255,9 +256,35 @@ def read_safetensors(path: str, wanted=None, name: str | None = None) -> tuple[d
     return tensors, metadata
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite, in any floating dtype a file may hold (float8 has no isfinite on the CPU:
+    its values all fit float16, NaN and infinity included)."""
+    if not tensor.is_floating_point():
+        return True
+    if tensor.dtype.itemsize == 1:
+        tensor = tensor.to(torch.float16)
+    return bool(torch.isfinite(tensor).all())
+
+
 def check_finite(tensor: torch.Tensor, what: str) -> None:
-    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+    if not all_finite(tensor):
         raise AdapterError(f"{what} contains NaN or infinite values; the file is broken (a diverged training?), use another checkpoint.")
+
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def delta_bound(q: torch.Tensor, delta_r: torch.Tensor, scale: float) -> float:
+    """An upper bound on the largest entry of s·Q·ΔR, from ΔR's norm (Q's columns have unit length), in float64."""
+    return abs(scale) * float(torch.linalg.vector_norm(delta_r.to(torch.float64))) * math.sqrt(q.shape[1])
+
+
+def check_delta(q: torch.Tensor, delta_r: torch.Tensor, scale: float, what: str) -> None:
+    """Refuse a layer whose delta s·Q·ΔR could leave float32 (ΔR or alpha near 1e38): it would turn the weight infinite."""
+    bound = delta_bound(q, delta_r, scale)
+    if not bound < FLOAT32_MAX:
+        raise AdapterError(f"{what}: its delta s·Q·ΔR reaches {bound:.3g} (scale {scale:.3g}), beyond any weight a model holds (float32 ends at 3.4e38); "
+                           "the file is damaged or its values were made absurd, use another file.")
 
 
 def _float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -265,8 +292,9 @@ def _float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.float32)
 
 
-def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str, stacked: bool = False) -> QRTarget:
-    """Validate one layer; `stacked` Qs (a mix of several bases) may exceed one layer's rank."""
+def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str, rank: int | None = None) -> QRTarget:
+    """Validate one layer from its tensors alone. A Q wider than the file's `rank` is a stack of bases
+    (a mix that summed its adapters' deltas, or a Q-and-R pair): each `rank` columns of it must be a basis."""
     if q.dim() != 2 or delta_r.dim() != 2 or q.shape[1] != delta_r.shape[0]:
         raise AdapterError(
             f"{source}: layer {name} has Q of shape {tuple(q.shape)} and ΔR of shape {tuple(delta_r.shape)}, "
@@ -276,16 +304,24 @@ def _check_target(name: str, q: torch.Tensor, delta_r: torch.Tensor, source: str
         raise AdapterError(f"{source}: layer {name} stores Q as {q.dtype} and ΔR as {delta_r.dtype}, not floating-point numbers; the file is damaged or not a QR-LoRA.")
     if q.shape[1] == 0:
         raise AdapterError(f"{source}: layer {name} has rank 0; such an adapter changes nothing, train or export it with a rank of 1 or more.")
-    if not stacked and not rank_fits((q.shape[0], delta_r.shape[1]), q.shape[1]):
+    block = rank or q.shape[1]
+    if not rank_fits((q.shape[0], delta_r.shape[1]), min(block, q.shape[1])):
         raise AdapterError(
-            f"{source}: layer {name} has rank {q.shape[1]}, more than its {q.shape[0]} x {delta_r.shape[1]} layer allows; "
+            f"{source}: layer {name} has rank {min(block, q.shape[1])}, more than its {q.shape[0]} x {delta_r.shape[1]} layer allows; "
             "the file is damaged or not a QR-LoRA."
         )
     check_finite(q, f"{source}: Q of layer {name}")
     check_finite(delta_r, f"{source}: ΔR of layer {name}")
-    if not stacked:
-        check_orthonormal(q, f"{source}: Q of layer {name}", "the file is damaged or not a QR-LoRA: export it again.")
+    for start in range(0, q.shape[1], block):
+        part = "" if block >= q.shape[1] else f" (columns {start + 1}-{min(start + block, q.shape[1])})"
+        check_orthonormal(q[:, start:start + block], f"{source}: Q of layer {name}{part}", "the file is damaged or not a QR-LoRA: export it again.")
     return QRTarget(q=_float32(q), delta_r=_float32(delta_r))
+
+
+def check_unit_columns(q: torch.Tensor) -> float:
+    """How far the longest or shortest column of Q is from unit length (0 for a basis or a stack of bases), at m·k cost."""
+    lengths = torch.linalg.vector_norm(q.to(torch.float32), dim=0)
+    return float((lengths - 1).abs().max()) if lengths.numel() else 0.0
 
 
 ORTHONORMAL_PROBES = 8
@@ -346,6 +382,7 @@ def _load_published(tensors: dict, source: str) -> QRLoRA:
             raise AdapterError(f"{source}: layer {name} has Q but no ΔR ({delta_key}); the file is incomplete, download it again.")
         targets[name] = _check_target(name, tensors[key], tensors[delta_key], source)
         ranks.add(targets[name].rank)
+        check_delta(targets[name].q, targets[name].delta_r, 1.0, f"{source}: layer {name}")
     if len(ranks) > 1:
         raise AdapterError(f"{source}: its layers have different ranks {sorted(ranks)}; a QR-LoRA file has one rank, the file is damaged.")
     rank = ranks.pop()
@@ -370,7 +407,6 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
         raise AdapterError(f"{source}: its alpha {clipped(metadata.get(META_PREFIX + 'alpha'))!r} is not a number; the file is damaged.") from None
     if rank < 1 or not (alpha == alpha) or alpha in (float("inf"), float("-inf")):
         raise AdapterError(f"{source}: rank {rank} and alpha {alpha} do not make a valid scale; the file is damaged, save it again.")
-    shared = metadata.get(META_PREFIX + "shared_basis", "1") == "1"
     basis_id = metadata.get(BASIS_ID_KEY)
     names = {k[: -len(s)] for k in tensors for s in (NATIVE_DELTA, NATIVE_DELTA_UPPER) if k.endswith(s)}
     shared_q = _bound_basis(basis_id, names, metadata, source, basis_loader) if basis_id else {}
@@ -383,9 +419,11 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
             delta_r = tensors[name + NATIVE_DELTA]
         else:
             delta_r = unpack_upper(tensors[name + NATIVE_DELTA_UPPER], q.shape[1] if q.dim() == 2 else 0, name, source)
-        target = _check_target(name, q, delta_r, source, stacked=not shared)
+        target = _check_target(name, q, delta_r, source, rank)
+        check_delta(target.q, target.delta_r, alpha / rank, f"{source}: layer {name}")
         target.fingerprint = _check_fingerprint(tensors.get(name + NATIVE_FINGERPRINT), name, source)
         targets[name] = target
+    shared = all(t.rank == rank for t in targets.values())  # from the tensors: what a file says about itself is not checked
     meta = {k[len(META_PREFIX):]: v for k, v in metadata.items() if k.startswith(META_PREFIX)}
     for fact in ("format_version", "rank", "alpha", "shared_basis", BASIS_DIGEST):
         meta.pop(fact, None)

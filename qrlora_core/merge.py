@@ -16,6 +16,7 @@ import torch
 from .adapter import QRLoRA, QRTarget
 from .decompose import subspace_error
 from .errors import AdapterError
+from .formats import all_finite
 
 Q_TOLERANCE = 1e-3  # sin of the largest principal angle two "equal" bases may differ by
 
@@ -86,6 +87,8 @@ def merge(adapters: list[QRLoRA], weights: list[float], tolerance: float = Q_TOL
             report.fallback.append(name)
             q = torch.cat([a.targets[name].q for a, _ in present], dim=1)
             delta_r = torch.cat([(w * a.scale / scale) * a.targets[name].delta_r for a, w in present], dim=0)
+        if not all_finite(delta_r):
+            raise AdapterError(f"Merging makes layer {name}'s ΔR infinite: the adapters' values are absurd (check their files); lower the weights or leave one out.")
         targets[name] = QRTarget(q=q, delta_r=delta_r, fingerprint=present[0][0].targets[name].fingerprint)
     metadata = {
         "merged_from": [{"source": a.source, "weight": w} for a, w in zip(adapters, weights)],

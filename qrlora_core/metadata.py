@@ -56,13 +56,21 @@ def modelspec(adapter, path: str, network: str) -> dict:
     if trigger := adapter.metadata.get("trigger_words"):
         meta["modelspec.trigger_phrase"] = trigger
     if merged := adapter.metadata.get("merged_from"):
-        if isinstance(merged, str):  # as read back from one of our files
-            try:
-                merged = json.loads(merged)
-            except ValueError:
-                merged = [merged]
-        meta["modelspec.merged_from"] = ", ".join(str(m.get("source", m)) if isinstance(m, dict) else str(m) for m in merged)
+        meta["modelspec.merged_from"] = ", ".join(_merged_sources(merged))
     return meta
+
+
+def _merged_sources(merged) -> list[str]:
+    """The source names a `merged_from` entry lists: ours is a JSON list of {source, weight}; any other
+    value (a file may say anything) is shown as it is."""
+    if isinstance(merged, str):  # as read back from a file
+        try:
+            merged = json.loads(merged)
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+            return [merged]
+    if not isinstance(merged, list):
+        return [json.dumps(merged) if not isinstance(merged, str) else merged]
+    return [str(m.get("source", m)) if isinstance(m, dict) else str(m) for m in merged]
 
 
 def basis_modelspec(basis_id: str, qs: dict) -> dict:

@@ -23,12 +23,14 @@ a layer needs must be in its own tensors:
   path refuses it rather than counting the base's top-r part twice.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .errors import AdapterError
-from .formats import NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT, NATIVE_Q, NATIVE_SCALE, PUBLISHED_SUFFIXES, scale_tensor, unpack_upper
+from .formats import (FLOAT32_MAX, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT, NATIVE_Q, NATIVE_SCALE, PUBLISHED_SUFFIXES,
+                      all_finite, check_unit_columns, delta_bound, scale_tensor, unpack_upper)
 
 
 @dataclass
@@ -43,11 +45,24 @@ class Refused(Exception):
     """A layer the stock path recognises but must not load; the message says why and what to do."""
 
 
+UNIT_COLUMNS = 1e-2  # a basis's columns have unit length, to the precision they are stored in (fp8: its eps)
+
+
 def _layer(q, delta_r, scale, keys) -> StockLayer:
-    if q.dim() != 2 or delta_r.dim() != 2 or q.shape[1] != delta_r.shape[0] or q.shape[1] == 0:
-        raise Refused(f"has Q of shape {tuple(q.shape)} and ΔR of shape {tuple(delta_r.shape)}, which do not fit together; the file is damaged")
-    if not (torch.isfinite(q).all() and torch.isfinite(delta_r).all()):
+    """Checked from the tensors alone, cheaply (this runs for every layer of every load): shapes that fit,
+    finite values, Q's columns of unit length (a basis, or a stack of bases after a mix; a scaled or
+    arbitrary Q is refused), and a delta that stays a number."""
+    if q.dim() != 2 or delta_r.dim() != 2 or q.shape[1] != delta_r.shape[0] or q.shape[1] == 0 or not (q.is_floating_point() and delta_r.is_floating_point()):
+        raise Refused(f"has Q of shape {tuple(q.shape)} ({q.dtype}) and ΔR of shape {tuple(delta_r.shape)} ({delta_r.dtype}), "
+                      "which do not fit together; the file is damaged")
+    if not (all_finite(q) and all_finite(delta_r)) or not math.isfinite(scale):
         raise Refused("contains NaN or infinite values; the adapter is broken, use another file")
+    off = check_unit_columns(q)
+    if not off <= max(UNIT_COLUMNS, torch.finfo(q.dtype).eps):
+        raise Refused(f"has a Q whose columns are not of unit length (off by {off:.3g}), so it is not a QR-LoRA basis; the file is damaged or not a QR-LoRA")
+    bound = delta_bound(q, delta_r, scale)
+    if not bound < FLOAT32_MAX:
+        raise Refused(f"has a delta s·Q·ΔR reaching {bound:.3g}, beyond any weight a model holds; the file is damaged")
     return StockLayer(q, delta_r, scale, keys)
 
 
@@ -60,7 +75,8 @@ def read_layer(x: str, lora: dict, alpha: float | None = None) -> StockLayer | N
             raise Refused(f"has Q but no ΔR ({delta_key}); the file is incomplete")
         q, delta_r = lora[q_key], lora[delta_key]
         keys = {q_key, delta_key} | ({x + PUBLISHED_SUFFIXES["base_r"]} & lora.keys())
-        scale = 1.0 if alpha is None else alpha / q.shape[-1]
+        rank = q.shape[1] if q.dim() == 2 else 0
+        scale = 1.0 if alpha is None or rank == 0 else alpha / rank  # rank 0 is refused by _layer
         return _layer(q, delta_r, scale, keys)
 
     full, upper = x + NATIVE_DELTA, x + NATIVE_DELTA_UPPER
@@ -83,8 +99,9 @@ def read_layer(x: str, lora: dict, alpha: float | None = None) -> StockLayer | N
         raise Refused(str(e).split(": ", 1)[-1]) from None
     keys = {q_key, scale_key, full if full in lora else upper} | ({x + NATIVE_FINGERPRINT} & lora.keys())
     scale = lora[scale_key]
-    if scale.numel() != 1 or not torch.isfinite(scale).all():
-        raise Refused(f"has a scale {scale.tolist()} that is not one finite number; the file is damaged")
+    if scale.numel() != 1 or not scale.is_floating_point() or not all_finite(scale):
+        shown = scale.flatten()[:4].tolist()
+        raise Refused(f"has a scale of {scale.numel()} values ({scale.dtype}, {shown}) that is not one finite number; the file is damaged")
     return _layer(q, delta_r, float(scale.item()), keys)
 
 

@@ -181,7 +181,7 @@ def sd15(args):
 
     base = models.patcher("sd15", seed=3)
     candidates = trainable_targets(base)
-    where = {n: candidates[n] for n in select(candidates, TrainConfig().target_regex())}
+    where = {n: candidates[n] for n in select(candidates, TrainConfig().target_matcher())}
     with tempfile.TemporaryDirectory() as folder:
         targets = TrainTargets.new(base_weights(base, where, "cpu"), args.rank, float(args.rank), True, BasisStore(folder))
     generator = torch.Generator().manual_seed(0)

@@ -99,7 +99,7 @@ def choose_targets(model, config: TrainConfig, existing=None) -> tuple[dict, lis
             notes.append(f"{len(existing.targets) - len(names)} of the adapter's layers are not in this model and stay as they are.")
         notes.append(f"Continuing {existing.source or 'the adapter'}: its layers, rank {existing.rank} and alpha {existing.alpha:g} are used; the target and rank inputs are ignored.")
         return {n: candidates[n] for n in names}, notes
-    names = select(candidates, config.target_regex())
+    names = select(candidates, config.target_matcher())
     if not names:
         example = next(iter(candidates), "(none)")
         raise AdapterError(
@@ -429,7 +429,7 @@ class TrainingSession:
             self.notes.append(f"{adapter.source or 'The adapter'} continues from its ΔR with a fresh optimizer: {why}, "
                               "so the optimizer state restarts and the draws start from the seed.")
             return
-        state.restore(self.loop.optimizer, list(self.targets.layers), {"draws": self.loop.draws.generator})
+        state.restore(self.loop.optimizer, list(self.targets.layers), {"draws": self.loop.draws.generator}, adapter.source)
         changed = state.differences(self.resume_settings())
         self.notes.append(f"Resumed exactly from step {state.step} of {adapter.source}: optimizer state and random draws restored"
                           + (f"; changed since: {', '.join(changed)}, so it is not the run an uninterrupted one would have been." if changed

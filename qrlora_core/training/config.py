@@ -9,12 +9,12 @@ paper's attention + MLP targets, the reference objective and Flux guidance
 """
 
 import math
-import re
 from dataclasses import MISSING, dataclass, field, fields
 
-from ..errors import AdapterError
+from ..errors import AdapterError, require_encodable
 from ..formats import PRECISIONS
 from .objective import OBJECTIVES, REFERENCE
+from .pattern import NamePattern, compile_pattern
 from .step_loop import OPTIMIZERS
 
 # The paper's targets on canonical adapter names, in both spellings:
@@ -67,7 +67,8 @@ class TrainConfig:
     target_preset: str = field(default="attention + MLP (paper)", metadata=_help(
         "Which layers get a QR-LoRA: the paper's attention + MLP projections, attention only, or the pattern below.", options=tuple(TARGET_PRESETS)))
     target_pattern: str = field(default="", metadata=_help(
-        "With 'custom pattern': a regular expression searched in the layer names (e.g. 'attn1?[._]to_[qkv]$'); "
+        "With 'custom pattern': a regular expression searched in the layer names (e.g. 'attn1?[._]to_[qkv]$'; no back-references "
+        "or look-arounds); "
         "names look like 'transformer.transformer_blocks.0.attn.to_q' (Flux, SD3) or "
         "'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q' (SD1.5, SDXL).", record=False))
     triangular: bool = field(default=True, metadata=_help(
@@ -103,9 +104,11 @@ class TrainConfig:
 
     def __post_init__(self):
         for f in fields(self):
-            value = getattr(self, f.name)
+            value = _as_type(f, getattr(self, f.name))
+            setattr(self, f.name, value)
             if isinstance(value, float) and not math.isfinite(value):
                 raise AdapterError(f"{f.name} is {value}, which is not a number training can use: enter a finite value (default {f.default:g}).")
+        require_encodable(**{f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), str)})
 
     @property
     def torch_dtype(self):
@@ -116,7 +119,8 @@ class TrainConfig:
     def scale_alpha(self) -> float:
         return float(self.alpha) if self.alpha > 0 else float(self.rank)
 
-    def target_regex(self) -> "re.Pattern":
+    def target_matcher(self) -> NamePattern:
+        """The targets as a pattern matched in linear time (training/pattern.py): a crafted one cannot freeze the server."""
         pattern = TARGET_PRESETS.get(self.target_preset, MISSING)
         if pattern is MISSING:
             raise AdapterError(f"'{self.target_preset}' is not a target preset; choose one of: {', '.join(TARGET_PRESETS)}.")
@@ -124,14 +128,33 @@ class TrainConfig:
             pattern = self.target_pattern.strip()
             if not pattern:
                 raise AdapterError("The target preset is 'custom pattern' but the pattern is empty: enter a regular expression for the layer names.")
-        try:
-            return re.compile(pattern)
-        except re.error as e:
-            raise AdapterError(f"The target pattern {pattern!r} is not a valid regular expression ({e}); fix it or pick a preset.") from None
+        return compile_pattern(pattern)
 
     def recorded(self) -> dict:
         """The settings an adapter file keeps in its metadata (what trained it, not where it was saved)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["record"]}
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _as_type(f, value):
+    """A setting as its field's type: /prompt may send any JSON ("10" for steps, 3 for a float), and a value of
+    another type would fail later in the run with an exception instead of this sentence."""
+    kind = _TYPES[f.type] if isinstance(f.type, str) else f.type
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value) < 20:
+        return int(value)
+    if kind is float and isinstance(value, str) and len(value) < 40:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise AdapterError(f"{f.name} is {shown} ({type(value).__name__}), not {'an' if kind is int else 'a'} {kind.__name__}: enter a value like {f.default!r}.")
 
 
 def help_text(name: str) -> str:

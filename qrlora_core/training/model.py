@@ -19,9 +19,9 @@ from ..fingerprint import digest, sketch
 from .layer import QRDelta, QRWeightWrapper
 
 
-def select(names, regex) -> list[str]:
-    """The names the target regex finds (re.search), in order."""
-    return [n for n in names if regex.search(n)]
+def select(names, pattern) -> list[str]:
+    """The names the target pattern finds (searched anywhere in the name, as re.search), in order."""
+    return [n for n in names if pattern.search(n)]
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import AdapterError
 from ..formats import TRAINING_STATE_PREFIX as PREFIX
-from ..formats import read_safetensors
+from ..formats import all_finite, read_safetensors
 
 META_KEY = "train_state"  # outside qrlora.*, which is the adapter's own metadata (copied on every save)
 VERSION = 1
@@ -78,11 +78,28 @@ class TrainingState:
                   for i, name in enumerate(names)}
         return cls(step, optimizer_name, layers, {k: s.clone() for k, s in generator_states.items()}, dict(settings))
 
-    def restore(self, optimizer: torch.optim.Optimizer, names: list[str], generators: dict) -> None:
-        """Put the optimizer's per-layer state and the generators back; hyperparameters stay the optimizer's own."""
+    def restore(self, optimizer: torch.optim.Optimizer, names: list[str], generators: dict, source: str = "The checkpoint") -> None:
+        """Put the optimizer's per-layer state and the generators back; hyperparameters stay the optimizer's own.
+
+        Every tensor is checked against what it replaces first (a per-layer moment has its layer's shape, a
+        generator state the size of the generator's own), so a damaged state is refused in a sentence here
+        rather than failing as an exception at the next step."""
         missing = [n for n in names if n not in self.layers]
         if missing:
             raise AdapterError(f"The checkpoint's training state lacks {len(missing)} of the layers being trained (e.g. {missing[0]}).")
+        damaged = f"{source}: its training state is damaged"
+        advice = "continue from an earlier checkpoint, or load it as a plain adapter (its ΔR is unaffected)."
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for name, param in zip(names, params):
+            for key, value in self.layers[name].items():
+                if isinstance(value, torch.Tensor) and (value.dim() > 0 or key != "step") and (value.shape != param.shape or not value.is_floating_point()):
+                    raise AdapterError(f"{damaged} ({key} of layer {name} is {tuple(value.shape)} {value.dtype}, the layer {tuple(param.shape)}): {advice}")
+                if isinstance(value, torch.Tensor) and not all_finite(value):
+                    raise AdapterError(f"{damaged} ({key} of layer {name} holds NaN or infinite values): {advice}")
+        for key, generator in generators.items():
+            saved, own = self.generators.get(key), generator.get_state()
+            if saved is not None and (saved.shape != own.shape or saved.dtype != own.dtype):
+                raise AdapterError(f"{damaged} (the random generator's state {key} is {tuple(saved.shape)} {saved.dtype}, not {tuple(own.shape)} {own.dtype}): {advice}")
         current = optimizer.state_dict()
         state = {i: dict(self.layers[name]) for i, name in enumerate(names) if self.layers[name]}
         optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})

@@ -169,23 +169,23 @@ NEVER = [
 
 
 def test_paper_preset_finds_the_published_targets_in_both_spellings():
-    regex = TrainConfig().target_regex()
+    regex = TrainConfig().target_matcher()
     assert select(FLUX_LIKE + UNET_LIKE + NEVER, regex) == FLUX_LIKE + UNET_LIKE
 
 
 def test_attention_preset_leaves_the_mlp_out():
-    regex = TrainConfig(target_preset="attention only").target_regex()
+    regex = TrainConfig(target_preset="attention only").target_matcher()
     mlp = [n for n in FLUX_LIKE + UNET_LIKE if re.search(r"ff(_context)?[._]net", n)]
     assert select(FLUX_LIKE + UNET_LIKE + NEVER, regex) == [n for n in FLUX_LIKE + UNET_LIKE if n not in mlp]
 
 
 def test_custom_pattern_is_used_and_a_bad_one_is_explained():
-    regex = TrainConfig(target_preset="custom pattern", target_pattern=r"attn1?[._]to_q$").target_regex()
+    regex = TrainConfig(target_preset="custom pattern", target_pattern=r"attn1?[._]to_q$").target_matcher()
     assert select(FLUX_LIKE + UNET_LIKE, regex) == [FLUX_LIKE[0], UNET_LIKE[0]]
-    with pytest.raises(AdapterError, match="not a valid regular expression"):
-        TrainConfig(target_preset="custom pattern", target_pattern="attn(").target_regex()
+    with pytest.raises(AdapterError, match="is not closed"):
+        TrainConfig(target_preset="custom pattern", target_pattern="attn(").target_matcher()
     with pytest.raises(AdapterError, match="the pattern is empty"):
-        TrainConfig(target_preset="custom pattern").target_regex()
+        TrainConfig(target_preset="custom pattern").target_matcher()
 
 
 def test_every_setting_has_its_own_help_text_and_each_offered_preset_picks_the_layers_it_names():
@@ -203,7 +203,7 @@ def test_every_setting_has_its_own_help_text_and_each_offered_preset_picks_the_l
     offered = settings.limits("target_preset")["options"]
     assert sorted(offered) == sorted(picks)
     for name in offered:
-        regex = TrainConfig(target_preset=name, target_pattern="to_q$").target_regex()
+        regex = TrainConfig(target_preset=name, target_pattern="to_q$").target_matcher()
         assert select(FLUX_LIKE + UNET_LIKE + NEVER, regex) == picks[name], name
     assert TrainConfig().scale_alpha == 64.0 and TrainConfig(rank=8).scale_alpha == 8.0  # alpha 0: alpha = rank, s = 1
     assert TrainConfig(rank=8, alpha=4.0).scale_alpha == 4.0
@@ -387,3 +387,13 @@ def test_data_parallel_shares_every_sample_of_a_step_exactly_once(batch, accumul
     per_process = [sum(len(s.mine(batch)) for _ in range(accumulation)) for s in shares]
     assert max(per_process) - min(per_process) <= 1  # the work of a full step is split evenly
     assert shares[0].idle() == max(0, processes - batch * accumulation)
+
+
+def test_settings_of_another_type_are_coerced_or_refused_in_a_sentence():
+    """/prompt and train.py may hand any JSON; a value of another type used to fail in the run (int + str)."""
+    assert TrainConfig(steps="12", alpha=3).steps == 12 and isinstance(TrainConfig(alpha=3).alpha, float)
+    for bad, words in ((dict(steps="ten"), "steps is 'ten' (str), not an int"), (dict(steps=True), "steps is True (bool), not an int"),
+                       (dict(gradient_checkpointing="yes"), "gradient_checkpointing is 'yes' (str), not a bool"),
+                       (dict(trigger_words="<s>\ud800"), "cannot be written into a file (U+D800")):
+        with pytest.raises(AdapterError, match=re.escape(words)):
+            TrainConfig(**bad)
