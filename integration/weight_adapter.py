@@ -98,7 +98,7 @@ class QRLoRAPatch(WeightAdapterBase):
         try:
             layer = read_layer(x, lora, alpha)
         except Refused as e:
-            _warn_once(lora, f"A QR-LoRA layer ({x}) {e}. Its layers are not loaded.")
+            _warn_once(lora, f"A QR-LoRA layer ({x}) {e}. That layer is left unchanged (one warning per file: other refused layers are too, the rest load).")
             return None
         if layer is None:
             return None
