@@ -82,7 +82,7 @@ NOTE_INFO = {"Note": {"input": {"required": {"text": ["STRING", {"multiline": Tr
 
 BLUE, GREEN, PURPLE, BROWN = "#3f5f7f", "#3f6f4f", "#5f4f7f", "#6f5a3f"
 # The sampler seed the workflows ship with. Chosen: the shipped pair draws a checkered heart at 8 of 17 seeds
-# (0-15 and 42, on the CPU; README, Disentanglement on the toy world), not at every one; 42 draws a diamond.
+# (0-15 and 42, on the CPU; docs/toy-world.md), not at every one; 42 draws a diamond.
 DEMO_SEED = 1
 FOLDER_STEPS = 100  # the folder example's training: the star, with the shipped content adapter's recipe
 
@@ -268,8 +268,9 @@ REAL_FOLDERS = {"content": "my_content", "style": "my_style"}  # folders the use
 REAL_TRY = {"content": "a photo of <c> on a beach", "style": "a lighthouse on a cliff, in <s> style"}
 REAL_MIX_TEMPLATE = "a photo of {content} on a beach, in {style}"
 REAL_TRAIN_NOTE = (
-    "Put 10 to 20 images of your {kind} into a folder in ComfyUI's input/ ({folder} here), each with a .txt caption "
-    "of the same name that uses the trigger words '{trigger}'. {advice}\n\n"
+    "Put images of your {kind} (the toy world's adapters learn from 16) into a folder in ComfyUI's input/ "
+    "({folder} here), each with a .txt caption of the same name that uses the trigger words '{trigger}'. {advice} "
+    "Set the trainer's role to {kind}.\n\n"
     "Any sizes: each image goes to the aspect-ratio bucket nearest its shape at about {resolution}² pixels. "
     "1000 steps of one image each; a checkpoint and two sample images every 250 steps "
     "(loras/qrlora/{prefix}_*). Only ΔR is trained; Q comes from the base weights, so every adapter trained on "
@@ -277,8 +278,8 @@ REAL_TRAIN_NOTE = (
     "them in \"{mix}\".{memory}"
 )
 REAL_ADVICE = {
-    "content": "Show the subject in different places, poses and light, and describe in the caption what is not "
-               "the subject (the place, the light), so the trigger word takes only the subject.",
+    "content": "Show the subject in different places, poses and light, and name in the caption what is not "
+               "the subject ('a photo of <c> on a wooden table, soft light'), so the trigger word takes only the subject.",
     "style": "Show the style on different subjects, and name the subject in each caption ('a house in <s> style'), "
              "so the trigger words take only the style.",
 }
@@ -721,8 +722,8 @@ def drawn_card(name: str):
     from PIL import Image, ImageDraw, ImageFont
 
     arch, _, what = name.partition("_")
-    steps = {"train_content": ("Train a", "CONTENT", "adapter", "your subject, from 10-20", "captioned images"),
-             "train_style": ("Train a", "STYLE", "adapter", "your style, from 10-20", "captioned images"),
+    steps = {"train_content": ("Train a", "CONTENT", "adapter", "your subject, from your", "captioned images"),
+             "train_style": ("Train a", "STYLE", "adapter", "your style, from your", "captioned images"),
              "mix": ("Mix", "CONTENT + STYLE", "adapters", "on one shared basis,", "with both trigger words")}[what]
     card = Image.new("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), THUMBNAIL_BACKGROUND)
     draw = ImageDraw.Draw(card)
