@@ -325,6 +325,6 @@ def test_demo_url_opens_the_mix_workflow_and_templates_list_each_example_once(ch
         titles = page.evaluate("() => app.graph.nodes.map(n => n.title)")
         assert len(titles) == len(workflow.load(demo_assets.MIX_WORKFLOW)["nodes"])
         templates = page.evaluate("async () => await window.comfyAPI.api.api.getWorkflowTemplates()")
-        assert sorted(templates[PACK_FOLDER_NAME]) == sorted(NAMES)
+        assert sorted(templates[PACK_FOLDER_NAME]) == sorted(examples.TITLES.values())
     finally:
         page.close()
