@@ -5,7 +5,6 @@ the base weights (qrlora_core/reference_formats.py says why).
 """
 
 from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.formats import read_safetensors
 from ..qrlora_core.reference_formats import resolve_q_and_r
 from . import keymap
 
@@ -21,15 +20,18 @@ def base_weights(model):
     return base_weight
 
 
-def load_q_and_r(path: str, model, source: str):
-    """A Q-and-R checkpoint as an adapter whose patch is its exact update on `model`."""
-    if model is None:
-        raise AdapterError(
-            f"{source} is the QR-LoRA reference's Q-and-R checkpoint: its update is Q·R minus the base model's top-r part, "
-            "so Load QR-LoRA needs the base model: connect the model to its 'model' input."
-        )
-    tensors, _ = read_safetensors(path)
-    adapter, missing = resolve_q_and_r(tensors, base_weights(model), source)  # the reference's alpha = rank: s = 1
-    if missing:
-        adapter.metadata["note"] += f"; {len(missing)} layers are not in the connected model (e.g. {missing[0]})"
-    return adapter
+def q_and_r(model, source: str):
+    """What read_adapter calls with a Q-and-R checkpoint's tensors: the adapter whose patch is its exact update on `model`."""
+
+    def resolve(tensors: dict):
+        if model is None:
+            raise AdapterError(
+                f"{source} is the QR-LoRA reference's Q-and-R checkpoint: its update is Q·R minus the base model's top-r part, "
+                "so Load QR-LoRA needs the base model: connect the model to its 'model' input."
+            )
+        adapter, missing = resolve_q_and_r(tensors, base_weights(model), source)  # the reference's alpha = rank: s = 1
+        if missing:
+            adapter.metadata["note"] += f"; {len(missing)} layers are not in the connected model (e.g. {missing[0]})"
+        return adapter
+
+    return resolve

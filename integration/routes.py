@@ -16,13 +16,16 @@ import logging
 from ..qrlora_core.errors import AdapterError
 from .summaries import summary
 
-LIVE_LOSS_EVENT = "qrlora.train.loss"  # Train QR-LoRA sends one per step; web/train.js draws them as the run goes on
+# Train QR-LoRA's live events (PromptServer.send_sync), drawn by web/train.js as the run goes on:
+LIVE_LOSS_EVENT = "qrlora.train.loss"  # after each step: {node, step, steps, loss, seconds}
+SAMPLES_EVENT = "qrlora.train.samples"  # after each set of sample images: {node, step, samples}
+STOPPED_EVENT = "qrlora.train.stopped"  # cancelled, before ComfyUI reports the interrupt: {node, step, file, text}
 
 
 def page_facts(drawn: dict) -> dict:
     """{"nodes": {web module: node id}, "events": {name: event type}} for GET /qrlora/page; `drawn`: {web module: node class}."""
     return {"nodes": {module: node.define_schema().node_id for module, node in drawn.items()},
-            "events": {"train_loss": LIVE_LOSS_EVENT}}
+            "events": {"train_loss": LIVE_LOSS_EVENT, "train_samples": SAMPLES_EVENT, "train_stopped": STOPPED_EVENT}}
 
 
 def running_server():

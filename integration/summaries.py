@@ -3,7 +3,7 @@
 import threading
 from collections import OrderedDict
 
-from ..qrlora_core.formats import load_adapter
+from ..qrlora_core.errors import AdapterError
 from . import files
 
 CACHED_SUMMARIES = 16  # the page asks about a handful of files at a time
@@ -11,21 +11,44 @@ PARALLEL_READS = 2  # files read at once; more only compete for the same disk an
 
 
 class Summaries:
-    """Adapter summaries by file content, with at most one read of a file at a time.
+    """Summaries, and refusals, by file name and the identity of the bytes they were made from.
 
-    Requests for a file being read wait for that read instead of starting
-    their own, so N requests for two alternating files cost two reads.
+    The key is what files.load saw, never a hash taken at another moment,
+    so a file rewritten meanwhile (A -> B -> A) cannot file B's summary
+    under A; the name is part of it, so a byte copy reports its own name.
+    Refusals are kept too: a file that takes a second to refuse (a huge
+    header) costs that second once. Requests for a file being read wait
+    for that read instead of starting their own, so N requests for two
+    alternating files cost two reads.
     """
 
     def __init__(self):
-        self._cache: OrderedDict[tuple, dict] = OrderedDict()
+        self._cache: OrderedDict[tuple, dict | str] = OrderedDict()  # (name, identity) -> summary, or the refusal's message
         self._lock = threading.Lock()
         self._reading: dict[str, list] = {}  # name -> [lock held while the file is looked at, requests waiting]
         self._slots = threading.BoundedSemaphore(PARALLEL_READS)
 
-    def _key(self, lora_name: str) -> tuple:
-        with self._slots:  # hashing reads the file when it is new or changed
-            return files.loaded_identity(lora_name)
+    def _cached(self, lora_name: str) -> dict | str | None:
+        identity = files.known_identity(lora_name)
+        with self._lock:
+            if identity is None or (lora_name, identity) not in self._cache:
+                return None
+            self._cache.move_to_end((lora_name, identity))
+            return self._cache[(lora_name, identity)]
+
+    def _compute(self, lora_name: str) -> dict | str:
+        try:
+            with self._slots:
+                adapter, identity = files.load(lora_name)
+            result = adapter.summary()
+        except AdapterError as e:
+            result, identity = str(e), getattr(e, "identity", None)
+        if identity is not None:
+            with self._lock:
+                self._cache[(lora_name, identity)] = result
+                while len(self._cache) > CACHED_SUMMARIES:
+                    self._cache.popitem(last=False)
+        return result
 
     def get(self, lora_name: str) -> dict:
         with self._lock:
@@ -33,25 +56,17 @@ class Summaries:
             entry[1] += 1
         try:
             with entry[0]:  # requests for a file being read wait for that read, then find it cached
-                key = self._key(lora_name)
-                with self._lock:
-                    if key in self._cache:
-                        self._cache.move_to_end(key)
-                        return self._cache[key]
-                with self._slots:
-                    adapter = load_adapter(files.adapter_path(lora_name), basis_loader=files.basis_store().load, source=lora_name)
-                summary = adapter.summary()
-                if self._key(lora_name) == key:  # the file did not change while it was read
-                    with self._lock:
-                        self._cache[key] = summary
-                        while len(self._cache) > CACHED_SUMMARIES:
-                            self._cache.popitem(last=False)
-                return summary
+                result = self._cached(lora_name)
+                if result is None:
+                    result = self._compute(lora_name)
         finally:
             with self._lock:
                 entry[1] -= 1
                 if not entry[1]:
                     del self._reading[lora_name]
+        if isinstance(result, str):
+            raise AdapterError(result)
+        return result
 
 
 summaries = Summaries()

@@ -50,3 +50,21 @@ def fingerprint_mismatches(model, adapter, found: dict) -> int:
     ]
     step = max(1, len(checked) // FINGERPRINT_CHECKS)
     return sum(not same_weight(fp, sketch(keymap.target_weight(model, where))) for where, fp in checked[::step][:FINGERPRINT_CHECKS])
+
+
+def apply(model, adapter, strength: float):
+    """(a clone of `model` patched with strength · s · Q · ΔR per layer, what was done in a few sentences).
+
+    Apply to Model and Mix QR-LoRAs both patch through here, so a mix equals Merge ΔR + Apply bit for bit.
+    """
+    found, missing = resolve_targets(model, adapter)
+    patches = patches_for(adapter, found)
+    patched = model.clone()
+    if strength != 0:
+        patched.add_patches(patches, strength)
+    lines = [f"Patched {len(patches)} of {len(adapter.targets)} adapter layers at strength {strength:g}."]
+    if missing:
+        lines.append(f"{len(missing)} layers are not in this model and were skipped (e.g. {missing[0]}).")
+    if fingerprint_mismatches(model, adapter, found):
+        lines.append("This model's weights differ from the base the adapter was trained on; results may differ from the trainer's.")
+    return patched, "\n".join(lines)

@@ -5,6 +5,7 @@ from .blocks import QRLoRABlockWeights
 from .hooks import QRLoRAHook
 from .loader import QRLoRALoader
 from .merge import QRLoRAMerge
+from .mixer import QRLoRAMixer
 from .reference import QRLoRAExportReference
 from .save import QRLoRAExportLoRA, QRLoRASave
 from .similarity import QRLoRASimilarity
@@ -13,8 +14,8 @@ from .train_data import QRLoRATrainingData
 from .train_samples import QRLoRASampleSettings
 
 NODES = [
-    QRLoRALoader, QRLoRAMerge, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrainingData, QRLoRASampleSettings, QRLoRATrain,
+    QRLoRALoader, QRLoRAMerge, QRLoRAMixer, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrainingData, QRLoRASampleSettings, QRLoRATrain,
     QRLoRASimilarity, QRLoRAHook, QRLoRABlockWeights, QRLoRAExportReference,
 ]
-DRAWN = {"loader": QRLoRALoader, "merge": QRLoRAMerge, "similarity": QRLoRASimilarity, "train": QRLoRATrain,
+DRAWN = {"loader": QRLoRALoader, "merge": QRLoRAMerge, "mixer": QRLoRAMixer, "similarity": QRLoRASimilarity, "train": QRLoRATrain,
          "train_data": QRLoRATrainingData}  # web/<module>.js -> the node it draws

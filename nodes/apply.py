@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..integration.targets import fingerprint_mismatches, patches_for, resolve_targets
+from ..integration.targets import apply
 from ..qrlora_core.errors import require_finite
 from .adapter_socket import CATEGORY, QRLoRAType, STRENGTH_RANGE
 
@@ -26,14 +26,5 @@ class QRLoRAApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, qr_lora, strength) -> io.NodeOutput:
         require_finite(strength=strength)
-        found, missing = resolve_targets(model, qr_lora)
-        patches = patches_for(qr_lora, found)
-        patched = model.clone()
-        if strength != 0:
-            patched.add_patches(patches, strength)
-        lines = [f"Patched {len(patches)} of {len(qr_lora.targets)} adapter layers at strength {strength:g}."]
-        if missing:
-            lines.append(f"{len(missing)} layers are not in this model and were skipped (e.g. {missing[0]}).")
-        if fingerprint_mismatches(model, qr_lora, found):
-            lines.append("This model's weights differ from the base the adapter was trained on; results may differ from the trainer's.")
-        return io.NodeOutput(patched, ui={"text": ["\n".join(lines)]})
+        patched, note = apply(model, qr_lora, strength)
+        return io.NodeOutput(patched, ui={"text": [note]})

@@ -3,9 +3,7 @@
 from comfy_api.latest import io
 
 from ..qrlora_core.errors import AdapterError
-from ..qrlora_core.formats import load_adapter
 from ..qrlora_core.metadata import trigger_words
-from ..qrlora_core.reference_formats import is_q_and_r_file
 from ..integration import files, reference
 from .adapter_socket import CATEGORY, QRLoRAType, describe_adapter
 
@@ -41,14 +39,10 @@ class QRLoRALoader(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, lora_name, model=None):
         """Run again whenever the file's content changes, or the basis file a compact adapter uses."""
-        return files.loaded_identity(lora_name)
+        return files.fingerprint([lora_name])
 
     @classmethod
     def execute(cls, lora_name, model=None) -> io.NodeOutput:
-        path = files.adapter_path(lora_name)
-        if is_q_and_r_file(path):
-            adapter = reference.load_q_and_r(path, model, lora_name)
-        else:
-            adapter = load_adapter(path, basis_loader=files.basis_store().load, source=lora_name)
+        adapter = files.load_fingerprinted([lora_name], lambda name: reference.q_and_r(model, name))[0]
         info = describe_adapter(adapter)
         return io.NodeOutput(adapter, info, trigger_words(adapter), ui={"text": [info], "qrlora": [adapter.summary()]})

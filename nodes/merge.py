@@ -27,6 +27,7 @@ class QRLoRAMerge(io.ComfyNode):
             node_id="QRLoRAMerge",
             display_name="Merge ΔR",
             category=CATEGORY,
+            is_output_node=True,  # an output: run (and its report shown) even when all of it comes from the cache
             description="Mixes QR-LoRA adapters of the same base model: one ΔR sum per layer when they share the basis Q.",
             inputs=inputs,
             outputs=[QRLoRAType.Output(display_name="qr_lora"), io.String.Output(display_name="report")],
@@ -39,4 +40,5 @@ class QRLoRAMerge(io.ComfyNode):
         require_finite(**{f"weight_{i}": kwargs.get(f"weight_{i}") for i in range(1, MAX_ADAPTERS + 1)})
         merged, report = merge([a for a, _ in pairs], [w for _, w in pairs])
         text = report.text() + "\n" + describe_adapter(merged)
-        return io.NodeOutput(merged, text, ui={"text": [text]})
+        named = {"names": [a.source for a, _ in pairs], "weights": [w for _, w in pairs]}
+        return io.NodeOutput(merged, text, ui={"text": [text], "qrlora_mix": [named]})

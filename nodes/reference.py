@@ -6,7 +6,7 @@ The layout stores the base's R = Q^T W, so it needs the base model
 
 from comfy_api.latest import io
 
-from ..integration.files import unused_path
+from ..integration import files
 from ..integration.reference import base_weights
 from ..qrlora_core.formats import atomic_save
 from ..qrlora_core.metadata import modelspec
@@ -35,8 +35,8 @@ class QRLoRAExportReference(io.ComfyNode):
     @classmethod
     def execute(cls, model, qr_lora, filename_prefix) -> io.NodeOutput:
         tensors, not_triangular = reference_tensors(qr_lora, base_weights(model))
-        path, name = unused_path(filename_prefix)
-        atomic_save(tensors, path, modelspec(qr_lora, path, "qr-lora"))
+        path, name = files.unused_path(filename_prefix)
+        atomic_save(tensors, path, modelspec(qr_lora, path, "qr-lora"), root=files.loras_root())
         lines = [f"Exported {name} ({len(qr_lora.targets)} layers, reference layout)."]
         if not_triangular:
             lines.append(f"{not_triangular} layers have ΔR entries below the diagonal: run it with the reference's plain ΔR layer, "

@@ -38,7 +38,7 @@ class QRLoRASave(io.ComfyNode):
     @classmethod
     def execute(cls, qr_lora, filename_prefix, compact, dtype) -> io.NodeOutput:
         path, name = files.unused_path(filename_prefix)
-        save_native(qr_lora, path, basis_id=_compact_basis(qr_lora) if compact else None, dtype=PRECISIONS[dtype])
+        save_native(qr_lora, path, basis_id=_compact_basis(qr_lora) if compact else None, dtype=PRECISIONS[dtype], root=files.loras_root())
         return io.NodeOutput(name, ui={"text": [f"Saved {name}"], "files": [name]})
 
 
@@ -62,5 +62,5 @@ class QRLoRAExportLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, qr_lora, filename_prefix, dtype) -> io.NodeOutput:
         path, name = files.unused_path(filename_prefix)
-        export_lora(qr_lora, path, dtype=PRECISIONS[dtype])
+        export_lora(qr_lora, path, dtype=PRECISIONS[dtype], root=files.loras_root())
         return io.NodeOutput(name, ui={"text": [f"Exported {name}"], "files": [name]})

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import AdapterError
+from .errors import AdapterError, clipped
 from .patch import lora_pair
 
 
@@ -27,6 +27,9 @@ class QRShape:
     @property
     def rank(self) -> int:
         return self.q.shape[1]
+
+
+SHOWN_TEXT = 1000  # characters of a file's text a summary shows (the node's text, /history, the page); trigger_words() gives all
 
 
 @dataclass
@@ -71,6 +74,6 @@ class QRLoRA:
             "layers": len(self.targets),
             "parameters": sum(t.delta_r.numel() for t in self.targets.values()),
             "shared_basis": self.shared_basis,
-            "trigger_words": self.metadata.get("trigger_words", ""),
-            "base_fingerprint": self.metadata.get("base_fingerprint", ""),
+            "trigger_words": clipped(self.metadata.get("trigger_words", ""), SHOWN_TEXT),
+            "base_fingerprint": clipped(self.metadata.get("base_fingerprint", ""), SHOWN_TEXT),
         }

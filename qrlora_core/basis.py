@@ -13,11 +13,13 @@ import os
 import torch
 
 from .decompose import decompose_many
-from .errors import AdapterError
+from .errors import AdapterError, clipped
 from .fingerprint import digest, q_digest, sketch
-from .formats import BASIS_ID_KEY, atomic_save, check_finite, check_orthonormal, read_safetensors
+from . import safefile
+from .formats import BASIS_ID_KEY, atomic_save, check_finite, check_orthonormal
 from .metadata import basis_modelspec
 
+MAX_ID = 200  # characters; ids are made as r<rank>-<16 hex>, and a file name holds at most 255 bytes
 BASIS_VERSION = 1  # bump when the decomposition changes what Q it produces
 
 
@@ -37,17 +39,29 @@ def basis_id(rank: int, *, sketches: dict | None = None, qs: dict | None = None)
     return f"r{rank}-{digest(sketches, rank, BASIS_VERSION)}"
 
 
+def _checked_q(q: torch.Tensor, what: str) -> torch.Tensor:
+    if q.dim() != 2 or not q.is_floating_point() or not 1 <= q.shape[1] <= q.shape[0]:
+        raise AdapterError(f"{what} of shape {tuple(q.shape)} is not a basis (m x r, r ≤ m); the basis file is damaged, copy it again.")
+    check_finite(q, what)
+    check_orthonormal(q, what, "the basis file is damaged or not a basis: copy it again from where the adapter was saved.")
+    return q.to(torch.float32)
+
+
 class BasisStore:
     def __init__(self, folder: str):
         self.folder = folder
 
     def path(self, basis_id: str) -> str:
-        if not basis_id or os.sep in basis_id or "/" in basis_id or basis_id.startswith("."):
-            raise AdapterError(f"{basis_id!r} is not a valid basis id; the adapter file is damaged.")
+        if not basis_id or len(basis_id) > MAX_ID or os.sep in basis_id or "/" in basis_id or basis_id.startswith("."):
+            raise AdapterError(f"{clipped(basis_id)!r} is not a valid basis id; the adapter file is damaged.")
         return os.path.join(self.folder, basis_id + ".safetensors")
 
     def load(self, basis_id: str, source: str = "the adapter") -> dict:
         """name -> Q of a stored basis, each checked orthonormal."""
+        return self.read(basis_id, source)[0]
+
+    def read(self, basis_id: str, source: str = "the adapter") -> tuple[dict, safefile.Seen]:
+        """(load's Qs, what the read saw: the basis file's identity is that of the bytes the Qs came from)."""
         path = self.path(basis_id)
         if not os.path.isfile(path):
             raise AdapterError(
@@ -55,15 +69,12 @@ class BasisStore:
                 "copy that basis file there from the machine it was trained on, or save the adapter again without 'compact'."
             )
         file = f"{basis_id}.safetensors (the basis of {source})"
-        tensors, _ = read_safetensors(path, lambda header: [k for k in header.keys() if k.endswith(".q")], name=file)
-        qs = {}
-        for key, q in tensors.items():
-            if q.dim() != 2 or not q.is_floating_point() or not 1 <= q.shape[1] <= q.shape[0]:
-                raise AdapterError(f"{file}: {key} of shape {tuple(q.shape)} is not a basis (m x r, r ≤ m); the basis file is damaged, copy it again.")
-            check_finite(q, f"{file}: {key}")
-            check_orthonormal(q, f"{file}: {key}", "the basis file is damaged or not a basis: copy it again from where the adapter was saved.")
-            qs[key[: -len(".q")]] = q.to(torch.float32)
-        return qs
+        tensors, _, seen = safefile.read(path, file, lambda header: [k for k in header.keys() if k.endswith(".q")])
+        try:
+            return {key[: -len(".q")]: _checked_q(q, f"{file}: {key}") for key, q in tensors.items()}, seen
+        except AdapterError as e:
+            e.seen = seen
+            raise
 
     def holds(self, basis_id: str, qs: dict) -> bool:
         """Whether the stored basis `basis_id` has exactly these Qs (see fingerprint.q_digest)."""

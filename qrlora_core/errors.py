@@ -7,8 +7,21 @@ says what is wrong, which file or layer, and what to do.
 import math
 
 
+CLIPPED_LENGTH = 120  # characters of a name or value from a file that a message repeats
+
+
 class AdapterError(ValueError):
-    pass
+    seen = None  # safefile.Seen of the file refused, where every byte of it was read: its identity, to cache the refusal by
+
+
+def clipped(text, limit: int = CLIPPED_LENGTH) -> str:
+    """A name, key or value taken from a file, as a message repeats it: at most a short prefix.
+
+    A file can name a tensor with megabytes of text; whole, it would go
+    into the error, ComfyUI's /history and the log of every failed prompt.
+    """
+    text = text if isinstance(text, str) else str(text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def require_finite(**numbers) -> None:

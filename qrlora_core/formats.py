@@ -19,10 +19,11 @@ goes to a temporary file in the target folder and is renamed
 into place, so a failed or interrupted write never leaves a partial file.
 """
 
+import contextlib
 import errno
 import json
 import os
-import tempfile
+import secrets
 
 import safetensors.torch
 import torch
@@ -30,7 +31,7 @@ import torch
 from . import safefile
 from .adapter import QRLoRA, QRTarget
 from .decompose import rank_fits
-from .errors import AdapterError
+from .errors import AdapterError, clipped
 from .fingerprint import SKETCH_SIZE, q_digest
 from .metadata import modelspec
 
@@ -50,47 +51,99 @@ TRAINING_STATE_PREFIX = "train_state."  # a checkpoint's optimizer and RNG state
 # ---------------------------------------------------------------- writing
 
 
-def atomic_save(tensors: dict, path: str, metadata: dict | None = None) -> None:
+def atomic_save(tensors: dict, path: str, metadata: dict | None = None, root: str | None = None) -> None:
     """Write a safetensors file so that `path` is either untouched or complete (see atomic_write)."""
-    atomic_write(safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata), path)
+    atomic_write(safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata), path, root=root)
 
 
-def _process_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-_FILE_MODE = 0o666 & ~_process_umask()  # what open() gives a new file; read once, at import (os.umask is process-wide)
+@contextlib.contextmanager
+def _folder(root: str, parts: list, keep: bool = True):
+    """A descriptor of the folder root/parts[0]/..., each part opened below the last without following a link.
+
+    What was checked is where files land: a folder swapped for a link
+    meanwhile is an OSError (ELOOP), never a write elsewhere. Folders
+    missing on the way are made, and removed again if the block fails
+    (or when it ends, unless `keep`), so a refused write leaves no empty folders.
+    """
+    os.makedirs(root, exist_ok=True)  # the checked folder itself (e.g. models/qrlora_bases on first use)
+    fds, made = [os.open(root, _FOLDER)], []  # made: (index of the parent's fd, name)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, dir_fd=fds[-1])
+                made.append((len(fds) - 1, part))
+            except FileExistsError:
+                pass
+            fds.append(os.open(part, _FOLDER | os.O_NOFOLLOW, dir_fd=fds[-1]))
+        yield fds[-1]
+        if not keep:
+            _remove_made(fds, made)
+    except BaseException:
+        _remove_made(fds, made)
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
-def atomic_write(data: bytes, path: str, what: str | None = None) -> None:
+def _remove_made(fds: list, made: list) -> None:
+    for index, part in reversed(made):
+        try:
+            os.rmdir(part, dir_fd=fds[index])
+        except OSError:  # something else was put there meanwhile: not ours to remove
+            break
+
+
+def _relative_parts(path: str, root: str | None) -> tuple[str, list]:
+    """(root, [folders..., file name]) for `path` inside `root` (default: its own folder)."""
+    root = root or os.path.dirname(os.path.abspath(path))
+    parts = os.path.relpath(os.path.abspath(path), root).split(os.sep)
+    if ".." in parts or parts == ["."]:
+        raise AdapterError(f"{os.path.basename(path)} would be written outside its folder; choose a plain file name.")
+    return root, parts
+
+
+def atomic_write(data: bytes, path: str, what: str | None = None, root: str | None = None) -> None:
     """Write `data` to `path` so that `path` is either untouched or complete: every file the pack writes goes through here.
 
-    The bytes go to a temporary `.partial-*` file in the same folder, which
-    is renamed into place once complete, so a failed write (a full disk, a
-    file-size limit, a vanished folder) is an OSError with its errno, said
-    in words about `what` (default: the file's name); the temporary file is
-    removed whatever stops the write, and any earlier file at `path` is left as it was.
+    `root` is the checked folder `path` lies in (default: its own folder);
+    the folders below it are walked with descriptors, never following a
+    link (_folder). The bytes go to a temporary `.partial-*` file in the
+    same folder, renamed into place once complete, so a failed write (a
+    full disk, a file-size limit, a vanished folder) is an OSError with its
+    errno, said in words about `what` (default: the file's name); the
+    temporary file and any folders made for it are removed whatever stops
+    the write, and any earlier file at `path` is left as it was.
     """
     name = what or os.path.basename(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
+    root, parts = _relative_parts(path, root)
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=os.path.splitext(path)[1], dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes it private (0600); a saved adapter is an ordinary file
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        with _folder(root, parts[:-1]) as folder:
+            tmp = f".partial-{secrets.token_hex(8)}{os.path.splitext(path)[1]}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=folder)
+                raise
     except OSError as e:
         raise AdapterError(f"Could not write {name}: {_write_failure(e)}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+
+
+def probe_write(path: str, root: str | None = None) -> None:
+    """Make and remove an empty `path` and the folders it needs: an OSError now where writing it later would fail."""
+    root, parts = _relative_parts(path, root)
+    with _folder(root, parts[:-1], keep=False) as folder:
+        os.close(os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder))
+        os.unlink(parts[-1], dir_fd=folder)
 
 
 def _write_failure(e: OSError) -> str:
@@ -98,8 +151,8 @@ def _write_failure(e: OSError) -> str:
         return f"{e.strerror}; the disk may be full. Free some space and run it again; no partial file was left and earlier files are untouched."
     if e.errno == errno.ENAMETOOLONG:
         return "the file name is too long; choose a shorter file name prefix."
-    if e.errno in (errno.ENOTDIR, errno.EEXIST):
-        return "a part of its folder path is a file, not a folder; choose another file name prefix."
+    if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.ELOOP):  # a link where a folder was checked: ENOTDIR or ELOOP
+        return "a part of its folder path is a file or a link, not a folder (files are written only into real folders); choose another file name prefix."
     return f"{e.strerror or e}. Check that the folder is writable; no partial file was left and earlier files are untouched."
 
 
@@ -144,10 +197,12 @@ def native_metadata(adapter: QRLoRA, **extra) -> dict:
     return {META_PREFIX + k: v for k, v in meta.items()}
 
 
-def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=None, extra: tuple[dict, dict] | None = None) -> None:
+def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=None, extra: tuple[dict, dict] | None = None,
+                root: str | None = None) -> None:
     """Native file; with `basis_id`, the compact variant (ΔR only, Q from the shared basis).
 
-    `extra` = (tensors, metadata) stored alongside, e.g. a checkpoint's training state (training/state.py).
+    `extra` = (tensors, metadata) stored alongside, e.g. a checkpoint's training state (training/state.py);
+    `root`: the checked folder `path` lies in (atomic_write).
     """
     tensors = dict(extra[0]) if extra else {}
     for name, target in adapter.targets.items():
@@ -163,10 +218,10 @@ def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=N
         if target.fingerprint is not None:
             tensors[name + NATIVE_FINGERPRINT] = target.fingerprint.to(torch.float32)
     facts = {"basis_id": basis_id, BASIS_DIGEST: q_digest({n: t.q for n, t in adapter.targets.items()})} if basis_id else {}
-    atomic_save(tensors, path, {**native_metadata(adapter, **facts), **modelspec(adapter, path, "qr-lora"), **(extra[1] if extra else {})})
+    atomic_save(tensors, path, {**native_metadata(adapter, **facts), **modelspec(adapter, path, "qr-lora"), **(extra[1] if extra else {})}, root)
 
 
-def export_lora(adapter: QRLoRA, path: str, dtype=None) -> None:
+def export_lora(adapter: QRLoRA, path: str, dtype=None, root: str | None = None) -> None:
     """An ordinary LoRA with the same weights: up = s·Q, down = ΔR.
 
     Names under `transformer.` get diffusers/PEFT keys (lora_A/lora_B, no
@@ -185,7 +240,7 @@ def export_lora(adapter: QRLoRA, path: str, dtype=None) -> None:
             tensors[name + ".alpha"] = torch.tensor(float(down.shape[0]))
     meta = {"ss_network_module": "networks.lora", META_PREFIX + "exported_from": adapter.source or "merged QR-LoRA"}
     meta.update(modelspec(adapter, path, "lora"))
-    atomic_save(tensors, path, meta)
+    atomic_save(tensors, path, meta, root)
 
 
 # ---------------------------------------------------------------- reading
@@ -312,7 +367,7 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
     try:
         alpha = float(metadata.get(META_PREFIX + "alpha", rank))
     except ValueError:
-        raise AdapterError(f"{source}: its alpha {metadata.get(META_PREFIX + 'alpha')!r} is not a number; the file is damaged.") from None
+        raise AdapterError(f"{source}: its alpha {clipped(metadata.get(META_PREFIX + 'alpha'))!r} is not a number; the file is damaged.") from None
     if rank < 1 or not (alpha == alpha) or alpha in (float("inf"), float("-inf")):
         raise AdapterError(f"{source}: rank {rank} and alpha {alpha} do not make a valid scale; the file is damaged, save it again.")
     shared = metadata.get(META_PREFIX + "shared_basis", "1") == "1"
@@ -368,30 +423,46 @@ def _needed(kind: str, keys) -> list:
     return [k for k in keys if k.endswith(suffixes)] if suffixes else []
 
 
-def load_adapter(path: str, basis_loader=None, source: str | None = None) -> QRLoRA:
-    """Any QR-LoRA file (native, compact or published) as a QRLoRA.
+def load_adapter(path: str, basis_loader=None, source: str | None = None, q_and_r=None) -> QRLoRA:
+    """Any QR-LoRA file (native, compact or published) as a QRLoRA (read_adapter without what the read saw)."""
+    return read_adapter(path, basis_loader, source, q_and_r)[0]
 
-    `basis_loader(basis_id, source)` returns {name: Q} for compact files.
-    The format is told from the header, so a large file of another kind
-    (a checkpoint, an ordinary LoRA) is refused without reading its data.
+
+def read_adapter(path: str, basis_loader=None, source: str | None = None, q_and_r=None) -> tuple[QRLoRA, safefile.Seen]:
+    """(adapter, what the read saw): the adapter parsed from the very bytes whose hash `seen.digest` is.
+
+    `basis_loader(basis_id, source)` returns {name: Q} for compact files;
+    `q_and_r(tensors)` turns the reference's Q-and-R checkpoint into an
+    adapter (it needs the base model). The format is told from the header,
+    so the data of a file of another kind (a checkpoint, an ordinary LoRA)
+    is only hashed, never held. A refusal carries what was seen (error.seen).
     """
     source = source or os.path.basename(path)
-    kind, keys = "unknown", []
+    kind = "unknown"
 
     def wanted(header):
-        nonlocal kind, keys
-        kind, keys = detect_format(header.keys(), header.metadata), list(header.keys())
-        return _needed(kind, keys)
-
-    tensors, metadata = read_safetensors(path, wanted, name=source)
-    if kind == "published":
-        return _load_published(tensors, source)
-    if kind in ("native", "compact"):
+        nonlocal kind
+        keys = list(header.keys())
+        kind = detect_format(keys, header.metadata)
+        if kind == "q_and_r":
+            if q_and_r is None:
+                raise AdapterError(f"{source} is the QR-LoRA reference's Q-and-R checkpoint: load it with Load QR-LoRA and connect the base model to its 'model' input.")
+            return keys
+        if kind == "lora":
+            raise AdapterError(f"{source} is an ordinary LoRA, not a QR-LoRA: load it with the stock 'Load LoRA' node.")
+        if kind == "unknown":
+            raise AdapterError(f"{source} holds no QR-LoRA layers (no '*.lora.q.weight' or '*.qr.*' tensors): pick a QR-LoRA file.")
         if kind == "compact" and basis_loader is None:
             raise AdapterError(f"{source} is a compact adapter and needs its shared basis file, which nobody told us where to find.")
-        return _load_native(tensors, metadata, source, basis_loader)
-    if kind == "q_and_r":
-        raise AdapterError(f"{source} is the QR-LoRA reference's Q-and-R checkpoint: load it with Load QR-LoRA and connect the base model to its 'model' input.")
-    if kind == "lora":
-        raise AdapterError(f"{source} is an ordinary LoRA, not a QR-LoRA: load it with the stock 'Load LoRA' node.")
-    raise AdapterError(f"{source} holds no QR-LoRA layers (no '*.lora.q.weight' or '*.qr.*' tensors): pick a QR-LoRA file.")
+        return _needed(kind, keys)
+
+    tensors, metadata, seen = safefile.read(path, source, wanted)
+    try:
+        if kind == "published":
+            return _load_published(tensors, source), seen
+        if kind == "q_and_r":
+            return q_and_r(tensors), seen
+        return _load_native(tensors, metadata, source, basis_loader), seen
+    except AdapterError as e:
+        e.seen = seen
+        raise

@@ -28,7 +28,13 @@ class MergeReport:
     partial: int = 0  # targets missing from at least one adapter
 
     def text(self) -> str:
-        lines = [f"{self.shared} layers merged as one ΔR sum (bases agree to sin θ ≤ {self.worst_angle:.1e})."]
+        """Plain words first (what the mix is), then the numbers behind them."""
+        if not self.fallback:
+            lines = ["Mixed cleanly: the adapters share one basis, so each layer holds one sum of their changes."]
+        else:
+            lines = [f"Mixed, but {len(self.fallback)} of {self.shared + len(self.fallback)} layers were not trained on one basis: "
+                     "there the changes are simply added, and content and style may interfere."]
+        lines.append(f"{self.shared} layers merged as one ΔR sum (bases agree to sin θ ≤ {self.worst_angle:.1e}).")
         if self.fallback:
             lines.append(
                 f"{len(self.fallback)} layers have different bases (e.g. {self.fallback[0]}): they were summed as separate "

@@ -19,23 +19,13 @@ the base's R = Q^T·W (what the decomposition gives when Q spans the top-r
 subspace); our s is folded into ΔR.
 """
 
-import os
 
 import torch
 
 from .adapter import QRLoRA, QRTarget
 from .decompose import check_rank, decompose_many
 from .errors import AdapterError
-from .formats import DOUBLED_OUT, DOWN, PUBLISHED_SUFFIXES, UP, is_q_and_r
-from .safefile import header_of
-
-
-def is_q_and_r_file(path: str) -> bool:
-    """The same, from the file's header alone (no tensor is read); unreadable files are left to the loaders' messages."""
-    try:
-        return is_q_and_r(header_of(path, os.path.basename(path)).keys())
-    except AdapterError:
-        return False
+from .formats import DOUBLED_OUT, DOWN, PUBLISHED_SUFFIXES, UP
 
 
 def q_and_r_pairs(tensors, source: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -4,13 +4,15 @@ Why not safetensors' own loader: it memory-maps the file, so tensors keep
 reading from it; a file truncated or rewritten in place under the server
 then changes held weights or kills the process (SIGBUS). Here the header
 is checked against the file's byte count first (dtype, shape and data
-offsets must describe exactly the bytes that are there), then only the
-wanted tensors are read with plain reads into their own buffers. Nothing
-is allocated that the file's bytes do not back.
+offsets must describe exactly the bytes that are there), then the file
+is read front to back with plain reads, the wanted tensors into their own
+buffers. Nothing is allocated that the file's bytes do not back.
 
-A file's identity is the hash of its content (content_id): size and mtime
-can stay the same across a rewrite (`cp -p`, `touch -r`, two writes within
-one timestamp tick), content cannot.
+A file's identity is the hash of its content: size and mtime can stay the
+same across a rewrite (`cp -p`, `touch -r`, two writes within one
+timestamp tick), content cannot. The one read hashes every byte it parses
+(read, Seen), so an identity is always that of the bytes that were used,
+never of a copy read at another moment.
 """
 
 import hashlib
@@ -22,12 +24,14 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 
-from .errors import AdapterError
+from .errors import AdapterError, clipped
 
 MAX_HEADER = 16 * 2**20  # bytes; an adapter's header is a few hundred KB even for Flux
+MAX_NAME = 512  # characters in a tensor's name; real layer names have under 200, and messages repeat them
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
@@ -114,16 +118,18 @@ def read_header(f, name: str) -> Header:
 
 
 def _entry(key, info, name) -> tuple:
+    if len(key) > MAX_NAME:
+        raise _unreadable(name, f"tensor {clipped(key)!r} has a name of {len(key):,} characters, longer than any layer's")
     try:
         dtype = DTYPES[info["dtype"]]
         shape = tuple(info["shape"])
         begin, end = info["data_offsets"]
     except (TypeError, KeyError, ValueError):
-        raise _unreadable(name, f"tensor {key!r} has no valid dtype, shape and offsets") from None
+        raise _unreadable(name, f"tensor {clipped(key)!r} has no valid dtype, shape and offsets") from None
     if not all(type(x) is int and x >= 0 for x in (*shape, begin, end)) or begin > end:
-        raise _unreadable(name, f"tensor {key!r} has a negative or non-integer size")
+        raise _unreadable(name, f"tensor {clipped(key)!r} has a negative or non-integer size")
     if math.prod(shape) * dtype.itemsize != end - begin:
-        raise _unreadable(name, f"tensor {key!r} of shape {list(shape)} does not fit its {end - begin:,} bytes")
+        raise _unreadable(name, f"tensor {clipped(key)!r} of shape {clipped(list(shape))} does not fit its {end - begin:,} bytes")
     return dtype, shape, begin, end
 
 
@@ -140,51 +146,100 @@ def _read_exact(f, size: int) -> bytearray:
     return buffer if done == size else buffer[:done]
 
 
+class Seen(NamedTuple):
+    """What one read saw of a file: the hash of every byte, the stat key they held under, and when it began."""
+
+    digest: str  # sha256 of the whole file: its identity
+    stat: tuple  # stat_key, the same before and after the read
+    started: int  # time.time_ns() before the first stat, for ContentIds' settled rule
+    metadata: dict | None  # the header's metadata, None where the header was refused
+
+
+class _Hashing:
+    """A file read front to back, every byte read also hashed (no seeking: what is parsed is what is hashed)."""
+
+    def __init__(self, f):
+        self.f, self.hash = f, hashlib.sha256()
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def readinto(self, view) -> int:
+        got = self.f.readinto(view)
+        if got:
+            self.hash.update(view[:got])
+        return got
+
+    def skip(self, size: int) -> int:
+        """Read and hash `size` bytes (all that is left with size -1), keeping none; the bytes read."""
+        done, scratch = 0, bytearray(READ_CHUNK)
+        with memoryview(scratch) as view:
+            while size < 0 or done < size:
+                got = self.readinto(view if size < 0 else view[: min(READ_CHUNK, size - done)])
+                if not got:
+                    break
+                done += got
+        return done
+
+
 def read_tensors(f, header: Header, keys, name: str) -> dict:
-    """The given tensors, each in its own buffer (no view of the file remains)."""
-    out = {}
-    for key in sorted(keys, key=lambda k: header.entries[k][2]):
-        dtype, shape, begin, end = header.entries[key]
-        f.seek(header.data_start + begin)
+    """The given tensors, each in its own buffer (no view of the file remains); the others are read past.
+
+    `f` stands just after the header; the data is read front to back, which
+    covers every byte because the tensors tile it exactly (read_header).
+    """
+    keys, out = set(keys), {}
+    for key, (dtype, shape, begin, end) in sorted(header.entries.items(), key=lambda item: item[1][2]):
+        if key not in keys:
+            if f.skip(end - begin) != end - begin:
+                raise _unreadable(name, f"the file ended inside tensor {clipped(key)!r}; was it changed while being read?")
+            continue
         buffer = _read_exact(f, end - begin)
         if len(buffer) != end - begin:
-            raise _unreadable(name, f"the file ended inside tensor {key!r}; was it changed while being read?")
+            raise _unreadable(name, f"the file ended inside tensor {clipped(key)!r}; was it changed while being read?")
         out[key] = torch.frombuffer(buffer, dtype=dtype).reshape(shape) if buffer else torch.empty(shape, dtype=dtype)
     return out
 
 
-def read(path: str, name: str, wanted=None) -> tuple[dict, dict, tuple]:
-    """(tensors, metadata, stat key) of a file; `wanted(header)` picks the keys to read (all by default).
+def read(path: str, name: str, wanted=None) -> tuple[dict, dict, Seen]:
+    """(tensors, metadata, what was seen) of a file, from one read that hashes every byte it parses.
 
-    The file is stat-ed before and after reading, so one that changed
+    `wanted(header)` picks the keys to keep (all by default) or raises an
+    AdapterError to refuse the file. A refusal still reads to the end, so
+    it carries the file's identity (`error.seen`, and it can be cached by
+    it); the file is stat-ed before and after, so one that changed
     meanwhile is an error, never a mix of two versions.
     """
+    started = time.time_ns()
+    refusal, header, tensors = None, None, {}
     with open_file(path, name) as f:
+        reader = _Hashing(f)
         try:
             before = stat_key(os.fstat(f.fileno()))
-            header = read_header(f, name)
-            tensors = read_tensors(f, header, header.keys() if wanted is None else wanted(header), name)
+            try:
+                header = read_header(reader, name)
+                tensors = read_tensors(reader, header, header.keys() if wanted is None else wanted(header), name)
+            except AdapterError as e:
+                refusal = e
+            extra = reader.skip(-1)
             after = stat_key(os.fstat(f.fileno()))
         except OSError as e:
             raise AdapterError(f"{name} could not be read ({e.strerror or e}): check the disk and try again.") from None
     if before != after:
         raise AdapterError(f"{name} changed while it was being read: run it again once the file is written.")
-    return tensors, header.metadata, before
-
-
-def header_of(path: str, name: str) -> Header:
-    """A file's checked header (its tensors' names, shapes and metadata), reading nothing else."""
-    with open_file(path, name) as f:
-        try:
-            return read_header(f, name)
-        except OSError as e:
-            raise AdapterError(f"{name} could not be read ({e.strerror or e}): check the disk and try again.") from None
+    seen = Seen(reader.hash.hexdigest(), before, started, None if header is None else header.metadata)
+    if refusal is None and extra:
+        refusal = _unreadable(name, "it grew while it was being read")
+    if refusal is not None:
+        refusal.seen = seen
+        raise refusal
+    return tensors, header.metadata, seen
 
 
 class ContentIds:
-    """path -> sha256 of the content, re-hashed unless the file provably did not change.
+    """path -> sha256 of the content, read again unless the file provably did not change.
 
-    A memoized hash is trusted only for the exact stat key (inode, size,
+    A remembered hash is trusted only for the exact stat key (inode, size,
     mtime, ctime) it was taken under, and only when that stat was taken
     more than a timestamp tick after the last change: then any later
     write moves ctime. Bounded: the last `size` files.
@@ -195,44 +250,41 @@ class ContentIds:
         self._known: OrderedDict[str, tuple[tuple, str]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, path: str, name: str) -> tuple[str, tuple]:
-        """(content hash, stat key it holds for)."""
-        now = time.time_ns()
+    def known(self, path: str) -> str | None:
+        """The hash of the file as it is now if a read proved it, else None (nothing is read)."""
         try:
             key = stat_key(os.stat(path))
-        except OSError as e:
-            raise AdapterError(f"{name} cannot be read ({e.strerror or e}): pick a file from the list.") from None
+        except OSError:
+            return None
         with self._lock:
             known = self._known.get(path)
-            if known is not None and known[0] == key:
-                self._known.move_to_end(path)
-                return known[1], key
-        digest, key = self._hash(path, name)
-        settled = now - max(key[3], key[4]) > TIMESTAMP_GRANULARITY_NS
+            if known is None or known[0] != key:
+                return None
+            self._known.move_to_end(path)
+            return known[1]
+
+    def remember(self, path: str, seen: Seen) -> None:
+        """Keep what a read saw, if its stat proves any later write will show (see the class)."""
+        settled = seen.started - max(seen.stat[3], seen.stat[4]) > TIMESTAMP_GRANULARITY_NS
         with self._lock:
             if settled:
-                self._known[path] = (key, digest)
+                self._known[path] = (seen.stat, seen.digest)
                 self._known.move_to_end(path)
                 while len(self._known) > self.size:
                     self._known.popitem(last=False)
             else:
                 self._known.pop(path, None)
-        return digest, key
 
-    @staticmethod
-    def _hash(path: str, name: str) -> tuple[str, tuple]:
-        h = hashlib.sha256()
-        with open_file(path, name) as f:
-            try:
-                before = stat_key(os.fstat(f.fileno()))
-                while chunk := f.read(READ_CHUNK):
-                    h.update(chunk)
-                after = stat_key(os.fstat(f.fileno()))
-            except OSError as e:
-                raise AdapterError(f"{name} could not be read ({e.strerror or e}): check the disk and try again.") from None
-        if before != after:
-            raise AdapterError(f"{name} changed while it was being read: run it again once the file is written.")
-        return h.hexdigest(), before
+    def read(self, path: str, name: str) -> Seen:
+        """Hash the file by reading it whole (the header parsed, no tensor kept), and remember what was seen."""
+        try:
+            seen = read(path, name, wanted=lambda header: [])[2]
+        except AdapterError as e:
+            if e.seen is None:
+                raise
+            seen = e.seen  # a file refused as safetensors still has an identity
+        self.remember(path, seen)
+        return seen
 
 
 content_id = ContentIds()

@@ -34,9 +34,21 @@ async function fetchSummary(node) {
   }
 }
 
+/** The nodes this loader feeds that name their inputs after its file (Merge ΔR's weight sliders) follow a new pick. */
+function tellConsumers(node) {
+  const links = node.graph?.links;
+  for (const id of node.outputs?.[0]?.links ?? []) {
+    const link = links instanceof Map ? links.get(id) : links?.[id];
+    node.graph.getNodeById(link?.target_id)?.qrlora?.refresh?.();
+  }
+}
+
 function setup(node) {
   node.qrlora = { panel: addPanel(node, "adapter_info", { height: 84 }) };
-  chain(widget(node, "lora_name"), "callback", () => fetchSummary(node));
+  chain(widget(node, "lora_name"), "callback", () => {
+    fetchSummary(node);
+    tellConsumers(node);
+  });
   queueMicrotask(() => fetchSummary(node));
 }
 

@@ -8,7 +8,7 @@
 // to connect the next adapter to. How many slots there are, how many are
 // required and the sockets' type come from the node's own definition
 // (/object_info: qr_lora_<i> inputs), not from a copy here.
-import { addPanel, app, chain, first, fitHeight, frontendOnly, onNodeOfType, setHidden, widget } from "./qrlora_ui.js";
+import { addPanel, app, chain, first, fitHeight, frontendOnly, onNodeOfType, refreshView, setDisabled, setHidden, widget } from "./qrlora_ui.js";
 
 const BALANCE = "content ↔ style";
 const SLOT = /^qr_lora_\d+$/;
@@ -45,10 +45,41 @@ export function weightsFromBalance(b) {
   return [Math.min(1, 2 * (1 - b)), Math.min(1, 2 * b)];
 }
 
+/** The balance that gives (w1, w2), or null when no balance does (weights set by hand outside its line). */
 function balanceFromWeights(w1, w2) {
   if (Math.abs(w1 - 1) < 1e-6 && w2 >= 0 && w2 <= 1) return w2 / 2;
   if (Math.abs(w2 - 1) < 1e-6 && w1 >= 0 && w1 <= 1) return 1 - w1 / 2;
   return null;
+}
+
+/** The balance whose weights are nearest (w1, w2): where the slider stands when no balance gives them exactly. */
+function nearestBalance(w1, w2) {
+  let best = 0.5, distance = Infinity;
+  for (let k = 0; k <= 100; k++) {
+    const [a, b] = weightsFromBalance(k / 100);
+    const d = (a - w1) ** 2 + (b - w2) ** 2;
+    if (d < distance) [best, distance] = [k / 100, d];
+  }
+  return best;
+}
+
+/** The adapter file feeding slot i (the Load QR-LoRA node's pick), or null. */
+function sourceName(node, i) {
+  const link = socket(node, i)?.link;
+  if (link == null) return null;
+  const links = node.graph?.links;
+  const origin = node.graph?.getNodeById((links instanceof Map ? links.get(link) : links?.[link])?.origin_id);
+  const name = origin?.widgets?.find((w) => w.name === "lora_name")?.value;
+  return typeof name === "string" ? name.split(/[\\/]/).pop().replace(/\.safetensors$/i, "") : null;
+}
+
+/** Each weight slider says whose weight it is: the adapter file's name where a loader feeds its slot. */
+function nameWeights(node) {
+  for (let i = 1; i <= slots.max; i++) {
+    const w = widget(node, `weight_${i}`);
+    const name = sourceName(node, i);
+    w.label = name ? `${name} weight` : undefined;
+  }
 }
 
 function round(v) {
@@ -70,14 +101,20 @@ function refresh(node) {
   for (let i = 1; i <= slots.max; i++) setHidden(widget(node, `weight_${i}`), i > count);
   const { balance, less } = node.qrlora;
   setHidden(balance, count !== 2);
-  less.disabled = count <= slots.min;
+  setDisabled(less, count <= slots.min);
+  nameWeights(node);
   syncBalance(node);
   fitHeight(node);
+  refreshView(node);
 }
 
+/** The balance follows the weights; off its line it stands at the nearest point and says the weights are custom. */
 function syncBalance(node) {
-  const b = balanceFromWeights(widget(node, "weight_1").value, widget(node, "weight_2").value);
-  if (b !== null) node.qrlora.balance.value = round(b);
+  const [w1, w2] = [widget(node, "weight_1").value, widget(node, "weight_2").value];
+  const b = balanceFromWeights(w1, w2);
+  const { balance } = node.qrlora;
+  balance.value = round(b ?? nearestBalance(w1, w2));
+  balance.label = b === null ? `${BALANCE} (custom weights)` : undefined;
 }
 
 function setBalance(node, b) {
@@ -104,6 +141,12 @@ function removeSlot(node) {
   refresh(node);
 }
 
+/** The report in plain words, a row per adapter named by its file, then the numbers; `last`: {text, mix} from the node's run. */
+function showReport(node, report, { text, mix }) {
+  const pairs = (mix?.names ?? []).map((name, k) => [`${Number(mix.weights[k]).toFixed(2)} ×`, name]);
+  report.report(text, pairs, "executed");
+}
+
 function setup(node) {
   node.properties = node.properties ?? {};
   const balance = frontendOnly(node.addWidget("slider", BALANCE, 0.5, (b) => setBalance(node, b), {
@@ -127,14 +170,20 @@ app.registerExtension({
     if (!(await onNodeOfType(nodeType, nodeData, "merge", setup))) return;
     Object.assign(slots, slotsOf(nodeData));
     chain(nodeType.prototype, "onConfigure", function () {
-      queueMicrotask(() => refresh(this));
+      queueMicrotask(() => {
+        refresh(this);
+        const last = this.properties?.qrloraReport;
+        if (last && this.qrlora) showReport(this, this.qrlora.report, last);
+      });
     });
     chain(nodeType.prototype, "onConnectionsChange", function () {
       refresh(this);
     });
     chain(nodeType.prototype, "onExecuted", function (message) {
       const text = first(message, "text");
-      if (text) this.qrlora?.report.note(text, "executed");
+      if (!text || !this.qrlora) return;
+      this.properties.qrloraReport = { text, mix: first(message, "qrlora_mix") };  // shown again when the workflow reopens
+      showReport(this, this.qrlora.report, this.properties.qrloraReport);
     });
   },
   afterConfigureGraph() {

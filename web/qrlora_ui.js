@@ -1,4 +1,4 @@
-// Shared helpers for the QR-LoRA node UIs: hooks, widgets, the info panel, a line chart.
+// Shared helpers for the QR-LoRA node UIs: hooks, widgets, the info panel.
 // Each node's UI lives in its own module (merge.js, loader.js, train.js, train_data.js, similarity.js).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -56,6 +56,30 @@ export function setHidden(w, hidden) {
   else if (Object.hasOwn(w, "computeSize")) delete w.computeSize;
 }
 
+/** Whether the page draws nodes as Vue components (Nodes 2.0, setting Comfy.VueNodes.Enabled) instead of on the canvas. */
+export function vueNodes() {
+  return !!app.extensionManager?.setting?.get?.("Comfy.VueNodes.Enabled");
+}
+
+/**
+ * Show a node's changed sockets and widgets (added, removed, hidden, disabled) in the Vue node view too.
+ * That view copies a node's sockets and widgets when the node is added to the graph and re-reads them
+ * only on a few events (frontend 1.32.9, useGraphNodeManager), none of which is "a widget was hidden";
+ * announcing the node as added again makes it read the node afresh. The canvas needs nothing: it draws
+ * from the node itself.
+ */
+export function refreshView(node) {
+  if (!vueNodes() || !node.graph || app.configuringGraph) return;
+  node.graph.onNodeAdded?.(node);
+}
+
+/** Grey out a widget (a button that has nothing to do) on the canvas and in the Vue node view. */
+export function setDisabled(w, disabled) {
+  w.disabled = disabled;
+  w.options = w.options ?? {};
+  w.options.disabled = disabled;
+}
+
 /** A widget the page shows but neither saves in the workflow nor sends to the server. */
 export function frontendOnly(w) {
   w.serialize = false;
@@ -68,7 +92,7 @@ export function frontendOnly(w) {
 export function fitHeight(node) {
   const [, h] = node.computeSize();
   node.setSize([node.size[0], h]);
-  node.setDirtyCanvas(true, true);
+  node.setDirtyCanvas?.(true, true);
 }
 
 let styled = false;
@@ -85,6 +109,7 @@ function addStyles() {
     .qrlora-panel td:first-child { color: var(--descrip-text, #999); white-space: nowrap; word-break: normal; }
     .qrlora-panel .qrlora-note { color: var(--descrip-text, #999); white-space: pre-wrap; }
     .qrlora-panel .qrlora-error { color: #e57373; }
+    .qrlora-panel .qrlora-lead { font-weight: 600; white-space: pre-wrap; margin-bottom: 2px; }
     .qrlora-panel canvas { width: 100%; height: 100%; display: block; }
   `;
   document.head.appendChild(style);
@@ -100,12 +125,13 @@ export function addPanel(node, name, { height = 96 } = {}) {
   const element = document.createElement("div");
   element.className = "qrlora-panel";
   element.dataset.qrloraPanel = name;
+  let least = height;
   const w = frontendOnly(node.addDOMWidget(name, "qrlora_panel", element, {
     hideOnZoom: false,
     getValue: () => undefined,
     setValue: () => {},
-    getMinHeight: () => height,
-    getMaxHeight: () => height * 3,
+    getMinHeight: () => least,
+    getMaxHeight: () => Math.max(least, height * 3),
   }));
   const mark = (state) => {
     element.dataset.qrloraNode = String(node.id);
@@ -135,6 +161,51 @@ export function addPanel(node, name, { height = 96 } = {}) {
       panel.note(text, "error");
       element.firstChild.className = "qrlora-error";
     },
+    /**
+     * A report: its first line in plain words (emphasized), rows of label/value, then the remaining lines.
+     * The panel grows to show all of it: `fit` says how many text lines that takes at the node's width.
+     */
+    report(text, pairs = [], state = "executed") {
+      const [lead, ...rest] = String(text).split("\n");
+      const parts = [];
+      const head = document.createElement("div");
+      head.className = "qrlora-lead";
+      head.textContent = lead;
+      parts.push(head);
+      if (pairs.length) {
+        const table = document.createElement("table");
+        for (const cells of pairs) {
+          const tr = table.insertRow();
+          for (const cell of cells) tr.insertCell().textContent = cell;
+        }
+        parts.push(table);
+      }
+      if (rest.length) {
+        const more = document.createElement("div");
+        more.className = "qrlora-note";
+        more.textContent = rest.join("\n");
+        parts.push(more);
+      }
+      element.replaceChildren(...parts);
+      mark(state);
+      const perLine = Math.max(20, Math.floor(((node.size?.[0] ?? 300) - 30) / 7));
+      const lines = [lead, ...rest].reduce((n, line) => n + Math.max(1, Math.ceil(line.length / perLine)), 0) + pairs.length;
+      panel.fit(lines);
+      // The estimate above holds for a node off screen; one on screen grows by what it lacks once drawn.
+      const grow = (tries) => requestAnimationFrame(() => {
+        const lacking = element.scrollHeight - element.clientHeight;
+        if (!element.isConnected || lacking <= 1 || !tries) return;
+        least += lacking + 2;
+        fitHeight(node);
+        grow(tries - 1);
+      });
+      grow(3);
+    },
+    /** Make room for `lines` lines of text (the node grows; it never shrinks below the panel's least height). */
+    fit(lines) {
+      least = Math.max(height, Math.ceil(lines * 15 + 12));
+      fitHeight(node);
+    },
     canvas() {
       let canvas = element.querySelector("canvas");
       if (!canvas) {
@@ -153,38 +224,4 @@ export function addPanel(node, name, { height = 96 } = {}) {
 export function first(message, key) {
   const value = message?.[key];
   return Array.isArray(value) ? value[0] : value;
-}
-
-/** Draw a line chart of `values` (y) against 1..n (x) into a canvas, sized to its box. */
-export function drawLineChart(canvas, values, { label = "", color = "#6cb6ff" } = {}) {
-  const ratio = window.devicePixelRatio || 1;
-  const width = Math.max(120, canvas.clientWidth || 240);
-  const height = Math.max(60, canvas.clientHeight || 100);
-  canvas.width = width * ratio;
-  canvas.height = height * ratio;
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, width, height);
-  ctx.font = "10px system-ui, sans-serif";
-  ctx.fillStyle = "#999";
-  if (!values.length) {
-    ctx.fillText("no values yet", 8, height / 2);
-    return;
-  }
-  const lo = Math.min(...values);
-  const hi = Math.max(...values);
-  const span = hi - lo || 1;
-  const pad = { left: 40, right: 6, top: 14, bottom: 14 };
-  const x = (i) => pad.left + (values.length === 1 ? 0 : (i / (values.length - 1)) * (width - pad.left - pad.right));
-  const y = (v) => pad.top + (1 - (v - lo) / span) * (height - pad.top - pad.bottom);
-  ctx.fillText(hi.toPrecision(3), 2, pad.top + 4);
-  ctx.fillText(lo.toPrecision(3), 2, height - pad.bottom);
-  ctx.fillText(`${label} · step ${values.length}: ${values.at(-1).toPrecision(4)}`, pad.left, 10);
-  ctx.strokeStyle = "#555";
-  ctx.strokeRect(pad.left, pad.top, width - pad.left - pad.right, height - pad.top - pad.bottom);
-  ctx.strokeStyle = color;
-  ctx.lineWidth = 1.5;
-  ctx.beginPath();
-  values.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
-  ctx.stroke();
 }

@@ -50,8 +50,9 @@ THUMBNAIL_SIZE = 512  # square: the template browser shows each card's image in 
 THUMBNAIL_BACKGROUND = (32, 32, 32)  # the page's dark canvas
 
 MIX_NOTE = (
-    "Each weight says how much of that adapter goes into the mix (negative subtracts it). With two adapters the "
-    "content ↔ style slider sets both: the middle keeps both at 1, the ends fade one out. '+ adapter' adds a slot.\n\n"
+    "One row per adapter: a file from the loras folder, on/off, its strength (how much goes into the mix; negative "
+    "subtracts it) and its role. The rows' trigger words fill {content}, {style} and {other} in the node's prompt. "
+    "'+ row' adds an adapter, '− row' removes the last.\n\n"
     "Adapters trained on the same base model share the basis Q, so the mix is one ΔR sum per layer; the node's "
     "report says so, or that it fell back to adding the deltas."
 )
@@ -126,38 +127,27 @@ def generate_group(title, prompt, prefix, model_from, negative=""):
     return nodes, links
 
 
-MIX_TEMPLATE = "a {content} shape in {style}"  # the mix's prompt; the loaders' trigger words fill it in
+MIX_TEMPLATE = "a {content} shape in {style}"  # the mix's prompt; the Mixer fills in its rows' trigger words
 
 
 def mix():
     generate, generate_links = generate_group(
-        "4 · Generate with both trigger words", None, "qrlora_demo/mix", ("apply", 0))
+        "3 · Generate with both trigger words", None, "qrlora_demo/mix", ("mixer", 0))
+    rows = [{"lora": demo_assets.CONTENT, "on": True, "strength": 1.0, "role": "content"},
+            {"lora": demo_assets.STYLE, "on": True, "strength": 1.0, "role": "style"}]
     groups = [
         model_group(),
         G("2 · Mix content + style adapters", GREEN, [
-            N("content", "QRLoRALoader", "Content adapter", lora_name=demo_assets.CONTENT),
-            N("style", "QRLoRALoader", "Style adapter", lora_name=demo_assets.STYLE),
+            N("mixer", "QRLoRAMixer", "Mix content + style", box_w=380, rows=json.dumps(rows), prompt=MIX_TEMPLATE),
         ], [
-            N("merge", "QRLoRAMerge", "Mix content + style", weight_1=1.0, weight_2=1.0),
             N("note", "Note", "How the mix works", text=MIX_NOTE),
-        ], [
-            N("apply", "QRLoRAApply", "Apply the mix to the model", strength=1.0),
-        ]),
-        G("3 · The prompt, from the adapters' trigger words", PURPLE, [
-            N("with_content", "StringReplace", "Prompt: {content} ← the content adapter's trigger words", box_w=340,
-              string=MIX_TEMPLATE, find="{content}", replace=""),
-            N("with_style", "StringReplace", "{style} ← the style adapter's trigger words", box_w=340, string="", find="{style}", replace=""),
-        ], [
             N("shown", "PreviewAny", "The prompt, as sent", box_w=300),
         ]),
         generate,
     ]
     links = [
-        ("unet", 0, "content", "model"), ("unet", 0, "style", "model"),  # any format loads, the reference's Q-and-R files too
-        ("content", 0, "merge", "qr_lora_1"), ("style", 0, "merge", "qr_lora_2"),
-        ("unet", 0, "apply", "model"), ("merge", 0, "apply", "qr_lora"),
-        ("content", 2, "with_content", "replace"), ("with_content", 0, "with_style", "string"), ("style", 2, "with_style", "replace"),
-        ("with_style", 0, "prompt", "text"), ("with_style", 0, "shown", "source"), *generate_links,
+        ("unet", 0, "mixer", "model"),  # any format loads, the reference's Q-and-R files too
+        ("mixer", 2, "prompt", "text"), ("mixer", 2, "shown", "source"), *generate_links,
     ]
     return groups, links, [[("out", "save")]]
 
@@ -185,14 +175,14 @@ def train(kind: str):
               triangular=True, checkpoint_every=0, filename_prefix=f"qrlora/{kind}", trigger_words=trigger),
         ], [
             N("note", "Note", "About training", box_w=380, text=TRAIN_NOTE.format(kind=kind, trigger=trigger, mix=examples.TITLES["qrlora_mix"])),
-            N("loss", "PreviewImage", "Loss curve", box_w=380, box_h=300),
+            N("loss", "LossGraphNode", "Loss curve", box_w=380, box_h=300),
         ]),
         generate,
     ]
     links = [
         ("images", 0, "dataset", "images"), ("images", 1, "dataset", "texts"), ("vae", 0, "dataset", "vae"), ("clip", 0, "dataset", "clip"),
         ("unet", 0, "train", "model"), ("dataset", 0, "train", "latents"), ("dataset", 1, "train", "positive"),
-        ("train", 3, "loss", "images"), *generate_links,
+        ("train", 2, "loss", "loss"), *generate_links,
     ]
     return groups, links, [[("in", "images"), ("out", "save")], [("out", "loss")]]
 
@@ -223,7 +213,7 @@ def train_folder():
               training_dtype=recipe["training_dtype"], gradient_checkpointing=recipe["gradient_checkpointing"],
               **adapters.TARGETS["content"], triangular=True, checkpoint_every=25, filename_prefix="qrlora/folder", trigger_words=trigger),
         ], [
-            N("loss", "PreviewImage", "Loss curve", box_w=380, box_h=300),
+            N("loss", "LossGraphNode", "Loss curve", box_w=380, box_h=300),
         ]),
         generate,
     ]
@@ -231,7 +221,7 @@ def train_folder():
         ("folder", 0, "data", "images"), ("folder", 1, "data", "captions"), ("vae", 0, "data", "vae"), ("clip", 0, "data", "clip"),
         ("unet", 0, "train", "model"), ("data", 0, "train", "latents"), ("data", 1, "train", "positive"),
         ("clip", 0, "samples", "clip"), ("vae", 0, "samples", "vae"), ("samples", 0, "train", "samples"),
-        ("train", 3, "loss", "images"), *generate_links,
+        ("train", 2, "loss", "loss"), *generate_links,
     ]
     return groups, links, [[("in", "folder"), ("out", "save")], [("out", "loss")]]
 
@@ -365,7 +355,7 @@ def train_real(arch: str, kind: str):
               gradient_checkpointing=True, target_preset="attention + MLP (paper)", target_pattern="", triangular=True,
               checkpoint_every=250, filename_prefix=prefix, trigger_words=trigger),
         ], [
-            N("loss", "PreviewImage", "Loss curve", box_w=380, box_h=300),
+            N("loss", "LossGraphNode", "Loss curve", box_w=380, box_h=300),
         ]),
         generate,
     ]
@@ -373,7 +363,7 @@ def train_real(arch: str, kind: str):
         ("folder", 0, "data", "images"), ("folder", 1, "data", "captions"), (*loaded["vae"], "data", "vae"), (*loaded["clip"], "data", "clip"),
         (*loaded["model"], "train", "model"), ("data", 0, "train", "latents"), ("data", 1, "train", "positive"),
         (*loaded["clip"], "samples", "clip"), (*loaded["vae"], "samples", "vae"), ("samples", 0, "train", "samples"),
-        ("train", 3, "loss", "images"), *generate_links,
+        ("train", 2, "loss", "loss"), *generate_links,
     ]
     return groups, links, None
 

@@ -255,9 +255,9 @@ def _train(args, config: TrainConfig, launch, say) -> int:
         with torch.inference_mode(False):
             try:
                 run = train_to_files(model, latents, positive, config, existing, on_step=on_step, parallel=parallel)
-            except comfy.model_management.InterruptProcessingException:
+            except comfy.model_management.InterruptProcessingException as e:  # process 0's is a Stopped: what it kept
                 comfy.model_management.interrupt_current_processing(False)
-                say("Stopped on request; what was trained is kept in the loras folder (the newest checkpoint of this run).")
+                say(f"Stopped on request. {e}")
                 launch.finish()
                 return EXIT_INTERRUPTED
     for note in run.session.notes:

@@ -11,14 +11,10 @@ import logging
 import os
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw, ImageFont
-
 import comfy.model_management
 
 from ...qrlora_core.errors import AdapterError
-from ...qrlora_core.formats import save_native
+from ...qrlora_core.formats import probe_write, save_native
 from ...qrlora_core.training import TrainConfig
 from ...qrlora_core.training import config as settings
 from ...qrlora_core.training.step_loop import NonFiniteLoss
@@ -28,6 +24,14 @@ from .names import checkpoint_name
 from .samples import SamplePreviews
 from .session import TrainingSession
 
+
+class Stopped(comfy.model_management.InterruptProcessingException):
+    """A run stopped by Cancel, with what it kept: still ComfyUI's interrupt (the executor reports it as one),
+    worded for the user here once (the node sends it to the page, train.py prints it)."""
+
+    def __init__(self, step: int, kept: str | None):
+        self.step, self.kept = step, kept
+        super().__init__(f"Stopped at step {step}; " + (f"kept {kept}." if kept else "nothing was trained yet, so no file was written."))
 
 
 class Checkpoints:
@@ -39,7 +43,7 @@ class Checkpoints:
     """
 
     def __init__(self, prefix: str, last_step: int):
-        prefix = prefix.strip() or settings.default("filename_prefix")
+        prefix = files.clean_prefix(prefix) or settings.default("filename_prefix")
         self.run = files.first_free(prefix, self._run_exists, "training runs")
         self._check_writable(prefix, checkpoint_name(self.run, last_step))
         self.targets, self.metadata, self.training_state = None, {}, None  # training_state(steps) -> TrainingState
@@ -54,13 +58,8 @@ class Checkpoints:
 
     @staticmethod
     def _check_writable(prefix: str, name: str) -> None:
-        path = files.output_path(name)
-        folder = os.path.dirname(path)
         try:
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            os.close(fd)
-            os.unlink(path)
+            probe_write(files.output_path(name), root=files.loras_root())  # leaves no file or folder behind
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG:
                 longest = max(len(part.encode()) for part in name.split("/"))
@@ -76,7 +75,7 @@ class Checkpoints:
         if loss is not None:
             meta["loss"] = loss
         state = self.training_state(steps).pack() if self.training_state else None
-        save_native(self.targets.to_adapter(meta, source=name), files.output_path(name), extra=state)
+        save_native(self.targets.to_adapter(meta, source=name), files.output_path(name), extra=state, root=files.loras_root())
         self.saved_step, self.saved_name = steps, name
         logging.info(f"[QR-LoRA] saved checkpoint {name}")
         return name
@@ -86,32 +85,6 @@ class Checkpoints:
         if not losses or self.saved_step == steps or self.targets is None or not self.targets.all_finite():
             return self.saved_name
         return self.save(steps, losses[-1])
-
-
-def loss_curve(losses: list[float], first_step: int = 1, width: int = 512, height: int = 288) -> torch.Tensor:
-    """The loss per step as an IMAGE tensor (1, H, W, 3), axes labelled with steps and loss range."""
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    left, right, top, bottom = 56, width - 12, 12, height - 28
-    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=1)
-    if losses:
-        lo, hi = min(losses), max(losses)
-        span = (hi - lo) or 1.0
-        n = len(losses)
-        points = [
-            (left + (right - left) * (i / max(n - 1, 1)), bottom - (bottom - top) * ((v - lo) / span))
-            for i, v in enumerate(losses)
-        ]
-        if n == 1:
-            points = points * 2
-        draw.line(points, fill=(30, 90, 200), width=2)
-        draw.text((4, top), f"{hi:.4g}", fill="black", font=font)
-        draw.text((4, bottom - 10), f"{lo:.4g}", fill="black", font=font)
-        draw.text((left, bottom + 8), f"step {first_step}", fill="black", font=font)
-        draw.text((right - 70, bottom + 8), f"step {first_step + n - 1}", fill="black", font=font)
-    draw.text((width // 2 - 12, bottom + 8), "loss", fill="black", font=font)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
 
 
 @dataclass
@@ -126,13 +99,14 @@ class TrainedRun:
 
 
 def train_to_files(model, latents, positive, config: TrainConfig, existing=None, on_step=lambda step, loss: None, parallel=None,
-                   samples=None) -> TrainedRun:
+                   samples=None, on_samples=lambda step, made: None) -> TrainedRun:
     """Train and write the checkpoints and the final adapter into `loras`: what the node and train.py both run.
 
-    Interrupted: keeps what was trained (a checkpoint), then re-raises.
+    Interrupted: keeps what was trained (a checkpoint) and raises `Stopped`.
     Diverged: keeps the last good state and says so. `parallel`: a
     StepShare run, in which only process 0 writes files (and makes the
-    sample images, when `samples` (SampleSettings) asks for them).
+    sample images, when `samples` (SampleSettings) asks for them;
+    on_samples(step, made) after each set, SamplePreviews.files' new entries).
     """
     writes = parallel is None or parallel.main
     steps_before = int(existing.metadata.get("steps", 0) or 0) if existing is not None else 0
@@ -151,7 +125,7 @@ def train_to_files(model, latents, positive, config: TrainConfig, existing=None,
     }
     if checkpoints is not None:
         checkpoints.targets, checkpoints.metadata, checkpoints.training_state = session.targets, metadata, session.training_state
-    previews = SamplePreviews(samples, checkpoints.run, config.steps) if samples is not None and checkpoints is not None else None
+    previews = SamplePreviews(samples, checkpoints.run, on_samples) if samples is not None and checkpoints is not None else None
     losses: list[float] = []
 
     def after_step(step: int, loss: float) -> None:
@@ -160,15 +134,16 @@ def train_to_files(model, latents, positive, config: TrainConfig, existing=None,
         if checkpoints is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
             checkpoints.save(steps_before + step, loss)
         if previews is not None and previews.settings.due(steps_before + step):
-            previews(session, step, steps_before + step)
+            previews(session, steps_before + step)
 
     try:
         with session:
             session.run(config.steps, after_step)
     except comfy.model_management.InterruptProcessingException:
-        if checkpoints is not None:
-            checkpoints.keep(steps_before + len(losses), losses)
-        raise
+        if checkpoints is None:  # a process that writes nothing: process 0 says what was kept
+            raise
+        step = steps_before + len(losses)
+        raise Stopped(step, checkpoints.keep(step, losses)) from None
     except fit.OUT_OF_MEMORY as e:  # the estimate was wrong: keep what was trained, say what to change
         if checkpoints is not None:
             checkpoints.keep(steps_before + len(losses), losses)

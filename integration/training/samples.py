@@ -4,9 +4,10 @@ Every N steps the trainer generates one image per prompt with ComfyUI's
 own sampling (`comfy.sample.sample`, what KSampler runs) on the training
 model itself, its ΔR wrappers active, without gradients and with the
 global RNG put back afterwards, so samples never change what is trained.
-Each image is shown on the node at once (the progress preview, as samplers
-show theirs), kept as a PNG next to the checkpoints in the loras folder,
-and listed in the node's output when the run ends.
+Each set is kept as PNGs next to the checkpoints in the loras folder and
+as temporary copies the page shows at once, labelled with its step
+(web/train.js, through the node's live event), and listed in the node's
+output when the run ends.
 """
 
 import io as bytes_io
@@ -21,14 +22,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import comfy.sample
-import comfy.utils
 
 from ...qrlora_core.formats import atomic_write
 from .. import files
 from .names import sample_name
-
-PREVIEW_SIZE = 512  # longest side of the progress preview
-
 
 @dataclass
 class SampleSettings:
@@ -67,31 +64,25 @@ class SampleSettings:
 
 
 class SamplePreviews:
-    """Generates, shows and keeps the samples of one training run."""
+    """Generates and keeps the samples of one training run; on_made(step, made) hears of each set."""
 
-    def __init__(self, settings: SampleSettings, run: str, total_steps: int):
-        self.settings, self.run = settings, run
-        self.progress = comfy.utils.ProgressBar(total_steps)
-        self.files: list[dict] = []  # {"step", "prompt", "file"} per image, for the node's output
-        self.shown: list = []  # the temp copies the page shows (ui images)
+    def __init__(self, settings: SampleSettings, run: str, on_made=lambda step, made: None):
+        self.settings, self.run, self.on_made = settings, run, on_made
+        self.files: list[dict] = []  # {"step", "prompt", "file" (in loras), "image" (the temp copy /view serves)} per image
 
-    def __call__(self, session, step: int, total: int) -> None:
-        """After optimizer step `step` of the run, `total` steps of the adapter's training."""
+    def __call__(self, session, step: int) -> None:
+        """After `step` steps of the adapter's training (earlier runs of a continued adapter included)."""
         images = session.between_steps(self.settings.generate)
-        for k, (prompt, image) in enumerate(zip(self.settings.prompts, images), start=1):
-            name = sample_name(self.run, total, k)
-            _save_png(image, files.output_path(name, ".png"), {"prompt": prompt, "seed": str(self.settings.seed), "steps": str(total)})
-            self.files.append({"step": total, "prompt": prompt, "file": name})
-        self.shown += ui.ImageSaveHelper.save_images(images, filename_prefix="qrlora_samples/sample", folder_type=io.FolderType.temp,
-                                                     cls=None, compress_level=1)
-        logging.info(f"[QR-LoRA] step {total}: {len(images)} sample image(s) saved next to the checkpoints ({sample_name(self.run, total, '*')})")
-        self.progress.update_absolute(step, None, ("PNG", _strip(images), PREVIEW_SIZE))
-
-
-def _strip(images: torch.Tensor) -> Image.Image:
-    """The images side by side, as one PIL image (the node shows one preview at a time)."""
-    row = torch.cat(list(images), dim=1)
-    return Image.fromarray(np.clip(255.0 * row.cpu().numpy(), 0, 255).astype(np.uint8))
+        shown = ui.ImageSaveHelper.save_images(images, filename_prefix="qrlora_samples/sample", folder_type=io.FolderType.temp,
+                                               cls=None, compress_level=1)
+        made = []
+        for k, (prompt, image, copy) in enumerate(zip(self.settings.prompts, images, shown), start=1):
+            name = sample_name(self.run, step, k)
+            _save_png(image, files.output_path(name, ".png"), {"prompt": prompt, "seed": str(self.settings.seed), "steps": str(step)})
+            made.append({"step": step, "prompt": prompt, "file": name, "image": dict(copy)})
+        self.files += made
+        logging.info(f"[QR-LoRA] step {step}: {len(images)} sample image(s) saved next to the checkpoints ({sample_name(self.run, step, '*')})")
+        self.on_made(step, made)
 
 
 def _save_png(image: torch.Tensor, path: str, text: dict) -> None:
@@ -101,4 +92,4 @@ def _save_png(image: torch.Tensor, path: str, text: dict) -> None:
         info.add_text(key, value)
     buffer = bytes_io.BytesIO()
     Image.fromarray(np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)).save(buffer, format="PNG", pnginfo=info)
-    atomic_write(buffer.getvalue(), path, f"the sample image {os.path.basename(path)}")
+    atomic_write(buffer.getvalue(), path, f"the sample image {os.path.basename(path)}", root=files.loras_root())

@@ -6,6 +6,7 @@ the server reports them done and the page shows their results. Sliders and
 buttons are moved with the mouse on the canvas.
 """
 
+import json
 import os
 
 import pytest
@@ -147,15 +148,16 @@ def test_workflow_loads_with_no_missing_nodes_or_broken_links(ui, object_info, n
 
 def test_mix_workflow_runs_from_the_page_and_shows_its_results(ui, comfy, artifacts):
     wf = load(ui, "qrlora_mix")
-    ids = {t: workflow.node_id(wf, t) for t in ("Content adapter", "Style adapter", "Mix content + style", "Result")}
+    ids = {t: workflow.node_id(wf, t) for t in ("Mix content + style", "The prompt, as sent", "Result")}
     sent, entry = run_from_page(ui, comfy)
     assert entry["outputs"][ids["Result"]]["images"]
 
-    content = panel(ui, ids["Content adapter"], "adapter_info", "executed")
-    style = panel(ui, ids["Style adapter"], "adapter_info", "executed")
-    assert "native" in content and f"{demo_assets.RANK} · alpha" in content and "<c>" in content
-    assert "<s> style" in style
-    assert "merged as one ΔR sum" in panel(ui, ids["Mix content + style"], "mix_report", "executed")
+    report = panel(ui, ids["Mix content + style"], "mix_report", "executed")
+    assert report.startswith("Mixed cleanly") and "merged as one ΔR sum" in report
+    assert demo_assets.CONTENT in report and "<c>" in report and "<s> style" in report, report
+    # The prompt as typed, trigger words included (the stock preview renders Markdown, where <c> read as a tag).
+    shown = ui.evaluate(f"() => app.graph.getNodeById({ids['The prompt, as sent']}).widgets.find(w => w.name === 'preview').element.innerText")
+    assert shown.strip() == "a <c> shape in <s> style"
     show(ui, ids["Result"])  # the page loads a node's image when it draws the node, as a person scrolls to it
     ui.wait_for_function(f"() => app.graph.getNodeById({ids['Result']}).imgs?.[0]?.complete", timeout=30_000)
 
@@ -198,8 +200,14 @@ def test_train_workflow_runs_from_the_page_and_draws_the_loss_curve(ui, comfy, k
         set(train, "steps", 3); set(train, "rank", 4); set(size, "width", 64); set(size, "height", 64); set(sampler, "steps", 2);
     }""", [int(train), int(workflow.node_id(wf, "Image size")), int(workflow.node_id(wf, "Sampler"))])
     _, entry = run_from_page(ui, comfy, timeout=600)
-    panel(ui, train, "loss_curve", "executed")
-    assert ui.get_attribute(f'.qrlora-panel[data-qrlora-node="{train}"]', "data-qrlora-steps") == "3"
+    text = panel(ui, train, "loss_curve", "executed")
+    saved = entry["outputs"][train]["qrlora"][0]["file"]
+    assert saved.startswith(f"qrlora/{kind}_") and f"Saved {saved}." in text, text  # the run's summary, on the node
+    assert "3 steps" in text and ui.get_attribute(f'.qrlora-panel[data-qrlora-node="{train}"]', "data-qrlora-steps") == "3"
+    # The loss as an image: ComfyUI's own Plot Loss Graph node, fed by loss_map.
+    graph = workflow.node_id(wf, "Loss curve")
+    assert ui.evaluate(f"() => app.graph.getNodeById({graph}).type") == "LossGraphNode"
+    assert entry["outputs"][graph]["images"]
 
 
 def test_folder_workflow_runs_from_the_page_and_shows_buckets_and_samples(ui, comfy):
@@ -218,30 +226,27 @@ def test_folder_workflow_runs_from_the_page_and_shows_buckets_and_samples(ui, co
     buckets = {(b["width"], b["height"]): b["images"] for b in entry["outputs"][ids["Bucket, encode and caption"]]["qrlora_buckets"]}
     assert buckets == demo_assets.STAR_BUCKETS_AT_128
     assert "12 images in 3 buckets" in panel(ui, ids["Bucket, encode and caption"], "buckets", "executed")
-    panel(ui, ids["Train from the folder"], "loss_curve", "executed")
-    assert [s["step"] for s in entry["outputs"][ids["Train from the folder"]]["qrlora_samples"]] == [1, 1, 2, 2]
-    # As they are made, the samples (two square images side by side) are the node's live preview,
-    # and its output lists the loss curve and all four.
     train = ids["Train from the folder"]
-    ui.wait_for_function(f"() => (i => i?.complete && i.naturalHeight > 0 && i.naturalWidth === 2 * i.naturalHeight)(app.graph.getNodeById({train}).imgs?.[0])",
-                         timeout=30_000)
-    assert ui.evaluate(f"() => app.nodeOutputs[{train}].images.length") == 5
+    panel(ui, train, "loss_curve", "executed")
+    assert [s["step"] for s in entry["outputs"][train]["qrlora_samples"]] == [1, 1, 2, 2]
+    # Every sample set shows on the node, one strip per step, newest first, each labelled with its step.
+    assert sample_strips(ui, train) == [("step 2", 2), ("step 1", 2)]
     assert entry["outputs"][ids["Result"]]["images"]
 
 
-def test_moving_a_merge_weight_slider_reaches_the_servers_prompt(ui, comfy):
+def test_moving_a_mixer_strength_slider_reaches_the_servers_prompt(ui, comfy):
     wf = load(ui, "qrlora_mix")
-    merge = workflow.node_id(wf, "Mix content + style")
-    show(ui, merge)
-    before = ui.evaluate(MERGE_STATE_JS, int(merge))["values"]["weight_2"]
-    value = drag_slider(ui, merge, "weight_2", 0.25)
-    assert value != before and abs(value - 0.25) < 0.1, f"the drag left weight_2 at {value}"
-    state = ui.evaluate(MERGE_STATE_JS, int(merge))
-    assert state["balance"]["value"] == pytest.approx(value / 2, abs=0.01), "the balance follows the weights"
+    mixer = workflow.node_id(wf, "Mix content + style")
+    show(ui, mixer)
+    ui.wait_for_function(f"() => app.graph.getNodeById({mixer}).widgets.some(w => w.name === 'strength_2')", timeout=10_000)
+    value = drag_slider(ui, mixer, "strength_2", 0.25)
+    assert abs(value - 0.25) < 0.1, f"the drag left strength_2 at {value}"
 
     sent, entry = run_from_page(ui, comfy)
-    assert sent[merge]["inputs"]["weight_2"] == value
-    assert entry["prompt"][2][merge]["inputs"]["weight_2"] == value  # what the server ran
+    rows = json.loads(sent[mixer]["inputs"]["rows"])
+    assert [r["strength"] for r in rows] == [1.0, value] and [r["role"] for r in rows] == ["content", "style"]
+    assert json.loads(entry["prompt"][2][mixer]["inputs"]["rows"]) == rows  # what the server ran
+    assert not any(k.startswith(("strength_", "lora_", "on_", "role_")) for k in sent[mixer]["inputs"]), "the row widgets are the page's, not sent"
 
 
 def test_merge_slots_come_and_go_and_the_balance_sets_both_weights(ui):
@@ -301,20 +306,102 @@ def test_loader_shows_what_a_file_is_when_it_is_picked(ui, comfy):
     assert "holds no QR-LoRA layers" in panel(ui, node, "adapter_info", "error")
 
 
-def test_train_node_draws_the_losses_the_server_sends_under_its_event_name(ui):
-    """web/train.js listens for the event type GET /qrlora/page names (nodes/train.py sends it), on the node it names."""
-    node, facts = ui.evaluate("""async () => {
-        const facts = await (await window.comfyAPI.api.api.fetchApi("/qrlora/page")).json();
-        app.graph.clear();
-        const n = LiteGraph.createNode(facts.nodes.train);
-        n.pos = [200, 200]; app.graph.add(n);
-        for (const [step, loss] of [[1, 0.5], [2, 0.25], [3, 0.125]])
-            window.comfyAPI.api.api.dispatchCustomEvent(facts.events.train_loss, {node: n.id, step, loss});
-        return [n.id, facts];
-    }""")
+SEND_JS = """async ([events]) => {
+    const facts = await (await window.comfyAPI.api.api.fetchApi("/qrlora/page")).json();
+    app.graph.clear();
+    const n = LiteGraph.createNode(facts.nodes.train);
+    n.pos = [200, 200]; n.size = [420, 700]; app.graph.add(n);
+    for (const [name, detail] of events) window.comfyAPI.api.api.dispatchCustomEvent(facts.events[name], {node: n.id, ...detail});
+    return [n.id, facts];
+}"""
+
+
+def send_to_new_train_node(page, events):
+    """A new Train QR-LoRA node, and `events` ([name in pageFacts().events, detail]) sent to it as nodes/train.py sends them."""
+    return page.evaluate(SEND_JS, [events])
+
+
+def sample_strips(page, node_id):
+    """[(label, images loaded)] of the node's sample strips, top to bottom, once every image has loaded."""
+    strips = f'.qrlora-panel[data-qrlora-node="{node_id}"] [data-qrlora-sample-step]'
+    page.wait_for_function(f"() => [...document.querySelectorAll('{strips} img')].every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=30_000)
+    return [tuple(s) for s in page.eval_on_selector_all(
+        strips, "all => all.map(s => [s.firstChild.innerText, [...s.querySelectorAll('img')].filter(i => i.naturalWidth > 0).length])")]
+
+
+def test_train_node_shows_live_loss_smoothed_progress_and_time_left(ui):
+    """web/train.js listens for the event types GET /qrlora/page names (nodes/train.py sends them), on the node they name."""
+    losses = [0.5, 0.25, 0.125, 0.5]
+    node, facts = send_to_new_train_node(ui, [["train_loss", {"step": k, "steps": 200, "loss": v, "seconds": 10.0 * (k - 1)}]
+                                              for k, v in enumerate(losses, start=1)])
     assert facts["nodes"]["train"] == "QRLoRATrain"
-    panel(ui, node, "loss_curve", "training")
-    assert ui.get_attribute(f'.qrlora-panel[data-qrlora-node="{node}"]', "data-qrlora-steps") == "3"
+    text = panel(ui, node, "loss_curve", "training")
+    assert "step 4 of 200 · 32:40 left" in text, text  # 10 s a step after the first, 196 steps to go
+    box = f'.qrlora-panel[data-qrlora-node="{node}"]'
+    assert ui.get_attribute(box, "data-qrlora-steps") == "4"
+    keep = 1 - 2 / (10 + 1)  # a span of 10 steps: a twentieth of 200, at least 10
+    ema = [sum((1 - keep) * keep ** (k - i) * losses[i] for i in range(k + 1)) / (1 - keep ** (k + 1)) for k in range(len(losses))]
+    assert float(ui.get_attribute(box, "data-qrlora-smoothed")) == pytest.approx(ema[-1], rel=1e-9)
+    assert ema[-1] != losses[-1]
+
+
+def test_train_node_shows_every_sample_set_labelled_newest_first(ui, comfy):
+    temp = comfy.path("temp", "qrlora_samples")
+    os.makedirs(temp, exist_ok=True)
+    from PIL import Image
+
+    for k in range(3):
+        Image.new("RGB", (32, 32), (80 * k, 0, 0)).save(os.path.join(temp, f"page_test_{k}.png"))
+    image = lambda k: {"filename": f"page_test_{k}.png", "subfolder": "qrlora_samples", "type": "temp"}
+    made = lambda step, ks: ["train_samples", {"step": step, "samples": [
+        {"step": step, "prompt": f"prompt {k}", "file": f"run_step{step:06}_sample{k}.png", "image": image(k)} for k in ks]}]
+    node, _ = send_to_new_train_node(ui, [["train_loss", {"step": 1, "steps": 100, "loss": 0.5, "seconds": 0}],
+                                          made(50, [0, 1]), made(100, [2])])
+    assert sample_strips(ui, node) == [("step 100", 1), ("step 50", 2)]
+
+
+def test_train_node_says_what_a_stop_kept(ui):
+    text = "Stopped at step 7; kept qrlora/x_00001_step000007.safetensors."
+    node, _ = send_to_new_train_node(ui, [*(["train_loss", {"step": k, "steps": 100, "loss": 1 / k, "seconds": k}] for k in range(1, 8)),
+                                          ["train_stopped", {"step": 7, "file": "qrlora/x_00001_step000007.safetensors", "text": text}]])
+    assert text in panel(ui, node, "loss_curve", "stopped")
+    ui.wait_for_selector(f".p-toast-message:has-text('{text}')", timeout=10_000)
+
+
+def test_train_node_shows_why_a_run_failed(ui):
+    """ComfyUI's execution_error for the node (e.g. a diverged run) shows on it too: its message says what was kept."""
+    text = "Training stopped at step 3: the loss became nan (it diverged); the last good state (step 2) is in qrlora/x_00001_step000002.safetensors."
+    node, _ = send_to_new_train_node(ui, [["train_loss", {"step": k, "steps": 10, "loss": 1 / k, "seconds": k}] for k in (1, 2)])
+    ui.evaluate("""([id, text]) => window.comfyAPI.api.api.dispatchCustomEvent("execution_error",
+        {prompt_id: "x", node_id: String(id), node_type: "QRLoRATrain", exception_message: text + "\\n", exception_type: "AdapterError",
+         traceback: [], executed: [], current_inputs: {}, current_outputs: []})""", [node, text])
+    assert text in panel(ui, node, "loss_curve", "failed")
+    browser.close_dialogs(ui)  # ComfyUI's own error dialog
+
+
+def test_cancel_from_the_page_says_which_checkpoint_it_kept(ui, comfy):
+    """Cancel during a real run from the page: ComfyUI reports only the interrupt; the node says where the training is."""
+    wf = load(ui, "qrlora_train_content")
+    train = workflow.node_id(wf, "Train content adapter")
+    ui.evaluate("""(train) => { const w = name => app.graph.getNodeById(train).widgets.find(w => w.name === name);
+        w("steps").value = 400; w("rank").value = 4; w("checkpoint_every").value = 2; w("filename_prefix").value = "qrpage/stopped"; }""",
+                int(train))
+    browser.close_dialogs(ui)
+    with ui.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/prompt")) as answer:
+        ui.get_by_role("button", name="Run", exact=True).click()
+    prompt_id = answer.value.json()["prompt_id"]
+    ui.wait_for_function(f"() => Number(document.querySelector('.qrlora-panel[data-qrlora-node=\"{train}\"]')?.dataset.qrloraSteps) >= 3",
+                         timeout=300_000)
+    ui.evaluate("() => app.extensionManager.command.execute('Comfy.Interrupt')")  # what the Cancel button runs
+    entry = Client(comfy.url).wait(prompt_id, timeout=120)
+    assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
+    text = panel(ui, train, "loss_curve", "stopped")
+    kept = [f for f in os.listdir(comfy.path("models", "loras", "qrpage")) if f.startswith("stopped_")]
+    last = max(kept)
+    step = int(last.split("_step")[1].split(".")[0])
+    assert f"Stopped at step {step}; kept qrpage/{last}." in text, (text, kept)
+    assert 3 <= step < 400
 
 
 def test_demo_url_opens_the_mix_workflow_and_templates_list_each_example_once(chromium, comfy, demo_models):

@@ -67,7 +67,7 @@ def variant(size: str, dtype: str, checkpointing: bool, comfyui: str | None, cpu
     started = time.time()
     out = train.QRLoRATrain.execute(model=[patcher], latents=latents, positive=[caption], **{k: [v] for k, v in settings.items()})
     sync()
-    adapter, _, loss_map, _, steps = out.args
+    adapter, _, loss_map, steps = out.args
     losses = loss_map["loss"]
     trained = sum(bool(t.delta_r.any()) for t in adapter.targets.values())
     return {

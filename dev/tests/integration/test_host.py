@@ -7,6 +7,7 @@ pytestmark = pytest.mark.server
 PACK_NODES = {
     "QRLoRALoader": "Load QR-LoRA",
     "QRLoRAMerge": "Merge ΔR",
+    "QRLoRAMixer": "Mix QR-LoRAs",
     "QRLoRAApply": "Apply to Model",
     "QRLoRASave": "Save QR-LoRA",
     "QRLoRAExportLoRA": "Export as LoRA",

@@ -135,9 +135,9 @@ def test_samples_appear_every_n_steps_on_the_node_and_next_to_the_checkpoints(co
         assert s["file"] == f"{run}_step{s['step']:06}_sample{k % len(PROMPTS) + 1}.png"
         image = Image.open(comfy.path("models", "loras", s["file"]))
         assert image.size == (64, 64) and image.text["prompt"] == s["prompt"] and image.text["steps"] == str(s["step"])
-    shown = runs["a"]["images"]
-    assert len(shown) == 1 + len(samples), "the loss curve and every sample are shown on the node"
-    assert all(os.path.isfile(comfy.path("temp", i["subfolder"], i["filename"])) for i in shown)
+    assert all(s["image"]["type"] == "temp" and os.path.isfile(comfy.path("temp", s["image"]["subfolder"], s["image"]["filename"]))
+               for s in samples), "each sample has a copy the page shows"
+    assert "images" not in runs["a"], "the samples are shown in the node's panel, labelled with their step (web/train.js)"
     assert "qrlora_samples" not in runs["b"]
 
 
@@ -194,15 +194,16 @@ def test_cancel_in_the_middle_of_a_step_then_resume_equals_the_run_that_never_st
         return micro_loss(self, draws)
 
     monkeypatch.setattr(TrainingSession, "micro_loss", cancel_during_step_3)
-    with pytest.raises(comfy.model_management.InterruptProcessingException):
+    with pytest.raises(comfy.model_management.InterruptProcessingException) as stop:
         train(5, "t/stopped")
     monkeypatch.setattr(TrainingSession, "micro_loss", micro_loss)
     comfy.model_management.interrupt_current_processing(False)
     kept = "t/stopped_00001_step000002.safetensors"
+    assert str(stop.value) == f"Stopped at step 2; kept {kept}."
     assert sorted(os.listdir(folders / "loras" / "t")) == sorted(["straight_00001_step000005.safetensors", os.path.basename(kept)])
 
     stopped = load(str(folders / "loras" / kept), source=kept)
     out = train(3, "t/resumed", qr_lora=[stopped])
     resumed = out.args[0]
-    assert out.args[4] == 5 and "Resumed exactly from step 2" in out.ui["text"][0]
+    assert out.args[3] == 5 and "Resumed exactly from step 2" in out.ui["text"][0]
     assert all(torch.equal(straight.targets[n].delta_r, resumed.targets[n].delta_r) for n in straight.targets)

@@ -9,6 +9,7 @@ loaders replaced by a small model of the same architecture (`on_small_models`
 says exactly what is substituted), the rest of their graphs as shipped.
 """
 
+import json
 import os
 import urllib.parse
 import urllib.request
@@ -38,25 +39,24 @@ def image_of(comfy, entry, node):
 
 def test_mix_workflow_runs_and_mixes_as_one_delta_r_sum(comfy, client, demo_models, object_info):
     wf, prompt = prompt_of("qrlora_mix", object_info)
-    merge = workflow.node_id(wf, "Mix content + style")
+    mixer = workflow.node_id(wf, "Mix content + style")
     size = workflow.node_id(wf, "Image size")
     assert (prompt[size]["inputs"]["width"], prompt[size]["inputs"]["height"]) == (128, 128)  # as a user gets it (the world's size)
     workflow.set_inputs(prompt, size, width=64, height=64)
     workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
-    assert prompt[merge]["inputs"]["weight_1"] == 1.0 and prompt[merge]["inputs"]["weight_2"] == 1.0
-    content, style = workflow.node_id(wf, "Content adapter"), workflow.node_id(wf, "Style adapter")
+    rows = json.loads(prompt[mixer]["inputs"]["rows"])
+    assert [(r["lora"], r["on"], r["strength"], r["role"]) for r in rows] == [
+        (demo_assets.CONTENT, True, 1.0, "content"), (demo_assets.STYLE, True, 1.0, "style")]
     unet = workflow.node_id(wf, "Diffusion model")
-    assert prompt[content]["inputs"]["model"] == prompt[style]["inputs"]["model"] == [unet, 0], "the loaders get the base model"
+    assert prompt[mixer]["inputs"]["model"] == [unet, 0] and prompt[workflow.node_id(wf, "Sampler")]["inputs"]["model"] == [mixer, 0]
     encode = workflow.node_id(wf, "Prompt (with the trigger words)")
-    assert isinstance(prompt[encode]["inputs"]["text"], list), "the prompt's text comes from the loaders' trigger words"
+    assert prompt[encode]["inputs"]["text"] == [mixer, 2], "the prompt's text is the Mixer's, with the rows' trigger words"
     entry = client.run(prompt)
-    assert f"{demo_assets.LAYERS} layers merged as one ΔR sum" in client.ui(entry, merge)["text"][0]
-    summary = client.ui(entry, content)["qrlora"][0]
-    assert (summary["format"], summary["rank"], summary["trigger_words"]) == ("native", demo_assets.RANK, "<c>")
-    style_words = client.ui(entry, style)["qrlora"][0]["trigger_words"]
+    report = client.ui(entry, mixer)["text"][0]
+    assert report.startswith("Mixed cleanly") and f"{demo_assets.LAYERS} layers merged as one ΔR sum" in report
+    assert [r["trigger_words"] for r in client.ui(entry, mixer)["qrlora_mix"][0]["rows"]] == ["<c>", "<s> style"]
     shown = client.ui(entry, workflow.node_id(wf, "The prompt, as sent"))["text"]
-    template = prompt[workflow.node_id(wf, "Prompt: {content} ← the content adapter's trigger words")]["inputs"]["string"]
-    assert shown == [template.replace("{content}", "<c>").replace("{style}", style_words)]
+    assert shown == [prompt[mixer]["inputs"]["prompt"].replace("{content}", "<c>").replace("{style}", "<s> style")]
     assert shown == [pipeline.MIX_PROMPT], "the prompt the demo scores"
     image = image_of(comfy, entry, workflow.node_id(wf, "Result"))
     assert image.shape == (64, 64, 3) and image.std() > 0

@@ -120,7 +120,7 @@ def test_a_name_too_long_is_not_called_a_full_disk(tmp_path, bases, rng):
         save_native(adapter, str(tmp_path / ("x" * 300 + ".safetensors")))
     assert "disk may be full" not in str(error.value)
     (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(AdapterError, match="is a file, not a folder"):
+    with pytest.raises(AdapterError, match="is a file or a link, not a folder"):
         save_native(adapter, str(tmp_path / "file" / "out.safetensors"))
 
 
