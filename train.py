@@ -1,4 +1,4 @@
-"""Headless QR-LoRA training (see README, "Training from a shell, on several GPUs"):
+"""Headless QR-LoRA training (see docs/training.md, "Training from a shell, on several GPUs"):
 
     python ComfyUI/custom_nodes/comfyui-qrlora/train.py --help
     torchrun --nproc_per_node 2 ComfyUI/custom_nodes/comfyui-qrlora/train.py --model ... --data ...

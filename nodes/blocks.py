@@ -20,7 +20,7 @@ class QRLoRABlockWeights(io.ComfyNode):
                 io.Combo.Input("preset", options=list(BLOCK_PRESETS), default=next(iter(BLOCK_PRESETS)), tooltip="A named split; used when the text below is empty."),
                 io.String.Input("block_weights", default="", multiline=True,
                                 tooltip="When not empty, used instead of the preset: entries like OUT01=0, IN04-IN08=0.5, D0-9=1, S=0.3, EARLY=1, LATE=0, *=1, "
-                                        "or a LoRA Block Weight vector (17/26 values for SD1.x, 12/20 for SDXL). See the README."),
+                                        "or a LoRA Block Weight vector (17/26 values for SD1.x, 12/20 for SDXL). See docs/blocks.md in the pack."),
             ],
             outputs=[QRLoRAType.Output(display_name="qr_lora"), io.String.Output(display_name="blocks")],
         )

@@ -102,7 +102,7 @@ def _number(text: str, spec: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise AdapterError(f"Block weights: '{text}' in '{spec}' is not a number; write entries like OUT01=0.5 (see the README).") from None
+        raise AdapterError(f"Block weights: '{text}' in '{spec}' is not a number; write entries like OUT01=0.5 (see docs/blocks.md in the pack).") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise AdapterError(f"Block weights: '{text}' in '{spec}' is not a finite number.")
     return value

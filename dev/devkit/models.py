@@ -4,8 +4,14 @@ SD1.5 and SD3 files are detected by the stock loaders from their weights
 (SD3 derives hidden = 64 * depth; SD1.5 needs 320 channels and a 768-wide
 context, so it is kept to one level). Flux and SDXL fix sizes the loader
 cannot infer from a small file, so tests build those from explicit configs
-and wrap them in ComfyUI's real ModelPatcher in-process.
+and wrap them in ComfyUI's real ModelPatcher in-process; `small_checkpoint`
+adds small text encoders and a TAESD autoencoder, for whole workflows
+(small_checkpoint_node.py serves it to the test server as a node).
 """
+
+import json
+import os
+import types
 
 import safetensors.torch
 import torch
@@ -55,8 +61,8 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
                 b.copy_(torch.randn(b.shape, generator=generator) * 0.02)
 
 
-def build(arch: str, seed: int = 0):
-    """A ComfyUI BaseModel of the given architecture with random weights."""
+def build(arch: str, seed: int = 0, **overrides):
+    """A ComfyUI BaseModel of the given architecture with random weights (`overrides`: entries of its config)."""
     import_comfy()
     import comfy.supported_models as sm
 
@@ -64,14 +70,14 @@ def build(arch: str, seed: int = 0):
         "sd15": (sm.SD15, SD15_CONFIG), "sdxl": (sm.SDXL, SDXL_CONFIG),
         "sd3": (sm.SD3, SD3_CONFIG), "flux": (sm.Flux, FLUX_CONFIG),
     }[arch]
-    model = config_class(dict(unet_config)).get_model({})
+    model = config_class({**unet_config, **overrides}).get_model({})
     _randomize(model.diffusion_model, seed)
     return model
 
 
-def patcher(arch: str, seed: int = 0):
+def patcher(arch: str, seed: int = 0, **overrides):
     """The model wrapped in ComfyUI's real ModelPatcher, on the CPU."""
-    model = build(arch, seed)
+    model = build(arch, seed, **overrides)
     import comfy.model_patcher
 
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
@@ -108,3 +114,72 @@ def save_taesd(path: str, seed: int = 0) -> None:
         vae.vae_scale.fill_(1.0)
         vae.vae_shift.fill_(0.0)
     safetensors.torch.save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, path)
+
+
+# Text encoders of ComfyUI's own classes with their stock tokenizers, shrunk through their json configs
+# (width 64, 2-3 layers; the vocabularies stay); the small models take conditioning of their widths.
+SMALL_TEXT = {"num_hidden_layers": 3, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "projection_dim": 64}
+SMALL_T5 = {"num_layers": 2, "d_model": 64, "d_ff": 128, "d_kv": 32, "num_heads": 2}
+# Flux: context = T5 width, vec = CLIP-L's pooled width. SDXL: context = CLIP-L + CLIP-G widths, adm = pooled + 6 x 256 sizes (class-conditional, as detection sets it).
+SMALL_CHECKPOINTS = {"flux": {"context_in_dim": 64, "vec_in_dim": 64}, "sdxl": {"context_dim": 128, "adm_in_channels": 64 + 6 * 256, "num_classes": "sequential"}}
+LATENT_CHANNELS = {"flux": 16, "sdxl": 4}
+
+
+def _text_config(file: str, **overrides) -> dict:
+    import comfy.sd1_clip  # comfy/ is a namespace package: no __file__ of its own
+
+    with open(os.path.join(os.path.dirname(comfy.sd1_clip.__file__), file)) as f:
+        return {**json.load(f), **overrides}
+
+
+def _text_encoder(arch: str):
+    """(model class, tokenizer class) of the architecture's text encoders, small."""
+    import comfy.sd1_clip as sd1
+    import comfy.sdxl_clip
+    import comfy.text_encoders.flux
+    import comfy.text_encoders.t5
+
+    if arch == "flux":
+        class SmallFluxText(comfy.text_encoders.flux.FluxClipModel):
+            def __init__(self, device="cpu", dtype=None, model_options={}):
+                torch.nn.Module.__init__(self)
+                self.clip_l = sd1.SDClipModel(device=device, dtype=dtype, return_projected_pooled=False, model_options=model_options,
+                                              textmodel_json_config=_text_config("sd1_clip_config.json", **SMALL_TEXT))
+                self.t5xxl = sd1.SDClipModel(device=device, dtype=dtype, special_tokens={"end": 1, "pad": 0}, model_class=comfy.text_encoders.t5.T5,
+                                             textmodel_json_config=_text_config("text_encoders/t5_config_xxl.json", **SMALL_T5),
+                                             model_options={**model_options, "model_name": "t5xxl"})
+                self.dtypes = {dtype}
+
+        return SmallFluxText, comfy.text_encoders.flux.FluxTokenizer
+
+    class SmallSDXLText(comfy.sdxl_clip.SDXLClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}):
+            torch.nn.Module.__init__(self)
+            self.clip_l = sd1.SDClipModel(layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
+                                          model_options=model_options, textmodel_json_config=_text_config("sd1_clip_config.json", **SMALL_TEXT))
+            self.clip_g = sd1.SDClipModel(layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
+                                          special_tokens={"start": 49406, "end": 49407, "pad": 0}, return_projected_pooled=True,
+                                          model_options=model_options, textmodel_json_config=_text_config("clip_config_bigg.json", **SMALL_TEXT))
+            self.dtypes = {dtype}
+
+    return SmallSDXLText, comfy.sdxl_clip.SDXLTokenizer
+
+
+def small_checkpoint(arch: str, seed: int = 0):
+    """(MODEL, CLIP, VAE) of a small Flux or SDXL with random weights: what the stock loaders give for
+    flux1-dev + clip_l/t5xxl + ae, or sd_xl_base_1.0, at a size the CPU runs in seconds. The autoencoder
+    is a TAESD with the architecture's latent channels (ComfyUI's VAE class detects it from its weights)."""
+    import_comfy()
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    model = patcher(arch, seed, **SMALL_CHECKPOINTS[arch])
+    model_class, tokenizer = _text_encoder(arch)
+    clip = comfy.sd.CLIP(target=types.SimpleNamespace(params={}, clip=model_class, tokenizer=tokenizer))
+    _randomize(clip.cond_stage_model, seed + 1)
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=LATENT_CHANNELS[arch])
+    _randomize(taesd, seed + 2)
+    with torch.no_grad():
+        taesd.vae_scale.fill_(1.0)
+        taesd.vae_shift.fill_(0.0)
+    return model, clip, comfy.sd.VAE(sd=taesd.state_dict())

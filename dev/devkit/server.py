@@ -28,13 +28,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_base_directory(base: str, pack_root: str = PACK_ROOT) -> str:
-    """A ComfyUI base directory with this pack linked into custom_nodes/."""
+def make_base_directory(base: str, pack_root: str = PACK_ROOT, small_models: bool = False) -> str:
+    """A ComfyUI base directory with this pack linked into custom_nodes/; `small_models` also links the
+    tests' DevSmallCheckpoint node (small_checkpoint_node.py), which the pack never uses."""
     for sub in ("custom_nodes", "input", "output", "user", *(os.path.join("models", m) for m in MODEL_FOLDERS)):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
-    link = os.path.join(base, "custom_nodes", PACK_FOLDER_NAME)
-    if not os.path.islink(link):
-        os.symlink(pack_root, link)
+    links = {PACK_FOLDER_NAME: pack_root}
+    if small_models:
+        links["qrlora_dev_small_checkpoint.py"] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "small_checkpoint_node.py")
+    for name, target in links.items():
+        link = os.path.join(base, "custom_nodes", name)
+        if not os.path.islink(link):
+            os.symlink(target, link)
     return base
 
 

@@ -9,10 +9,18 @@ text), places them in columns by the boxes the page draws (title bar
 included), draws the groups around them, and saves what the page
 serializes, so the files are exactly what ComfyUI itself would save.
 
-Then it runs every workflow as shipped through the server's /prompt, on
-the toy world's model and adapters, and writes `example_workflows/NAME.jpg`
-next to each `NAME.json` from what that run produced (the file name
-ComfyUI's template browser asks for: /api/workflow_templates/<pack>/NAME.jpg).
+The groups are wrapped into rows, and the view saved with each file
+(extra.ds, which the page restores on load) frames the whole graph in a
+1280 x 800 window, or, where that would be too small to read, the result.
+
+Then it runs every toy-world workflow as shipped through the server's
+/prompt, on the toy world's model and adapters, and writes
+`example_workflows/TITLE.jpg` next to each `TITLE.json` from what that run
+produced (the file name ComfyUI's template browser asks for:
+/api/workflow_templates/<pack>/TITLE.jpg; devkit/examples.py says why files
+are named by their titles). The FLUX.1 and SDXL workflows need models no
+machine here has: their cards are drawn (what the workflow does, in words),
+and the tests run their graphs on small models of those architectures.
 
 example_workflows/ is the only copy: ComfyUI's template browser, the demo
 and the tests all read it. Run this again after changing a workflow here,
@@ -31,13 +39,13 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from devkit import browser, folder_dataset, workflow as ui_workflow  # noqa: E402
+from devkit import browser, examples, workflow as ui_workflow  # noqa: E402
 from toy_world import adapters, demo_assets, pipeline, world  # noqa: E402
 from devkit.host import PACK_ROOT  # noqa: E402
 from devkit.server import Client, ComfyServer, make_base_directory  # noqa: E402
 from devkit.workflow import widget_names  # noqa: E402
 
-EXAMPLES = demo_assets.WORKFLOWS  # example_workflows/
+EXAMPLES = examples.FOLDER  # example_workflows/
 THUMBNAIL_SIZE = 512  # square: the template browser shows each card's image in a square
 THUMBNAIL_BACKGROUND = (32, 32, 32)  # the page's dark canvas
 
@@ -53,9 +61,10 @@ TRAIN_NOTE = (
     "(the stock dataset loader's layout). Put your own folder there and pick it above.\n\n"
     "Only ΔR is trained; Q and R come from the base weights (SVD + QR), so adapters of this base mix cleanly.\n\n"
     "The loss curve draws on the Train node while it runs. The adapter is saved as loras/qrlora/{kind}_*.safetensors: "
-    "load it with Load QR-LoRA and mix it in qrlora_mix. Use the trigger word '{trigger}' in your prompts."
+    "load it with Load QR-LoRA and mix it in the template '{mix}'. Use the trigger word '{trigger}' in your prompts."
 )
 FOLDER_NOTE = (
+    "This folder holds a star (a shape the toy model never saw) in squares of several sizes and 3:1 banners. "
     "Put your images (.png, .jpg, .webp; any sizes) into a folder inside ComfyUI's input folder, each with a .txt "
     "file of the same name holding its caption with your trigger word ('{trigger}'); images without one take the "
     "default caption. Kohya-style subfolders named '10_name' are repeated 10 times.\n\n"
@@ -74,8 +83,9 @@ NOTE_INFO = {"Note": {"input": {"required": {"text": ["STRING", {"multiline": Tr
 
 BLUE, GREEN, PURPLE, BROWN = "#3f5f7f", "#3f6f4f", "#5f4f7f", "#6f5a3f"
 # The sampler seed the workflows ship with. Chosen: the shipped pair draws a checkered heart at 8 of 17 seeds
-# (0-15 and 42, on the CPU; README, Disentanglement on the toy world), not at every one; 42 draws a diamond.
+# (0-15 and 42, on the CPU; docs/toy-world.md), not at every one; 42 draws a diamond.
 DEMO_SEED = 1
+FOLDER_STEPS = 100  # the folder example's training: the star, with the shipped content adapter's recipe
 
 
 def N(key, node_type, title, box_w=300, box_h=0, **widgets):
@@ -164,7 +174,7 @@ def train(kind: str):
               gradient_checkpointing=recipe["gradient_checkpointing"], **adapters.TARGETS[kind],
               triangular=True, checkpoint_every=0, filename_prefix=f"qrlora/{kind}", trigger_words=trigger),
         ], [
-            N("note", "Note", "About training", box_w=380, text=TRAIN_NOTE.format(kind=kind, trigger=trigger)),
+            N("note", "Note", "About training", box_w=380, text=TRAIN_NOTE.format(kind=kind, trigger=trigger, mix=examples.TITLES["qrlora_mix"])),
             N("loss", "LossGraphNode", "Loss curve", box_w=380, box_h=300),
         ]),
         generate,
@@ -178,28 +188,30 @@ def train(kind: str):
 
 
 def train_folder():
-    trigger = "<c>"
-    generate, generate_links = generate_group(
-        "4 · Try the trained adapter", f"a photo of a {trigger} dog on a beach", "qrlora_train/folder", ("train", 1))
+    trigger = demo_assets.STAR_TRIGGER
+    prompt = f"a {trigger} shape in dots style"
+    generate, generate_links = generate_group("4 · Try the trained adapter", prompt, "qrlora_train/folder", ("train", 1))
+    recipe = adapters.RECIPE
     groups = [
         model_group(),
         G("2 · Training images from a folder", PURPLE, [
             N("folder", "LoadImageTextDataSetFromFolder", "Image folder (images + same-name .txt captions)", box_w=360,
-              folder=folder_dataset.FOLDER),
+              folder=demo_assets.STAR_FOLDER),
             N("note", "Note", "About the folder", box_w=360, box_h=300, text=FOLDER_NOTE.format(trigger=trigger)),
         ], [
             N("data", "QRLoRATrainingData", "Bucket, encode and caption", box_w=340, resolution=world.SIZE,  # the toy model's size
-              default_caption=f"a photo of a {trigger} dog"),
+              default_caption=f"a {trigger} shape"),
         ]),
-        G("3 · Train the adapter, with samples every 50 steps", GREEN, [
+        G("3 · Train the adapter, with samples every 25 steps", GREEN, [
             N("samples", "QRLoRASampleSettings", "Samples while training", box_w=340,
-              prompts=f"a photo of a {trigger} dog on a beach\na {trigger} dog in the snow", negative="", every=50,
-              width=world.SIZE, height=world.SIZE, steps=8, cfg=4.0, sampler_name="euler", scheduler="normal", seed=42),
+              prompts=f"{prompt}\na {trigger} shape in vertical stripes style", negative="", every=25,
+              width=world.SIZE, height=world.SIZE, steps=pipeline.SAMPLER["steps"], cfg=pipeline.SAMPLER["cfg"],
+              sampler_name=pipeline.SAMPLER["sampler_name"], scheduler=pipeline.SAMPLER["scheduler"], seed=DEMO_SEED),
         ], [
-            N("train", "QRLoRATrain", "Train from the folder", box_w=340, box_h=640, rank=8, alpha=0.0, steps=200, learning_rate=1e-4,
-              batch_size=2, grad_accumulation=1, seed=0, optimizer="AdamW", training_dtype="fp32",
-              gradient_checkpointing=False, target_preset="attention + MLP (paper)", target_pattern="", triangular=True,
-              checkpoint_every=50, filename_prefix="qrlora/folder", trigger_words=trigger),
+            N("train", "QRLoRATrain", "Train from the folder", box_w=340, box_h=640, rank=recipe["rank"], alpha=0.0,
+              steps=FOLDER_STEPS, learning_rate=recipe["learning_rate"], batch_size=4, grad_accumulation=1, seed=0, optimizer="AdamW",
+              training_dtype=recipe["training_dtype"], gradient_checkpointing=recipe["gradient_checkpointing"],
+              **adapters.TARGETS["content"], triangular=True, checkpoint_every=25, filename_prefix="qrlora/folder", trigger_words=trigger),
         ], [
             N("loss", "LossGraphNode", "Loss curve", box_w=380, box_h=300),
         ]),
@@ -231,15 +243,191 @@ def compare():
     return groups, links, [[("out", "save")]]
 
 
-# name -> () -> (groups, links, thumbnail rows: what the card shows, ("out", node) = that node's output
-# image from the shipped run, ("in", node) = the first training image of that node's folder)
+# FLUX.1-dev and SDXL with the stock loaders and the file names their model pages and ComfyUI's own examples use.
+# Training: the reference's rank, learning rate and targets, one image per step (the measured step times in the README
+# are for these settings), 512 px for FLUX.1 and 1024 px (its native size) for SDXL; sampling: each model's usual settings.
+ARCHS = {
+    "flux": {"label": "FLUX.1 dev", "resolution": 512, "image": 1024, "latent": "EmptySD3LatentImage", "guidance": 3.5,
+             "sampler": {"steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}, "negative": ""},
+    "sdxl": {"label": "SDXL", "resolution": 1024, "image": 1024, "latent": "EmptyLatentImage", "guidance": None,
+             "sampler": {"steps": 30, "cfg": 7.0, "sampler_name": "dpmpp_2m", "scheduler": "karras"}, "negative": "blurry, low quality"},
+}
+REAL_STEPS = 1000
+REAL_TRIGGERS = {"content": "<c>", "style": "<s> style"}
+REAL_FOLDERS = {"content": "my_content", "style": "my_style"}  # folders the user makes in ComfyUI's input/
+REAL_TRY = {"content": "a photo of <c> on a beach", "style": "a lighthouse on a cliff, in <s> style"}
+REAL_MIX_TEMPLATE = "a photo of {content} on a beach, in {style}"
+REAL_TRAIN_NOTE = (
+    "Put images of your {kind} (the toy world's adapters learn from 16) into a folder in ComfyUI's input/ "
+    "({folder} here), each with a .txt caption of the same name that uses the trigger words '{trigger}'. {advice} "
+    "Set the trainer's role to {kind}.\n\n"
+    "Any sizes: each image goes to the aspect-ratio bucket nearest its shape at about {resolution}² pixels. "
+    "1000 steps of one image each; a checkpoint and two sample images every 250 steps "
+    "(loras/qrlora/{prefix}_*). Only ΔR is trained; Q comes from the base weights, so every adapter trained on "
+    "this base mixes with the others as one ΔR sum: train the other kind with the other template, then mix "
+    "them in \"{mix}\".{memory}"
+)
+REAL_ADVICE = {
+    "content": "Show the subject in different places, poses and light, and name in the caption what is not "
+               "the subject ('a photo of <c> on a wooden table, soft light'), so the trigger word takes only the subject.",
+    "style": "Show the style on different subjects, and name the subject in each caption ('a house in <s> style'), "
+             "so the trigger words take only the style.",
+}
+FLUX_MEMORY = ("\n\nThe diffusion model loads as fp8_e4m3fn, which trains on a 24 GB card; with 40 GB or more, "
+               "choose 'default' (bf16).")
+REAL_MIX_NOTE = (
+    "Pick the two adapters you trained with the other two templates (loras/qrlora/...). Each weight says how much "
+    "of that adapter goes into the mix. Adapters trained on the same base share the basis Q, so the mix is one ΔR "
+    "sum per layer; the node's report says so. The prompt below takes each adapter's trigger words from its file.\n\n"
+    "Stock loaders read these files too (LoRA Loader, rgthree's Power Lora Loader): two of them in a row give the "
+    "same sum."
+)
+
+
+def real_model_group(arch: str):
+    """The base model's group and where MODEL, CLIP and VAE come from."""
+    if arch == "flux":
+        return G("1 · Base model: FLUX.1 dev (stock loaders)", BLUE, [
+            N("unet", "UNETLoader", "Diffusion model (FLUX.1 dev)", unet_name="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn"),
+            N("clip", "DualCLIPLoader", "Text encoders (CLIP-L + T5-XXL)", clip_name1="clip_l.safetensors",
+              clip_name2="t5xxl_fp16.safetensors", type="flux"),
+            N("vae", "VAELoader", "VAE", vae_name="ae.safetensors"),
+        ]), {"model": ("unet", 0), "clip": ("clip", 0), "vae": ("vae", 0)}
+    return G("1 · Base model: SDXL 1.0 (stock loader)", BLUE, [
+        N("checkpoint", "CheckpointLoaderSimple", "Checkpoint (SDXL base 1.0)", ckpt_name="sd_xl_base_1.0.safetensors"),
+    ]), {"model": ("checkpoint", 0), "clip": ("checkpoint", 1), "vae": ("checkpoint", 2)}
+
+
+def real_generate_group(arch: str, title: str, prompt, prefix: str, model_from, loaded: dict):
+    """Prompt (FLUX.1: with its guidance), sampler, decode, save; `prompt` None when a link brings the text."""
+    spec = ARCHS[arch]
+    size = spec["image"]
+    prompt_column = [N("prompt", "CLIPTextEncode", "Prompt (with the trigger words)", box_w=360, text=prompt or "")]
+    if spec["guidance"] is not None:
+        prompt_column.append(N("guidance", "FluxGuidance", "Guidance", box_w=360, guidance=spec["guidance"]))
+    prompt_column += [
+        N("negative", "CLIPTextEncode", "Negative prompt", box_w=360, text=spec["negative"]),
+        N("latent", spec["latent"], "Image size", box_w=360, width=size, height=size, batch_size=1),
+    ]
+    nodes = G(title, BROWN, prompt_column, [
+        N("sampler", "KSampler", "Sampler", seed=0, _control="randomize", denoise=1.0, **spec["sampler"]),
+        N("decode", "VAEDecode", "Decode"),
+    ], [
+        N("save", "SaveImage", "Result", box_w=420, box_h=460, filename_prefix=prefix),
+    ])
+    positive = ("guidance", 0) if spec["guidance"] is not None else ("prompt", 0)
+    links = [
+        (*model_from, "sampler", "model"), (*loaded["clip"], "prompt", "clip"), (*loaded["clip"], "negative", "clip"),
+        (*positive, "sampler", "positive"), ("negative", 0, "sampler", "negative"), ("latent", 0, "sampler", "latent_image"),
+        ("sampler", 0, "decode", "samples"), (*loaded["vae"], "decode", "vae"), ("decode", 0, "save", "images"),
+    ]
+    if spec["guidance"] is not None:
+        links.append(("prompt", 0, "guidance", "conditioning"))
+    return nodes, links
+
+
+def train_real(arch: str, kind: str):
+    spec = ARCHS[arch]
+    trigger, prefix = REAL_TRIGGERS[kind], f"qrlora/{arch}_{kind}"
+    model, loaded = real_model_group(arch)
+    generate, generate_links = real_generate_group(
+        arch, "4 · Try the trained adapter", REAL_TRY[kind], f"qrlora_train/{arch}_{kind}", ("train", 1), loaded)
+    default_caption = "a photo of <c>" if kind == "content" else "an image in <s> style"
+    note = REAL_TRAIN_NOTE.format(kind=kind, folder=REAL_FOLDERS[kind], trigger=trigger, advice=REAL_ADVICE[kind],
+                                  resolution=spec["resolution"], prefix=f"{arch}_{kind}", mix=examples.TITLES[f"{arch}_mix"],
+                                  memory=FLUX_MEMORY if arch == "flux" else "")
+    groups = [
+        model,
+        G(f"2 · Your {kind} images + captions", PURPLE, [
+            N("folder", "LoadImageTextDataSetFromFolder", "Image folder in input/ (images + same-name .txt captions)", box_w=380,
+              folder=REAL_FOLDERS[kind]),
+            N("note", "Note", f"How to train {kind}", box_w=380, box_h=300, text=note),
+        ], [
+            N("data", "QRLoRATrainingData", "Bucket, encode and caption", box_w=340, resolution=spec["resolution"],
+              default_caption=default_caption),
+        ]),
+        G(f"3 · Train the {kind} adapter", GREEN, [
+            N("samples", "QRLoRASampleSettings", "Samples while training", box_w=340, prompts=REAL_TRY[kind], negative=spec["negative"],
+              every=250, width=spec["resolution"], height=spec["resolution"], seed=0, **spec["sampler"]),
+        ], [
+            N("train", "QRLoRATrain", f"Train {kind} adapter", box_w=340, box_h=640, rank=64, alpha=0.0, steps=REAL_STEPS,
+              learning_rate=1e-4, batch_size=1, grad_accumulation=1, seed=0, optimizer="AdamW", training_dtype="bf16",
+              gradient_checkpointing=True, target_preset="attention + MLP (paper)", target_pattern="", triangular=True,
+              checkpoint_every=250, filename_prefix=prefix, trigger_words=trigger),
+        ], [
+            N("loss", "LossGraphNode", "Loss curve", box_w=380, box_h=300),
+        ]),
+        generate,
+    ]
+    links = [
+        ("folder", 0, "data", "images"), ("folder", 1, "data", "captions"), (*loaded["vae"], "data", "vae"), (*loaded["clip"], "data", "clip"),
+        (*loaded["model"], "train", "model"), ("data", 0, "train", "latents"), ("data", 1, "train", "positive"),
+        (*loaded["clip"], "samples", "clip"), (*loaded["vae"], "samples", "vae"), ("samples", 0, "train", "samples"),
+        ("train", 2, "loss", "loss"), *generate_links,
+    ]
+    return groups, links, None
+
+
+def real_adapter_name(arch: str, kind: str) -> str:
+    """The file the training template writes first: <prefix>_00001_step<steps>.safetensors."""
+    return f"qrlora/{arch}_{kind}_00001_step{REAL_STEPS:06}.safetensors"
+
+
+def mix_real(arch: str):
+    model, loaded = real_model_group(arch)
+    generate, generate_links = real_generate_group(
+        arch, "4 · Generate with both trigger words", None, f"qrlora_mix/{arch}", ("apply", 0), loaded)
+    groups = [
+        model,
+        G("2 · Mix your content + style adapters", GREEN, [
+            N("content", "QRLoRALoader", "Content adapter", box_w=360, lora_name=real_adapter_name(arch, "content")),
+            N("style", "QRLoRALoader", "Style adapter", box_w=360, lora_name=real_adapter_name(arch, "style")),
+        ], [
+            N("merge", "QRLoRAMerge", "Mix content + style", weight_1=1.0, weight_2=1.0),
+            N("note", "Note", "How the mix works", text=REAL_MIX_NOTE),
+        ], [
+            N("apply", "QRLoRAApply", "Apply the mix to the model", strength=1.0),
+        ]),
+        G("3 · The prompt, from the adapters' trigger words", PURPLE, [
+            N("with_content", "StringReplace", "Prompt: {content} ← the content adapter's trigger words", box_w=340,
+              string=REAL_MIX_TEMPLATE, find="{content}", replace=""),
+            N("with_style", "StringReplace", "{style} ← the style adapter's trigger words", box_w=340, string="", find="{style}", replace=""),
+        ], [
+            N("shown", "PreviewAny", "The prompt, as sent", box_w=300),
+        ]),
+        generate,
+    ]
+    links = [
+        (*loaded["model"], "content", "model"), (*loaded["model"], "style", "model"),  # any format loads, Q-and-R files too
+        ("content", 0, "merge", "qr_lora_1"), ("style", 0, "merge", "qr_lora_2"),
+        (*loaded["model"], "apply", "model"), ("merge", 0, "apply", "qr_lora"),
+        ("content", 2, "with_content", "replace"), ("with_content", 0, "with_style", "string"), ("style", 2, "with_style", "replace"),
+        ("with_style", 0, "prompt", "text"), ("with_style", 0, "shown", "source"), *generate_links,
+    ]
+    return groups, links, None
+
+
+# key (devkit/examples.py: its file's title) -> () -> (groups, links, thumbnail rows: what the card shows,
+# ("out", node) = that node's output image from the shipped run, ("in", node) = the first training image of that
+# node's folder; None for the FLUX.1 and SDXL workflows, whose cards are drawn)
 WORKFLOW_SPECS = {
     "qrlora_mix": mix,
     "qrlora_train_content": lambda: train("content"),
     "qrlora_train_style": lambda: train("style"),
     "qrlora_compare": compare,
     "qrlora_train_folder": train_folder,
+    **{f"{arch}_train_{kind}": (lambda arch=arch, kind=kind: train_real(arch, kind)) for arch in ARCHS for kind in ("content", "style")},
+    **{f"{arch}_mix": (lambda arch=arch: mix_real(arch)) for arch in ARCHS},
 }
+
+
+# What the files open to: a 1280 x 800 window (a small laptop's browser), where the page leaves the canvas free
+# from x 60 (the side bar) and y 130 (the tabs and the workflow's name) to the window's edges, and the minimap
+# covers the corner from (1015, 535) (measured in frontend 1.32.9; tests/browser measures the page itself).
+WINDOW = (1280, 800)
+VIEW = (70, 140, 1270, 790)
+MINIMAP = (1015, 535)
+MIN_SCALE = 0.6  # below it the page stops drawing node text (its minimum font size for detail, 8 px, of 14 px text)
 
 
 def _default(spec):
@@ -300,6 +488,7 @@ def draft(groups, links, info: dict) -> tuple[dict, dict, dict]:
         "groups": [{"title": g["title"], "color": g["color"], "columns": [[ids[s["key"]] for s in c] for c in g["columns"]]} for g in groups],
         "widths": {ids[s["key"]]: s["width"] for s in specs},
         "heights": {ids[s["key"]]: s["height"] for s in specs},
+        "view": VIEW, "minimap": MINIMAP, "min_scale": MIN_SCALE,
     }
     workflow = {"last_node_id": len(nodes), "last_link_id": len(link_rows), "nodes": nodes, "links": link_rows,
                 "groups": [], "config": {}, "extra": {}, "version": 0.4}
@@ -351,31 +540,81 @@ LAYOUT_JS = """async ({workflow, layout}) => {
         if (!grown) break;
         await settle();
     }
-    let x = 0;
-    for (const g of layout.groups) {
-        let colX = x + PAD, bottom = 0;
+    // Each group's columns, placed from the group's corner.
+    const boxes = layout.groups.map(g => {
+        let colX = PAD, bottom = 0;
+        const places = [];
         for (const column of g.columns) {
             let y = GROUP_TITLE + PAD + TITLE, colWidth = 0;
             for (const id of column) {
                 const node = app.graph.getNodeById(id);
-                node.pos = [colX, y];
+                places.push([node, colX, y]);
                 y += node.size[1] + TITLE + PAD;
                 colWidth = Math.max(colWidth, node.size[0]);
             }
             colX += colWidth + GAP;
             bottom = Math.max(bottom, y);
         }
-        const group = new LiteGraph.LGraphGroup(g.title);
-        group.font_size = 18;  // groupTitleWidth's font
-        group.color = g.color;
-        const width = Math.max(colX - GAP + PAD - x, groupTitleWidth(g.title));
-        group.pos = [x, 0];
-        group.size = [width, bottom];
-        app.graph.add(group);
-        x += width + 60;
+        return {g, places, width: Math.max(colX - GAP + PAD, groupTitleWidth(g.title)), height: bottom};
+    });
+    // Rows, groups in reading order: of every wrapping, the one the view shows largest.
+    const wrap = limit => {
+        const rows = [[]];
+        let x = 0;
+        for (const box of boxes) {
+            if (rows.at(-1).length && x + box.width > limit) { rows.push([]); x = 0; }
+            rows.at(-1).push(box);
+            x += box.width + BETWEEN;
+        }
+        return rows;
+    };
+    const BETWEEN = 60;
+    const extent = rows => [Math.max(...rows.map(r => r.reduce((w, b) => w + b.width, 0) + BETWEEN * (r.length - 1))),
+                            rows.reduce((h, r) => h + Math.max(...r.map(b => b.height)), 0) + BETWEEN * (rows.length - 1)];
+    const fitScale = ([w, h], view) => Math.min(1, (view[2] - view[0]) / w, (view[3] - view[1]) / h);
+    let rows = null;
+    for (let k = 1, limit = 0; k <= boxes.length; k++) {
+        limit += boxes[k - 1].width + (k > 1 ? BETWEEN : 0);
+        const candidate = wrap(limit);
+        if (!rows || fitScale(extent(candidate), layout.view) > fitScale(extent(rows), layout.view)) rows = candidate;
     }
-    app.canvas.ds.offset = [100, 170];
-    app.canvas.ds.scale = 0.6;
+    let y = 0;
+    for (const row of rows) {
+        let x = 0;
+        for (const box of row) {
+            for (const [node, px, py] of box.places) node.pos = [x + px, y + py];
+            box.pos = [x, y];
+            const group = new LiteGraph.LGraphGroup(box.g.title);
+            group.font_size = 18;  // groupTitleWidth's font
+            group.color = box.g.color;
+            group.pos = [x, y];
+            group.size = [box.width, box.height];
+            app.graph.add(group);
+            x += box.width + BETWEEN;
+        }
+        y += Math.max(...row.map(b => b.height)) + BETWEEN;
+    }
+    // The view saved with the file (extra.ds, restored on load): the whole graph, centred, where it fits at a scale
+    // whose text the page still draws and the result clears the minimap; else that scale, on the result's group
+    // from its top left corner (the steps that lead to the result, and the result).
+    const [w, h] = extent(rows);
+    const result = app.graph.nodes.find(n => n.type === "SaveImage");
+    const box = (scale, offset) => [(result.pos[0] + offset[0]) * scale, (result.pos[1] - TITLE + offset[1]) * scale,
+                                    (result.pos[0] + result.size[0] + offset[0]) * scale, (result.pos[1] + result.size[1] + offset[1]) * scale];
+    const clear = (r, k) => r[2] <= k[0] || r[3] <= k[1];
+    const centred = view => {
+        const scale = fitScale([w, h], view);
+        return [scale, [(view[0] + (view[2] - view[0] - w * scale) / 2) / scale, (view[1] + (view[3] - view[1] - h * scale) / 2) / scale]];
+    };
+    let [scale, offset] = centred(layout.view);
+    if (!clear(box(scale, offset), layout.minimap)) [scale, offset] = centred([...layout.view.slice(0, 2), layout.minimap[0], layout.view[3]]);
+    if (scale < layout.min_scale) {
+        scale = layout.min_scale;
+        const own = boxes.find(b => b.places.some(([node]) => node === result));
+        offset = [layout.view[0] / scale - own.pos[0], layout.view[1] / scale - own.pos[1]];
+    }
+    app.canvas.ds.offset = offset;
+    app.canvas.ds.scale = scale;
     const data = JSON.parse(JSON.stringify(app.graph.serialize()));
     for (const n of data.nodes) {  // a node of a type the page lacks serializes as it was loaded: keep its new place
         const live = app.graph.getNodeById(n.id);
@@ -402,17 +641,16 @@ def build(names, url: str, info: dict) -> dict:
     return out
 
 
-def _write(file: str, data: bytes) -> None:
+def _write(path: str, data: bytes) -> None:
     """Whole or not at all: an interrupted rebuild leaves the previous file."""
-    path = os.path.join(EXAMPLES, file)
     with open(path + ".partial", "wb") as f:
         f.write(data)
     os.replace(path + ".partial", path)
 
 
 def write_workflow(name: str, saved: dict) -> None:
-    _write(name + ".json", (json.dumps(saved, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-    print(f"wrote example_workflows/{name}.json ({len(saved['nodes'])} nodes, {len(saved['links'])} links, {len(saved['groups'])} groups)")
+    _write(examples.path(name), (json.dumps(saved, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    print(f"wrote {examples.path(name)} ({len(saved['nodes'])} nodes, {len(saved['links'])} links, {len(saved['groups'])} groups)")
 
 
 def _fit(image, width: int, height: int):
@@ -462,13 +700,42 @@ def write_thumbnail(name: str, saved: dict, ids: dict, client: Client, base: str
     card = thumbnail(rows, ids, saved, entry, base, info)
     buffer = io.BytesIO()
     card.save(buffer, "JPEG", quality=88, optimize=True)
-    _write(name + ".jpg", buffer.getvalue())
-    print(f"wrote example_workflows/{name}.jpg (from its run on the server: {time.time() - started:.0f} s)")
+    _write(examples.path(name, ".jpg"), buffer.getvalue())
+    print(f"wrote {examples.path(name, '.jpg')} (from its run on the server: {time.time() - started:.0f} s)")
+
+
+CARD_COLOURS = {"flux": (40, 52, 90), "sdxl": (70, 45, 80)}
+
+
+def drawn_card(name: str):
+    """The card of a FLUX.1 or SDXL workflow: what it does, in words (no machine here runs those models)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    arch, _, what = name.partition("_")
+    steps = {"train_content": ("Train a", "CONTENT", "adapter", "your subject, from your", "captioned images"),
+             "train_style": ("Train a", "STYLE", "adapter", "your style, from your", "captioned images"),
+             "mix": ("Mix", "CONTENT + STYLE", "adapters", "on one shared basis,", "with both trigger words")}[what]
+    card = Image.new("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), THUMBNAIL_BACKGROUND)
+    draw = ImageDraw.Draw(card)
+    draw.rectangle([0, 0, THUMBNAIL_SIZE, 150], fill=CARD_COLOURS[arch])
+    font = lambda size: ImageFont.load_default(size=size)
+    draw.text((THUMBNAIL_SIZE // 2, 75), ARCHS[arch]["label"], font=font(64), fill=(240, 240, 240), anchor="mm")
+    for text, y, size, colour in zip(steps, (200, 262, 322, 380, 418), (40, 52, 40, 30, 30), [(220, 220, 220), (250, 200, 60)] + [(220, 220, 220)] * 3):
+        draw.text((THUMBNAIL_SIZE // 2, y), text, font=font(size), fill=colour, anchor="mm")
+    return card
+
+
+def write_drawn_card(name: str) -> None:
+    buffer = io.BytesIO()
+    drawn_card(name).save(buffer, "JPEG", quality=88, optimize=True)
+    _write(examples.path(name, ".jpg"), buffer.getvalue())
+    print(f"wrote {examples.path(name, '.jpg')} (drawn)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", default=list(WORKFLOW_SPECS), help="which workflows (default: all)")
+    parser.add_argument("names", nargs="*", default=list(WORKFLOW_SPECS), help="which workflows, by key (default: all)")
+    parser.add_argument("--layout-only", action="store_true", help="write the graphs and drawn cards, keep the cards made from runs")
     args = parser.parse_args()
     unknown = set(args.names) - set(WORKFLOW_SPECS)
     if unknown:
@@ -489,7 +756,10 @@ def main() -> int:
             for name, (saved, _) in built.items():
                 write_workflow(name, saved)
             for name, (saved, ids) in built.items():
-                write_thumbnail(name, saved, ids, client, base, info)
+                if name in examples.REAL:
+                    write_drawn_card(name)
+                elif not args.layout_only:
+                    write_thumbnail(name, saved, ids, client, base, info)
         finally:
             server.stop()
     print(f"done in {time.time() - started:.0f} s")

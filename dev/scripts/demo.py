@@ -5,7 +5,7 @@ UNet and a TAESD autoencoder trained from scratch, shipped, and a CLIP-L
 text encoder written from its formula) and its two adapters trained by
 Train QR-LoRA (a heart "<c>" and a checkerboard "<s>", never seen by the
 base model) into a ComfyUI base directory, starts ComfyUI with the pack on
-127.0.0.1:PORT, runs the mixing workflow (example_workflows/qrlora_mix.json, turned
+127.0.0.1:PORT, runs the mixing workflow (example_workflows/Mix-content-and-style-toy-model.json, turned
 into its API form: "a <c> shape in <s> style") through /prompt, reports the
 image it wrote with its scores against the world (the goal: a checkered heart)
 and leaves the server running. The URL it

@@ -38,10 +38,10 @@ def rng(request):
 
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
-    """One real ComfyUI server for the session, with this pack in its custom_nodes."""
+    """One real ComfyUI server for the session, with this pack in its custom_nodes (and the tests' small Flux/SDXL node)."""
     from devkit.server import ComfyServer, make_base_directory
 
-    base = make_base_directory(str(tmp_path_factory.mktemp("comfy-base")))
+    base = make_base_directory(str(tmp_path_factory.mktemp("comfy-base")), small_models=True)
     server = ComfyServer(base).start()
     yield server
     server.stop()

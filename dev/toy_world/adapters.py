@@ -9,7 +9,7 @@ Both on the shipped base model, at one rank, so they share the basis Q and
 mix as one ΔR sum. The files land in toy_world/weights/ (the demo and the
 workflows use them). Rerun this after the trainer changes: one command.
 Training at this learning rate is not smooth: the mix's scores swing
-between checkpoints 25 steps apart (README, Disentanglement on the toy
+between checkpoints 25 steps apart (docs/toy-world.md, Disentanglement on the toy
 world), so --check scores every --checkpoint-every steps.
 """
 

@@ -9,8 +9,7 @@ written from its formula (toy_world/text_encoder.py) on first use.
 
 import os
 
-from devkit import folder_dataset
-from devkit.host import PACK_ROOT
+from devkit import examples
 
 from . import adapters, model_files, pipeline, text_encoder, world
 
@@ -21,8 +20,16 @@ CONTENT = model_files.CONTENT_ADAPTER
 STYLE = model_files.STYLE_ADAPTER
 CONTENT_FOLDER = "toy_world_heart"  # training images + captions (.txt), in the input folder
 STYLE_FOLDER = "toy_world_checker"
-WORKFLOWS = os.path.join(PACK_ROOT, "example_workflows")
-MIX_WORKFLOW = os.path.join(WORKFLOWS, "qrlora_mix.json")
+# The folder example's images: the star, a shape the base model never saw, in base styles, in mixed sizes and
+# aspect ratios (squares of several sizes, 3:1 banners), some without a caption file (they take the default caption).
+STAR_FOLDER = "toy_world_star"
+STAR_TRIGGER = "<t>"
+STAR_IMAGES = 12
+STAR_LAYOUTS = ("square 128", "square 192", "wide", "square 256", "tall", "square 160")
+STAR_SEED = 13
+STAR_BUCKETS_AT_128 = {(128, 128): 8, (192, 64): 2, (64, 192): 2}  # (width, height) -> images, at the toy world's size
+WORKFLOWS = examples.FOLDER
+MIX_WORKFLOW = examples.path("qrlora_mix")
 RANK = adapters.RECIPE["rank"]
 LAYERS = 40  # the paper's attention + MLP targets: 10 in each of the UNet's 4 transformer blocks
 
@@ -36,10 +43,12 @@ def _path(base, *parts):
 def page_url(server_url: str, workflow_file: str = MIX_WORKFLOW) -> str:
     """The page opened on one of the pack's example workflows (the frontend's own ?template= loader
     reads it from the pack's example_workflows/, under the pack's folder name in custom_nodes)."""
+    import urllib.parse
+
     from devkit.server import PACK_FOLDER_NAME
 
     name = os.path.splitext(os.path.basename(workflow_file))[0]
-    return f"{server_url}/?template={name}&source={PACK_FOLDER_NAME}"
+    return f"{server_url}/?" + urllib.parse.urlencode({"template": name, "source": PACK_FOLDER_NAME}, quote_via=urllib.parse.quote)
 
 
 def _link(source: str, target: str) -> None:
@@ -68,6 +77,32 @@ def training_folders(base: str) -> None:
                     f.write(caption)
 
 
+def star_folder(base: str) -> None:
+    """The folder example's training images (STAR_FOLDER in the input folder), missing files only."""
+    from PIL import Image
+
+    items, _ = pipeline.content_set(STAR_SEED, STAR_IMAGES, shape="star")
+    for n, item in enumerate(items):
+        layout = STAR_LAYOUTS[n % len(STAR_LAYOUTS)]
+        stem = _path(base, "input", STAR_FOLDER, f"{n:02}_{layout.replace(' ', '')}")
+        if os.path.exists(stem + ".png"):
+            continue
+        picture = Image.fromarray(world.render(item))
+        if layout.startswith("square"):
+            side = int(layout.split()[1])
+            picture = picture.resize((side, side), Image.LANCZOS)
+        else:  # the shape at one end of a 3:1 banner of background
+            wide = layout == "wide"
+            canvas = Image.new("RGB", (3 * world.SIZE, world.SIZE) if wide else (world.SIZE, 3 * world.SIZE), world.BACKGROUND)
+            offset = (n % 3) * world.SIZE
+            canvas.paste(picture, (offset, 0) if wide else (0, offset))
+            picture = canvas
+        picture.save(stem + ".png")
+        if n % 5 != 4:  # every fifth image has no caption file
+            with open(stem + ".txt", "w") as f:
+                f.write(item.caption(noun=f"{STAR_TRIGGER} shape"))
+
+
 def build(base: str) -> None:
     """Put whatever of the demo's files is missing into the base directory."""
     for folder, name in (("diffusion_models", UNET), ("vae", VAE)):
@@ -78,4 +113,4 @@ def build(base: str) -> None:
     if not os.path.exists(clip):
         text_encoder.save(clip)
     training_folders(base)
-    folder_dataset.write(os.path.join(base, "input"))
+    star_folder(base)

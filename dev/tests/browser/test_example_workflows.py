@@ -1,5 +1,6 @@
 """The shipped workflows (example_workflows/) as the page shows them: template cards with their
-thumbnails, and graphs in which no node covers another.
+titles and thumbnails, graphs in which no node covers another, and each opening with its result in
+view in a 1280 x 800 window.
 
 The template browser is opened as a person opens it (Templates, then the
 pack's category); it fetches NAME.jpg next to each NAME.json. Each file is loaded into the real page the way a drop or the template
@@ -10,17 +11,17 @@ compared with every other's.
 """
 
 import os
+import urllib.parse
 
 import pytest
 from PIL import Image
 
-from devkit import browser, workflow
-from toy_world import demo_assets
+from devkit import browser, examples, workflow
 from devkit.server import PACK_FOLDER_NAME
 
 pytestmark = pytest.mark.browser
 
-NAMES = ("qrlora_mix", "qrlora_compare", "qrlora_train_content", "qrlora_train_style", "qrlora_train_folder")
+NAMES = tuple(examples.TITLES)
 
 # Settled: every image loaded and no node's size changed for a second (a preview image is fetched
 # a moment after the graph loads, and the node grows when it arrives).
@@ -62,7 +63,7 @@ def settled_boxes(page, wf):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_node_of_a_shipped_workflow_covers_another(ui, name):
-    wf = workflow.load(os.path.join(demo_assets.WORKFLOWS, name + ".json"))
+    wf = workflow.load(examples.path(name))
     nodes = settled_boxes(ui, wf)
     assert len(nodes) == len(wf["nodes"])
     assert overlaps(nodes) == [], f"{name}: nodes overlap in the page"
@@ -96,17 +97,66 @@ def test_template_browser_shows_each_workflow_with_its_thumbnail(chromium, comfy
     try:
         fetched = {}
         prefix = f"/api/workflow_templates/{PACK_FOLDER_NAME}/"
-        page.on("response", lambda r: prefix in r.url and r.url.endswith(".jpg") and fetched.setdefault(r.url.rsplit("/", 1)[1][:-4], r.status))
+        page.on("response", lambda r: prefix in r.url and r.url.endswith(".jpg")
+                and fetched.setdefault(urllib.parse.unquote(r.url.rsplit("/", 1)[1][:-4]), r.status))
         page.locator(".side-bar-button, button").filter(has_text="Templates").first.click()
         page.locator(".p-dialog").get_by_text(PACK_FOLDER_NAME, exact=True).first.click()
-        for name in NAMES:
-            page.locator(".p-dialog").get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+        for title in examples.TITLES.values():  # the card's title: the file's name, which is the title a person reads
+            page.locator(".p-dialog").get_by_text(title, exact=True).first.wait_for(timeout=30_000)
+        # The dialog shows the first cards and more as one scrolls (each card's image loads when it is drawn).
+        box = page.locator(".p-dialog").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6)
+        for _ in range(60):
+            if len(fetched) >= len(NAMES):
+                break
+            page.mouse.wheel(0, 400)
+            page.wait_for_timeout(500)
+        assert fetched == {title: 200 for title in examples.TITLES.values()}
         shown = """() => [...document.querySelectorAll('.p-dialog img')].filter(i => i.complete && i.naturalWidth > 0)
             .map(i => i.src.endsWith('default-template.png') ? 'placeholder' : i.naturalWidth)"""
-        page.wait_for_function(f"() => ({shown})().filter(w => w !== 'placeholder').length >= {len(NAMES)}", timeout=30_000)
-        assert fetched == {name: 200 for name in NAMES}
-        with Image.open(os.path.join(demo_assets.WORKFLOWS, NAMES[0] + ".jpg")) as image:
+        with Image.open(examples.path(NAMES[0], ".jpg")) as image:
             width = image.width
-        assert page.evaluate(shown) == [width] * len(NAMES), "every card shows its thumbnail, none the placeholder"
+        drawn = page.evaluate(shown)
+        assert drawn and set(drawn) == {width}, "every card drawn shows its thumbnail, none the placeholder"
     finally:
         page.close()
+
+
+WINDOW = {"width": 1280, "height": 800}
+# Where the page leaves the canvas free, and the minimap's box, measured in the page itself.
+FREE_VIEW_JS = """() => {
+    const box = sel => [...document.querySelectorAll(sel)].map(e => e.getBoundingClientRect()).filter(r => r.width > 0);
+    const left = Math.max(0, ...box('.side-tool-bar-container').map(r => r.right));
+    const top = Math.max(0, ...box('.workflow-tabs-container, .actionbar, .comfy-menu-button-wrapper').map(r => r.bottom));
+    const minimap = box('.litegraph-minimap')[0];
+    return {view: [left, top, window.innerWidth, window.innerHeight], minimap: minimap ? [minimap.left, minimap.top, minimap.right, minimap.bottom] : null};
+}"""
+RESULT_ON_SCREEN_JS = """() => {
+    const node = app.graph.nodes.find(n => n.type === "SaveImage");
+    const [x, y, w, h] = node.boundingRect, {offset, scale} = app.canvas.ds;
+    const rect = app.canvas.canvas.getBoundingClientRect();
+    return {title: node.title, scale, box: [rect.left + (x + offset[0]) * scale, rect.top + (y + offset[1]) * scale,
+                                            rect.left + (x + w + offset[0]) * scale, rect.top + (y + h + offset[1]) * scale]};
+}"""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_workflow_opens_with_its_result_in_view_in_a_small_window(ui, artifacts, name):
+    """Loaded as a drop or the template browser loads it (the view saved in the file is restored), in a 1280 x 800
+    window: the result node (the workflow's Save Image) lies whole in the free canvas, clear of the minimap,
+    at a scale at which the page still draws node text."""
+    ui.set_viewport_size(WINDOW)
+    try:
+        browser.next_frames(ui)
+        browser.load_workflow(ui, workflow.load(examples.path(name)))
+        browser.next_frames(ui)
+        free, result = ui.evaluate(FREE_VIEW_JS), ui.evaluate(RESULT_ON_SCREEN_JS)
+        ui.screenshot(path=os.path.join(artifacts, f"opened 1280x800 {name}.png"))
+    finally:
+        ui.set_viewport_size(browser.VIEWPORT)
+    (left, top, right, bottom), (x0, y0, x1, y1) = free["view"], result["box"]
+    assert left <= x0 and top <= y0 and x1 <= right and y1 <= bottom, f"{name}: '{result['title']}' at {result['box']}, view {free['view']}"
+    if free["minimap"]:
+        mx0, my0, mx1, my1 = free["minimap"]
+        assert x1 <= mx0 or y1 <= my0 or x0 >= mx1 or y0 >= my1, f"{name}: the minimap {free['minimap']} covers the result {result['box']}"
+    assert result["scale"] >= 0.6, "below 0.6 the page draws nodes without their text"

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from devkit import browser, folder_dataset, workflow
+from devkit import browser, examples, workflow
 from toy_world import demo_assets
 from devkit.server import PACK_FOLDER_NAME, Client
 
@@ -65,7 +65,7 @@ MERGE_STATE_JS = """(id) => {
 
 
 def load(page, name):
-    wf = workflow.load(os.path.join(demo_assets.WORKFLOWS, name + ".json"))
+    wf = workflow.load(examples.path(name))
     missing = browser.load_workflow(page, wf)
     assert missing == [], f"{name}: the page lacks node types {missing}"
     return wf
@@ -216,7 +216,7 @@ def test_folder_workflow_runs_from_the_page_and_shows_buckets_and_samples(ui, co
     ids = {t: workflow.node_id(wf, t) for t in titles}
     ui.evaluate("""([data, train, samples, size, sampler]) => {
         const set = (id, name, v) => { app.graph.getNodeById(id).widgets.find(w => w.name === name).value = v; };
-        set(data, "resolution", 128); set(data, "default_caption", "a <c> dog seen from the page");  // not a cached run
+        set(data, "resolution", 128); set(data, "default_caption", "a <t> shape seen from the page");  // not a cached run
         set(train, "steps", 2); set(train, "rank", 4); set(train, "checkpoint_every", 0);
         set(samples, "every", 1); set(samples, "width", 64); set(samples, "height", 64); set(samples, "steps", 2);
         set(size, "width", 64); set(size, "height", 64); set(sampler, "steps", 2);
@@ -224,8 +224,8 @@ def test_folder_workflow_runs_from_the_page_and_shows_buckets_and_samples(ui, co
     sent, entry = run_from_page(ui, comfy, timeout=600)
     assert sent[ids["Bucket, encode and caption"]]["inputs"]["resolution"] == 128
     buckets = {(b["width"], b["height"]): b["images"] for b in entry["outputs"][ids["Bucket, encode and caption"]]["qrlora_buckets"]}
-    assert buckets == folder_dataset.BUCKETS_AT_128
-    assert "5 images in 3 buckets" in panel(ui, ids["Bucket, encode and caption"], "buckets", "executed")
+    assert buckets == demo_assets.STAR_BUCKETS_AT_128
+    assert "12 images in 3 buckets" in panel(ui, ids["Bucket, encode and caption"], "buckets", "executed")
     train = ids["Train from the folder"]
     panel(ui, train, "loss_curve", "executed")
     assert [s["step"] for s in entry["outputs"][train]["qrlora_samples"]] == [1, 1, 2, 2]
@@ -412,6 +412,6 @@ def test_demo_url_opens_the_mix_workflow_and_templates_list_each_example_once(ch
         titles = page.evaluate("() => app.graph.nodes.map(n => n.title)")
         assert len(titles) == len(workflow.load(demo_assets.MIX_WORKFLOW)["nodes"])
         templates = page.evaluate("async () => await window.comfyAPI.api.api.getWorkflowTemplates()")
-        assert sorted(templates[PACK_FOLDER_NAME]) == sorted(NAMES)
+        assert sorted(templates[PACK_FOLDER_NAME]) == sorted(examples.TITLES.values())
     finally:
         page.close()

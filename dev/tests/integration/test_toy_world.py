@@ -12,7 +12,7 @@ both adapters, mixed.
 Each adapter is the mean ΔR of its checkpoints at AVERAGED_STEPS (Merge ΔR
 of the checkpoints, weight 1/3 each: they share the basis Q, so this is
 exact). Training at the recipe's rate swings from checkpoint to checkpoint
-(README, Disentanglement on the toy world); on this CPU the single
+(docs/toy-world.md, Disentanglement on the toy world); on this CPU the single
 checkpoints at 75, 100, 125 and 150 steps drew a checkered heart at 1, 1,
 6 and 2 of sampler seeds 0-7, their mean over 75-125 at 7 of 8.
 """

@@ -5,26 +5,38 @@ tests/browser; here it meets the cases the example files do not have.
 """
 
 import os
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from devkit import workflow
-from toy_world.demo_assets import WORKFLOWS
+from devkit import examples, workflow
 
-NAMES = ("qrlora_mix", "qrlora_train_content", "qrlora_train_style", "qrlora_compare", "qrlora_train_folder")
+NAMES = tuple(examples.TITLES)
 
 
 def test_example_workflows_are_the_named_graphs_each_with_a_thumbnail():
-    """example_workflows/ (the one copy: template browser, demo, tests) holds NAME.json + NAME.jpg for each workflow."""
-    files = sorted(os.listdir(WORKFLOWS))
-    assert files == sorted(n + ext for n in NAMES for ext in (".json", ".jpg")), "run `make workflows`"
+    """example_workflows/ (the one copy: template browser, demo, tests) holds TITLE.json + TITLE.jpg for each workflow."""
+    files = sorted(os.listdir(examples.FOLDER))
+    assert files == sorted(t + ext for t in examples.TITLES.values() for ext in (".json", ".jpg")), "run `make workflows`"
+
+
+def test_file_names_are_titles_a_person_reads():
+    """The template browser shows the file name as the card's title and, with '-' and '_' as spaces, as its
+    description (frontend 1.32.9): words with spaces, no underscores or dashes, a capital first, and each
+    real-model card says its model, each toy-world card that it is the toy model."""
+    for key, title in examples.TITLES.items():
+        if key in examples.URL_SAFE:  # opened by `make demo`'s URL: the page's loader takes [A-Za-z0-9_-] only
+            assert re.fullmatch(r"[A-Za-z0-9-]+", title) and title[0].isupper() and title.endswith("-toy-model"), title
+            continue
+        assert " " in title and not set("_-/\\") & set(title) and title[0].isupper(), title
+        assert title.startswith(("FLUX.1", "SDXL")) if key in examples.REAL else title.endswith("(toy model)"), title
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_thumbnail_is_a_jpeg_card_of_sensible_size(name):
-    path = os.path.join(WORKFLOWS, name + ".jpg")
+    path = examples.path(name, ".jpg")
     with Image.open(path) as image:
         assert image.format == "JPEG"
         image.verify()  # the whole file decodes
@@ -38,7 +50,7 @@ def test_thumbnail_is_a_jpeg_card_of_sensible_size(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_file_is_a_followable_ui_graph(name):
-    wf = workflow.load(os.path.join(WORKFLOWS, name + ".json"))
+    wf = workflow.load(examples.path(name))
     nodes = {n["id"]: n for n in wf["nodes"]}
     assert wf["groups"] and all(g["title"][0].isdigit() for g in wf["groups"]), "groups numbered in reading order"
     assert all(n.get("title") for n in nodes.values()), "every node has a title a person can follow"
@@ -52,6 +64,18 @@ def test_workflow_file_is_a_followable_ui_graph(name):
         assert nodes[origin]["outputs"][origin_slot]["type"] == kind
     linked = {i["link"] for n in nodes.values() for i in n.get("inputs", []) if i.get("link") is not None}
     assert linked == {link[0] for link in wf["links"]}
+    assert [n["type"] for n in nodes.values()].count("SaveImage") == 1, "one result: the node the saved view shows"
+    assert wf["extra"]["ds"]["scale"] >= 0.6, "the saved view draws node text (tests/browser checks the result is in it)"
+
+
+@pytest.mark.parametrize("name", examples.REAL)
+def test_real_model_workflows_use_the_stock_loaders_with_the_usual_file_names(name):
+    loaders = {n["type"]: n["widgets_values"] for n in workflow.load(examples.path(name))["nodes"] if "Loader" in n["type"] and "QRLoRA" not in n["type"]}
+    if name.startswith("flux"):
+        assert loaders == {"UNETLoader": ["flux1-dev.safetensors", "fp8_e4m3fn"], "VAELoader": ["ae.safetensors"],
+                           "DualCLIPLoader": ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"]}
+    else:
+        assert loaders == {"CheckpointLoaderSimple": ["sd_xl_base_1.0.safetensors"]}
 
 
 OBJECT_INFO = {
