@@ -1,9 +1,9 @@
 """Mixing, measured (issue 26): does a content adapter + a style adapter draw a pair no one tuned for?
 
-    python bench/mixing.py --workers 12 --out bench/reference/DATE-mixing.json   # the GPU run (one 10-minute call)
-    python bench/mixing.py --phase tune --workers 12 --out tune.json              # choose the recipe (tuning pairs only)
-    python bench/mixing.py --smoke --out smoke.json                               # CPU-sized: one pair, few steps
-    python bench/mixing.py --content-dir A --style-dir B --out-dir MIXES          # a pair of your own (images + .txt captions)
+    python dev/bench/mixing.py --workers 12 --out bench/reference/DATE-mixing.json   # the GPU run (one 10-minute call)
+    python dev/bench/mixing.py --phase tune --workers 12 --out tune.json              # choose the recipe (tuning pairs only)
+    python dev/bench/mixing.py --smoke --out smoke.json                               # CPU-sized: one pair, few steps
+    python dev/bench/mixing.py --content-dir A --style-dir B --out-dir MIXES          # a pair of your own (images + .txt captions)
 
 Pairs. The test set is every held-out shape x every held-out style of the
 world (toy_world/world.py MIXING_SHAPES x MIXING_STYLES: 16 pairs the base
@@ -44,6 +44,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -136,20 +137,25 @@ def job_key(kind: str, name: str, k: int, settings: dict) -> str:
 class Plan:
     """Every training and every sampling of a run, deduplicated (arms that share an adapter train it once)."""
 
-    def __init__(self, pairs, arms: dict, seeds, sampler_seeds, steps_override: int | None = None, images: int = recipe.IMAGES):
+    def __init__(self, pairs, arms: dict, seeds, sampler_seeds, steps_override: int | None = None, images: int = recipe.IMAGES,
+                 oracle_steps=(ORACLE_STEPS,)):
         self.trainings = {}  # key -> job
         self.cells = []  # (pair, arm, k, content key, style key, mix)
-        self.alone = {}  # (key, weights) -> sampling job
         self.sampler_seeds = list(sampler_seeds)
+        oracle_steps = sorted(oracle_steps) if not steps_override else [steps_override]
+        self.arm_names = [n for a in arms for n in ([a] if a != "oracle" or len(oracle_steps) == 1 else [f"oracle@{s}" for s in oracle_steps])]
         for k in seeds:
             for shape, style in pairs:
                 for arm, (content, style_settings, mix) in arms.items():
                     if steps_override:
                         content, style_settings = {**content, "steps": steps_override}, {**style_settings, "steps": steps_override}
-                    if arm == "oracle":
-                        settings = {**role_settings("style", "shipped"), **PAPER, "steps": steps_override or ORACLE_STEPS}
+                    if arm == "oracle":  # one run per pair, its checkpoints at each of oracle_steps
+                        every = math.gcd(*oracle_steps) if len(oracle_steps) > 1 else 0
+                        settings = {**role_settings("style", "shipped"), **PAPER, "steps": oracle_steps[-1], "checkpoint_every": every}
                         key = self._train("oracle", f"{shape}|{style}", k, settings, images)
-                        self.cells.append(((shape, style), arm, k, key, None, "alone"))
+                        for n in oracle_steps:
+                            name, at = ("oracle", key) if len(oracle_steps) == 1 else (f"oracle@{n}", f"{key}@{n}")
+                            self.cells.append(((shape, style), name, k, at, None, "alone"))
                         continue
                     ck = self._train("content", shape, k, content, images)
                     sk = self._train("style", style, k, style_settings, images)
@@ -181,10 +187,11 @@ class Plan:
 _STATE = {}
 
 
-def _start(models_dir: str, output_dir: str, comfyui: str | None, cpu: bool, sampler_steps: int | None) -> None:
+def _start(models_dir: str, output_dir: str, comfyui: str | None, cpu: bool, sampler_steps: int | None, threads: int = 0) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    if threads:  # the workers share the machine's cores
+        torch.set_num_threads(threads)
     pipeline.import_host(comfyui, cpu=cpu)
     pipeline.use_folders(models_dir, output_dir)
     if sampler_steps:
@@ -210,8 +217,12 @@ def _train(job: dict) -> dict:
     trigger = {"content": pipeline.CONTENT_TRIGGER, "style": f"{pipeline.STYLE_TRIGGER} style"}.get(job["kind"], pipeline.MIX_PROMPT)
     started = time.time()
     adapter, losses = pipeline.train_qrlora(model, clip, vae, items, captions, f"mixing/{job['key']}", trigger, seed=job["seed"], **job["settings"])
-    path = os.path.join(folder_paths.get_folder_paths("loras")[0], adapter.source)
-    return {"key": job["key"], "path": path, "seconds": time.time() - started, "loss_first": float(np.mean(losses[:10])),
+    folder = folder_paths.get_folder_paths("loras")[0]
+    path = os.path.join(folder, adapter.source)
+    stem = os.path.basename(adapter.source).rsplit("_step", 1)[0]
+    checkpoints = {int(f.rsplit("_step", 1)[1].split(".")[0]): os.path.join(os.path.dirname(path), f)
+                   for f in os.listdir(os.path.dirname(path)) if f.startswith(stem + "_step")}
+    return {"key": job["key"], "path": path, "checkpoints": checkpoints, "seconds": time.time() - started, "loss_first": float(np.mean(losses[:10])),
             "loss_last": float(np.mean(losses[-10:]))}
 
 
@@ -250,7 +261,9 @@ def _sample(job: dict) -> dict:
             style = decorrelated(content, style)
         patched = pipeline.mix_qrlora(model, content, style, wc, ws)
     started = time.time()
-    images = pipeline.generate_batch(patched, clip, vae, pipeline.MIX_PROMPT, job["seeds"])
+    if "conditioning" not in _STATE:
+        _STATE["conditioning"] = (pipeline.encode_text(clip, pipeline.MIX_PROMPT), pipeline.encode_text(clip, ""))
+    images = pipeline.generate_batch(patched, clip, vae, pipeline.MIX_PROMPT, job["seeds"], _STATE["conditioning"])
     return {"id": job["id"], "images": images, "seconds": time.time() - started}
 
 
@@ -312,7 +325,8 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
     cpu = args.smoke or not torch.cuda.is_available()
     seeds = TRAINING_SEEDS[: args.training_seeds]
     sampler_seeds = SAMPLER_SEEDS[: args.sampler_seeds]
-    plan = Plan(pairs, arms, seeds, sampler_seeds, steps_override=args.steps, images=args.images)
+    plan = Plan(pairs, arms, seeds, sampler_seeds, steps_override=args.steps, images=args.images,
+                oracle_steps=[int(n) for n in args.oracle_steps.split(",")])
     work = tempfile.mkdtemp(prefix="mixing_bench_")
     models, output = os.path.join(work, "models"), os.path.join(work, "output")
     pipeline.install_models(models)
@@ -320,7 +334,8 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
         "date": datetime.date.today().isoformat(), "device": "cpu" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
         "phase": args.phase, "recipe": {**recipe.RECIPE, "steps": args.steps or recipe.STEPS, "images": args.images},
         "sampler": {**pipeline.SAMPLER, **({"steps": args.sampler_steps} if args.sampler_steps else {})},
-        "arms": {a: {"content": c, "style": s, "mix": m} for a, (c, s, m) in arms.items()}, "oracle_steps": args.steps or ORACLE_STEPS,
+        "arms": {a: {"content": c, "style": s, "mix": m} for a, (c, s, m) in arms.items() if a != "oracle"},
+        "arm_names": plan.arm_names, "oracle_steps": [args.steps] if args.steps else [int(n) for n in args.oracle_steps.split(",")],
         "tuning_pairs": [list(p) for p in tuning], "held_out_pairs": [list(p) for p in held_out],
         "training_seeds": list(seeds), "sampler_seeds": list(sampler_seeds), "judge": {
             "pattern_pass": scores.PATTERN_PASS, "reject_iou": scores.REJECT_IOU, "reject_margin": scores.REJECT_MARGIN,
@@ -330,16 +345,23 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
     started = time.time()
     deadline = started + args.deadline if args.deadline else None
     images = {}  # sampling id -> images
-    pool = None
+    pool, running = None, None
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         _start(models, output, args.comfyui, cpu, args.sampler_steps)
         results["codec"] = codec_ceiling(_STATE["models"][2], pairs)
         log(f"codec ceiling: {sum(v['success'] for v in results['codec'].values())} of {len(pairs)} pairs")
-        initargs = (models, output, args.comfyui, cpu, args.sampler_steps)
+        initargs = (models, output, args.comfyui, cpu, args.sampler_steps, max(1, (os.cpu_count() or 1) // args.workers))
         pool = multiprocessing.get_context("spawn").Pool(args.workers, _start, initargs) if args.workers > 1 else None
         submit = (lambda task: pool.imap_unordered(_work, task)) if pool else (lambda task: map(_work, task))
         paths = {}
+        wave_seconds = 0.0
         for k in seeds:
+            if deadline and time.time() + 1.1 * wave_seconds > deadline:
+                log(f"training seed {k} would end after the deadline: stopping with training seeds {results.get('training_seeds_done')}")
+                break
+            wave_started = time.time()
+            running = k
             wave = [j for j in plan.trainings.values() if j["k"] == k]
             log(f"training seed {k}: {len(wave)} trainings")
             for kind, out, error in submit([("train", j) for j in wave]):
@@ -348,10 +370,11 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
                     log(f"training failed: {error[:300]}")
                     continue
                 paths[out["key"]] = out["path"]
+                paths.update({f"{out['key']}@{n}": p for n, p in out["checkpoints"].items()})
+                job = plan.trainings[out["key"]]
                 results["trainings"][out["key"]] = {**{x: out[x] for x in ("seconds", "loss_first", "loss_last")},
-                                                    **{x: plan.trainings[out["key"]][x] for x in ("kind", "name", "k", "seed", "settings")}}
-                if deadline and time.time() > deadline:
-                    raise TimeoutError("deadline")
+                                                    **{x: job[x] for x in ("kind", "name", "k", "seed", "settings")}}
+                log(f"trained {job['kind']} {job['name']} (seed {k}) in {out['seconds']:.0f} s, loss {out['loss_first']:.3f} -> {out['loss_last']:.3f}")
             jobs = [{**j, "paths": [(paths.get(key), w) for key, w in j["adapters"]], "seeds": list(sampler_seeds)} for j in plan.samplings(k)]
             jobs = [j for j in jobs if all(p for p, _ in j["paths"])]
             log(f"training seed {k}: trained in {time.time() - started:.0f} s; {len(jobs)} samplings of {len(sampler_seeds)} seeds")
@@ -361,25 +384,28 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
                     log(f"sampling failed: {error[:300]}")
                     continue
                 images[out["id"]] = out["images"]
-                if deadline and time.time() > deadline:
-                    raise TimeoutError("deadline")
             results["training_seeds_done"] = results.get("training_seeds_done", []) + [k]
+            running = None
             tabulate(results, plan, images, pairs, held_out)
             save(results, images, plan, held_out or pairs, args.out)
+            wave_seconds = time.time() - wave_started
             log(f"training seed {k} done at {time.time() - started:.0f} s")
-        results["complete"] = True
-        if pool:
-            pool.close()
-    except TimeoutError:
-        log("deadline reached: the results hold the training seeds finished so far")
+        results["complete"] = results.get("training_seeds_done") == list(seeds)
+    finally:
         if pool:
             pool.terminate()
-    finally:
+        if running is not None and any(i.endswith(f"|{running}") for i in images):  # cut short: what that seed drew, marked
+            results["partial_training_seed"] = running
+            results["training_seeds_done"] = results.get("training_seeds_done", []) + [running]
         results["seconds"] = time.time() - started
         tabulate(results, plan, images, pairs, held_out)
         save(results, images, plan, held_out or pairs, args.out)
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def _terminated(signum, frame):
+    raise SystemExit(f"terminated by signal {signum}")
 
 
 def tabulate(results: dict, plan: Plan, images: dict, pairs, held_out) -> None:
@@ -439,7 +465,7 @@ def save(results: dict, images: dict, plan: Plan, gallery_pairs, out: str | None
     if not out:
         return
     save_json(results, out)
-    arms = list(results["arms"])
+    arms = results["arm_names"]
     blank = np.full((world.SIZE, world.SIZE, 3), 255, dtype=np.uint8)
     rows, k = [], min(results.get("training_seeds_done") or [0])
     for shape, style in gallery_pairs:
@@ -474,7 +500,7 @@ def choose(results: dict) -> dict:
 
 def table(results: dict) -> str:
     """Markdown: pooled per arm, then success per held-out pair and arm."""
-    arms = [a for a in results["arms"] if a in results.get("summary", {})]
+    arms = [a for a in results["arm_names"] if a in results.get("summary", {})]
     lines = [f"{results['date']} · {results['device']} · phase {results['phase']} · training seeds {results.get('training_seeds_done')} "
              f"x sampler seeds {len(results['sampler_seeds'])}", "",
              "| arm | mix success (95% CI) | content alone | style alone | pattern | shape called | rejected | content leak | style leak |",
@@ -560,10 +586,11 @@ def main() -> int:
     parser.add_argument("--out", help="the JSON (a PNG gallery beside it)")
     parser.add_argument("--comfyui", help="ComfyUI's source (default: the pack's .comfyui)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the GPU")
-    parser.add_argument("--deadline", type=float, help="seconds: stop after the training seed running then and report the ones done")
+    parser.add_argument("--deadline", type=float, help="seconds: start no training seed that would end later (by the last one's time)")
     parser.add_argument("--training-seeds", type=int, default=len(TRAINING_SEEDS))
     parser.add_argument("--sampler-seeds", type=int, default=len(SAMPLER_SEEDS))
     parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    parser.add_argument("--oracle-steps", default=str(ORACLE_STEPS), help="the oracle's steps; several (comma-separated): checkpoints of one run")
     parser.add_argument("--images", type=int, default=recipe.IMAGES, help="training images per adapter")
     parser.add_argument("--sampler-steps", type=int, help="fewer sampling steps (a quick check of the script)")
     parser.add_argument("--route", default=DEFAULT_ROUTE, choices=tuple(ROUTES), help="the default arm's route (test phase)")

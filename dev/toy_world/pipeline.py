@@ -100,9 +100,10 @@ def generate(model, clip, vae, prompt: str, seed: int, **sampler) -> np.ndarray:
     return (image[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
-def generate_batch(model, clip, vae, prompt: str, seeds, **sampler) -> list[np.ndarray]:
+def generate_batch(model, clip, vae, prompt: str, seeds, conditioning: tuple | None = None, **sampler) -> list[np.ndarray]:
     """`generate` for several seeds in one batch: each image's noise is what KSampler draws for that seed alone
-    (comfy.sample.prepare_noise on one latent), and the sampler (euler: no noise after the first) runs them together."""
+    (comfy.sample.prepare_noise on one latent), and the sampler (euler: no noise after the first) runs them together.
+    `conditioning`: (positive, negative) already encoded for `prompt` and the empty prompt."""
     import comfy.sample
     import nodes
 
@@ -110,7 +111,7 @@ def generate_batch(model, clip, vae, prompt: str, seeds, **sampler) -> list[np.n
     latent = node(nodes.EmptyLatentImage().generate, world.SIZE, world.SIZE, 1)[0]["samples"]
     latent = comfy.sample.fix_empty_latent_channels(model, latent)
     noise = torch.cat([comfy.sample.prepare_noise(latent, seed) for seed in seeds])
-    positive, negative = encode_text(clip, prompt), encode_text(clip, "")
+    positive, negative = conditioning or (encode_text(clip, prompt), encode_text(clip, ""))
     with torch.inference_mode():
         samples = comfy.sample.sample(model, noise, settings["steps"], settings["cfg"], settings["sampler_name"], settings["scheduler"],
                                       positive, negative, latent.repeat(len(seeds), 1, 1, 1), denoise=1.0, disable_pbar=True, seed=seeds[0])
