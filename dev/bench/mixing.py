@@ -323,7 +323,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
     import torch
 
     cpu = args.smoke or not torch.cuda.is_available()
-    seeds = TRAINING_SEEDS[: args.training_seeds]
+    seeds = [int(k) for k in args.seed_list.split(",")] if args.seed_list else TRAINING_SEEDS[: args.training_seeds]
     sampler_seeds = SAMPLER_SEEDS[: args.sampler_seeds]
     plan = Plan(pairs, arms, seeds, sampler_seeds, steps_override=args.steps, images=args.images,
                 oracle_steps=[int(n) for n in args.oracle_steps.split(",")])
@@ -588,6 +588,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the GPU")
     parser.add_argument("--deadline", type=float, help="seconds: start no training seed that would end later (by the last one's time)")
     parser.add_argument("--training-seeds", type=int, default=len(TRAINING_SEEDS))
+    parser.add_argument("--seed-list", help="which training seeds, comma-separated (a run split over calls; --combine joins them)")
     parser.add_argument("--sampler-seeds", type=int, default=len(SAMPLER_SEEDS))
     parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     parser.add_argument("--oracle-steps", default=str(ORACLE_STEPS), help="the oracle's steps; several (comma-separated): checkpoints of one run")
@@ -622,7 +623,9 @@ def main() -> int:
         pairs = held_out if args.phase == "test" else held_out + tuning
         route, rates = args.route, dict(LORA_LR)
         if args.choice:
-            picked = json.load(open(args.choice))["choice"]
+            tuned = json.load(open(args.choice))
+            picked = tuned.get("choice") or choose(tuned)  # a tuning run cut short has its summary but no pick yet
+            log(f"the tuning run's pick: {picked}")
             route, rates = picked["route"], {a: picked[a] for a in LORA_LR}
         arms = {a: ({}, {}, "alone") if a == "oracle" else arm_plan(a, route, rates.get(a)) for a in ARMS}
         if args.phase == "ceiling":
