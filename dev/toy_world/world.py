@@ -4,7 +4,8 @@ Every image is 128x128 RGB on a flat (230, 230, 230) background with one
 filled shape centred on the canvas, fitting an 80x80 box, filled in a style:
 two colours from the palette laid out by a pattern. The base model sees
 only BASE_SHAPES x BASE_STYLES; the heart and the checkerboard are held out
-for the adapters (and the star and concentric rings, for the benchmark only).
+for the adapters (and, for the benchmarks only, the star and concentric rings
+and MIXING_SHAPES x MIXING_STYLES).
 
 Rendering is pure numpy: the shape's coverage of each pixel is measured on
 a 4x4 grid of sub-samples (anti-aliased edges), the pattern is read at the
