@@ -100,6 +100,25 @@ def generate(model, clip, vae, prompt: str, seed: int, **sampler) -> np.ndarray:
     return (image[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
+def generate_batch(model, clip, vae, prompt: str, seeds, conditioning: tuple | None = None, **sampler) -> list[np.ndarray]:
+    """`generate` for several seeds in one batch: each image's noise is what KSampler draws for that seed alone
+    (comfy.sample.prepare_noise on one latent), and the sampler (euler: no noise after the first) runs them together.
+    `conditioning`: (positive, negative) already encoded for `prompt` and the empty prompt."""
+    import comfy.sample
+    import nodes
+
+    settings = {**SAMPLER, **sampler}
+    latent = node(nodes.EmptyLatentImage().generate, world.SIZE, world.SIZE, 1)[0]["samples"]
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
+    noise = torch.cat([comfy.sample.prepare_noise(latent, seed) for seed in seeds])
+    positive, negative = conditioning or (encode_text(clip, prompt), encode_text(clip, ""))
+    with torch.inference_mode():
+        samples = comfy.sample.sample(model, noise, settings["steps"], settings["cfg"], settings["sampler_name"], settings["scheduler"],
+                                      positive, negative, latent.repeat(len(seeds), 1, 1, 1), denoise=1.0, disable_pbar=True, seed=seeds[0])
+    images = node(nodes.VAEDecode().decode, vae, {"samples": samples})[0]
+    return list((images.clamp(0, 1) * 255).round().byte().cpu().numpy())
+
+
 # ------------------------------------------------------------------ training data
 
 
@@ -123,6 +142,12 @@ def style_set(seed: int, count: int, style: str = world.HELD_OUT_STYLE):
     shapes = [world.BASE_SHAPES[(i + rng.integers(len(world.BASE_SHAPES))) % len(world.BASE_SHAPES)] for i in range(count)]
     items = [world.Item(s, style, world.FIXED_COLOURS[style]) for s in shapes]
     return items, [f"a {s} in {STYLE_TRIGGER} style" for s in shapes]
+
+
+def mix_set(count: int, shape: str, style: str):
+    """The oracle's data: `count` renderings of the target mix itself, captioned with the mix prompt."""
+    items = [world.Item(shape, style, world.FIXED_COLOURS[style])] * count
+    return items, [MIX_PROMPT] * count
 
 
 # ------------------------------------------------------------------ adapters

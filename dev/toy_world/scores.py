@@ -23,6 +23,18 @@
   (mean purity of the pattern's two classes after snapping each pixel to
   its nearest palette colour).
 - success: best_shape is the expected shape and pattern >= PATTERN_PASS.
+
+The mixing benchmark (bench/mixing.py) judges more strictly (`judge`):
+- reject: no shape is called when the best IoU is under REJECT_IOU or
+  within REJECT_MARGIN of the second best (noise, blobs, two shapes at once).
+- validity: the background stays clean: at most BACKGROUND_DIRT of the
+  canvas outside the called (else the expected) shape, grown by 3 px, is
+  foreground.
+- leakage: content_leak, the share of the scored fill whose nearest colour
+  is a palette colour the style does not use (the content set's fills);
+  style_leak, the best IoU with a base shape (the style set's shapes).
+- success: a shape is called, it is the expected one, the image is valid
+  and the pattern agreement is at least PATTERN_PASS.
 """
 
 from functools import lru_cache
@@ -34,6 +46,9 @@ from . import world
 FOREGROUND_THRESHOLD = 40
 PATTERN_PASS = 0.75  # a pattern laid out otherwise scores about 0.65 or less
 PATTERN_EDGE = 2  # px: how far inside its own region of the pattern a pixel must lie to be scored
+REJECT_IOU = 0.5  # judge: below this best IoU no shape is called
+REJECT_MARGIN = 0.05  # judge: nor when the second best is this close
+BACKGROUND_DIRT = 0.02  # judge: at most this share of the background (outside the shape grown by 3 px) may be foreground
 
 
 def foreground(image: np.ndarray) -> np.ndarray:
@@ -48,6 +63,10 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     out[:, 1:] &= mask[:, :-1]
     out[:, :-1] &= mask[:, 1:]
     return out
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    return ~_erode(~mask)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -132,4 +151,34 @@ def score(image: np.ndarray, shape: str, style: str, colours) -> dict:
         "pattern": pattern_score(image, style, colours), "best_style": best(styles),
     }
     out["success"] = out["best_shape"] == shape and out["pattern"] >= PATTERN_PASS
+    return out
+
+
+def judge(image: np.ndarray, shape: str, style: str, colours) -> dict:
+    """The mixing benchmark's verdict on one image: `score` plus reject, validity and leakage (module docstring)."""
+    shapes = shape_scores(image)
+    ranked = sorted(shapes.items(), key=lambda kv: -kv[1])
+    (first, top), (_, second) = ranked[0], ranked[1]
+    called = first if top >= REJECT_IOU and top - second >= REJECT_MARGIN else None
+    grown = world.mask(called or shape)
+    for _ in range(3):
+        grown = _dilate(grown)
+    fg = foreground(image)
+    dirt = float(fg[~grown].mean())
+    pattern = pattern_score(image, style, colours)
+    inside = _erode(fg)
+    style_colours = {tuple(c) for c in colours}
+    others = [c for c in world.PALETTE.values() if tuple(c) not in style_colours]
+    if inside.sum() >= 16:
+        references = np.array([*style_colours, *others, world.BACKGROUND])
+        nearest = _nearest(image[inside], references)
+        content_leak = float(((nearest >= len(style_colours)) & (nearest < len(references) - 1)).mean())
+    else:
+        content_leak = 0.0
+    out = {
+        "called_shape": called, "shape_iou": shapes[shape], "best_iou": top, "margin": top - second, "pattern": pattern,
+        "dirt": dirt, "valid": dirt <= BACKGROUND_DIRT, "content_leak": content_leak,
+        "style_leak": max(shapes[s] for s in world.BASE_SHAPES),
+    }
+    out["success"] = called == shape and out["valid"] and pattern >= PATTERN_PASS
     return out

@@ -4,7 +4,8 @@ Every image is 128x128 RGB on a flat (230, 230, 230) background with one
 filled shape centred on the canvas, fitting an 80x80 box, filled in a style:
 two colours from the palette laid out by a pattern. The base model sees
 only BASE_SHAPES x BASE_STYLES; the heart and the checkerboard are held out
-for the adapters (and the star and concentric rings, for the benchmark only).
+for the adapters (and, for the benchmarks only, the star and concentric rings
+and MIXING_SHAPES x MIXING_STYLES).
 
 Rendering is pure numpy: the shape's coverage of each pixel is measured on
 a 4x4 grid of sub-samples (anti-aliased edges), the pattern is read at the
@@ -32,9 +33,17 @@ CHECKER_COLOURS = ((20, 20, 20), (240, 200, 30))  # black and yellow of the pale
 # Held out for the disentanglement benchmark only (not in the issue's world; the base model never sees them).
 BENCH_SHAPES = (HELD_OUT_SHAPE, "star")
 BENCH_STYLES = (HELD_OUT_STYLE, "concentric rings")
-FIXED_COLOURS = {HELD_OUT_STYLE: CHECKER_COLOURS, "concentric rings": ((40, 80, 220), (245, 130, 30))}
-SHAPES = BASE_SHAPES + BENCH_SHAPES
-STYLES = BASE_STYLES + BENCH_STYLES
+# Held out for the mixing benchmark (bench/mixing.py, issue 26); the base model never sees them either.
+MIXING_SHAPES = ("crescent", "arrow", "hourglass", "tee")
+MIXING_STYLES = ("bricks", "harlequin", "windows", "plaid")
+FIXED_COLOURS = {
+    HELD_OUT_STYLE: CHECKER_COLOURS, "concentric rings": ((40, 80, 220), (245, 130, 30)),
+    "bricks": ((220, 40, 40), (40, 80, 220)), "harlequin": ((40, 160, 60), (130, 60, 180)),
+    "windows": ((245, 130, 30), (40, 80, 220)),
+    "plaid": ((20, 20, 20), (40, 160, 60)),
+}
+SHAPES = BASE_SHAPES + BENCH_SHAPES + MIXING_SHAPES
+STYLES = BASE_STYLES + BENCH_STYLES + MIXING_STYLES
 PERIOD, BAND = 16, 8  # stripes, checker squares and rings: 8 px bands, 16 px period
 DOT_RADIUS = 3
 SUBSAMPLES = 4
@@ -97,6 +106,27 @@ def star_outline() -> tuple[np.ndarray, np.ndarray]:
     return _fit_box(radius * np.cos(angle), radius * np.sin(angle))
 
 
+# The mixing benchmark's shapes as polygons (x right, y down), each fitted to the box by _fit_box.
+POLYGONS = {
+    "arrow": ((-1, -0.3), (0.1, -0.3), (0.1, -0.9), (1, 0), (0.1, 0.9), (0.1, 0.3), (-1, 0.3)),  # pointing right
+    "hourglass": ((-1, -1), (1, -1), (0.2, 0), (1, 1), (-1, 1), (-0.2, 0)),
+    "tee": ((-1, -1), (1, -1), (1, -0.45), (0.3, -0.45), (0.3, 1), (-0.3, 1), (-0.3, -0.45), (-1, -0.45)),
+}
+
+
+def crescent_outline(points: int = 360) -> tuple[np.ndarray, np.ndarray]:
+    """A disc less a disc of radius 0.8 shifted right by 0.55 (horns to the right), fitted to the box."""
+    outer, inner, shift = 1.0, 0.8, 0.55
+    # where the circles cross: x² + y² = 1 and (x - shift)² + y² = inner²
+    cx = (outer**2 - inner**2 + shift**2) / (2 * shift)
+    top = np.arctan2(np.sqrt(outer**2 - cx**2), cx)
+    a = np.linspace(top, 2 * np.pi - top, points)
+    inner_top = np.arctan2(np.sqrt(outer**2 - cx**2), cx - shift)
+    b = np.linspace(2 * np.pi - inner_top, inner_top, points)
+    return _fit_box(np.concatenate([outer * np.cos(a), shift + inner * np.cos(b)]),
+                    np.concatenate([outer * np.sin(a), inner * np.sin(b)]))
+
+
 def _inside(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """x, y in pixels (y down); the box is [24, 104] on both axes."""
     u, v = (x - SIZE / 2) / (BOX / 2), (y - SIZE / 2) / (BOX / 2)  # the box is [-1, 1]^2
@@ -117,6 +147,11 @@ def _inside(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return _polygon_inside(x, y, *heart_outline())
     if shape == "star":
         return _polygon_inside(x, y, *star_outline())
+    if shape == "crescent":
+        return _polygon_inside(x, y, *crescent_outline())
+    if shape in POLYGONS:
+        vx, vy = (np.array(v, dtype=np.float64) for v in zip(*POLYGONS[shape]))
+        return _polygon_inside(x, y, *_fit_box(vx, vy))
     raise ValueError(f"unknown shape {shape!r}; the world's shapes are {', '.join(SHAPES)}")
 
 
@@ -162,6 +197,14 @@ def pattern(style: str) -> np.ndarray:
         out = (x // BAND + y // BAND) % 2
     elif style == "concentric rings":  # 8 px rings around the canvas centre
         out = (np.hypot(x + 0.5 - SIZE / 2, y + 0.5 - SIZE / 2) // BAND).astype(np.int64) % 2
+    elif style == "bricks":  # 16x8 cells, each row shifted by half a cell
+        out = ((x + BAND * ((y // BAND) % 2)) // PERIOD) % 2
+    elif style == "harlequin":  # a checkerboard turned 45 degrees: diamonds of diagonal 16 px
+        out = ((x + y) // PERIOD + (x - y + SIZE) // PERIOD) % 2
+    elif style == "windows":  # 8 px squares of the second colour on a 16 px grid
+        out = ((x // BAND) % 2) & ((y // BAND) % 2)
+    elif style == "plaid":  # 8 px horizontal and vertical bands of the second colour on a 16 px grid
+        out = ((x // BAND) % 2) | ((y // BAND) % 2)
     else:
         raise ValueError(f"unknown style {style!r}; the world's styles are {', '.join(STYLES)}")
     out = out.astype(np.uint8)

@@ -292,6 +292,9 @@ class TrainingSession:
         if note:
             self.notes.append(note)
             self.where = {n: self.where[n] for n in weights}
+        if self.config.plain_lora:
+            self.triangular = False
+            return TrainTargets.plain_lora(weights, self.config.rank, self.config.scale_alpha, self.config.seed, device=device)
         decomposed = comfy.utils.ProgressBar(len(weights))
         basis_device, budget = self.basis_memory(weights)
         store = files.basis_store() if self.parallel is None else self.parallel.basis_store(files.basis_store())
@@ -413,7 +416,8 @@ class TrainingSession:
         c = self.config
         return {"images": len(self.latents), "learning_rate": c.learning_rate, "batch_size": c.batch_size,
                 "grad_accumulation": c.grad_accumulation, "optimizer": c.optimizer, "training_dtype": c.training_dtype,
-                "objective": c.objective, "guidance": c.guidance, "weight_decay": c.weight_decay, "max_grad_norm": c.max_grad_norm}
+                "objective": c.objective, "guidance": c.guidance, "weight_decay": c.weight_decay, "max_grad_norm": c.max_grad_norm,
+                "noise_min": c.noise_min, "noise_max": c.noise_max}
 
     def training_state(self, total_steps: int) -> TrainingState:
         """What a checkpoint after `total_steps` keeps to continue exactly: optimizer state, random draws, settings."""
@@ -453,16 +457,19 @@ class TrainingSession:
         return self._conds[key]
 
     def sigmas(self, uniform: torch.Tensor) -> torch.Tensor:
-        """sigma per sample from uniform draws in [0, 1), as the objective prescribes."""
+        """sigma per sample from uniform draws in [0, 1), as the objective prescribes, within the configured noise range."""
         s = self.sampling
+        low, high = self.config.noise_min, self.config.noise_max
+        falling = (1 - high) + (high - low) * uniform  # draws for schedules that start at the most noise (u = 0: pure noise)
+        rising = low + (high - low) * uniform  # draws for timestep tables that start clean
         if self.config.objective == COMFYUI:
-            values = torch.tensor([float(s.percent_to_sigma(float(u))) for u in uniform])
+            values = torch.tensor([float(s.percent_to_sigma(float(u))) for u in falling])
         elif isinstance(s, comfy.model_sampling.CONST):
-            values = flow_sigmas(uniform)
+            values = flow_sigmas(falling)
         elif hasattr(s, "sigmas"):
-            values = s.sigmas.detach().cpu().double()[discrete_timesteps(uniform, len(s.sigmas))]
+            values = s.sigmas.detach().cpu().double()[discrete_timesteps(rising, len(s.sigmas))]
         else:
-            values = torch.tensor([float(s.percent_to_sigma(float(u))) for u in uniform])
+            values = torch.tensor([float(s.percent_to_sigma(float(u))) for u in falling])
         return values.to(self.device, torch.float32)
 
     def draw(self, draws) -> list[Batch]:
@@ -514,6 +521,8 @@ class TrainingSession:
 
         def finished(step: int, loss: float) -> None:
             self._draws_after_step = self.loop.draws.generator.get_state()  # what a checkpoint of this step keeps
+            if self.config.ema_decay > 0:
+                self.targets.update_average(self.config.ema_decay)
             after_step(step, loss)
             progress.update_absolute(step)  # the server's progress hook also raises on interrupt
             comfy.model_management.throw_exception_if_processing_interrupted()

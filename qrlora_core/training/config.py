@@ -40,6 +40,7 @@ def _help(text: str, record: bool = True, optional: bool = False, widget: dict |
 
 @dataclass
 class TrainConfig:
+    # Fields added later go last: a saved workflow lists its widget values in field order.
     rank: int = field(default=64, metadata=_help(
         "Rank r of the frozen basis Q (m x r) and the trained ΔR (r x n) per layer; the reference uses 64. "
         "Layers smaller than the rank are left out (the node says which).", min=1, max=1024))
@@ -101,6 +102,19 @@ class TrainConfig:
         "block by block each step (less GPU memory, slower). 0: automatic, the whole model when it fits beside "
         "the training's own memory, otherwise as much as fits.",
         record=False, min=0.0, max=4096.0, optional=True, widget={"step": 0.5}))
+    plain_lora: bool = field(default=False, metadata=_help(
+        "Train an ordinary LoRA instead (up and down both learned, up from zero, down Kaiming-uniform; scale alpha / rank), "
+        "for comparisons: it has no shared basis, so Merge ΔR sums its delta with the others'.", optional=True))
+    noise_min: float = field(default=0.0, metadata=_help(
+        "Lowest noise level trained at, as a fraction of the schedule (0: clean); with noise_max, a content adapter "
+        "can train at high noise only.", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
+    noise_max: float = field(default=1.0, metadata=_help(
+        "Highest noise level trained at, as a fraction of the schedule (1: pure noise); with noise_min, a style "
+        "adapter can train at low noise only.", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
+    ema_decay: float = field(default=0.0, metadata=_help(
+        "Save the moving average of the trained values over the steps (this decay per step, e.g. 0.9) instead of their "
+        "last values: steadier adapters where the learning rate makes training swing. 0: off.",
+        min=0.0, max=0.9999, optional=True, widget={"step": 0.01}))
 
     def __post_init__(self):
         for f in fields(self):
@@ -109,6 +123,9 @@ class TrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise AdapterError(f"{f.name} is {value}, which is not a number training can use: enter a finite value (default {f.default:g}).")
         require_encodable(**{f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), str)})
+        if not 0.0 <= self.noise_min < self.noise_max <= 1.0:
+            raise AdapterError(f"The noise range {self.noise_min:g} to {self.noise_max:g} is empty or outside 0 to 1: "
+                               "set noise_min below noise_max (0 to 1 trains at every noise level).")
 
     @property
     def torch_dtype(self):

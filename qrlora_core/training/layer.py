@@ -13,6 +13,8 @@ per target. A fused matrix (Flux/SD3 qkv, Flux single blocks' linear1)
 holds several targets, each adding only to its own rows.
 """
 
+import math
+
 import torch
 
 from ..adapter import QRShape
@@ -59,6 +61,34 @@ class QRDelta(QRShape, torch.nn.Module):
         return add_delta_(matrix, self.q, self.masked_delta_r(), self.scale)
 
 
+class LoRADelta(QRDelta):
+    """A plain LoRA in a QRDelta's place, for comparisons (the bench's lora arms): both factors learned.
+
+    up (m x r) starts at zero and down (r x n) Kaiming-uniform, as LoRA and
+    PEFT initialise them, so the first forward is the base model's; the
+    delta is s · up · down with s = alpha / rank. `q` holds up and `delta_r`
+    holds down, so everything that adds or stores a QRDelta works unchanged;
+    up is not orthonormal, so the adapter has no shared basis (a merge sums
+    its delta with the others').
+    """
+
+    def __init__(self, up: torch.Tensor, down: torch.Tensor, scale: float = 1.0):
+        torch.nn.Module.__init__(self)
+        if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0]:
+            raise ValueError(f"LoRA factors of shapes {tuple(up.shape)} and {tuple(down.shape)} do not fit together")
+        self.q = torch.nn.Parameter(up.detach().clone())
+        self.delta_r = torch.nn.Parameter(down.detach().to(up).clone())
+        self.scale = float(scale)
+        self.triangular = False
+
+    @classmethod
+    def fresh(cls, out_features: int, in_features: int, rank: int, scale: float, generator: torch.Generator, device=None) -> "LoRADelta":
+        """up = 0, down ~ U(-1/sqrt(n), 1/sqrt(n)): torch's kaiming_uniform_(a=sqrt(5)), LoRA's initialisation of down."""
+        bound = 1.0 / math.sqrt(in_features)
+        down = (torch.rand(rank, in_features, generator=generator, dtype=torch.float32) * 2 - 1) * bound
+        return cls(torch.zeros(out_features, rank, device=device), down.to(device), scale)
+
+
 class QRWeightWrapper(torch.nn.Module):
     """W -> W' for one weight key: each target adds s·Q·ΔR to its rows (all rows when unsliced).
 
@@ -75,7 +105,8 @@ class QRWeightWrapper(torch.nn.Module):
         self.targets = torch.nn.ModuleList(targets)
         self.rows = list(rows)
         same = {(t.scale, t.triangular, t.q.dtype) for t in targets}
-        self.span = None if None in rows or len(same) > 1 else _back_to_back(self.rows)
+        learned_q = any(isinstance(t.q, torch.nn.Parameter) for t in targets)  # a stacked copy of a learned factor would go stale
+        self.span = None if None in rows or len(same) > 1 or learned_q else _back_to_back(self.rows)
         if self.span is not None:  # the batched path's Qs, stacked once (a copy of the fused slices' Q only)
             self.register_buffer("q_stack", torch.stack([t.q for t in targets]), persistent=False)
 

@@ -16,7 +16,7 @@ from ..basis import BasisStore
 from ..decompose import check_rank
 from ..errors import AdapterError
 from ..fingerprint import digest, sketch
-from .layer import QRDelta, QRWeightWrapper
+from .layer import LoRADelta, QRDelta, QRWeightWrapper
 
 
 def select(names, pattern) -> list[str]:
@@ -33,6 +33,9 @@ class TrainTargets:
     alpha: float
     sketches: dict  # name -> fingerprint sketch of the base weight
     basis_id: str | None = None
+    average: dict | None = None  # parameter index -> its exponential moving average (TrainConfig.ema_decay), else None
+    average_decay: float = 0.0
+    averaged_steps: int = 0
 
     @classmethod
     def new(cls, weights: dict, rank: int, alpha: float, triangular: bool, store: BasisStore, progress=None,
@@ -48,6 +51,15 @@ class TrainTargets:
         scale = alpha / rank
         layers = {n: QRDelta.zeros(qs[n].to(device or weights[n].device), weights[n].shape[1], scale, triangular) for n in weights}
         return cls(layers, rank, alpha, sketches, basis_id)
+
+    @classmethod
+    def plain_lora(cls, weights: dict, rank: int, alpha: float, seed: int, device=None) -> "TrainTargets":
+        """Fresh plain LoRA layers (layer.LoRADelta) on the same layers, for comparisons: no basis is built."""
+        check_rank({n: tuple(w.shape) for n, w in weights.items()}, rank,
+                   "lower the rank to {limit} or less, or leave such layers out with the target pattern.")
+        generator = torch.Generator().manual_seed(seed % 2**63)
+        layers = {n: LoRADelta.fresh(w.shape[0], w.shape[1], rank, alpha / rank, generator, device or w.device) for n, w in weights.items()}
+        return cls(layers, rank, alpha, {n: sketch(w) for n, w in weights.items()})
 
     @classmethod
     def resume(cls, adapter: QRLoRA, weights: dict, triangular: bool, device=None) -> "TrainTargets":
@@ -67,7 +79,28 @@ class TrainTargets:
         return cls(layers, adapter.rank, adapter.alpha, sketches, adapter.metadata.get("basis"))
 
     def parameters(self) -> list:
-        return [layer.delta_r for layer in self.layers.values()]
+        return [p for layer in self.layers.values() for p in ((layer.q, layer.delta_r) if isinstance(layer, LoRADelta) else (layer.delta_r,))]
+
+    @property
+    def plain(self) -> bool:
+        return any(isinstance(layer, LoRADelta) for layer in self.layers.values())
+
+    @torch.no_grad()
+    def update_average(self, decay: float) -> None:
+        """Fold the current values into their exponential moving average (after each optimizer step)."""
+        params = self.parameters()
+        if self.average is None:
+            self.average = {i: torch.zeros_like(p) for i, p in enumerate(params)}
+        self.average_decay = decay
+        self.averaged_steps += 1
+        for i, p in enumerate(params):
+            self.average[i].mul_(decay).add_(p, alpha=1 - decay)
+
+    @torch.no_grad()
+    def averaged(self) -> dict:
+        """parameter index -> its moving average, bias-corrected as Adam's moments are (it starts from zero)."""
+        correction = 1 - self.average_decay ** self.averaged_steps
+        return {i: a / correction for i, a in self.average.items()}
 
     def trainable_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -88,19 +121,21 @@ class TrainTargets:
 
     @torch.no_grad()
     def to_adapter(self, metadata: dict | None = None, source: str = "") -> QRLoRA:
-        """The trained adapter, ΔR stored masked (what is added to the model), on the CPU in float32."""
-        targets = {
-            name: QRTarget(
-                q=layer.q.detach().to("cpu", torch.float32).clone(),
-                delta_r=layer.masked_delta_r().detach().to("cpu", torch.float32).clone(),
-                fingerprint=self.sketches.get(name),
-            )
-            for name, layer in self.layers.items()
-        }
+        """The trained adapter, ΔR stored masked (what is added to the model), on the CPU in float32.
+
+        With a moving average (`update_average`), the average of each value over the steps, not its last value."""
+        values = iter(self.parameters() if self.average is None else self.averaged().values())
+        targets = {}
+        for name, layer in self.layers.items():
+            q = next(values) if isinstance(layer, LoRADelta) else layer.q
+            delta_r = next(values)
+            delta_r = torch.triu(delta_r) if layer.triangular else delta_r
+            targets[name] = QRTarget(q=q.detach().to("cpu", torch.float32).clone(), delta_r=delta_r.detach().to("cpu", torch.float32).clone(),
+                                     fingerprint=self.sketches.get(name))
         meta = {"base_fingerprint": self.base_fingerprint(), **(metadata or {})}
         if self.basis_id:
             meta["basis"] = self.basis_id
-        return QRLoRA(targets, rank=self.rank, alpha=self.alpha, format="native", metadata=meta, source=source)
+        return QRLoRA(targets, rank=self.rank, alpha=self.alpha, format="native", metadata=meta, source=source, shared_basis=not self.plain)
 
     def all_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.parameters())

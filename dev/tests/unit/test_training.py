@@ -397,3 +397,44 @@ def test_settings_of_another_type_are_coerced_or_refused_in_a_sentence():
                        (dict(trigger_words="<s>\ud800"), "cannot be written into a file (U+D800")):
         with pytest.raises(AdapterError, match=re.escape(words)):
             TrainConfig(**bad)
+
+
+def test_plain_lora_adds_s_up_down_learns_both_factors_and_starts_at_the_base(rng):
+    """The bench's plain LoRA (TrainConfig.plain_lora) against a float64 reference: W + s·up·down, LoRA's initialisation."""
+    w = {"a": torch.randn(24, 16, generator=rng, dtype=torch.float64), "b": torch.randn(12, 16, generator=rng, dtype=torch.float64)}
+    targets = TrainTargets.plain_lora({n: x.float() for n, x in w.items()}, rank=4, alpha=8.0, seed=3)
+    layer = targets.layers["a"]
+    assert not layer.q.abs().any() and 0 < layer.delta_r.abs().max() <= 1 / 16**0.5  # up = 0, down ~ U(±1/sqrt(n))
+    assert torch.equal(QRWeightWrapper([layer], [None])(w["a"].float()), w["a"].float())  # step 0 is the base
+    assert len(targets.parameters()) == 4 and all(p.requires_grad for p in targets.parameters())
+    up, down = torch.randn(24, 4, generator=rng, dtype=torch.float64), torch.randn(4, 16, generator=rng, dtype=torch.float64)
+    layer64 = type(layer)(up, down, scale=2.0)
+    x = torch.randn(5, 16, generator=rng, dtype=torch.float64)
+    y = x @ QRWeightWrapper([layer64], [None])(w["a"]).T
+    assert torch.allclose(y, x @ (w["a"] + 2.0 * up @ down).T, rtol=0, atol=1e-12)
+    y.square().sum().backward()  # both factors learn, the basis-free delta has no triangular mask
+    assert layer64.q.grad.abs().min() > 0 and torch.tril(layer64.delta_r.grad, -1).abs().max() > 0
+    adapter = targets.to_adapter()
+    assert not adapter.shared_basis and torch.equal(adapter.targets["a"].delta_r, layer.delta_r.detach())
+
+
+def test_moving_average_is_saved_in_place_of_the_last_values_bias_corrected(store, rng):
+    w = {"a": torch.randn(24, 16, generator=rng)}
+    targets = TrainTargets.new(w, rank=4, alpha=4.0, triangular=False, store=store)
+    (p,) = targets.parameters()
+    history = []
+    with torch.no_grad():
+        for _ in range(5):
+            p.copy_(torch.randn(p.shape, generator=rng))
+            history.append(p.clone().double())
+            targets.update_average(0.8)
+    weights = torch.tensor([0.2 * 0.8 ** (4 - i) for i in range(5)], dtype=torch.float64)
+    expected = sum(wt * h for wt, h in zip(weights, history)) / weights.sum()  # weights.sum() = 1 - 0.8^5
+    assert torch.allclose(targets.to_adapter().targets["a"].delta_r.double(), expected, rtol=0, atol=1e-6)
+
+
+def test_noise_range_must_be_a_non_empty_part_of_zero_to_one():
+    assert TrainConfig(noise_min=0.5, noise_max=1.0).noise_min == 0.5
+    for low, high in ((0.6, 0.4), (0.5, 0.5), (-0.1, 1.0), (0.0, 1.5)):
+        with pytest.raises(AdapterError, match="noise range"):
+            TrainConfig(noise_min=low, noise_max=high)

@@ -114,3 +114,24 @@ def test_the_shipped_codec_carries_the_held_out_checker_above_the_pass_mark():
     vae = comfy.sd.VAE(sd=safetensors.torch.load_file(f"{model_files.WEIGHTS}/{model_files.VAE_FILE}"))
     for row in train_base.held_out_roundtrip(vae, "shipped codec"):
         assert row["success"] and row["pattern"] >= scores.PATTERN_PASS + 0.1, row
+
+
+def test_judge_calls_the_ideal_mix_rejects_blanks_and_fragments_flags_dirt_and_leakage():
+    """scores.judge (the mixing bench's verdict): every held-out pair's own rendering succeeds; the rest is named."""
+    for shape in world.MIXING_SHAPES:
+        for style in world.MIXING_STYLES:
+            colours = world.FIXED_COLOURS[style]
+            v = scores.judge(world.render(world.Item(shape, style, colours)), shape, style, colours)
+            assert v["success"] and v["called_shape"] == shape and v["content_leak"] == 0 and v["dirt"] == 0, (shape, style, v)
+    colours = world.FIXED_COLOURS["bricks"]
+    blank = np.full((128, 128, 3), world.BACKGROUND, dtype=np.uint8)
+    assert scores.judge(blank, "arrow", "bricks", colours)["called_shape"] is None  # nothing drawn: rejected
+    small = np.where(world.mask("circle")[..., None] & (np.abs(np.arange(128) - 64) < 20)[:, None, None], np.uint8(20), blank)
+    assert scores.judge(small, "arrow", "bricks", colours)["called_shape"] is None  # a band of the circle: no shape fits
+    dirty = world.render(world.Item("arrow", "bricks", colours)).copy()
+    dirty[:8, :] = 20  # a dark band across the top of the background
+    v = scores.judge(dirty, "arrow", "bricks", colours)
+    assert v["called_shape"] == "arrow" and not v["valid"] and not v["success"]
+    leaked = world.render(world.Item("circle", "horizontal stripes", ("green", "yellow")))  # a base shape in the content set's fill
+    v = scores.judge(leaked, "arrow", "bricks", colours)
+    assert v["content_leak"] == 1 and v["style_leak"] > 0.95 and not v["success"]

@@ -1,0 +1,646 @@
+"""Mixing, measured (issue 26): does a content adapter + a style adapter draw a pair no one tuned for?
+
+    python dev/bench/mixing.py --workers 12 --out bench/reference/DATE-mixing.json   # the GPU run (one 10-minute call)
+    python dev/bench/mixing.py --phase tune --workers 12 --out tune.json              # choose the recipe (tuning pairs only)
+    python dev/bench/mixing.py --smoke --out smoke.json                               # CPU-sized: one pair, few steps
+    python dev/bench/mixing.py --content-dir A --style-dir B --out-dir MIXES          # a pair of your own (images + .txt captions)
+
+Pairs. The test set is every held-out shape x every held-out style of the
+world (toy_world/world.py MIXING_SHAPES x MIXING_STYLES: 16 pairs the base
+model never saw). The recipe is chosen on TUNING_PAIRS only (--phase tune),
+whose shapes and styles are not in the test set; the test pairs are never
+used to choose anything.
+
+Arms, each trained by the pack's own Train QR-LoRA node (toy_world.pipeline:
+the node's execute, TrainingSession inside) with the same objective,
+optimizer, clipping, images, captions, batch and steps:
+- paper: both adapters on the attention + MLP of every block (the paper's
+  targets), mixed by Merge ΔR at 1, 1 (one ΔR sum on the shared Q);
+- default: the world's recipe (toy_world/adapters.py, the roles' targets and
+  options), mixed the same way;
+- lora_fair: a plain LoRA (TrainConfig.plain_lora: alpha = rank, up zero,
+  down Kaiming-uniform) on the paper's targets, its learning rate chosen on
+  the tuning pairs; Merge sums the two deltas;
+- lora_recipe: a plain LoRA with the default recipe's other choices
+  (targets, noise ranges, averaging), its own learning rate;
+- oracle: one QR-LoRA on every block trained on renderings of the target
+  mix itself, captioned with the mix prompt: what the world allows.
+and each adapter alone (weight 0 for the other), every arm and pair.
+
+Per pair: the codec ceiling (the ideal image through VAE Encode -> Decode,
+judged), and per arm TRAINING_SEEDS (image draw and trainer seed) x
+SAMPLER_SEEDS judged by toy_world.scores.judge (reject class, clean
+background, leakage), with Wilson 95% intervals, pooled over the test pairs
+and per pair. Trainings and samplings run side by side in --workers
+processes sharing the GPU, trainings in waves of one training seed, each
+wave's samplings queued as soon as its adapters exist, so a run cut short
+still reports whole training seeds.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import zlib
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from toy_world import adapters as recipe  # noqa: E402
+from toy_world import pipeline, scores, world  # noqa: E402
+
+TUNING_PAIRS = (("heart", "checkerboard"), ("star", "concentric rings"))
+TEST_SHAPES, TEST_STYLES = world.MIXING_SHAPES, world.MIXING_STYLES
+TRAINING_SEEDS = (0, 1, 2)
+SAMPLER_SEEDS = tuple(range(8))
+PAPER = {"target_preset": "attention + MLP (paper)", "target_pattern": ""}
+ORACLE_STEPS = 200  # the upper bound gets twice the adapters' steps (at 100 it drew heart x checkerboard once in 8)
+UP_BLOCKS = {"target_preset": "custom pattern", "target_pattern": "lora_unet_up_blocks.*(attn[12]_to_(q|k|v|out_0)|ff_net_(0_proj|2))$"}
+
+# The default recipe's candidate routes, tried on the tuning pairs only: overrides of the world's recipe per role
+# (content, style), and how the two are mixed ("sum": Merge ΔR at 1, 1; "decorrelate": the style ΔR's part along the
+# content ΔR removed per layer before the sum).
+ROUTES = {
+    "shipped": ({}, {}, "sum"),
+    "noise_split": ({"noise_min": 0.5}, {"noise_max": 0.5}, "sum"),  # content at high noise, style at low
+    "ema": ({"ema_decay": 0.9}, {"ema_decay": 0.9}, "sum"),
+    "noise_split_ema": ({"noise_min": 0.5, "ema_decay": 0.9}, {"noise_max": 0.5, "ema_decay": 0.9}, "sum"),
+    "decorrelate": ({}, {}, "decorrelate"),
+    "content_all_split": (PAPER | {"noise_min": 0.5}, {"noise_max": 0.5}, "sum"),
+    "disjoint": ({}, UP_BLOCKS, "sum"),  # style on the up blocks only: no layer carries both (B-LoRA's split, by block)
+    "disjoint_split": ({"noise_min": 0.5}, UP_BLOCKS | {"noise_max": 0.5}, "sum"),
+}
+DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
+LORA_LRS = (1e-3, 5e-3)  # plain LoRA learning rates tried on the tuning pairs
+LORA_LR = {"lora_fair": 1e-3, "lora_recipe": 1e-3}  # likewise
+ARMS = ("paper", "default", "lora_fair", "lora_recipe", "oracle")
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def wilson(successes: int, trials: int, z: float = 1.959964) -> list:
+    """Wilson score interval for a binomial rate."""
+    if trials == 0:
+        return [0.0, 1.0]
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+# ------------------------------------------------------------------ what to train
+
+
+def role_settings(role: str, route: str, plain_lr: float | None = None) -> dict:
+    """TrainConfig overrides of one adapter: the world's recipe for the role, the route's overrides, plain LoRA if asked."""
+    content, style, _ = ROUTES[route]
+    out = {**recipe.RECIPE, "steps": recipe.STEPS, **recipe.TARGETS[role], **(content if role == "content" else style)}
+    if plain_lr is not None:
+        out.update(plain_lora=True, learning_rate=plain_lr)
+    return out
+
+
+def arm_plan(arm: str, route: str, lora_lr: float | None = None) -> tuple[dict, dict, str]:
+    """(content settings, style settings, mix) of an arm."""
+    if arm == "paper":
+        return role_settings("content", "shipped") | PAPER, role_settings("style", "shipped") | PAPER, "sum"
+    if arm == "default":
+        return role_settings("content", route), role_settings("style", route), ROUTES[route][2]
+    if arm == "lora_fair":
+        return (role_settings("content", "shipped", lora_lr) | PAPER, role_settings("style", "shipped", lora_lr) | PAPER, "sum")
+    if arm == "lora_recipe":
+        return role_settings("content", route, lora_lr), role_settings("style", route, lora_lr), "sum"
+    raise KeyError(arm)
+
+
+def training_seed(name: str, k: int) -> int:
+    """Image draw and trainer seed of training seed k for one shape or style (stable across runs and machines)."""
+    return 1000 * (k + 1) + zlib.crc32(name.encode()) % 1000
+
+
+def job_key(kind: str, name: str, k: int, settings: dict) -> str:
+    text = json.dumps([kind, name, k, sorted(settings.items())], default=str)
+    return f"{kind}-{zlib.crc32(text.encode()):08x}"
+
+
+class Plan:
+    """Every training and every sampling of a run, deduplicated (arms that share an adapter train it once)."""
+
+    def __init__(self, pairs, arms: dict, seeds, sampler_seeds, steps_override: int | None = None, images: int = recipe.IMAGES,
+                 oracle_steps=(ORACLE_STEPS,)):
+        self.trainings = {}  # key -> job
+        self.cells = []  # (pair, arm, k, content key, style key, mix)
+        self.sampler_seeds = list(sampler_seeds)
+        oracle_steps = sorted(oracle_steps) if not steps_override else [steps_override]
+        self.arm_names = [n for a in arms for n in ([a] if a != "oracle" or len(oracle_steps) == 1 else [f"oracle@{s}" for s in oracle_steps])]
+        for k in seeds:
+            for shape, style in pairs:
+                for arm, (content, style_settings, mix) in arms.items():
+                    if steps_override:
+                        content, style_settings = {**content, "steps": steps_override}, {**style_settings, "steps": steps_override}
+                    if arm == "oracle":  # one run per pair, its checkpoints at each of oracle_steps
+                        every = math.gcd(*oracle_steps) if len(oracle_steps) > 1 else 0
+                        settings = {**role_settings("style", "shipped"), **PAPER, "steps": oracle_steps[-1], "checkpoint_every": every}
+                        key = self._train("oracle", f"{shape}|{style}", k, settings, images)
+                        for n in oracle_steps:
+                            name, at = ("oracle", key) if len(oracle_steps) == 1 else (f"oracle@{n}", f"{key}@{n}")
+                            self.cells.append(((shape, style), name, k, at, None, "alone"))
+                        continue
+                    ck = self._train("content", shape, k, content, images)
+                    sk = self._train("style", style, k, style_settings, images)
+                    self.cells.append(((shape, style), arm, k, ck, sk, mix))
+
+    def _train(self, kind, name, k, settings, images) -> str:
+        key = job_key(kind, name, k, settings)
+        self.trainings.setdefault(key, {"key": key, "kind": kind, "name": name, "k": k, "settings": settings, "images": images,
+                                        "seed": training_seed(name, k)})
+        return key
+
+    def samplings(self, k: int) -> list:
+        """The sampling jobs of training seed k: each cell's mix, each adapter alone (once, judged for every pair)."""
+        jobs, alone = [], {}
+        for pair, arm, kk, ck, sk, mix in self.cells:
+            if kk != k:
+                continue
+            if sk is None:
+                jobs.append({"id": f"{arm}|{pair[0]}|{pair[1]}|{k}", "adapters": [(ck, 1.0)], "mix": "alone"})
+                continue
+            jobs.append({"id": f"{arm}|{pair[0]}|{pair[1]}|{k}", "adapters": [(ck, 1.0), (sk, 1.0)], "mix": mix})
+            alone[ck] = {"id": f"alone|{ck}", "adapters": [(ck, 1.0), (sk, 0.0)], "mix": "sum"}
+            alone[sk] = {"id": f"alone|{sk}", "adapters": [(ck, 0.0), (sk, 1.0)], "mix": "sum"}
+        return jobs + list(alone.values())
+
+
+# ------------------------------------------------------------------ the work itself (in the worker processes)
+
+_STATE = {}
+
+
+def _start(models_dir: str, output_dir: str, comfyui: str | None, cpu: bool, sampler_steps: int | None, threads: int = 0) -> None:
+    import torch
+
+    if threads:  # the workers share the machine's cores
+        torch.set_num_threads(threads)
+    pipeline.import_host(comfyui, cpu=cpu)
+    pipeline.use_folders(models_dir, output_dir)
+    if sampler_steps:
+        pipeline.SAMPLER["steps"] = sampler_steps
+    _STATE["models"] = pipeline.load_models()
+
+
+def _data(job: dict):
+    kind, name, seed, count = job["kind"], job["name"], job["seed"], job["images"]
+    if kind == "content":
+        return pipeline.content_set(seed, count, name)
+    if kind == "style":
+        return pipeline.style_set(seed, count, name)
+    return pipeline.mix_set(count, *name.split("|"))
+
+
+def _train(job: dict) -> dict:
+    """One adapter through the Train QR-LoRA node; its file lands in the loras folder."""
+    import folder_paths
+
+    model, clip, vae = _STATE["models"]
+    items, captions = _data(job)
+    trigger = {"content": pipeline.CONTENT_TRIGGER, "style": f"{pipeline.STYLE_TRIGGER} style"}.get(job["kind"], pipeline.MIX_PROMPT)
+    started = time.time()
+    adapter, losses = pipeline.train_qrlora(model, clip, vae, items, captions, f"mixing/{job['key']}", trigger, seed=job["seed"], **job["settings"])
+    folder = folder_paths.get_folder_paths("loras")[0]
+    path = os.path.join(folder, adapter.source)
+    stem = os.path.basename(adapter.source).rsplit("_step", 1)[0]
+    checkpoints = {int(f.rsplit("_step", 1)[1].split(".")[0]): os.path.join(os.path.dirname(path), f)
+                   for f in os.listdir(os.path.dirname(path)) if f.startswith(stem + "_step")}
+    return {"key": job["key"], "path": path, "checkpoints": checkpoints, "seconds": time.time() - started, "loss_first": float(np.mean(losses[:10])),
+            "loss_last": float(np.mean(losses[-10:]))}
+
+
+def decorrelated(content, style):
+    """The style adapter with, per layer both train on one Q, its ΔR's component along the content ΔR removed."""
+    import copy
+
+    import torch
+
+    out = copy.copy(style)
+    out.targets = dict(style.targets)
+    for name, t in style.targets.items():
+        c = content.targets.get(name)
+        if c is None or not torch.equal(c.q, t.q):
+            continue
+        a, b = c.delta_r.flatten().double(), t.delta_r.flatten().double()
+        norm = float(a @ a)
+        if norm > 0:
+            fixed = (b - (b @ a) / norm * a).reshape(t.delta_r.shape).to(t.delta_r.dtype)
+            out.targets[name] = type(t)(q=t.q, delta_r=fixed, fingerprint=t.fingerprint)
+    return out
+
+
+def _sample(job: dict) -> dict:
+    """The images of one mix (or one adapter alone) at every sampler seed."""
+    from comfyui_qrlora.nodes.apply import QRLoRAApply
+    from comfyui_qrlora.qrlora_core.formats import load_adapter
+
+    model, clip, vae = _STATE["models"]
+    loaded = [(load_adapter(path), w) for path, w in job["paths"]]
+    if job["mix"] == "alone":
+        patched = pipeline.node(QRLoRAApply.execute, model=model, qr_lora=loaded[0][0], strength=1.0)[0]
+    else:
+        (content, wc), (style, ws) = loaded
+        if job["mix"] == "decorrelate":
+            style = decorrelated(content, style)
+        patched = pipeline.mix_qrlora(model, content, style, wc, ws)
+    started = time.time()
+    if "conditioning" not in _STATE:
+        _STATE["conditioning"] = (pipeline.encode_text(clip, pipeline.MIX_PROMPT), pipeline.encode_text(clip, ""))
+    images = pipeline.generate_batch(patched, clip, vae, pipeline.MIX_PROMPT, job["seeds"], _STATE["conditioning"])
+    return {"id": job["id"], "images": images, "seconds": time.time() - started}
+
+
+def _work(task):
+    kind, job = task
+    try:
+        return kind, (_train if kind == "train" else _sample)(job), None
+    except Exception as e:  # reported, the run goes on
+        import traceback
+
+        return kind, {"key": job.get("key"), "id": job.get("id")}, f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2000:]}"
+
+
+# ------------------------------------------------------------------ judging
+
+
+_JUDGED = {}  # (sampling id, shape, style) -> verdicts: tables are rebuilt after every training seed
+
+
+def judged(images: dict, sampling: str, shape: str, style: str) -> list:
+    key = (sampling, shape, style)
+    if key not in _JUDGED:
+        colours = world.FIXED_COLOURS[style]
+        _JUDGED[key] = [{**scores.judge(image, shape, style, colours), "_shape": shape} for image in images.get(sampling, [])]
+    return [dict(r) for r in _JUDGED[key]]
+
+
+def cell_numbers(rows: list) -> dict:
+    n, s = len(rows), sum(r["success"] for r in rows)
+    out = {"success": s / n if n else None, "successes": s, "trials": n, "ci95": wilson(s, n)}
+    for k in ("pattern", "shape_iou", "content_leak", "style_leak", "dirt"):
+        out[k] = float(np.mean([r[k] for r in rows])) if rows else None
+    out["rejected"] = float(np.mean([r["called_shape"] is None for r in rows])) if rows else None
+    out["shape_called"] = float(np.mean([r["called_shape"] == r.get("_shape") for r in rows])) if rows else None
+    return out
+
+
+def codec_ceiling(vae, pairs) -> dict:
+    """Per pair: its ideal image through VAE Encode -> VAE Decode, judged."""
+    import nodes
+
+    out = {}
+    for shape, style in pairs:
+        item = world.Item(shape, style, world.FIXED_COLOURS[style])
+        latent = pipeline.encode_images(vae, [world.render(item)])
+        image = pipeline.node(nodes.VAEDecode().decode, vae, latent)[0]
+        image = (image[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
+        j = scores.judge(image, shape, style, world.FIXED_COLOURS[style])
+        out[f"{shape}|{style}"] = {k: j[k] for k in ("success", "pattern", "shape_iou", "called_shape")}
+    return out
+
+
+# ------------------------------------------------------------------ the run
+
+
+def run(args, pairs, arms: dict, held_out, tuning) -> dict:
+    import torch
+
+    cpu = args.smoke or not torch.cuda.is_available()
+    seeds = [int(k) for k in args.seed_list.split(",")] if args.seed_list else TRAINING_SEEDS[: args.training_seeds]
+    sampler_seeds = SAMPLER_SEEDS[: args.sampler_seeds]
+    plan = Plan(pairs, arms, seeds, sampler_seeds, steps_override=args.steps, images=args.images,
+                oracle_steps=[int(n) for n in args.oracle_steps.split(",")])
+    work = tempfile.mkdtemp(prefix="mixing_bench_")
+    models, output = os.path.join(work, "models"), os.path.join(work, "output")
+    pipeline.install_models(models)
+    results = {
+        "date": datetime.date.today().isoformat(), "device": "cpu" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
+        "phase": args.phase, "recipe": {**recipe.RECIPE, "steps": args.steps or recipe.STEPS, "images": args.images},
+        "sampler": {**pipeline.SAMPLER, **({"steps": args.sampler_steps} if args.sampler_steps else {})},
+        "arms": {a: {"content": c, "style": s, "mix": m} for a, (c, s, m) in arms.items() if a != "oracle"},
+        "arm_names": plan.arm_names, "oracle_steps": [args.steps] if args.steps else [int(n) for n in args.oracle_steps.split(",")],
+        "tuning_pairs": [list(p) for p in tuning], "held_out_pairs": [list(p) for p in held_out],
+        "training_seeds": list(seeds), "sampler_seeds": list(sampler_seeds), "judge": {
+            "pattern_pass": scores.PATTERN_PASS, "reject_iou": scores.REJECT_IOU, "reject_margin": scores.REJECT_MARGIN,
+            "background_dirt": scores.BACKGROUND_DIRT},
+        "trainings": {}, "errors": [], "complete": False,
+    }
+    started = time.time()
+    deadline = started + args.deadline if args.deadline else None
+    images = {}  # sampling id -> images
+    pool, running = None, None
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        _start(models, output, args.comfyui, cpu, args.sampler_steps)
+        results["codec"] = codec_ceiling(_STATE["models"][2], pairs)
+        log(f"codec ceiling: {sum(v['success'] for v in results['codec'].values())} of {len(pairs)} pairs")
+        initargs = (models, output, args.comfyui, cpu, args.sampler_steps, max(1, (os.cpu_count() or 1) // args.workers))
+        pool = multiprocessing.get_context("spawn").Pool(args.workers, _start, initargs) if args.workers > 1 else None
+        submit = (lambda task: pool.imap_unordered(_work, task)) if pool else (lambda task: map(_work, task))
+        paths = {}
+        wave_seconds = 0.0
+        for k in seeds:
+            if deadline and time.time() + 1.1 * wave_seconds > deadline:
+                log(f"training seed {k} would end after the deadline: stopping with training seeds {results.get('training_seeds_done')}")
+                break
+            wave_started = time.time()
+            running = k
+            wave = [j for j in plan.trainings.values() if j["k"] == k]
+            log(f"training seed {k}: {len(wave)} trainings")
+            for kind, out, error in submit([("train", j) for j in wave]):
+                if error:
+                    results["errors"].append(error)
+                    log(f"training failed: {error[:300]}")
+                    continue
+                paths[out["key"]] = out["path"]
+                paths.update({f"{out['key']}@{n}": p for n, p in out["checkpoints"].items()})
+                job = plan.trainings[out["key"]]
+                results["trainings"][out["key"]] = {**{x: out[x] for x in ("seconds", "loss_first", "loss_last")},
+                                                    **{x: job[x] for x in ("kind", "name", "k", "seed", "settings")}}
+                log(f"trained {job['kind']} {job['name']} (seed {k}) in {out['seconds']:.0f} s, loss {out['loss_first']:.3f} -> {out['loss_last']:.3f}")
+            jobs = [{**j, "paths": [(paths.get(key), w) for key, w in j["adapters"]], "seeds": list(sampler_seeds)} for j in plan.samplings(k)]
+            jobs = [j for j in jobs if all(p for p, _ in j["paths"])]
+            log(f"training seed {k}: trained in {time.time() - started:.0f} s; {len(jobs)} samplings of {len(sampler_seeds)} seeds")
+            for kind, out, error in submit([("sample", j) for j in jobs]):
+                if error:
+                    results["errors"].append(error)
+                    log(f"sampling failed: {error[:300]}")
+                    continue
+                images[out["id"]] = out["images"]
+            results["training_seeds_done"] = results.get("training_seeds_done", []) + [k]
+            running = None
+            tabulate(results, plan, images, pairs, held_out)
+            save(results, images, plan, held_out or pairs, args.out)
+            wave_seconds = time.time() - wave_started
+            log(f"training seed {k} done at {time.time() - started:.0f} s")
+        results["complete"] = results.get("training_seeds_done") == list(seeds)
+    finally:
+        if pool:
+            pool.terminate()
+        if running is not None and any(i.endswith(f"|{running}") for i in images):  # cut short: what that seed drew, marked
+            results["partial_training_seed"] = running
+            results["training_seeds_done"] = results.get("training_seeds_done", []) + [running]
+        results["seconds"] = time.time() - started
+        tabulate(results, plan, images, pairs, held_out)
+        save(results, images, plan, held_out or pairs, args.out)
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def _terminated(signum, frame):
+    raise SystemExit(f"terminated by signal {signum}")
+
+
+def tabulate(results: dict, plan: Plan, images: dict, pairs, held_out) -> None:
+    """Per pair and arm, and pooled over the held-out pairs (or every pair when there are none), from the whole seeds done."""
+    done = set(results.get("training_seeds_done", []))
+    per_pair = []
+    pooled = {}
+    for shape, style in pairs:
+        entry = {"content": shape, "style": style, "codec": results.get("codec", {}).get(f"{shape}|{style}"), "arms": {}}
+        for pair, arm, k, ck, sk, mix in plan.cells:
+            if pair != (shape, style) or k not in done:
+                continue
+            sampling = f"{arm}|{shape}|{style}|{k}"
+            if sampling not in images:
+                continue
+            cell = entry["arms"].setdefault(arm, {"mix": [], "alone_content": [], "alone_style": [], "by_training_seed": {}})
+            rows = judged(images, sampling, shape, style)
+            cell["mix"] += rows
+            cell["by_training_seed"][k] = sum(r["success"] for r in rows)
+            if sk is not None:
+                cell["alone_content"] += judged(images, f"alone|{ck}", shape, style)
+                cell["alone_style"] += judged(images, f"alone|{sk}", shape, style)
+        for arm, cell in entry["arms"].items():
+            by_seed = cell.pop("by_training_seed")
+            if (shape, style) in held_out or not held_out:
+                for part in cell:
+                    pooled.setdefault(arm, {}).setdefault(part, []).extend(cell[part])
+            entry["arms"][arm] = {part: cell_numbers(rows) for part, rows in cell.items() if rows}
+            entry["arms"][arm]["mix_successes_by_training_seed"] = by_seed
+        per_pair.append(entry)
+    results["pairs"] = per_pair
+    ks = sorted(done)
+    results["summary"] = {}
+    for arm, parts in pooled.items():
+        mix = cell_numbers(parts["mix"])
+        row = {"success": mix["success"], "ci95": mix["ci95"], "training_seeds": ks, "sampler_seeds": list(plan.sampler_seeds),
+               "trials": mix["trials"], "successes": mix["successes"]}
+        for part in ("alone_content", "alone_style"):
+            row[part] = cell_numbers(parts[part])["success"] if parts.get(part) else None
+        row["continuous"] = {k: mix[k] for k in ("pattern", "shape_iou", "shape_called", "rejected", "content_leak", "style_leak", "dirt")}
+        if parts.get("alone_content"):
+            row["alone_content_draws_shape"] = cell_numbers(parts["alone_content"])["shape_called"]
+        if parts.get("alone_style"):
+            row["alone_style_pattern"] = cell_numbers(parts["alone_style"])["pattern"]
+        results["summary"][arm] = row
+
+
+def save_json(results: dict, out: str | None) -> None:
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+
+
+def save(results: dict, images: dict, plan: Plan, gallery_pairs, out: str | None) -> None:
+    """The JSON, and a gallery beside it: per pair the ideal image, then each arm's mix (training seed 0, sampler seed 0)."""
+    if not out:
+        return
+    save_json(results, out)
+    arms = results["arm_names"]
+    blank = np.full((world.SIZE, world.SIZE, 3), 255, dtype=np.uint8)
+    rows, k = [], min(results.get("training_seeds_done") or [0])
+    for shape, style in gallery_pairs:
+        row = [world.render(world.Item(shape, style, world.FIXED_COLOURS[style]))]
+        for arm in arms:
+            got = images.get(f"{arm}|{shape}|{style}|{k}")
+            row.append(got[0] if got else blank)
+        rows.append(np.concatenate(row, axis=1))
+    if rows:
+        from PIL import Image
+
+        Image.fromarray(np.concatenate(rows, axis=0)).save(os.path.splitext(out)[0] + ".png")
+
+
+def choose(results: dict) -> dict:
+    """The tuning run's picks, by rules fixed before it ran: the route whose mix succeeds most on the tuning pairs less
+    its worse adapter alone (ties: the higher mean pattern); per plain-LoRA arm the rate whose mix succeeds most (ties:
+    the higher mean pattern + shape IoU)."""
+    summary = results["summary"]
+
+    def best(prefix, key):
+        rows = {name.split(":", 1)[1]: row for name, row in summary.items() if name.startswith(prefix + ":")}
+        return max(rows, key=lambda n: key(rows[n])) if rows else None
+
+    route = best("default", lambda r: (r["success"] - max(r["alone_content"] or 0, r["alone_style"] or 0), r["continuous"]["pattern"]))
+    out = {"route": route}
+    for arm in ("lora_fair", "lora_recipe"):
+        lr = best(arm, lambda r: (r["success"], r["continuous"]["pattern"] + r["continuous"]["shape_iou"]))
+        out[arm] = float(lr) if lr else None
+    return out
+
+
+def table(results: dict) -> str:
+    """Markdown: pooled per arm, then success per held-out pair and arm."""
+    arms = [a for a in results["arm_names"] if a in results.get("summary", {})]
+    lines = [f"{results['date']} · {results['device']} · phase {results['phase']} · training seeds {results.get('training_seeds_done')} "
+             f"x sampler seeds {len(results['sampler_seeds'])}", "",
+             "| arm | mix success (95% CI) | content alone | style alone | pattern | shape called | rejected | content leak | style leak |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for arm in arms:
+        s = results["summary"][arm]
+        c = s["continuous"]
+        fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+        lines.append(f"| {arm} | {s['success']:.2f} ({s['ci95'][0]:.2f}–{s['ci95'][1]:.2f}), {s['successes']}/{s['trials']} | "
+                     f"{fmt(s['alone_content'])} | {fmt(s['alone_style'])} | {c['pattern']:.2f} | {c['shape_called']:.2f} | "
+                     f"{c['rejected']:.2f} | {c['content_leak']:.2f} | {c['style_leak']:.2f} |")
+    lines += ["", "| pair | codec | " + " | ".join(arms) + " |", "| --- | --- |" + " --- |" * len(arms)]
+    for e in results["pairs"]:
+        codec = e["codec"] or {}
+        cells = [f"{e['arms'][a]['mix']['successes']}/{e['arms'][a]['mix']['trials']}" if a in e["arms"] else "–" for a in arms]
+        lines.append(f"| {e['content']} × {e['style']} | {'ok' if codec.get('success') else 'fails'} {codec.get('pattern', 0):.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ a pair of your own
+
+
+def own_pair(args) -> int:
+    """Train a content and a style adapter on your folders with the default recipe, and write their mixes."""
+    import torch
+    from PIL import Image
+
+    def folder(path):
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith((".png", ".jpg", ".jpeg", ".webp")))
+        images, captions = [], []
+        for n in names:
+            image = Image.open(os.path.join(path, n)).convert("RGB").resize((world.SIZE, world.SIZE))
+            caption_file = os.path.join(path, os.path.splitext(n)[0] + ".txt")
+            images.append(np.asarray(image))
+            captions.append(open(caption_file).read().strip() if os.path.exists(caption_file) else "")
+        if not images:
+            raise SystemExit(f"{path} holds no images")
+        return images, captions
+
+    cpu = not torch.cuda.is_available()
+    work = tempfile.mkdtemp(prefix="mixing_own_")
+    try:
+        pipeline.install_models(os.path.join(work, "models"))
+        _start(os.path.join(work, "models"), os.path.join(work, "output"), args.comfyui, cpu, args.sampler_steps)
+        model, clip, vae = _STATE["models"]
+        from comfyui_qrlora.qrlora_core.formats import load_adapter
+        import folder_paths
+
+        trained = []
+        for role, path in (("content", args.content_dir), ("style", args.style_dir)):
+            images, captions = folder(path)
+            settings = role_settings(role, DEFAULT_ROUTE) | ({"steps": args.steps} if args.steps else {})
+            latents = pipeline.encode_images(vae, images)
+            positive = [pipeline.encode_text(clip, c) for c in captions]
+            from dataclasses import fields
+
+            from comfyui_qrlora.nodes.train import QRLoRATrain
+            from comfyui_qrlora.qrlora_core.training import TrainConfig
+
+            values = {f.name: f.default for f in fields(TrainConfig)} | settings | {"filename_prefix": f"own/{role}", "seed": 0}
+            adapter = pipeline.node(QRLoRATrain.execute, model=[model], latents=[latents], positive=positive,
+                                    **{k: [v] for k, v in values.items()})[0]
+            trained.append(load_adapter(os.path.join(folder_paths.get_folder_paths("loras")[0], adapter.source)))
+            log(f"trained the {role} adapter on {len(images)} images of {path}")
+        os.makedirs(args.out_dir, exist_ok=True)
+        seeds = list(SAMPLER_SEEDS[: args.sampler_seeds])
+        for label, weights in (("mix", (1.0, 1.0)), ("content_alone", (1.0, 0.0)), ("style_alone", (0.0, 1.0))):
+            patched = pipeline.mix_qrlora(model, *trained, *weights)
+            for seed, image in zip(seeds, pipeline.generate_batch(patched, clip, vae, args.prompt, seeds)):
+                target = os.path.join(args.out_dir, f"{label}_seed{seed}.png")
+                Image.fromarray(image).save(target)
+                print(f"image written: {target}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", choices=("test", "tune", "ceiling"), default="test",
+                        help="test: the arms on the held-out pairs; tune: the routes and plain-LoRA rates on the tuning pairs; "
+                             "ceiling: codec and oracle only, on both")
+    parser.add_argument("--out", help="the JSON (a PNG gallery beside it)")
+    parser.add_argument("--comfyui", help="ComfyUI's source (default: the pack's .comfyui)")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the GPU")
+    parser.add_argument("--deadline", type=float, help="seconds: start no training seed that would end later (by the last one's time)")
+    parser.add_argument("--training-seeds", type=int, default=len(TRAINING_SEEDS))
+    parser.add_argument("--seed-list", help="which training seeds, comma-separated (a run split over calls; --combine joins them)")
+    parser.add_argument("--sampler-seeds", type=int, default=len(SAMPLER_SEEDS))
+    parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    parser.add_argument("--oracle-steps", default=str(ORACLE_STEPS), help="the oracle's steps; several (comma-separated): checkpoints of one run")
+    parser.add_argument("--images", type=int, default=recipe.IMAGES, help="training images per adapter")
+    parser.add_argument("--sampler-steps", type=int, help="fewer sampling steps (a quick check of the script)")
+    parser.add_argument("--route", default=DEFAULT_ROUTE, choices=tuple(ROUTES), help="the default arm's route (test phase)")
+    parser.add_argument("--choice", help="a --phase tune JSON: its picked route and plain-LoRA rates (test phase)")
+    parser.add_argument("--pairs", help="shape:style,... instead of the phase's pairs")
+    parser.add_argument("--smoke", action="store_true", help="CPU-sized: one held-out pair, every arm, 2 steps, 2 sampler seeds")
+    parser.add_argument("--content-dir", help="a content folder of your own (images with same-name .txt captions)")
+    parser.add_argument("--style-dir", help="a style folder of your own (same layout)")
+    parser.add_argument("--out-dir", default="mixes", help="with --content-dir/--style-dir: where the mixes go")
+    parser.add_argument("--prompt", default=pipeline.MIX_PROMPT, help="with --content-dir/--style-dir: the mix's prompt")
+    args = parser.parse_args()
+    if args.content_dir or args.style_dir:
+        if not (args.content_dir and args.style_dir):
+            parser.error("--content-dir and --style-dir go together")
+        return own_pair(args)
+    held_out = [(a, b) for a in TEST_SHAPES for b in TEST_STYLES]
+    tuning = list(TUNING_PAIRS)
+    if args.smoke:
+        args.training_seeds, args.sampler_seeds = 1, min(args.sampler_seeds, 2)
+        args.steps, args.images, args.sampler_steps = args.steps or 2, min(args.images, 4), args.sampler_steps or 3
+        args.pairs = args.pairs or f"{held_out[0][0]}:{held_out[0][1]}"
+    if args.phase == "tune":
+        pairs = tuning
+        arms = {"paper": arm_plan("paper", "shipped"), "oracle": ({}, {}, "alone")}
+        arms |= {f"default:{route}": arm_plan("default", route) for route in ROUTES}
+        arms |= {f"{arm}:{lr:g}": arm_plan(arm, "shipped", lr) for arm in ("lora_fair", "lora_recipe") for lr in LORA_LRS}
+        held_out = []
+    else:
+        pairs = held_out if args.phase == "test" else held_out + tuning
+        route, rates = args.route, dict(LORA_LR)
+        if args.choice:
+            tuned = json.load(open(args.choice))
+            picked = tuned.get("choice") or choose(tuned)  # a tuning run cut short has its summary but no pick yet
+            log(f"the tuning run's pick: {picked}")
+            route, rates = picked["route"], {a: picked[a] for a in LORA_LR}
+        arms = {a: ({}, {}, "alone") if a == "oracle" else arm_plan(a, route, rates.get(a)) for a in ARMS}
+        if args.phase == "ceiling":
+            arms = {"oracle": arms["oracle"]}
+    if args.pairs:
+        pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
+        held_out = [p for p in pairs if p in held_out]
+    results = run(args, pairs, arms, held_out, tuning)
+    if args.phase == "tune" and results.get("summary"):
+        results["choice"] = choose(results)
+        save_json(results, args.out)
+        print(f"choice: {results['choice']}")
+    print(table(results))
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
