@@ -15,8 +15,9 @@ def _font(cell_height: int):
     return ImageFont.load_default(size=max(12, cell_height // 10))
 
 
-def labelled_grid(images: torch.Tensor, row_labels: list[str], column_labels: list[str], title: str) -> torch.Tensor:
-    """images (rows·columns, H, W, 3) in [0, 1], row by row -> one IMAGE (1, H', W', 3) with the labels drawn."""
+def labelled_grid(images: torch.Tensor, row_labels: list[str], column_labels: list[str], title: list[str]) -> torch.Tensor:
+    """images (rows·columns, H, W, 3) in [0, 1], row by row -> one IMAGE (1, H', W', 3) with the title's lines
+    above, the column labels over the columns and the row labels left of the rows."""
     rows, columns = len(row_labels), len(column_labels)
     cells, height, width = images.shape[0], images.shape[1], images.shape[2]
     if cells != rows * columns:
@@ -25,17 +26,19 @@ def labelled_grid(images: torch.Tensor, row_labels: list[str], column_labels: li
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line = measure.textbbox((0, 0), "Ag", font=font)[3] + GAP
     left = max(measure.textlength(t, font=font) for t in row_labels) + 2 * GAP
-    top = 2 * line + GAP  # the title, then the column labels
-    canvas = Image.new("RGB", (int(left) + columns * (width + GAP), top + rows * (height + GAP)), BACKGROUND)
+    top = (len(title) + 1) * line + GAP  # the title's lines, then the column labels
+    title_width = max(measure.textlength(t, font=font) for t in title) + 2 * GAP
+    canvas = Image.new("RGB", (int(max(left + columns * (width + GAP), title_width)), top + rows * (height + GAP)), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    draw.text((GAP, GAP // 2), title, fill=INK, font=font)
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    for i, text in enumerate(title):
+        draw.text((GAP, GAP // 2 + i * line), text, fill=INK, font=font)
     for r in range(rows):
-        y = top + r * (height + GAP)
-        draw.text((GAP, y + height // 2), row_labels[r], fill=INK, font=font, anchor="lm")
-        for c in range(columns):
-            x = int(left) + c * (width + GAP)
-            if r == 0:
-                draw.text((x + width // 2, top - GAP), column_labels[c], fill=INK, font=font, anchor="mb")
-            canvas.paste(Image.fromarray(pixels[r * columns + c]), (x, y))
-    return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)[None]
+        draw.text((GAP, top + r * (height + GAP) + height // 2), row_labels[r], fill=INK, font=font, anchor="lm")
+    for c in range(columns):
+        draw.text((int(left) + c * (width + GAP) + width // 2, top - GAP), column_labels[c], fill=INK, font=font, anchor="mb")
+    picture = torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)
+    for i in range(cells):  # the cells' own values, not a rounded copy: a cell in the picture is the cell
+        r, c = divmod(i, columns)
+        y, x = top + r * (height + GAP), int(left) + c * (width + GAP)
+        picture[y:y + height, x:x + width] = images[i].to(picture)
+    return picture[None]

@@ -1,5 +1,7 @@
 """Mix Grid: a content adapter and a style adapter at several weights each, sampled as one batch, as one labelled picture."""
 
+import os
+
 import comfy.samplers
 from comfy_api.latest import io
 
@@ -13,7 +15,10 @@ WEIGHTS_TOOLTIP = "Weights to try, separated by commas (e.g. 0, 0.5, 1, 1.5); ne
 
 
 def _name(adapter, fallback: str) -> str:
-    return adapter.source or fallback
+    """The adapter's file name without folder and extension (a Merge ΔR mix: its files joined by +)."""
+    if not adapter.source:
+        return fallback
+    return " + ".join(os.path.splitext(os.path.basename(part))[0] for part in adapter.source.split(" + "))
 
 
 class QRLoRAGrid(io.ComfyNode):
@@ -58,6 +63,6 @@ class QRLoRAGrid(io.ComfyNode):
         mix = grid.GridMix(model, [content, style], cells(rows, columns))
         latents = grid.sample(mix, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise)
         images = vae.decode(latents)
-        title = f"rows: {_name(content, 'content')} · columns: {_name(style, 'style')}"
+        title = [f"rows: weight of {_name(content, 'content')}", f"columns: weight of {_name(style, 'style')}"]
         picture = labelled_grid(images, [f"{w:g}" for w in rows], [f"{w:g}" for w in columns], title)
         return io.NodeOutput(picture, images)
