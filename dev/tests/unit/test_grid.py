@@ -11,6 +11,7 @@ import torch
 from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget, merge
 from comfyui_qrlora.qrlora_core.errors import AdapterError
 from comfyui_qrlora.qrlora_core.grid import MAX_CELLS, cells, mix_factors, mix_output, parse_weights
+from comfyui_qrlora.qrlora_core.patch import delta
 
 M, N, RANK = 24, 16, 4
 WEIGHTS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.5, 1.5), (-1.0, 2.0)]
@@ -40,10 +41,16 @@ def pair(kind: str, generator):
     return adapter({"layer": target(q, generator)}, alpha=2.0, source="content"), adapter({"layer": target(q_style, generator)}, alpha=6.0, source="style")
 
 
+def patched_delta(adapter: QRLoRA) -> torch.Tensor:
+    """s·Q·ΔR of the adapter's layer, as Apply to Model adds it (patch.delta)."""
+    t = adapter.targets["layer"]
+    return delta(t.q, t.delta_r, adapter.scale, torch.float64)
+
+
 def patched_output(x, weight, content, style, a, b):
     """(W + Δ) x with Δ from the Apply path: Merge ΔR at (a, b), the merged target's s·Q·ΔR."""
     merged, _ = merge([content, style], [a, b])
-    return x @ (weight + merged.targets["layer"].delta(merged.scale, torch.float64)).T
+    return x @ (weight + patched_delta(merged)).T
 
 
 @pytest.mark.parametrize("kind,shared", [("same", True), ("rotated", True), ("unrelated", False)])
@@ -64,7 +71,7 @@ def test_a_layer_only_one_adapter_has_gets_only_that_adapters_weight(rng):
     x = torch.randn(3, N, generator=rng, dtype=torch.float64)
     coefficients = torch.tensor([[5.0, 0.0], [5.0, 1.0], [0.0, -2.0]], dtype=torch.float64)
     out = mix_output(x, factors, coefficients)
-    delta = content.targets["layer"].delta(content.scale, torch.float64)
+    delta = patched_delta(content)
     for i in range(3):
         torch.testing.assert_close(out[i], coefficients[i, 1] * (x[i] @ delta.T), rtol=1e-12, atol=1e-12)
 
@@ -80,7 +87,7 @@ def test_an_adapter_merged_on_mixed_bases_keeps_its_stacked_factors(rng):
     out = mix_output(x, factors, torch.tensor([[1.0, 0.0], [2.0, -1.0]], dtype=torch.float64))
     for i, (a, b) in enumerate([(1.0, 0.0), (2.0, -1.0)]):
         again, _ = merge([mixed, content], [a, b])
-        torch.testing.assert_close(out[i], x[i] @ again.targets["layer"].delta(again.scale, torch.float64).T, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out[i], x[i] @ patched_delta(again).T, rtol=1e-12, atol=1e-12)
 
 
 def test_weights_are_read_as_a_person_writes_them():
