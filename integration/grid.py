@@ -58,7 +58,7 @@ class GridMix:
     def __init__(self, model, adapters: list, weights: list[tuple[float, ...]]):
         self.weights = torch.tensor(weights, dtype=torch.float32)  # (cells, adapters)
         self.layers = self._layers(model, adapters)  # module path -> [(row slice or None, factors)]
-        self.rows = None  # (batch rows, adapters) while the model runs, else None
+        self.rows = None  # {dtype: (batch rows, adapters)} while the model runs, else None
         self._hooks = []
 
     @staticmethod
@@ -116,7 +116,9 @@ class GridMix:
             x = args[0]
             if x.dtype not in in_dtype:
                 in_dtype[x.dtype] = [(offset, f.to(dtype=x.dtype)) for offset, f in slices]
-            rows = self.rows.to(x.dtype)
+            rows = self.rows.get(x.dtype)
+            if rows is None:
+                rows = self.rows[x.dtype] = next(iter(self.rows.values())).to(x.dtype)
             for offset, factors in in_dtype[x.dtype]:
                 delta = _layer_output(module, x, factors, rows)
                 if offset is None:
@@ -131,7 +133,8 @@ class GridMix:
         cells = self.weights.shape[0]
         if x.shape[0] % cells:
             raise AdapterError(f"The model was called with a batch of {x.shape[0]}, not whole copies of the grid's {cells} cells.")
-        self.rows = self.weights.to(x.device).repeat(x.shape[0] // cells, 1)
+        rows = self.weights.to(x.device).repeat(x.shape[0] // cells, 1)
+        self.rows = {rows.dtype: rows}
         try:
             return executor(x, *args, **kwargs)
         finally:

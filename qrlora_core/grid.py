@@ -52,16 +52,15 @@ def cells(content_weights: list[float], style_weights: list[float]) -> list[tupl
 
 @dataclass
 class MixFactors:
-    """One layer's stacked factors; `owner[k]` is the adapter that column k of Q-space belongs to."""
+    """One layer's stacked factors; `owner[k]` is the adapter that row k of delta_r belongs to."""
 
     q: torch.Tensor  # (m, r) when shared, else (m, K)
-    delta_r: torch.Tensor  # (K, n): the adapters' ΔR stacked, each already in q's basis when shared
+    delta_r: torch.Tensor  # (K, n): each adapter's s·ΔR stacked (s = alpha / rank), already in q's basis when shared
     owner: torch.Tensor  # (K,) long: adapter index of each row of delta_r
-    scale: torch.Tensor  # (K,): that adapter's s = alpha / rank
     shared: bool
 
     def to(self, device=None, dtype=None) -> "MixFactors":
-        return MixFactors(self.q.to(device, dtype), self.delta_r.to(device, dtype), self.owner.to(device), self.scale.to(device, dtype), self.shared)
+        return MixFactors(self.q.to(device, dtype), self.delta_r.to(device, dtype), self.owner.to(device), self.shared)
 
     @property
     def terms(self) -> int:
@@ -76,11 +75,10 @@ def mix_factors(targets: list[QRTarget | None], scales: list[float], orthonormal
         raise AdapterError("mix_factors needs at least one adapter with this layer.")
     base_q = present[0][1].q
     shared = all(o for _, _, _, o in present) and all(subspace_error(base_q, t.q) <= tolerance for _, t, _, _ in present[1:])
-    blocks = [(base_q.T @ t.q) @ t.delta_r if shared else t.delta_r for _, t, _, _ in present]  # rotation: identity for one basis
+    blocks = [s * ((base_q.T @ t.q) @ t.delta_r if shared else t.delta_r) for _, t, s, _ in present]  # rotation: identity for one basis
     owner = torch.cat([torch.full((b.shape[0],), i, dtype=torch.long) for (i, *_), b in zip(present, blocks)])
-    scale = torch.cat([torch.full((b.shape[0],), float(s), dtype=base_q.dtype) for (_, _, s, _), b in zip(present, blocks)])
     q = base_q if shared else torch.cat([t.q for _, t, _, _ in present], dim=1)
-    return MixFactors(q, torch.cat(blocks), owner, scale, shared)
+    return MixFactors(q, torch.cat(blocks), owner, shared)
 
 
 def mix_output(x: torch.Tensor, factors: MixFactors, coefficients: torch.Tensor) -> torch.Tensor:
@@ -88,7 +86,7 @@ def mix_output(x: torch.Tensor, factors: MixFactors, coefficients: torch.Tensor)
     s·Q·(Σ_t c_it ΔR_t)·x_i, with `coefficients` (batch, adapters) the weight of each adapter per sample."""
     if coefficients.shape[0] != x.shape[0]:
         raise AdapterError(f"The grid's layer got a batch of {x.shape[0]} for {coefficients.shape[0]} weight rows.")
-    per_row = coefficients[:, factors.owner] * factors.scale  # (batch, K)
+    per_row = coefficients[:, factors.owner]  # (batch, K)
     h = (x @ factors.delta_r.T) * per_row.view(x.shape[0], *(1,) * (x.dim() - 2), -1)
     if factors.shared:
         h = h.unflatten(-1, (factors.terms, factors.q.shape[1])).sum(-2)
