@@ -84,3 +84,13 @@ def test_a_two_by_two_grid_is_four_separately_patched_runs_with_its_weights_draw
     ink = picture.sum(axis=2) < 200
     assert ink[top:, :left].any(), "no content weights drawn beside the rows"
     assert ink[:top, left:].any(), "no style weights drawn above the columns"
+
+
+def test_weights_that_are_not_numbers_are_refused_in_one_sentence(client, demo_models):
+    prompt = graph()
+    prompt = {k: v for k, v in prompt.items() if not k.startswith(("merge_", "apply_", "sample_", "decode_", "save_"))}
+    prompt["grid"]["inputs"]["style_weights"] = "0, half"
+    prompt["save_grid"] = {"class_type": "PreviewImage", "inputs": {"images": ["grid", 0]}}
+    text = client.run_expecting_error(prompt)["exception_message"]
+    assert "style_weights holds 'half', which is not a number" in text, text
+    assert "Traceback" not in text and len(text) < 300
