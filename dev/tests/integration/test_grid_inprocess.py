@@ -4,7 +4,8 @@ A row of the grid's batch must be what the model patched by the pack's own
 path (Merge ΔR at the cell's weights, then Apply to Model) gives for that
 sample alone: on Flux (fused qkv and linear1 row slices) and SD1.5 (1x1
 convolutions), for batches holding the grid twice (cond and uncond), and
-after sampling, for a deterministic and an ancestral sampler.
+after sampling, for a deterministic, an ancestral and an SDE sampler
+(Brownian-tree noise): each cell draws the noise a batch of one draws.
 """
 
 import pytest
@@ -92,7 +93,7 @@ def test_each_row_gets_the_output_of_the_model_patched_with_its_cells_mix(arch, 
     assert not mix._hooks, "loading another patcher of the model takes the grid's hooks off"
 
 
-@pytest.mark.parametrize("sampler_name", ["euler", "euler_ancestral"])
+@pytest.mark.parametrize("sampler_name", ["euler", "euler_ancestral", "dpmpp_2m_sde"])
 def test_a_sampled_grid_is_the_separately_patched_runs_of_its_cells(sampler_name, rng, pack):
     import comfy.sample
 
