@@ -55,12 +55,18 @@ def main() -> None:
     parser.add_argument("--picture", help="PNG file for the grid's picture")
     parser.add_argument("--steps", type=int, default=pipeline.SAMPLER["steps"])
     parser.add_argument("--smoke", action="store_true", help="CPU-sized: a 2 x 2 grid, 4 steps")
+    parser.add_argument("--fp32", action="store_true", help="run the model in float32 (ComfyUI's --force-fp32): the batch-size rounding noise of fp16 out")
     args = parser.parse_args()
     weights = WEIGHTS[:2] if args.smoke else WEIGHTS
     steps = 4 if args.smoke else args.steps
 
     from devkit import host
 
+    if args.fp32:  # before model_management is imported: it reads the flag once
+        sys.path.insert(0, os.path.abspath(args.comfyui or host.COMFYUI_DIR))
+        import comfy.cli_args
+
+        comfy.cli_args.args.force_fp32 = True
     host.import_comfy(args.comfyui, cpu=not torch.cuda.is_available())
     host.import_pack(entry_point=False)  # the nodes without the server's routes (no aiohttp needed on a bare GPU machine)
     import comfy.model_management
@@ -114,6 +120,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
+        "model_dtype": str(model.model.get_dtype()),
         "model": f"toy world SD1.5-architecture UNet at {world.SIZE} px ({demo_assets.UNET}), adapters {demo_assets.CONTENT} + {demo_assets.STYLE}",
         "sampler": {**settings, "seed": SEED},
         "weights": list(weights),
