@@ -96,7 +96,7 @@ def delta_sizes(model, adapter, found: dict, strength: float) -> str | None:
             f"(its delta reaches {delta_bound(t.q, t.delta_r, factor):.3g}): its values are absurd (a damaged file, or alpha or block weights "
             "far too large); use another file or smaller weights."
         )
-    worst = (0.0, None)
+    worst = (0.0, "")  # a name, not None: equal ratios (an all-zero mix) compare the names next
     for size, name, where in sizes[:SIZE_CHECKS]:
         norm = float(torch.linalg.vector_norm(keymap.target_weight(model, where).double()))
         worst = max(worst, (size / max(norm, 1e-30), name))

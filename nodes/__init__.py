@@ -2,6 +2,7 @@
 
 from .apply import QRLoRAApply
 from .blocks import QRLoRABlockWeights
+from .grid import QRLoRAGrid
 from .hooks import QRLoRAHook
 from .loader import QRLoRALoader
 from .merge import QRLoRAMerge
@@ -15,7 +16,7 @@ from .train_samples import QRLoRASampleSettings
 
 NODES = [
     QRLoRALoader, QRLoRAMerge, QRLoRAMixer, QRLoRAApply, QRLoRASave, QRLoRAExportLoRA, QRLoRATrainingData, QRLoRASampleSettings, QRLoRATrain,
-    QRLoRASimilarity, QRLoRAHook, QRLoRABlockWeights, QRLoRAExportReference,
+    QRLoRASimilarity, QRLoRAHook, QRLoRABlockWeights, QRLoRAExportReference, QRLoRAGrid,
 ]
 DRAWN = {"loader": QRLoRALoader, "merge": QRLoRAMerge, "mixer": QRLoRAMixer, "similarity": QRLoRASimilarity, "train": QRLoRATrain,
          "train_data": QRLoRATrainingData}  # web/<module>.js -> the node it draws

@@ -3,8 +3,9 @@
 This is the one place the formula is computed: inference adds it in place
 where ComfyUI loads a weight (integration/weight_adapter.py), training adds it
 out of place on every forward (training/layer.py), a stored target gives
-its delta (adapter.py). `scale` is s = alpha / rank, already multiplied by
-any strength. Q and ΔR are cast to the weight's device and dtype, so the
+its delta (adapter.py); a grid of mixes, different per sample, adds
+s·Q·(Σ c_i ΔR_i)·x in the forward (grid.py, mix_output). `scale` is
+s = alpha / rank, already multiplied by any strength. Q and ΔR are cast to the weight's device and dtype, so the
 sum is one fused multiply-add and never holds an m x n temporary.
 """
 

@@ -14,6 +14,7 @@ PACK_NODES = {
     "QRLoRATrainingData": "QR-LoRA Training Data",
     "QRLoRATrain": "Train QR-LoRA",
     "QRLoRASimilarity": "ΔR Similarity",
+    "QRLoRAGrid": "Mix Grid",
 }
 
 
