@@ -130,6 +130,9 @@ class TrainTargets:
             q = next(values) if isinstance(layer, LoRADelta) else layer.q
             delta_r = next(values)
             delta_r = torch.triu(delta_r) if layer.triangular else delta_r
+            if isinstance(layer, LoRADelta):  # up·down stored as Q·(R·down), up = Q·R: the same delta with an orthonormal Q, as every file holds
+                basis, r = torch.linalg.qr(q.detach().double())
+                q, delta_r = basis, r @ delta_r.detach().double()
             targets[name] = QRTarget(q=q.detach().to("cpu", torch.float32).clone(), delta_r=delta_r.detach().to("cpu", torch.float32).clone(),
                                      fingerprint=self.sketches.get(name))
         meta = {"base_fingerprint": self.base_fingerprint(), **(metadata or {})}

@@ -414,8 +414,13 @@ def test_plain_lora_adds_s_up_down_learns_both_factors_and_starts_at_the_base(rn
     assert torch.allclose(y, x @ (w["a"] + 2.0 * up @ down).T, rtol=0, atol=1e-12)
     y.square().sum().backward()  # both factors learn, the basis-free delta has no triangular mask
     assert layer64.q.grad.abs().min() > 0 and torch.tril(layer64.delta_r.grad, -1).abs().max() > 0
+    with torch.no_grad():
+        layer.q.copy_(torch.randn(24, 4, generator=rng))  # a trained up
     adapter = targets.to_adapter()
-    assert not adapter.shared_basis and torch.equal(adapter.targets["a"].delta_r, layer.delta_r.detach())
+    saved = adapter.targets["a"]
+    assert not adapter.shared_basis
+    assert torch.allclose(saved.q.double().T @ saved.q.double(), torch.eye(4, dtype=torch.float64), atol=1e-6)  # a file's Q is orthonormal
+    assert torch.allclose(saved.q.double() @ saved.delta_r.double(), layer.q.detach().double() @ layer.delta_r.detach().double(), atol=1e-5)
 
 
 def test_moving_average_is_saved_in_place_of_the_last_values_bias_corrected(store, rng):
