@@ -15,6 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from ..errors import AdapterError
 from ..formats import PRECISIONS
 from .objective import OBJECTIVES, REFERENCE
+from .roles import ALL, ROLES
 from .step_loop import OPTIMIZERS
 
 # The paper's targets on canonical adapter names, in both spellings:
@@ -81,7 +82,8 @@ class TrainConfig:
         "The word(s) your captions use for the new concept or style (e.g. '<s> style'); stored in the file's metadata.", record=False))
     objective: str = field(default=REFERENCE, metadata=_help(
         "What the loss compares. Reference (the paper's scripts): the model's own prediction against its target "
-        "(flow models: velocity noise - x0 at sigma uniform in (0, 1], no shift; SD1.5/SDXL: noise or v at uniform timesteps), plain MSE. "
+        "(flow models: velocity noise - x0 at sigma uniform in (0, 1], Flux unshifted, SD3 shifted by 3 as diffusers' SD3 scripts; "
+        "SD1.5/SDXL: noise or v at uniform timesteps), plain MSE. "
         "ComfyUI: its trainer's objective, the denoised x0 against x0 at sigmas of the model's (shifted) sampling schedule, "
         "which for flow models weights each step by sigma² and so trains mostly at high noise.",
         options=tuple(OBJECTIVES), optional=True))
@@ -100,6 +102,11 @@ class TrainConfig:
         "block by block each step (less GPU memory, slower). 0: automatic, the whole model when it fits beside "
         "the training's own memory, otherwise as much as fits.",
         record=False, min=0.0, max=4096.0, optional=True, widget={"step": 0.5}))
+    role: str = field(default=ALL, metadata=_help(
+        "What the adapter is for: content (a subject or shape), style, or all. The role picks the blocks trained for the "
+        "model's architecture (SD1.5, SDXL, SD3, Flux; docs/roles.md), so that a content and a style adapter mix: "
+        "all is the paper's choice, every block. The target preset picks the layers inside those blocks; "
+        "a custom target pattern replaces the role's blocks.", options=ROLES, optional=True))
 
     def __post_init__(self):
         for f in fields(self):
@@ -115,6 +122,11 @@ class TrainConfig:
     @property
     def scale_alpha(self) -> float:
         return float(self.alpha) if self.alpha > 0 else float(self.rank)
+
+    @property
+    def role_picks_blocks(self) -> bool:
+        """Whether the role narrows the targets to its blocks: any role but all, unless a custom pattern names the layers."""
+        return self.role != ALL and TARGET_PRESETS.get(self.target_preset) is not None
 
     def target_regex(self) -> "re.Pattern":
         pattern = TARGET_PRESETS.get(self.target_preset, MISSING)
