@@ -3,7 +3,7 @@
 The names are those of the real models (kohya spellings for the UNets,
 diffusers' for the DiTs), written out here from the published structures,
 not from the table; which ComfyUI weights they are is checked against
-ComfyUI's own key map in integration/test_roles.py.
+ComfyUI's own key map in integration/test_role_targets.py.
 """
 
 import os

@@ -61,7 +61,7 @@ def test_the_trainer_trains_the_roles_blocks_and_says_so(pack, arch, role, block
 
 
 def test_sd3_trains_on_diffusers_shifted_sigmas_and_flux_on_uniform_ones(pack, folders, rng):
-    from comfyui_qrlora.qrlora_core.training.session import Draws
+    from comfyui_qrlora.qrlora_core.training.step_loop import Draws
 
     for arch, shift in (("sd3", 3.0), ("flux", 1.0)):
         latents, positive = inputs(arch, rng, images=2) if arch == "flux" else sd3_inputs(rng)
