@@ -13,16 +13,29 @@ from toy_world import demo_assets
 pytestmark = pytest.mark.server
 
 
-def test_demo_grid_is_content_alone_the_mix_and_style_alone_with_their_scores(comfy, client, demo_models, object_info, capsys):
+def mix_weights(prompt: dict) -> dict:
+    """{adapter file: its weight in the mix} of a prompt that mixes with Mix QR-LoRAs (rows) or Merge ΔR (loader slots)."""
+    out = {}
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "QRLoRAMixer":
+            out.update({row["lora"]: float(row["strength"]) if row["on"] else 0.0 for row in json.loads(inputs["rows"])})
+        elif node["class_type"] == "QRLoRAMerge":
+            out.update({prompt[source[0]]["inputs"]["lora_name"]: float(inputs["weight_" + name[len("qr_lora_"):]])
+                        for name, source in inputs.items() if name.startswith("qr_lora_")})
+    return out
+
+
+def test_demo_grid_is_content_alone_the_mix_and_style_alone_with_their_scores(comfy, client, demo_models, object_info):
     prompt = workflow.to_api(workflow.load(demo_assets.MIX_WORKFLOW), object_info)
     for node in prompt.values():
         if node["class_type"] == "KSampler":
             node["inputs"]["steps"] = 3  # the demo samples 25; the grid does not care
     runs = {"the mix": prompt, "content alone": demo.alone(prompt, demo_assets.CONTENT, "content alone"),
             "style alone": demo.alone(prompt, demo_assets.STYLE, "style alone")}
-    weights = {label: [n["inputs"]["weight_" + k[len("qr_lora_"):]] for n in p.values() if n["class_type"] == "QRLoRAMerge"
-                       for k in sorted(n["inputs"]) if k.startswith("qr_lora_")] for label, p in runs.items()}  # of the slots in use
-    assert weights == {"the mix": [1.0, 1.0], "content alone": [1.0, 0.0], "style alone": [0.0, 1.0]}  # slot 1 holds the content file
+    weights = {label: mix_weights(p) for label, p in runs.items()}
+    content, style = demo_assets.CONTENT, demo_assets.STYLE
+    assert weights == {"the mix": {content: 1.0, style: 1.0}, "content alone": {content: 1.0, style: 0.0}, "style alone": {content: 0.0, style: 1.0}}
     paths = {label: demo.saved_images(comfy.base, client.run(p))[0] for label, p in runs.items()}
     assert len(set(paths.values())) == 3
     pixels = {label: np.asarray(Image.open(p).convert("RGB")) for label, p in paths.items()}
