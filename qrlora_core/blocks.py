@@ -87,8 +87,13 @@ def block_of(name: str, per_level: int = 3) -> str | None:
 
 def blocks_of(adapter: QRLoRA) -> dict[str, str | None]:
     """{layer name: block} for an adapter."""
-    per_level = _unet_levels(adapter.targets)
-    return {name: block_of(name, per_level) for name in adapter.targets}
+    return block_map(adapter.targets)
+
+
+def block_map(names) -> dict[str, str | None]:
+    """{layer name: block} for layer names (an adapter's, or a model's trainable layers)."""
+    per_level = _unet_levels(names)
+    return {name: block_of(name, per_level) for name in names}
 
 
 def _order_key(block: str):
@@ -147,7 +152,12 @@ def _vector_entries(values: list[float], ordered: list[str], adapter_blocks: set
 
 def parse(spec: str, adapter: QRLoRA) -> dict[str, float]:
     """{layer name: weight} for every layer of the adapter."""
-    layer_blocks = blocks_of(adapter)
+    return layer_weights(spec, adapter.targets)
+
+
+def layer_weights(spec: str, names) -> dict[str, float]:
+    """{layer name: weight} for layer names; EARLY / LATE and a vector's length count the blocks these names have."""
+    layer_blocks = block_map(names)
     present = {b for b in layer_blocks.values() if b is not None}
     ordered = sorted(present, key=_order_key)
     text = spec.strip()

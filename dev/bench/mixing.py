@@ -62,7 +62,7 @@ TUNING_PAIRS = (("heart", "checkerboard"), ("star", "concentric rings"))
 TEST_SHAPES, TEST_STYLES = world.MIXING_SHAPES, world.MIXING_STYLES
 TRAINING_SEEDS = (0, 1, 2)
 SAMPLER_SEEDS = tuple(range(8))
-PAPER = {"target_preset": "attention + MLP (paper)", "target_pattern": ""}
+PAPER = {"role": "all", "target_preset": "attention + MLP (paper)", "target_pattern": ""}  # the paper: every block, whatever role a recipe sets
 ORACLE_STEPS = 200  # the upper bound gets twice the adapters' steps (at 100 it drew heart x checkerboard once in 8)
 UP_BLOCKS = {"target_preset": "custom pattern", "target_pattern": "lora_unet_up_blocks.*(attn[12]_to_(q|k|v|out_0)|ff_net_(0_proj|2))$"}
 

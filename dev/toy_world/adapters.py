@@ -2,9 +2,9 @@
 
 content: hearts in base styles and colours, captioned with their fill and
          '<c> shape' for the shape ('a red and blue <c> shape in
-         horizontal stripes style'); trained on the down and middle blocks.
+         horizontal stripes style'); role content (the down and middle blocks).
 style:   base shapes in the held-out checkerboard, each captioned with its
-         real shape, 'a circle in <s> style'; trained on every block.
+         real shape, 'a circle in <s> style'; role style (every block).
 Both on the shipped base model, at one rank, so they share the basis Q and
 mix as one ΔR sum. The files land in toy_world/weights/ (the demo and the
 workflows use them). Rerun this after the trainer changes: one command.
@@ -30,13 +30,10 @@ RECIPE = {"rank": 8, "learning_rate": 5e-3, "batch_size": 8, "grad_accumulation"
 IMAGES = 16
 STEPS = 100
 SEEDS = {"content": 11, "style": 12}
-# The content adapter trains the down and middle blocks only (where the layout is drawn), the style adapter every
-# block: trained on every block, the content adapter's ΔR pulled the mix towards its own images' fills.
-TARGETS = {
-    "content": {"target_preset": "custom pattern",
-                "target_pattern": "lora_unet_(down_blocks|mid_block).*(attn[12]_to_(q|k|v|out_0)|ff_net_(0_proj|2))$"},
-    "style": {"target_preset": "attention + MLP (paper)", "target_pattern": ""},
-}
+# The roles (qrlora_core/training/roles.py, docs/roles.md) pick the blocks: on this SD1.5-architecture UNet the content
+# adapter trains the down and middle blocks only (where the layout is drawn), the style adapter every block; trained on
+# every block, the content adapter's ΔR pulled the mix towards its own images' fills.
+TARGETS = {role: {"role": role, "target_preset": "attention + MLP (paper)", "target_pattern": ""} for role in ("content", "style")}
 
 
 def train_pair(model, clip, vae, steps: int, prefix: str, **overrides):

@@ -42,15 +42,16 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.sampler_helpers
 import comfy.samplers
+import comfy.supported_models
 import comfy.utils
 from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
 
 from ...qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, rank_fits, working_bytes
 from ...qrlora_core.errors import AdapterError
 from ...qrlora_core.formats import load_adapter
-from ...qrlora_core.training import TrainConfig, TrainTargets, select
+from ...qrlora_core.training import TrainConfig, TrainTargets, roles, select
 from ...qrlora_core.training.buckets import describe_buckets, group_by_size
-from ...qrlora_core.training.objective import COMFYUI, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
+from ...qrlora_core.training.objective import COMFYUI, TRAINING_SHIFT, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
 from ...qrlora_core.training.out_of_place import OutOfPlaceForwards
 from ...qrlora_core.training.step_loop import StepLoop
 from ...qrlora_core.training.state import TrainingState, read_training_state
@@ -86,6 +87,18 @@ def trainable_targets(model) -> dict:
     return {name: keymap.split_target(value) for name, value in keymap.named_targets(model).items()}  # layout-converted ones are left out there
 
 
+ARCHITECTURES = {  # the role table's names (qrlora_core/training/roles.py) -> ComfyUI's model configs (their subclasses too)
+    "sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL,
+    "sd3": comfy.supported_models.SD3, "flux": comfy.supported_models.Flux,
+}
+
+
+def architecture(model) -> str | None:
+    """'sd15', 'sdxl', 'sd3' or 'flux' for a model of that family (as ComfyUI's loader detected it), else None."""
+    config = getattr(model.model, "model_config", None)
+    return next((name for name, kind in ARCHITECTURES.items() if isinstance(config, kind)), None)
+
+
 def choose_targets(model, config: TrainConfig, existing=None) -> tuple[dict, list[str]]:
     """(name -> (key, row slice)) of the layers to train, and notes for the node."""
     candidates = trainable_targets(model)
@@ -106,6 +119,15 @@ def choose_targets(model, config: TrainConfig, existing=None) -> tuple[dict, lis
             f"The targets '{config.target_preset}' match none of this model's {len(candidates)} trainable layers "
             f"(they are named like '{example}'): pick another preset or write a pattern that matches those names."
         )
+    if config.role_picks_blocks:
+        arch = architecture(model)
+        recipe = roles.recipe(arch, config.role)
+        names = roles.role_layers(names, recipe.blocks)
+        if not names:
+            raise AdapterError(f"The {config.role} role's blocks ({recipe.blocks}) hold none of the layers '{config.target_preset}' picks "
+                               "in this model: choose another preset, or the role 'all'.")
+        notes.append(f"Role {config.role} on {roles.ARCHITECTURES[arch]}: {len(names)} layers in blocks {recipe.blocks} "
+                     f"({recipe.source}; {recipe.evidence}).")
     return {n: candidates[n] for n in names}, notes
 
 
@@ -465,7 +487,7 @@ class TrainingSession:
         if self.config.objective == COMFYUI:
             values = torch.tensor([float(s.percent_to_sigma(float(u))) for u in falling])
         elif isinstance(s, comfy.model_sampling.CONST):
-            values = flow_sigmas(falling)
+            values = flow_sigmas(falling, TRAINING_SHIFT.get(architecture(self.model), 1.0))
         elif hasattr(s, "sigmas"):
             values = s.sigmas.detach().cpu().double()[discrete_timesteps(rising, len(s.sigmas))]
         else:

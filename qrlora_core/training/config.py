@@ -15,6 +15,7 @@ from ..errors import AdapterError, require_encodable
 from ..formats import PRECISIONS
 from .objective import OBJECTIVES, REFERENCE
 from .pattern import NamePattern, compile_pattern
+from .roles import ALL, ROLES
 from .step_loop import OPTIMIZERS
 
 # The paper's targets on canonical adapter names, in both spellings:
@@ -83,7 +84,8 @@ class TrainConfig:
         "The word(s) your captions use for the new concept or style (e.g. '<s> style'); stored in the file's metadata.", record=False))
     objective: str = field(default=REFERENCE, metadata=_help(
         "What the loss compares. Reference (the paper's scripts): the model's own prediction against its target "
-        "(flow models: velocity noise - x0 at sigma uniform in (0, 1], no shift; SD1.5/SDXL: noise or v at uniform timesteps), plain MSE. "
+        "(flow models: velocity noise - x0 at sigma uniform in (0, 1], Flux unshifted, SD3 shifted by 3 as diffusers' SD3 scripts; "
+        "SD1.5/SDXL: noise or v at uniform timesteps), plain MSE. "
         "ComfyUI: its trainer's objective, the denoised x0 against x0 at sigmas of the model's (shifted) sampling schedule, "
         "which for flow models weights each step by sigma² and so trains mostly at high noise.",
         options=tuple(OBJECTIVES), optional=True))
@@ -115,6 +117,11 @@ class TrainConfig:
         "Save the moving average of the trained values over the steps (this decay per step, e.g. 0.9) instead of their "
         "last values: steadier adapters where the learning rate makes training swing. 0: off.",
         min=0.0, max=0.9999, optional=True, widget={"step": 0.01}))
+    role: str = field(default=ALL, metadata=_help(
+        "What the adapter is for: content (a subject or shape), style, or all. The role picks the blocks trained for the "
+        "model's architecture (SD1.5, SDXL, SD3, Flux; docs/roles.md), so that a content and a style adapter mix: "
+        "all is the paper's choice, every block. The target preset picks the layers inside those blocks; "
+        "a custom target pattern replaces the role's blocks.", options=ROLES, optional=True))
 
     def __post_init__(self):
         for f in fields(self):
@@ -135,6 +142,11 @@ class TrainConfig:
     @property
     def scale_alpha(self) -> float:
         return float(self.alpha) if self.alpha > 0 else float(self.rank)
+
+    @property
+    def role_picks_blocks(self) -> bool:
+        """Whether the role narrows the targets to its blocks: any role but all, unless a custom pattern names the layers."""
+        return self.role != ALL and TARGET_PRESETS.get(self.target_preset) is not None
 
     def target_matcher(self) -> NamePattern:
         """The targets as a pattern matched in linear time (training/pattern.py): a crafted one cannot freeze the server."""

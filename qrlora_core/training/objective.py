@@ -17,7 +17,11 @@ The reference (docs/method.md, "Training objective and defaults"; diffusers' Dre
 scripts) draws sigma uniformly in (0, 1] for flow models, with no shift,
 and integer timesteps uniformly for eps / v models; ComfyUI's trainer
 draws a uniform fraction of the model's sampling schedule (for Flux
-shifted towards high noise).
+shifted towards high noise). For SD3, which the reference does not
+train, we follow diffusers' SD3 DreamBooth scripts: the same uniform draw
+(weighting "none") pushed through their scheduler's shift of 3.0
+(TRAINING_SHIFT), sigma' = 3 sigma / (1 + 2 sigma), towards high noise;
+Flux, as the reference trains it, stays unshifted.
 """
 
 import torch
@@ -48,11 +52,16 @@ def denoised_mse(denoised: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
 FLOW_TRAINING_STEPS = 1000  # the reference scheduler's training timesteps
 
 
-def flow_sigmas(uniform: torch.Tensor) -> torch.Tensor:
-    """sigma uniform in (0, 1] from u uniform in [0, 1), unshifted, as the reference draws it:
+TRAINING_SHIFT = {"sd3": 3.0}  # architecture -> diffusers' training shift (FlowMatchEulerDiscreteScheduler(shift=...)); others: 1
+
+
+def flow_sigmas(uniform: torch.Tensor, shift: float = 1.0) -> torch.Tensor:
+    """sigma in (0, 1] from u uniform in [0, 1), as diffusers' flow-matching scripts draw it:
     one of the scheduler's 1000 training sigmas 1, 0.999, ..., 0.001 (never so close to 0
-    that the prediction loss would divide rounding error by it)."""
-    return 1.0 - torch.floor(uniform * FLOW_TRAINING_STEPS) / FLOW_TRAINING_STEPS
+    that the prediction loss would divide rounding error by it), then shifted,
+    shift·s / (1 + (shift - 1)·s); shift 1 (Flux, the reference) leaves it uniform."""
+    s = 1.0 - torch.floor(uniform * FLOW_TRAINING_STEPS) / FLOW_TRAINING_STEPS
+    return shift * s / (1 + (shift - 1) * s)
 
 
 def discrete_timesteps(uniform: torch.Tensor, count: int) -> torch.Tensor:
