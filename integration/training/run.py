@@ -6,7 +6,6 @@ user: interrupted runs keep what was trained, diverged ones the last good
 state, runs that do not fit say what would.
 """
 
-import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -58,15 +57,10 @@ class Checkpoints:
 
     @staticmethod
     def _check_writable(prefix: str, name: str) -> None:
+        """The run's longest name, made and removed now: files.output_path refuses names the file system cannot hold."""
         try:
             probe_write(files.output_path(name), root=files.loras_root())  # leaves no file or folder behind
         except OSError as e:
-            if e.errno == errno.ENAMETOOLONG:
-                longest = max(len(part.encode()) for part in name.split("/"))
-                raise AdapterError(
-                    f"The filename prefix '{prefix}' makes names too long for the file system ({longest} bytes in one name, "
-                    f"such as {os.path.basename(name)}; most allow 255): shorten the prefix."
-                ) from None
             raise AdapterError(f"Checkpoints cannot be written for the filename prefix '{prefix}' ({e.strerror or e}): check that the loras folder is writable, or choose another prefix.") from None
 
     def save(self, steps: int, loss: float | None) -> str:
