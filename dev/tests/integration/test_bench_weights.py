@@ -29,7 +29,7 @@ def _flux(dtype, compute=None):
 def _targets(pack, model):
     import comfy.model_patcher
 
-    from comfyui_qrlora.nodes import train_session
+    from comfyui_qrlora.integration.training import session as train_session
     from comfyui_qrlora.qrlora_core.training import TrainConfig
 
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
