@@ -51,7 +51,7 @@ def test_page_facts_name_the_nodes_the_scripts_draw_and_the_live_loss_event(comf
     """GET /qrlora/page is where web/*.js reads node ids and event names; each must be what the server really uses."""
     facts = get_json(comfy, "/qrlora/page")
     drawn = {"loader": "Load QR-LoRA", "merge": "Merge ΔR", "similarity": "ΔR Similarity", "train": "Train QR-LoRA",
-             "train_data": "QR-LoRA Training Data"}
+             "train_data": "QR-LoRA Training Data", "mixer": "Mix QR-LoRAs"}
     assert set(facts["nodes"]) == set(drawn)
     for module, node in facts["nodes"].items():
         assert object_info[node]["display_name"] == drawn[module], (module, node)

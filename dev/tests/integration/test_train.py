@@ -142,7 +142,8 @@ def test_checkpoints_hold_what_training_returned_and_the_metadata(comfy, runs):
     mid = load_adapter(comfy.path("models", "loras", files[0]))
     assert int(mid.metadata["steps"]) == 4
     assert not glob.glob(comfy.path("models", "loras", "qrtest", ".partial-*"))
-    assert client.ui(runs["a"], "train")["images"], "the loss curve is shown on the node"
+    shown = client.ui(runs["a"], "train")
+    assert f"Saved {info['file']}." in shown["text"][0] and shown["loss"], "the node shows what it saved and the losses the page draws"
 
 
 def test_saved_file_loaded_and_applied_gives_the_trainers_model(comfy, runs, base_files):
