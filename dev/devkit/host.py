@@ -8,7 +8,6 @@ and then as `comfyui_qrlora.*`; a top-level `qrlora_core` would be a second
 copy of every class (tests/unit/test_identity.py refuses one).
 """
 
-import asyncio
 import importlib
 import importlib.util
 import os
@@ -56,8 +55,19 @@ def import_pack(entry_point: bool = True):
             import_comfy()
         for name, folder in ((PACKAGE + ".nodes", os.path.join(PACK_ROOT, "nodes")), (PACKAGE, PACK_ROOT)):
             _run_init(sys.modules[name], folder)
-        asyncio.run(sys.modules[PACKAGE].comfy_entrypoint())  # the load hook ComfyUI calls: registers the weight adapter
+        _drive(sys.modules[PACKAGE].comfy_entrypoint())  # the load hook ComfyUI calls: registers the weight adapter
     return sys.modules[PACKAGE]
+
+
+def _drive(coroutine):
+    """Run a coroutine that never waits (the pack's entry point) to its end, also where an event loop is already
+    running (asyncio.run refuses there, and the registration would be silently skipped for the rest of the process)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("the pack's entry point waited on something; run it in an event loop")
 
 
 def _run_init(module, folder: str) -> None:

@@ -14,7 +14,13 @@ def test_stock_load_lora_gives_apply_s_patches_on_fused_flux_slices(tmp_path, rn
     host.import_pack()
     import comfy.lora
     import comfy.utils
+    from comfyui_qrlora.integration import weight_adapter
     from comfyui_qrlora.nodes.apply import QRLoRAApply
+
+    # Registered as ComfyUI's load hook does, whatever imported the pack first in this process (the suite's whole run
+    # once lacked it here: devkit.host now drives the entry point also inside a running event loop). The real load
+    # path is test_ecosystem's, through the server.
+    weight_adapter.register()
 
     model = models.patcher("flux")
     base = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
