@@ -386,7 +386,8 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
                 images[out["id"]] = out["images"]
             results["training_seeds_done"] = results.get("training_seeds_done", []) + [k]
             running = None
-            tabulate(results, plan, images, pairs, held_out)
+            results["trials"] = trials(plan, images, results["training_seeds_done"])
+            tabulate(results, pairs, held_out)
             save(results, images, plan, held_out or pairs, args.out)
             wave_seconds = time.time() - wave_started
             log(f"training seed {k} done at {time.time() - started:.0f} s")
@@ -398,7 +399,8 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
             results["partial_training_seed"] = running
             results["training_seeds_done"] = results.get("training_seeds_done", []) + [running]
         results["seconds"] = time.time() - started
-        tabulate(results, plan, images, pairs, held_out)
+        results["trials"] = trials(plan, images, results.get("training_seeds_done", []))
+        tabulate(results, pairs, held_out)
         save(results, images, plan, held_out or pairs, args.out)
         shutil.rmtree(work, ignore_errors=True)
     return results
@@ -408,27 +410,37 @@ def _terminated(signum, frame):
     raise SystemExit(f"terminated by signal {signum}")
 
 
-def tabulate(results: dict, plan: Plan, images: dict, pairs, held_out) -> None:
-    """Per pair and arm, and pooled over the held-out pairs (or every pair when there are none), from the whole seeds done."""
-    done = set(results.get("training_seeds_done", []))
-    per_pair = []
-    pooled = {}
+def trials(plan: Plan, images: dict, done) -> list:
+    """Every judged trial of the whole training seeds done: per pair, arm and training seed, the verdicts on the mix
+    and on each adapter alone (kept in the JSON, so runs split over calls can be joined: --combine)."""
+    out = []
+    for pair, arm, k, ck, sk, mix in plan.cells:
+        sampling = f"{arm}|{pair[0]}|{pair[1]}|{k}"
+        if k not in done or sampling not in images:
+            continue
+        entry = {"pair": list(pair), "arm": arm, "k": k, "mix": judged(images, sampling, *pair)}
+        if sk is not None:
+            entry["alone_content"] = judged(images, f"alone|{ck}", *pair)
+            entry["alone_style"] = judged(images, f"alone|{sk}", *pair)
+        out.append(entry)
+    return out
+
+
+def tabulate(results: dict, pairs, held_out) -> None:
+    """Per pair and arm, and pooled over the held-out pairs (or every pair when there are none), from results["trials"]."""
+    per_pair, pooled = [], {}
     for shape, style in pairs:
         entry = {"content": shape, "style": style, "codec": results.get("codec", {}).get(f"{shape}|{style}"), "arms": {}}
-        for pair, arm, k, ck, sk, mix in plan.cells:
-            if pair != (shape, style) or k not in done:
+        cells = {}
+        for t in results["trials"]:
+            if tuple(t["pair"]) != (shape, style):
                 continue
-            sampling = f"{arm}|{shape}|{style}|{k}"
-            if sampling not in images:
-                continue
-            cell = entry["arms"].setdefault(arm, {"mix": [], "alone_content": [], "alone_style": [], "by_training_seed": {}})
-            rows = judged(images, sampling, shape, style)
-            cell["mix"] += rows
-            cell["by_training_seed"][k] = sum(r["success"] for r in rows)
-            if sk is not None:
-                cell["alone_content"] += judged(images, f"alone|{ck}", shape, style)
-                cell["alone_style"] += judged(images, f"alone|{sk}", shape, style)
-        for arm, cell in entry["arms"].items():
+            cell = cells.setdefault(t["arm"], {"mix": [], "alone_content": [], "alone_style": [], "by_training_seed": {}})
+            for part in ("mix", "alone_content", "alone_style"):
+                cell[part] += t.get(part, [])
+            cell["by_training_seed"][t["k"]] = sum(r["success"] for r in t["mix"])
+        for arm in [a for a in results["arm_names"] if a in cells]:
+            cell = cells[arm]
             by_seed = cell.pop("by_training_seed")
             if (shape, style) in held_out or not held_out:
                 for part in cell:
@@ -437,12 +449,13 @@ def tabulate(results: dict, plan: Plan, images: dict, pairs, held_out) -> None:
             entry["arms"][arm]["mix_successes_by_training_seed"] = by_seed
         per_pair.append(entry)
     results["pairs"] = per_pair
-    ks = sorted(done)
+    ks = sorted(results.get("training_seeds_done", []))
     results["summary"] = {}
-    for arm, parts in pooled.items():
+    for arm in [a for a in results["arm_names"] if a in pooled]:
+        parts = pooled[arm]
         mix = cell_numbers(parts["mix"])
-        row = {"success": mix["success"], "ci95": mix["ci95"], "training_seeds": ks, "sampler_seeds": list(plan.sampler_seeds),
-               "trials": mix["trials"], "successes": mix["successes"]}
+        row = {"success": mix["success"], "ci95": mix["ci95"], "training_seeds": sorted({t["k"] for t in results["trials"] if t["arm"] == arm}),
+               "sampler_seeds": list(results["sampler_seeds"]), "trials": mix["trials"], "successes": mix["successes"]}
         for part in ("alone_content", "alone_style"):
             row[part] = cell_numbers(parts[part])["success"] if parts.get(part) else None
         row["continuous"] = {k: mix[k] for k in ("pattern", "shape_iou", "shape_called", "rejected", "content_leak", "style_leak", "dirt")}
@@ -451,6 +464,35 @@ def tabulate(results: dict, plan: Plan, images: dict, pairs, held_out) -> None:
         if parts.get("alone_style"):
             row["alone_style_pattern"] = cell_numbers(parts["alone_style"])["pattern"]
         results["summary"][arm] = row
+    results["training_seeds_done"] = ks
+
+
+def combine(paths: list, out: str | None) -> dict:
+    """One result from runs of the same phase split over calls (different training seeds, or arms): their trials joined."""
+    runs = [json.load(open(p)) for p in paths]
+    results = dict(runs[0])
+    seen, joined = set(), []
+    for r in runs:
+        for t in r["trials"]:
+            key = (tuple(t["pair"]), t["arm"], t["k"])
+            if key not in seen:
+                seen.add(key)
+                joined.append(t)
+    results["trials"] = joined
+    results["arm_names"] = list(dict.fromkeys(a for r in runs for a in r["arm_names"]))
+    results["arms"] = {a: v for r in runs for a, v in r["arms"].items()}
+    results["training_seeds_done"] = sorted({k for r in runs for k in r.get("training_seeds_done", [])})
+    results["trainings"] = {k: v for r in runs for k, v in r["trainings"].items()}
+    results["errors"] = [e for r in runs for e in r["errors"]]
+    results["seconds"] = sum(r.get("seconds", 0) for r in runs)
+    results["complete"] = all(r.get("complete") for r in runs)
+    results["combined_from"] = [{"file": os.path.basename(p), "arms": r["arm_names"], "training_seeds": r.get("training_seeds_done")}
+                                for p, r in zip(paths, runs)]
+    held_out = [tuple(p) for p in results["held_out_pairs"]]
+    pairs = held_out or [tuple(p) for p in results["tuning_pairs"]]
+    tabulate(results, pairs, held_out)
+    save_json(results, out)
+    return results
 
 
 def save_json(results: dict, out: str | None) -> None:
@@ -597,12 +639,17 @@ def main() -> int:
     parser.add_argument("--route", default=DEFAULT_ROUTE, choices=tuple(ROUTES), help="the default arm's route (test phase)")
     parser.add_argument("--choice", help="a --phase tune JSON: its picked route and plain-LoRA rates (test phase)")
     parser.add_argument("--pairs", help="shape:style,... instead of the phase's pairs")
+    parser.add_argument("--arms", help="test phase: which arms, comma-separated (a run split over calls; --combine joins them)")
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help="join runs of one phase split over calls into --out")
     parser.add_argument("--smoke", action="store_true", help="CPU-sized: one held-out pair, every arm, 2 steps, 2 sampler seeds")
     parser.add_argument("--content-dir", help="a content folder of your own (images with same-name .txt captions)")
     parser.add_argument("--style-dir", help="a style folder of your own (same layout)")
     parser.add_argument("--out-dir", default="mixes", help="with --content-dir/--style-dir: where the mixes go")
     parser.add_argument("--prompt", default=pipeline.MIX_PROMPT, help="with --content-dir/--style-dir: the mix's prompt")
     args = parser.parse_args()
+    if args.combine:
+        print(table(combine(args.combine, args.out)))
+        return 0
     if args.content_dir or args.style_dir:
         if not (args.content_dir and args.style_dir):
             parser.error("--content-dir and --style-dir go together")
@@ -630,6 +677,8 @@ def main() -> int:
         arms = {a: ({}, {}, "alone") if a == "oracle" else arm_plan(a, route, rates.get(a)) for a in ARMS}
         if args.phase == "ceiling":
             arms = {"oracle": arms["oracle"]}
+        elif args.arms:
+            arms = {a: arms[a] for a in args.arms.split(",")}
     if args.pairs:
         pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
         held_out = [p for p in pairs if p in held_out]
