@@ -40,3 +40,41 @@ def test_smoke_run_judges_every_arm_and_writes_the_summary_the_issue_asks_for(tm
     assert plain == {"content", "style"}, "the lora arms train plain LoRAs with the pack's trainer"
     assert os.path.getsize(tmp_path / "smoke.png") > 0
     assert "| default |" in done.stdout
+
+
+def _run_json(path, arm_names, seeds, successes: dict) -> dict:
+    """A bench JSON of one call: per (pair, arm) at each training seed, 8 verdicts of which successes[(pair, arm)] succeed."""
+    pairs = [["crescent", "bricks"], ["arrow", "plaid"]]
+    trials = []
+    for k in seeds:
+        for pair in pairs:
+            for arm in arm_names:
+                wins = successes[(tuple(pair), arm)]
+                verdict = {"called_shape": pair[0], "shape_iou": 0.9, "pattern": 0.8, "content_leak": 0.0, "style_leak": 0.1, "dirt": 0.0,
+                           "_shape": pair[0]}
+                rows = [{**verdict, "success": i < wins} for i in range(8)]
+                trials.append({"pair": pair, "arm": arm, "k": k, "mix": rows, "alone_content": [{**verdict, "success": False}] * 8,
+                               "alone_style": [{**verdict, "success": False}] * 8})
+    results = {"date": "2026-12-06", "device": "cpu", "phase": "test", "arm_names": arm_names, "arms": {a: {} for a in arm_names},
+               "held_out_pairs": pairs, "tuning_pairs": [list(p) for p in mixing.TUNING_PAIRS], "sampler_seeds": list(range(8)),
+               "training_seeds_done": list(seeds), "trainings": {f"{path.stem}-{k}": {"seed": k} for k in seeds}, "errors": [],
+               "trials": trials, "complete": True}
+    path.write_text(json.dumps(results))
+    return results
+
+
+def test_combine_pools_runs_split_over_calls_by_seed_and_by_arm(tmp_path):
+    wins = {(("crescent", "bricks"), "default"): 6, (("arrow", "plaid"), "default"): 1,
+            (("crescent", "bricks"), "oracle"): 8, (("arrow", "plaid"), "oracle"): 3}
+    _run_json(tmp_path / "a.json", ["default"], [0], wins)
+    _run_json(tmp_path / "b.json", ["default"], [1, 2], wins)
+    _run_json(tmp_path / "c.json", ["oracle"], [0], wins)
+    joined = mixing.combine([str(tmp_path / n) for n in ("a.json", "b.json", "c.json", "a.json")], str(tmp_path / "joined.json"))
+    default, oracle = joined["summary"]["default"], joined["summary"]["oracle"]
+    assert (default["successes"], default["trials"], default["training_seeds"]) == (3 * (6 + 1), 3 * 16, [0, 1, 2]), "a run given twice counts once"
+    assert default["ci95"] == pytest.approx(mixing.wilson(21, 48))
+    assert (oracle["successes"], oracle["trials"], oracle["training_seeds"]) == (11, 16, [0])
+    assert joined["training_seeds_done"] == [0, 1, 2] and joined["arm_names"] == ["default", "oracle"]
+    per_pair = {(e["content"], e["style"]): e["arms"]["default"]["mix_successes_by_training_seed"] for e in joined["pairs"]}
+    assert per_pair[("crescent", "bricks")] == {0: 6, 1: 6, 2: 6}
+    assert json.loads((tmp_path / "joined.json").read_text())["summary"]["default"]["successes"] == 21
