@@ -1,16 +1,19 @@
 """Mix QR-LoRAs, Merge ΔR and Mix Grid in the real page: the Mixer's rows, Merge ΔR's report (named rows, all of
-it shown, also after a cache hit), the content ↔ style balance, the grid's widgets and help page, and both
+it shown, also after a cache hit), the content ↔ style balance, the grid's widgets, help page and picture, and both
 node views (the canvas and Nodes 2.0)."""
 
 import json
 import shutil
+import urllib.request
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from browser.test_page import MERGE_STATE_JS, click_button, load, panel, run_from_page, show
 from devkit import browser, workflow
 from devkit.server import PACK_FOLDER_NAME, Client
-from toy_world import demo_assets
+from toy_world import demo_assets, pipeline
 
 pytestmark = pytest.mark.browser
 
@@ -350,3 +353,69 @@ def test_grid_help_page_opens_from_the_selected_node(ui, comfy, object_info):
         ui.remove_listener("response", on_response)
         ui.evaluate("() => { const tabs = app.extensionManager.sidebarTab; if (tabs.activeSidebarTabId) tabs.toggleSidebarTab(tabs.activeSidebarTabId); }")
 
+
+GRID_SIDE = 64  # pixels of each cell: the latent's size (the toy world's 128 is four times the work)
+GRID_GAP = 4  # white between cells (integration/grid_picture.py)
+
+
+def grid_graph(page):
+    """The toy world's model, text encoder, VAE and two adapters into Mix Grid (2 x 2, 2 steps), its grid into
+    Preview Image: (grid id, preview id)."""
+    ids = page.evaluate(ADD_NODES_JS, [
+        ["UNETLoader", 0, 0], ["CLIPLoader", 0, 130], ["VAELoader", 0, 300], ["QRLoRALoader", 0, 400], ["QRLoRALoader", 0, 520],
+        ["CLIPTextEncode", 350, 0], ["CLIPTextEncode", 350, 250], ["EmptyLatentImage", 350, 480], ["QRLoRAGrid", 750, 0],
+        ["PreviewImage", 1100, 0]])
+    unet, clip, vae, content, style, positive, negative, latent, grid, preview = ids
+    for node, name, value in ((unet, "unet_name", demo_assets.UNET), (clip, "clip_name", demo_assets.CLIP_L),
+                              (clip, "type", "stable_diffusion"), (vae, "vae_name", demo_assets.VAE),
+                              (content, "lora_name", demo_assets.CONTENT), (style, "lora_name", demo_assets.STYLE),
+                              (positive, "text", pipeline.MIX_PROMPT), (negative, "text", ""),
+                              (latent, "width", GRID_SIDE), (latent, "height", GRID_SIDE), (latent, "batch_size", 1),
+                              (grid, "content_weights", "0, 1"), (grid, "style_weights", "0, 1"), (grid, "steps", 2),
+                              (grid, "cfg", 5.0), (grid, "seed", 3), (grid, "control_after_generate", "fixed")):
+        page.evaluate(SET_JS, [node, name, value])
+    for args in ([unet, 0, grid, "model"], [content, 0, grid, "content"], [style, 0, grid, "style"], [clip, 0, positive, "clip"],
+                 [clip, 0, negative, "clip"], [positive, 0, grid, "positive"], [negative, 0, grid, "negative"],
+                 [latent, 0, grid, "latent_image"], [vae, 0, grid, "vae"], [grid, 0, preview, "images"]):
+        page.evaluate(CONNECT_JS, args)
+    return str(grid), str(preview)
+
+
+def runs(blank):
+    """(start, length) of each stretch of False in a 1-d boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[1], blank.astype(int), [1]])))
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def test_a_small_grid_queued_from_the_page_shows_one_labelled_picture(ui, comfy):
+    grid, preview = grid_graph(ui)
+    dismiss_toasts(ui)
+    sent, entry = run_from_page(ui, comfy, timeout=240)
+    assert {k: sent[grid]["inputs"][k] for k in ("content_weights", "style_weights", "steps")} == {
+        "content_weights": "0, 1", "style_weights": "0, 1", "steps": 2}
+    (image,) = entry["outputs"][preview]["images"]  # one picture for the whole grid
+    show(ui, preview)  # the page loads a node's image when it draws the node
+    ui.wait_for_function(f"() => app.graph.getNodeById({preview}).imgs?.[0]?.complete", timeout=30_000)
+    src, shown = ui.evaluate(f"""() => {{ const imgs = app.graph.getNodeById({preview}).imgs;
+        return [imgs[0].src, imgs.map(i => [i.naturalWidth, i.naturalHeight])]; }}""")
+    assert f"filename={image['filename']}" in src and "/view?" in src, src
+    with urllib.request.urlopen(src, timeout=30) as answer:  # the picture the page shows, as it fetched it
+        picture = Image.open(answer).convert("RGB")
+    assert shown == [list(picture.size)], f"the page shows {shown}, /view serves {picture.size}"
+
+    # The picture: 2 x 2 cells of the latent's size, white between them, labels left of the rows and above the columns
+    # (a stretch of ink shorter than a cell: a label or a line of the title).
+    side, gap = GRID_SIDE, GRID_GAP
+    white = (np.asarray(picture) == 255).all(axis=2)
+    height, width = white.shape
+    across = runs(white[height - gap - side:height - gap].all(axis=0))  # the columns the lower row of cells inks
+    cells = [r for r in across if r[1] >= side]
+    assert [n for _, n in cells] == [side, side] and cells[1][0] - cells[0][0] == side + gap and across[-2:] == cells, across
+    left = cells[0][0]
+    assert across[0][0] + across[0][1] <= left - gap, f"no row label left of the cells: {across}"
+    down = runs(white[:, left:left + side].all(axis=1))  # the rows the first column of cells inks
+    cells = [r for r in down if r[1] >= side]
+    assert [n for _, n in cells] == [side, side] and cells[1][0] - cells[0][0] == side + gap and down[-2:] == cells, down
+    top = cells[0][0]
+    assert len(down) > 2 and down[-3][0] + down[-3][1] <= top - gap, f"no labels above the cells: {down}"
+    assert height == top + 2 * (side + gap) and width >= left + 2 * (side + gap), (picture.size, left, top)
