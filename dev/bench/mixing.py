@@ -67,7 +67,9 @@ ORACLE_STEPS = 200  # the upper bound gets twice the adapters' steps (at 100 it 
 UP_BLOCKS = {"target_preset": "custom pattern", "target_pattern": "lora_unet_up_blocks.*(attn[12]_to_(q|k|v|out_0)|ff_net_(0_proj|2))$"}
 
 # The default recipe's candidate routes, tried on the tuning pairs only: overrides of the world's recipe per role
-# (content, style), and how the two are mixed ("sum": Merge ΔR at 1, 1; "decorrelate": the style ΔR's part along the
+# (content, style), and how the two are mixed. The tuning run of 2026-12-06 picked noise_split, which the roles have
+# carried since (roles.py: the role's noise range where noise_min/noise_max are left at 0-1): a route without noise
+# overrides now trains at that range too; in that run they trained at every level (its JSON records each training's settings) ("sum": Merge ΔR at 1, 1; "decorrelate": the style ΔR's part along the
 # content ΔR removed per layer before the sum).
 ROUTES = {
     "shipped": ({}, {}, "sum"),

@@ -289,6 +289,10 @@ class TrainingSession:
         self.captions = captions_per_image(positive, len(self.latents))
         self.buckets = group_by_size([x.shape for x in self.latents])  # a batch is drawn within one
         self.where, self.notes = choose_targets(model, config, existing)
+        self.noise = roles.noise_range(architecture(model), config.role, (config.noise_min, config.noise_max))
+        if self.noise != (config.noise_min, config.noise_max):
+            self.notes.append(f"Role {config.role}: trained at noise levels {self.noise[0]:g} to {self.noise[1]:g} of the schedule "
+                              "(noise_min and noise_max left at 0 and 1; docs/roles.md).")
         if len(self.buckets) > 1:
             self.notes.append(describe_buckets(self.buckets, [x.shape for x in self.latents]) + "; each batch comes from one bucket.")
             logging.info(f"[QR-LoRA] training on {self.notes[-1]}")
@@ -439,7 +443,7 @@ class TrainingSession:
         return {"images": len(self.latents), "learning_rate": c.learning_rate, "batch_size": c.batch_size,
                 "grad_accumulation": c.grad_accumulation, "optimizer": c.optimizer, "training_dtype": c.training_dtype,
                 "objective": c.objective, "guidance": c.guidance, "weight_decay": c.weight_decay, "max_grad_norm": c.max_grad_norm,
-                "noise_min": c.noise_min, "noise_max": c.noise_max}
+                "noise_min": self.noise[0], "noise_max": self.noise[1]}
 
     def training_state(self, total_steps: int) -> TrainingState:
         """What a checkpoint after `total_steps` keeps to continue exactly: optimizer state, random draws, settings."""
@@ -481,7 +485,7 @@ class TrainingSession:
     def sigmas(self, uniform: torch.Tensor) -> torch.Tensor:
         """sigma per sample from uniform draws in [0, 1), as the objective prescribes, within the configured noise range."""
         s = self.sampling
-        low, high = self.config.noise_min, self.config.noise_max
+        low, high = self.noise
         falling = (1 - high) + (high - low) * uniform  # draws for schedules that start at the most noise (u = 0: pure noise)
         rising = low + (high - low) * uniform  # draws for timestep tables that start clean
         if self.config.objective == COMFYUI:

@@ -108,18 +108,19 @@ class TrainConfig:
         "Train an ordinary LoRA instead (up and down both learned, up from zero, down Kaiming-uniform; scale alpha / rank), "
         "for comparisons: it has no shared basis, so Merge ΔR sums its delta with the others'.", optional=True))
     noise_min: float = field(default=0.0, metadata=_help(
-        "Lowest noise level trained at, as a fraction of the schedule (0: clean); with noise_max, a content adapter "
-        "can train at high noise only.", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
+        "Lowest noise level trained at, as a fraction of the schedule (0: clean). Left at 0 with noise_max at 1, the role "
+        "sets the range (content 0.5 to 1, style 0 to 0.5 on SD1.5, SD3 and Flux; docs/roles.md).", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
     noise_max: float = field(default=1.0, metadata=_help(
-        "Highest noise level trained at, as a fraction of the schedule (1: pure noise); with noise_min, a style "
-        "adapter can train at low noise only.", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
+        "Highest noise level trained at, as a fraction of the schedule (1: pure noise). Left at 1 with noise_min at 0, "
+        "the role sets the range (docs/roles.md).", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
     ema_decay: float = field(default=0.0, metadata=_help(
         "Save the moving average of the trained values over the steps (this decay per step, e.g. 0.9) instead of their "
         "last values: steadier adapters where the learning rate makes training swing. 0: off.",
         min=0.0, max=0.9999, optional=True, widget={"step": 0.01}))
     role: str = field(default=ALL, metadata=_help(
         "What the adapter is for: content (a subject or shape), style, or all. The role picks the blocks trained for the "
-        "model's architecture (SD1.5, SDXL, SD3, Flux; docs/roles.md), so that a content and a style adapter mix: "
+        "model's architecture (SD1.5, SDXL, SD3, Flux; docs/roles.md) and, unless noise_min/noise_max say otherwise, "
+        "the noise levels, so that a content and a style adapter mix: "
         "all is the paper's choice, every block. The target preset picks the layers inside those blocks; "
         "a custom target pattern replaces the role's blocks.", options=ROLES, optional=True))
 

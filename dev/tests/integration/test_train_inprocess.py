@@ -368,3 +368,21 @@ def test_training_twice_after_a_load_outside_inference_mode(pack, folders, rng):
         adapter = train(pack, base, latents, positive, steps=2, filename_prefix=f"t/twice{run}")[0]
         assert adapter.targets and all(t.delta_r.abs().sum() > 0 for t in adapter.targets.values())
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["flux", "sd15"])
+def test_the_role_trains_content_at_high_noise_and_style_at_low_unless_the_range_is_set(pack, folders, arch, rng):
+    latents, positive = inputs(arch, rng)
+    model = models.patcher(arch)
+    uniform = torch.rand(512, generator=rng)
+    drawn, notes = {}, {}
+    for name, overrides in {"content": {"role": "content"}, "style": {"role": "style"}, "all": {"role": "all"},
+                            "content, set": {"role": "content", "noise_min": 0.0, "noise_max": 0.3}}.items():
+        run = session(model, latents, positive, **overrides)
+        with run:
+            drawn[name], notes[name] = run.sigmas(uniform), " ".join(run.notes)
+    assert float(drawn["content"].min()) >= float(drawn["style"].max()), "content draws only the noisier half, style the cleaner"
+    assert float(drawn["all"].min()) <= float(drawn["style"].max()) and float(drawn["all"].max()) >= float(drawn["content"].min())
+    assert float(drawn["content, set"].max()) <= float(drawn["style"].max()), "a range set by the user replaces the role's"
+    assert "noise levels 0.5 to 1" in notes["content"] and "noise levels 0 to 0.5" in notes["style"]
+    assert "noise levels" not in notes["all"] + notes["content, set"]
