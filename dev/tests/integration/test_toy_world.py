@@ -16,7 +16,10 @@ of SAMPLES at a seed of its own), each image judged by the bench's own
 judge. The mix must succeed at least as often as the lower end of the
 bench's interval for the pair, each adapter alone at most as often as the
 upper end of its own. No averaging of checkpoints: what the trainer saves
-is what is mixed.
+is what is mixed. The bench must have trained the pair at MIN_TRAINING_SEEDS
+training seeds at least: an interval over the sampler seeds of one
+training seed does not hold for others (hourglass x plaid: 6 of 8 in the
+bench, 1 of 8 at this test's seeds, docs/mixing.md).
 """
 
 import glob
@@ -40,6 +43,7 @@ SAMPLES = 8  # images per mix, one batch
 SAMPLER_SEED = 700_001  # the bench samples at seeds 0-7, each image alone
 TRAINING_SEEDS = {"content": 70_001, "style": 70_002}  # the bench's are 1000·(k + 1) + crc32(name) % 1000 for its seeds k
 KINDS = ("content", "style")
+MIN_TRAINING_SEEDS = 3  # the bench's per-pair interval holds for fresh training seeds only when it spans several
 MIXES = {"mix": (1.0, 1.0), "content alone": (1.0, 0.0), "style alone": (0.0, 1.0)}
 
 
@@ -138,6 +142,10 @@ def judged(comfy, entry: dict, node: str, shape: str, style: str) -> list[dict]:
 def test_a_held_out_pair_trained_with_the_default_roles_mixes_as_the_bench_measured(comfy, client, demo_models):
     *_, path, results = max(bench_runs(), key=lambda run: run[:2])  # the newest, by its date, then its name
     shape, style, bench = pair_to_check(results)
+    seeds = len(bench["mix_successes_by_training_seed"])
+    if seeds < MIN_TRAINING_SEEDS:
+        pytest.skip(f"{os.path.basename(path)} measured {shape} x {style} at {seeds} training seed(s): its interval spans sampler seeds "
+                    f"only, so it says nothing about fresh training seeds (the test needs {MIN_TRAINING_SEEDS}; docs/mixing.md)")
     used = {t["seed"] for t in results.get("trainings", {}).values()}
     assert not used & set(TRAINING_SEEDS.values()), "the CI's training seeds must be ones the bench never trained with"
     print(f"{os.path.basename(path)}: held-out pair {shape} x {style}, arm '{ARM}': mix {bench['mix']['successes']} of "
