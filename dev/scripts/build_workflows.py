@@ -260,7 +260,7 @@ REAL_MIX_TEMPLATE = "a photo of {content} on a beach, in {style}"
 REAL_TRAIN_NOTE = (
     "Put images of your {kind} (the toy world's adapters learn from 16) into a folder in ComfyUI's input/ "
     "({folder} here), each with a .txt caption of the same name that uses the trigger words '{trigger}'. {advice} "
-    "Set the trainer's role to {kind}.\n\n"
+    "The trainer's role is {kind}: it picks the blocks a {kind} adapter trains on this model (docs/roles.md in the pack).\n\n"
     "Any sizes: each image goes to the aspect-ratio bucket nearest its shape at about {resolution}² pixels. "
     "1000 steps of one image each; a checkpoint and two sample images every 250 steps "
     "(loras/qrlora/{prefix}_*). Only ΔR is trained; Q comes from the base weights, so every adapter trained on "
@@ -353,7 +353,7 @@ def train_real(arch: str, kind: str):
             N("train", "QRLoRATrain", f"Train {kind} adapter", box_w=340, box_h=640, rank=64, alpha=0.0, steps=REAL_STEPS,
               learning_rate=1e-4, batch_size=1, grad_accumulation=1, seed=0, optimizer="AdamW", training_dtype="bf16",
               gradient_checkpointing=True, target_preset="attention + MLP (paper)", target_pattern="", triangular=True,
-              checkpoint_every=250, filename_prefix=prefix, trigger_words=trigger),
+              checkpoint_every=250, filename_prefix=prefix, trigger_words=trigger, role=kind),
         ], [
             N("loss", "LossGraphNode", "Loss curve", box_w=380, box_h=300),
         ]),

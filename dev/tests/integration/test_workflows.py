@@ -214,6 +214,7 @@ def test_real_model_workflows_train_both_kinds_and_mix_them_on_small_models(comf
         train = workflow.node_id(wf, f"Train {kind} adapter")
         assert prompt[train]["inputs"]["steps"] == 1000 and prompt[train]["inputs"]["rank"] == 64
         assert prompt[train]["inputs"]["filename_prefix"] == f"qrlora/{arch}_{kind}"
+        assert prompt[train]["inputs"]["role"] == kind
         prompt = small_run(on_small_models(prompt, arch), wf)
         workflow.set_inputs(prompt, workflow.node_id(wf, "Image folder in input/ (images + same-name .txt captions)"), folder=folder)
         workflow.set_inputs(prompt, workflow.node_id(wf, "Bucket, encode and caption"), resolution=64)
