@@ -276,9 +276,10 @@ REAL_ADVICE = {
 FLUX_MEMORY = ("\n\nThe diffusion model loads as fp8_e4m3fn, which trains on a 24 GB card; with 40 GB or more, "
                "choose 'default' (bf16).")
 REAL_MIX_NOTE = (
-    "Pick the two adapters you trained with the other two templates (loras/qrlora/...). Each weight says how much "
-    "of that adapter goes into the mix. Adapters trained on the same base share the basis Q, so the mix is one ΔR "
-    "sum per layer; the node's report says so. The prompt below takes each adapter's trigger words from its file.\n\n"
+    "One row per adapter: the two files you trained with the other two templates (loras/qrlora/...; pick yours in "
+    "each row), on/off, its strength (how much goes into the mix; negative subtracts it) and its role. Adapters "
+    "trained on the same base share the basis Q, so the mix is one ΔR sum per layer; the node's report says so. "
+    "The rows' trigger words, read from their files, fill {content} and {style} in the node's prompt.\n\n"
     "Stock loaders read these files too (LoRA Loader, rgthree's Power Lora Loader): two of them in a row give the "
     "same sum."
 )
@@ -374,35 +375,25 @@ def real_adapter_name(arch: str, kind: str) -> str:
 
 
 def mix_real(arch: str):
+    """The toy mix's graph (Mix QR-LoRAs, its prompt into the generation) on the stock loaders of FLUX.1 or SDXL."""
     model, loaded = real_model_group(arch)
     generate, generate_links = real_generate_group(
-        arch, "4 · Generate with both trigger words", None, f"qrlora_mix/{arch}", ("apply", 0), loaded)
+        arch, "3 · Generate with both trigger words", None, f"qrlora_mix/{arch}", ("mixer", 0), loaded)
+    rows = [{"lora": real_adapter_name(arch, "content"), "on": True, "strength": 1.0, "role": "content"},
+            {"lora": real_adapter_name(arch, "style"), "on": True, "strength": 1.0, "role": "style"}]
     groups = [
         model,
         G("2 · Mix your content + style adapters", GREEN, [
-            N("content", "QRLoRALoader", "Content adapter", box_w=360, lora_name=real_adapter_name(arch, "content")),
-            N("style", "QRLoRALoader", "Style adapter", box_w=360, lora_name=real_adapter_name(arch, "style")),
+            N("mixer", "QRLoRAMixer", "Mix content + style", box_w=420, rows=json.dumps(rows), prompt=REAL_MIX_TEMPLATE),
         ], [
-            N("merge", "QRLoRAMerge", "Mix content + style", weight_1=1.0, weight_2=1.0),
             N("note", "Note", "How the mix works", text=REAL_MIX_NOTE),
-        ], [
-            N("apply", "QRLoRAApply", "Apply the mix to the model", strength=1.0),
-        ]),
-        G("3 · The prompt, from the adapters' trigger words", PURPLE, [
-            N("with_content", "StringReplace", "Prompt: {content} ← the content adapter's trigger words", box_w=340,
-              string=REAL_MIX_TEMPLATE, find="{content}", replace=""),
-            N("with_style", "StringReplace", "{style} ← the style adapter's trigger words", box_w=340, string="", find="{style}", replace=""),
-        ], [
             N("shown", "PreviewAny", "The prompt, as sent", box_w=300),
         ]),
         generate,
     ]
     links = [
-        (*loaded["model"], "content", "model"), (*loaded["model"], "style", "model"),  # any format loads, Q-and-R files too
-        ("content", 0, "merge", "qr_lora_1"), ("style", 0, "merge", "qr_lora_2"),
-        (*loaded["model"], "apply", "model"), ("merge", 0, "apply", "qr_lora"),
-        ("content", 2, "with_content", "replace"), ("with_content", 0, "with_style", "string"), ("style", 2, "with_style", "replace"),
-        ("with_style", 0, "prompt", "text"), ("with_style", 0, "shown", "source"), *generate_links,
+        (*loaded["model"], "mixer", "model"),  # any format loads, the reference's Q-and-R files too
+        ("mixer", 2, "prompt", "text"), ("mixer", 2, "shown", "source"), *generate_links,
     ]
     return groups, links, None
 

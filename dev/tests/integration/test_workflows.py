@@ -137,8 +137,7 @@ SDXL_FILES = {("CheckpointLoaderSimple", "ckpt_name", "sd_xl_base_1.0.safetensor
 USER_FILES = {
     **{f"{arch}_train_{kind}": files | {("LoadImageTextDataSetFromFolder", "folder", f"my_{kind}")}
        for arch, files in (("flux", FLUX_FILES), ("sdxl", SDXL_FILES)) for kind in ("content", "style")},
-    **{f"{arch}_mix": files | {("QRLoRALoader", "lora_name", f"qrlora/{arch}_{kind}_00001_step001000.safetensors") for kind in ("content", "style")}
-       for arch, files in (("flux", FLUX_FILES), ("sdxl", SDXL_FILES))},
+    **{f"{arch}_mix": files for arch, files in (("flux", FLUX_FILES), ("sdxl", SDXL_FILES))},  # the Mixer's rows: the test below
 }
 
 
@@ -227,12 +226,18 @@ def test_real_model_workflows_train_both_kinds_and_mix_them_on_small_models(comf
         trained[kind] = trained_file(demo_models, f"{arch}_{kind}_")
 
     wf, prompt = prompt_of(f"{arch}_mix", object_info)
+    mixer = workflow.node_id(wf, "Mix content + style")
+    rows = json.loads(prompt[mixer]["inputs"]["rows"])
+    assert rows == [{"lora": f"qrlora/{arch}_{kind}_00001_step001000.safetensors", "on": True, "strength": 1.0, "role": kind}
+                    for kind in ("content", "style")], "the files the training templates write first"
+    assert [k for k, node in prompt.items() if node["class_type"] in ("QRLoRALoader", "QRLoRAMerge", "QRLoRAApply")] == []
+    encode = workflow.node_id(wf, "Prompt (with the trigger words)")
+    assert prompt[encode]["inputs"]["text"] == [mixer, 2], "the prompt's text is the Mixer's, with the rows' trigger words"
     prompt = small_run(on_small_models(prompt, arch), wf)
-    content, style = workflow.node_id(wf, "Content adapter"), workflow.node_id(wf, "Style adapter")
-    workflow.set_inputs(prompt, content, lora_name=trained["content"])
-    workflow.set_inputs(prompt, style, lora_name=trained["style"])
+    assert prompt[mixer]["inputs"]["model"] == ["small", 0] and prompt[workflow.node_id(wf, "Sampler")]["inputs"]["model"] == [mixer, 0]
+    workflow.set_inputs(prompt, mixer, rows=json.dumps([{**row, "lora": trained[row["role"]]} for row in rows]))
     entry = client.run(prompt)
-    assert "merged as one ΔR sum" in client.ui(entry, workflow.node_id(wf, "Mix content + style"))["text"][0]
+    assert "merged as one ΔR sum" in client.ui(entry, mixer)["text"][0]
     shown = client.ui(entry, workflow.node_id(wf, "The prompt, as sent"))["text"]
     assert shown == ["a photo of <c> on a beach, in <s> style"], "both adapters' trigger words, from their files"
     assert image_of(comfy, entry, workflow.node_id(wf, "Result")).shape == (64, 64, 3)
