@@ -11,7 +11,8 @@ serializes, so the files are exactly what ComfyUI itself would save.
 
 The groups are wrapped into rows, and the view saved with each file
 (extra.ds, which the page restores on load) frames the whole graph in a
-1280 x 800 window, or, where that would be too small to read, the result.
+1280 x 800 window, every group clear of the minimap, or, where that would
+be too small to read, the result.
 
 Then it runs every toy-world workflow as shipped through the server's
 /prompt, on the toy world's model and adapters, and writes
@@ -235,8 +236,11 @@ def compare():
         G("2 · ΔR cosine per layer", PURPLE, [
             N("note", "Note", "Reading the plot", box_w=420, text=COMPARE_NOTE),
             N("similarity", "QRLoRASimilarity", "Content vs style", box_w=420, box_h=480),
-        ], [
-            N("save", "SaveImage", "Save the plot", box_w=420, box_h=360, filename_prefix="qrlora_compare/similarity"),
+        ]),
+        # A group of its own, as short as the plot: the graph's lower right corner stays free for the minimap, so the
+        # whole graph opens clear of it at a scale the page draws text at.
+        G("3 · The plot", BROWN, [
+            N("save", "SaveImage", "Save the plot", box_w=480, box_h=300, filename_prefix="qrlora_compare/similarity"),
         ]),
     ]
     links = [("content", 0, "similarity", "qr_lora_a"), ("style", 0, "similarity", "qr_lora_b"), ("similarity", 0, "save", "images")]
@@ -586,19 +590,19 @@ LAYOUT_JS = """async ({workflow, layout}) => {
         y += Math.max(...row.map(b => b.height)) + BETWEEN;
     }
     // The view saved with the file (extra.ds, restored on load): the whole graph, centred, where it fits at a scale
-    // whose text the page still draws and the result clears the minimap; else that scale, on the result's group
-    // from its top left corner (the steps that lead to the result, and the result).
+    // whose text the page still draws and every group (so every node, the result's too) clears the minimap; else
+    // that scale, on the result's group from its top left corner (the steps that lead to the result, and the result).
     const [w, h] = extent(rows);
     const result = app.graph.nodes.find(n => n.type === "SaveImage");
-    const box = (scale, offset) => [(result.pos[0] + offset[0]) * scale, (result.pos[1] - TITLE + offset[1]) * scale,
-                                    (result.pos[0] + result.size[0] + offset[0]) * scale, (result.pos[1] + result.size[1] + offset[1]) * scale];
+    const screen = (scale, offset, [x0, y0, x1, y1]) => [(x0 + offset[0]) * scale, (y0 + offset[1]) * scale, (x1 + offset[0]) * scale, (y1 + offset[1]) * scale];
     const clear = (r, k) => r[2] <= k[0] || r[3] <= k[1];
+    const allClear = (scale, offset) => boxes.every(b => clear(screen(scale, offset, [b.pos[0], b.pos[1], b.pos[0] + b.width, b.pos[1] + b.height]), layout.minimap));
     const centred = view => {
         const scale = fitScale([w, h], view);
         return [scale, [(view[0] + (view[2] - view[0] - w * scale) / 2) / scale, (view[1] + (view[3] - view[1] - h * scale) / 2) / scale]];
     };
     let [scale, offset] = centred(layout.view);
-    if (!clear(box(scale, offset), layout.minimap)) [scale, offset] = centred([...layout.view.slice(0, 2), layout.minimap[0], layout.view[3]]);
+    if (!allClear(scale, offset)) [scale, offset] = centred([...layout.view.slice(0, 2), layout.minimap[0], layout.view[3]]);
     if (scale < layout.min_scale) {
         scale = layout.min_scale;
         const own = boxes.find(b => b.places.some(([node]) => node === result));
