@@ -65,12 +65,15 @@ TRAIN_NOTE = (
     "load it with Load QR-LoRA and mix it in the template '{mix}'. Use the trigger word '{trigger}' in your prompts."
 )
 FOLDER_NOTE = (
-    "This folder holds a star (a shape the toy model never saw) in squares of several sizes and 3:1 banners. "
+    "This folder holds {shape}s, in squares of several sizes, 4:3 landscapes and 3:4 portraits. "
     "Put your images (.png, .jpg, .webp; any sizes) into a folder inside ComfyUI's input folder, each with a .txt "
     "file of the same name holding its caption with your trigger word ('{trigger}'); images without one take the "
     "default caption. Kohya-style subfolders named '10_name' are repeated 10 times.\n\n"
     "Each image goes to the aspect-ratio bucket nearest its shape (about resolution² pixels, sides multiples of 64) "
-    "and batches are drawn within one bucket; the data node lists the buckets it used.\n\n"
+    "and batches are drawn within one bucket; the data node lists the buckets it used. At this toy model's 128 px "
+    "a 4:3 image's nearest bucket is the square one (it is centre-cropped to it); its other buckets are 3:1 and 4:1 "
+    "banners (192 x 64, 256 x 64), in which the toy world's shapes are too small to learn from: with two of them in "
+    "this folder, 100 steps drew blobs.\n\n"
     "The sample images appear on the Train node as they are made and are kept next to the checkpoints "
     "(loras/qrlora/folder_*_sample*.png). To go on later, load a checkpoint with Load QR-LoRA into the Train node's "
     "qr_lora input: it resumes exactly where that checkpoint stopped."
@@ -86,7 +89,7 @@ BLUE, GREEN, PURPLE, BROWN = "#3f5f7f", "#3f6f4f", "#5f4f7f", "#6f5a3f"
 # The sampler seed the workflows ship with. Chosen: the shipped pair draws a checkered heart at 8 of 17 seeds
 # (0-15 and 42, on the CPU; docs/toy-world.md), not at every one; 42 draws a diamond.
 DEMO_SEED = 1
-FOLDER_STEPS = 100  # the folder example's training: the star, with the shipped content adapter's recipe
+FOLDER_STEPS = 100  # the folder example's training: the shipped content adapter's recipe (dev/toy_world/adapters.py)
 
 
 def N(key, node_type, title, box_w=300, box_h=0, **widgets):
@@ -189,7 +192,7 @@ def train(kind: str):
 
 
 def train_folder():
-    trigger = demo_assets.STAR_TRIGGER
+    trigger = demo_assets.FOLDER_TRIGGER
     prompt = f"a {trigger} shape in dots style"
     generate, generate_links = generate_group("4 · Try the trained adapter", prompt, "qrlora_train/folder", ("train", 1))
     recipe = adapters.RECIPE
@@ -197,8 +200,8 @@ def train_folder():
         model_group(),
         G("2 · Training images from a folder", PURPLE, [
             N("folder", "LoadImageTextDataSetFromFolder", "Image folder (images + same-name .txt captions)", box_w=360,
-              folder=demo_assets.STAR_FOLDER),
-            N("note", "Note", "About the folder", box_w=360, box_h=300, text=FOLDER_NOTE.format(trigger=trigger)),
+              folder=demo_assets.FOLDER),
+            N("note", "Note", "About the folder", box_w=360, box_h=300, text=FOLDER_NOTE.format(shape=demo_assets.FOLDER_SHAPE, trigger=trigger)),
         ], [
             N("data", "QRLoRATrainingData", "Bucket, encode and caption", box_w=340, resolution=world.SIZE,  # the toy model's size
               default_caption=f"a {trigger} shape"),
@@ -210,7 +213,8 @@ def train_folder():
               sampler_name=pipeline.SAMPLER["sampler_name"], scheduler=pipeline.SAMPLER["scheduler"], seed=DEMO_SEED),
         ], [
             N("train", "QRLoRATrain", "Train from the folder", box_w=340, box_h=640, rank=recipe["rank"], alpha=0.0,
-              steps=FOLDER_STEPS, learning_rate=recipe["learning_rate"], batch_size=4, grad_accumulation=1, seed=0, optimizer="AdamW",
+              steps=FOLDER_STEPS, learning_rate=recipe["learning_rate"], batch_size=recipe["batch_size"], grad_accumulation=1,
+              seed=adapters.SEEDS["content"], optimizer="AdamW",
               training_dtype=recipe["training_dtype"], gradient_checkpointing=recipe["gradient_checkpointing"],
               **adapters.TARGETS["content"], triangular=True, checkpoint_every=25, filename_prefix="qrlora/folder", trigger_words=trigger),
         ], [

@@ -92,7 +92,7 @@ def test_train_workflow_trains_saves_and_samples(comfy, client, demo_models, obj
 def test_folder_workflow_buckets_trains_and_samples(comfy, client, demo_models, object_info):
     wf, prompt = prompt_of("qrlora_train_folder", object_info)
     data, train = workflow.node_id(wf, "Bucket, encode and caption"), workflow.node_id(wf, "Train from the folder")
-    assert prompt[workflow.node_id(wf, "Image folder (images + same-name .txt captions)")]["inputs"]["folder"] == demo_assets.STAR_FOLDER
+    assert prompt[workflow.node_id(wf, "Image folder (images + same-name .txt captions)")]["inputs"]["folder"] == demo_assets.FOLDER
     assert prompt[data]["inputs"]["resolution"] == 128  # as a user gets it: the toy world's size
     workflow.set_inputs(prompt, train, steps=2, rank=4, checkpoint_every=0)
     samples = workflow.node_id(wf, "Samples while training")
@@ -102,7 +102,7 @@ def test_folder_workflow_buckets_trains_and_samples(comfy, client, demo_models, 
     workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
     entry = client.run(prompt, timeout=600)
     buckets = {(b["width"], b["height"]): b["images"] for b in client.ui(entry, data)["qrlora_buckets"]}
-    assert buckets == demo_assets.STAR_BUCKETS_AT_128
+    assert buckets == demo_assets.FOLDER_BUCKETS_AT_128
     assert len(client.ui(entry, train)["loss"]) == 2
     made = client.ui(entry, train)["qrlora_samples"]
     assert [s["step"] for s in made] == [1, 1, 2, 2], "two prompts sampled after each step"
