@@ -11,7 +11,8 @@ serializes, so the files are exactly what ComfyUI itself would save.
 
 The groups are wrapped into rows, and the view saved with each file
 (extra.ds, which the page restores on load) frames the whole graph in a
-1280 x 800 window, or, where that would be too small to read, the result.
+1280 x 800 window, every group clear of the minimap, or, where that would
+be too small to read, the result.
 
 Then it runs every toy-world workflow as shipped through the server's
 /prompt, on the toy world's model and adapters, and writes
@@ -64,12 +65,15 @@ TRAIN_NOTE = (
     "load it with Load QR-LoRA and mix it in the template '{mix}'. Use the trigger word '{trigger}' in your prompts."
 )
 FOLDER_NOTE = (
-    "This folder holds a star (a shape the toy model never saw) in squares of several sizes and 3:1 banners. "
+    "This folder holds {shape}s, in squares of several sizes, 4:3 landscapes and 3:4 portraits. "
     "Put your images (.png, .jpg, .webp; any sizes) into a folder inside ComfyUI's input folder, each with a .txt "
     "file of the same name holding its caption with your trigger word ('{trigger}'); images without one take the "
     "default caption. Kohya-style subfolders named '10_name' are repeated 10 times.\n\n"
     "Each image goes to the aspect-ratio bucket nearest its shape (about resolution² pixels, sides multiples of 64) "
-    "and batches are drawn within one bucket; the data node lists the buckets it used.\n\n"
+    "and batches are drawn within one bucket; the data node lists the buckets it used. At this toy model's 128 px "
+    "a 4:3 image's nearest bucket is the square one (it is centre-cropped to it); its other buckets are 3:1 and 4:1 "
+    "banners (192 x 64, 256 x 64), in which the toy world's shapes are too small to learn from: with two of them in "
+    "this folder, 100 steps drew blobs.\n\n"
     "The sample images appear on the Train node as they are made and are kept next to the checkpoints "
     "(loras/qrlora/folder_*_sample*.png). To go on later, load a checkpoint with Load QR-LoRA into the Train node's "
     "qr_lora input: it resumes exactly where that checkpoint stopped."
@@ -85,7 +89,7 @@ BLUE, GREEN, PURPLE, BROWN = "#3f5f7f", "#3f6f4f", "#5f4f7f", "#6f5a3f"
 # The sampler seed the workflows ship with. Chosen: the shipped pair draws a checkered heart at 8 of 17 seeds
 # (0-15 and 42, on the CPU; docs/toy-world.md), not at every one; 42 draws a diamond.
 DEMO_SEED = 1
-FOLDER_STEPS = 100  # the folder example's training: the star, with the shipped content adapter's recipe
+FOLDER_STEPS = 100  # the folder example's training: the shipped content adapter's recipe (dev/toy_world/adapters.py)
 
 
 def N(key, node_type, title, box_w=300, box_h=0, **widgets):
@@ -188,7 +192,7 @@ def train(kind: str):
 
 
 def train_folder():
-    trigger = demo_assets.STAR_TRIGGER
+    trigger = demo_assets.FOLDER_TRIGGER
     prompt = f"a {trigger} shape in dots style"
     generate, generate_links = generate_group("4 · Try the trained adapter", prompt, "qrlora_train/folder", ("train", 1))
     recipe = adapters.RECIPE
@@ -196,8 +200,8 @@ def train_folder():
         model_group(),
         G("2 · Training images from a folder", PURPLE, [
             N("folder", "LoadImageTextDataSetFromFolder", "Image folder (images + same-name .txt captions)", box_w=360,
-              folder=demo_assets.STAR_FOLDER),
-            N("note", "Note", "About the folder", box_w=360, box_h=300, text=FOLDER_NOTE.format(trigger=trigger)),
+              folder=demo_assets.FOLDER),
+            N("note", "Note", "About the folder", box_w=360, box_h=300, text=FOLDER_NOTE.format(shape=demo_assets.FOLDER_SHAPE, trigger=trigger)),
         ], [
             N("data", "QRLoRATrainingData", "Bucket, encode and caption", box_w=340, resolution=world.SIZE,  # the toy model's size
               default_caption=f"a {trigger} shape"),
@@ -209,7 +213,8 @@ def train_folder():
               sampler_name=pipeline.SAMPLER["sampler_name"], scheduler=pipeline.SAMPLER["scheduler"], seed=DEMO_SEED),
         ], [
             N("train", "QRLoRATrain", "Train from the folder", box_w=340, box_h=640, rank=recipe["rank"], alpha=0.0,
-              steps=FOLDER_STEPS, learning_rate=recipe["learning_rate"], batch_size=4, grad_accumulation=1, seed=0, optimizer="AdamW",
+              steps=FOLDER_STEPS, learning_rate=recipe["learning_rate"], batch_size=recipe["batch_size"], grad_accumulation=1,
+              seed=adapters.SEEDS["content"], optimizer="AdamW",
               training_dtype=recipe["training_dtype"], gradient_checkpointing=recipe["gradient_checkpointing"],
               **adapters.TARGETS["content"], triangular=True, checkpoint_every=25, filename_prefix="qrlora/folder", trigger_words=trigger),
         ], [
@@ -235,8 +240,11 @@ def compare():
         G("2 · ΔR cosine per layer", PURPLE, [
             N("note", "Note", "Reading the plot", box_w=420, text=COMPARE_NOTE),
             N("similarity", "QRLoRASimilarity", "Content vs style", box_w=420, box_h=480),
-        ], [
-            N("save", "SaveImage", "Save the plot", box_w=420, box_h=360, filename_prefix="qrlora_compare/similarity"),
+        ]),
+        # A group of its own, as short as the plot: the graph's lower right corner stays free for the minimap, so the
+        # whole graph opens clear of it at a scale the page draws text at.
+        G("3 · The plot", BROWN, [
+            N("save", "SaveImage", "Save the plot", box_w=480, box_h=300, filename_prefix="qrlora_compare/similarity"),
         ]),
     ]
     links = [("content", 0, "similarity", "qr_lora_a"), ("style", 0, "similarity", "qr_lora_b"), ("similarity", 0, "save", "images")]
@@ -260,7 +268,7 @@ REAL_MIX_TEMPLATE = "a photo of {content} on a beach, in {style}"
 REAL_TRAIN_NOTE = (
     "Put images of your {kind} (the toy world's adapters learn from 16) into a folder in ComfyUI's input/ "
     "({folder} here), each with a .txt caption of the same name that uses the trigger words '{trigger}'. {advice} "
-    "Set the trainer's role to {kind}.\n\n"
+    "The trainer's role is {kind}: it picks the blocks a {kind} adapter trains on this model (docs/roles.md in the pack).\n\n"
     "Any sizes: each image goes to the aspect-ratio bucket nearest its shape at about {resolution}² pixels. "
     "1000 steps of one image each; a checkpoint and two sample images every 250 steps "
     "(loras/qrlora/{prefix}_*). Only ΔR is trained; Q comes from the base weights, so every adapter trained on "
@@ -276,9 +284,10 @@ REAL_ADVICE = {
 FLUX_MEMORY = ("\n\nThe diffusion model loads as fp8_e4m3fn, which trains on a 24 GB card; with 40 GB or more, "
                "choose 'default' (bf16).")
 REAL_MIX_NOTE = (
-    "Pick the two adapters you trained with the other two templates (loras/qrlora/...). Each weight says how much "
-    "of that adapter goes into the mix. Adapters trained on the same base share the basis Q, so the mix is one ΔR "
-    "sum per layer; the node's report says so. The prompt below takes each adapter's trigger words from its file.\n\n"
+    "One row per adapter: the two files you trained with the other two templates (loras/qrlora/...; pick yours in "
+    "each row), on/off, its strength (how much goes into the mix; negative subtracts it) and its role. Adapters "
+    "trained on the same base share the basis Q, so the mix is one ΔR sum per layer; the node's report says so. "
+    "The rows' trigger words, read from their files, fill {content} and {style} in the node's prompt.\n\n"
     "Stock loaders read these files too (LoRA Loader, rgthree's Power Lora Loader): two of them in a row give the "
     "same sum."
 )
@@ -353,7 +362,7 @@ def train_real(arch: str, kind: str):
             N("train", "QRLoRATrain", f"Train {kind} adapter", box_w=340, box_h=640, rank=64, alpha=0.0, steps=REAL_STEPS,
               learning_rate=1e-4, batch_size=1, grad_accumulation=1, seed=0, optimizer="AdamW", training_dtype="bf16",
               gradient_checkpointing=True, target_preset="attention + MLP (paper)", target_pattern="", triangular=True,
-              checkpoint_every=250, filename_prefix=prefix, trigger_words=trigger),
+              checkpoint_every=250, filename_prefix=prefix, trigger_words=trigger, role=kind),
         ], [
             N("loss", "LossGraphNode", "Loss curve", box_w=380, box_h=300),
         ]),
@@ -374,35 +383,25 @@ def real_adapter_name(arch: str, kind: str) -> str:
 
 
 def mix_real(arch: str):
+    """The toy mix's graph (Mix QR-LoRAs, its prompt into the generation) on the stock loaders of FLUX.1 or SDXL."""
     model, loaded = real_model_group(arch)
     generate, generate_links = real_generate_group(
-        arch, "4 · Generate with both trigger words", None, f"qrlora_mix/{arch}", ("apply", 0), loaded)
+        arch, "3 · Generate with both trigger words", None, f"qrlora_mix/{arch}", ("mixer", 0), loaded)
+    rows = [{"lora": real_adapter_name(arch, "content"), "on": True, "strength": 1.0, "role": "content"},
+            {"lora": real_adapter_name(arch, "style"), "on": True, "strength": 1.0, "role": "style"}]
     groups = [
         model,
         G("2 · Mix your content + style adapters", GREEN, [
-            N("content", "QRLoRALoader", "Content adapter", box_w=360, lora_name=real_adapter_name(arch, "content")),
-            N("style", "QRLoRALoader", "Style adapter", box_w=360, lora_name=real_adapter_name(arch, "style")),
+            N("mixer", "QRLoRAMixer", "Mix content + style", box_w=420, rows=json.dumps(rows), prompt=REAL_MIX_TEMPLATE),
         ], [
-            N("merge", "QRLoRAMerge", "Mix content + style", weight_1=1.0, weight_2=1.0),
             N("note", "Note", "How the mix works", text=REAL_MIX_NOTE),
-        ], [
-            N("apply", "QRLoRAApply", "Apply the mix to the model", strength=1.0),
-        ]),
-        G("3 · The prompt, from the adapters' trigger words", PURPLE, [
-            N("with_content", "StringReplace", "Prompt: {content} ← the content adapter's trigger words", box_w=340,
-              string=REAL_MIX_TEMPLATE, find="{content}", replace=""),
-            N("with_style", "StringReplace", "{style} ← the style adapter's trigger words", box_w=340, string="", find="{style}", replace=""),
-        ], [
             N("shown", "PreviewAny", "The prompt, as sent", box_w=300),
         ]),
         generate,
     ]
     links = [
-        (*loaded["model"], "content", "model"), (*loaded["model"], "style", "model"),  # any format loads, Q-and-R files too
-        ("content", 0, "merge", "qr_lora_1"), ("style", 0, "merge", "qr_lora_2"),
-        (*loaded["model"], "apply", "model"), ("merge", 0, "apply", "qr_lora"),
-        ("content", 2, "with_content", "replace"), ("with_content", 0, "with_style", "string"), ("style", 2, "with_style", "replace"),
-        ("with_style", 0, "prompt", "text"), ("with_style", 0, "shown", "source"), *generate_links,
+        (*loaded["model"], "mixer", "model"),  # any format loads, the reference's Q-and-R files too
+        ("mixer", 2, "prompt", "text"), ("mixer", 2, "shown", "source"), *generate_links,
     ]
     return groups, links, None
 
@@ -595,19 +594,19 @@ LAYOUT_JS = """async ({workflow, layout}) => {
         y += Math.max(...row.map(b => b.height)) + BETWEEN;
     }
     // The view saved with the file (extra.ds, restored on load): the whole graph, centred, where it fits at a scale
-    // whose text the page still draws and the result clears the minimap; else that scale, on the result's group
-    // from its top left corner (the steps that lead to the result, and the result).
+    // whose text the page still draws and every group (so every node, the result's too) clears the minimap; else
+    // that scale, on the result's group from its top left corner (the steps that lead to the result, and the result).
     const [w, h] = extent(rows);
     const result = app.graph.nodes.find(n => n.type === "SaveImage");
-    const box = (scale, offset) => [(result.pos[0] + offset[0]) * scale, (result.pos[1] - TITLE + offset[1]) * scale,
-                                    (result.pos[0] + result.size[0] + offset[0]) * scale, (result.pos[1] + result.size[1] + offset[1]) * scale];
+    const screen = (scale, offset, [x0, y0, x1, y1]) => [(x0 + offset[0]) * scale, (y0 + offset[1]) * scale, (x1 + offset[0]) * scale, (y1 + offset[1]) * scale];
     const clear = (r, k) => r[2] <= k[0] || r[3] <= k[1];
+    const allClear = (scale, offset) => boxes.every(b => clear(screen(scale, offset, [b.pos[0], b.pos[1], b.pos[0] + b.width, b.pos[1] + b.height]), layout.minimap));
     const centred = view => {
         const scale = fitScale([w, h], view);
         return [scale, [(view[0] + (view[2] - view[0] - w * scale) / 2) / scale, (view[1] + (view[3] - view[1] - h * scale) / 2) / scale]];
     };
     let [scale, offset] = centred(layout.view);
-    if (!clear(box(scale, offset), layout.minimap)) [scale, offset] = centred([...layout.view.slice(0, 2), layout.minimap[0], layout.view[3]]);
+    if (!allClear(scale, offset)) [scale, offset] = centred([...layout.view.slice(0, 2), layout.minimap[0], layout.view[3]]);
     if (scale < layout.min_scale) {
         scale = layout.min_scale;
         const own = boxes.find(b => b.places.some(([node]) => node === result));

@@ -132,11 +132,15 @@ FREE_VIEW_JS = """() => {
     return {view: [left, top, window.innerWidth, window.innerHeight], minimap: minimap ? [minimap.left, minimap.top, minimap.right, minimap.bottom] : null};
 }"""
 RESULT_ON_SCREEN_JS = """() => {
+    const {offset, scale} = app.canvas.ds, rect = app.canvas.canvas.getBoundingClientRect();
+    const screen = ([x, y, w, h]) => [rect.left + (x + offset[0]) * scale, rect.top + (y + offset[1]) * scale,
+                                      rect.left + (x + w + offset[0]) * scale, rect.top + (y + h + offset[1]) * scale];
     const node = app.graph.nodes.find(n => n.type === "SaveImage");
-    const [x, y, w, h] = node.boundingRect, {offset, scale} = app.canvas.ds;
-    const rect = app.canvas.canvas.getBoundingClientRect();
-    return {title: node.title, scale, box: [rect.left + (x + offset[0]) * scale, rect.top + (y + offset[1]) * scale,
-                                            rect.left + (x + w + offset[0]) * scale, rect.top + (y + h + offset[1]) * scale]};
+    const parts = [...app.graph.nodes.map(n => [n.title, [...n.boundingRect]]), ...app.graph.groups.map(g => [g.title, [...(g.boundingRect ?? g._bounding)]])];
+    const x0 = Math.min(...parts.map(([, b]) => b[0])), y0 = Math.min(...parts.map(([, b]) => b[1]));
+    const x1 = Math.max(...parts.map(([, b]) => b[0] + b[2])), y1 = Math.max(...parts.map(([, b]) => b[1] + b[3]));
+    return {title: node.title, scale, box: screen(node.boundingRect), extent: [x1 - x0, y1 - y0],
+            parts: parts.map(([title, b]) => [title, screen(b)])};
 }"""
 
 
@@ -144,7 +148,8 @@ RESULT_ON_SCREEN_JS = """() => {
 def test_each_workflow_opens_with_its_result_in_view_in_a_small_window(ui, artifacts, name):
     """Loaded as a drop or the template browser loads it (the view saved in the file is restored), in a 1280 x 800
     window: the result node (the workflow's Save Image) lies whole in the free canvas, clear of the minimap,
-    at a scale at which the page still draws node text."""
+    at a scale at which the page still draws node text; and a graph that fits that window at such a scale shows
+    whole, every node and group clear of the minimap."""
     ui.set_viewport_size(WINDOW)
     try:
         browser.next_frames(ui)
@@ -160,3 +165,12 @@ def test_each_workflow_opens_with_its_result_in_view_in_a_small_window(ui, artif
         mx0, my0, mx1, my1 = free["minimap"]
         assert x1 <= mx0 or y1 <= my0 or x0 >= mx1 or y0 >= my1, f"{name}: the minimap {free['minimap']} covers the result {result['box']}"
     assert result["scale"] >= 0.6, "below 0.6 the page draws nodes without their text"
+    # A graph small enough to show whole at a readable scale left of the minimap opens whole: every node and group
+    # in the free view, none under the minimap (not only the result, with the steps that lead to it cut off).
+    width, height = result["extent"]
+    if min((free["minimap"][0] if free["minimap"] else right) - left, right - left) / width >= 0.6 and (bottom - top) / height >= 0.6:
+        for title, (x0, y0, x1, y1) in result["parts"]:
+            assert left <= x0 and top <= y0 and x1 <= right and y1 <= bottom, f"{name}: '{title}' at {[x0, y0, x1, y1]} is not in the view {free['view']}"
+            if free["minimap"]:
+                mx0, my0, mx1, my1 = free["minimap"]
+                assert x1 <= mx0 or y1 <= my0 or x0 >= mx1 or y0 >= my1, f"{name}: the minimap {free['minimap']} covers '{title}' at {[x0, y0, x1, y1]}"

@@ -224,8 +224,8 @@ def test_folder_workflow_runs_from_the_page_and_shows_buckets_and_samples(ui, co
     sent, entry = run_from_page(ui, comfy, timeout=600)
     assert sent[ids["Bucket, encode and caption"]]["inputs"]["resolution"] == 128
     buckets = {(b["width"], b["height"]): b["images"] for b in entry["outputs"][ids["Bucket, encode and caption"]]["qrlora_buckets"]}
-    assert buckets == demo_assets.STAR_BUCKETS_AT_128
-    assert "12 images in 3 buckets" in panel(ui, ids["Bucket, encode and caption"], "buckets", "executed")
+    assert buckets == demo_assets.FOLDER_BUCKETS_AT_128
+    assert f"{demo_assets.FOLDER_IMAGES} images in 1 bucket" in panel(ui, ids["Bucket, encode and caption"], "buckets", "executed")
     train = ids["Train from the folder"]
     panel(ui, train, "loss_curve", "executed")
     assert [s["step"] for s in entry["outputs"][train]["qrlora_samples"]] == [1, 1, 2, 2]

@@ -92,7 +92,7 @@ def test_train_workflow_trains_saves_and_samples(comfy, client, demo_models, obj
 def test_folder_workflow_buckets_trains_and_samples(comfy, client, demo_models, object_info):
     wf, prompt = prompt_of("qrlora_train_folder", object_info)
     data, train = workflow.node_id(wf, "Bucket, encode and caption"), workflow.node_id(wf, "Train from the folder")
-    assert prompt[workflow.node_id(wf, "Image folder (images + same-name .txt captions)")]["inputs"]["folder"] == demo_assets.STAR_FOLDER
+    assert prompt[workflow.node_id(wf, "Image folder (images + same-name .txt captions)")]["inputs"]["folder"] == demo_assets.FOLDER
     assert prompt[data]["inputs"]["resolution"] == 128  # as a user gets it: the toy world's size
     workflow.set_inputs(prompt, train, steps=2, rank=4, checkpoint_every=0)
     samples = workflow.node_id(wf, "Samples while training")
@@ -102,7 +102,7 @@ def test_folder_workflow_buckets_trains_and_samples(comfy, client, demo_models, 
     workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
     entry = client.run(prompt, timeout=600)
     buckets = {(b["width"], b["height"]): b["images"] for b in client.ui(entry, data)["qrlora_buckets"]}
-    assert buckets == demo_assets.STAR_BUCKETS_AT_128
+    assert buckets == demo_assets.FOLDER_BUCKETS_AT_128
     assert len(client.ui(entry, train)["loss"]) == 2
     made = client.ui(entry, train)["qrlora_samples"]
     assert [s["step"] for s in made] == [1, 1, 2, 2], "two prompts sampled after each step"
@@ -137,8 +137,7 @@ SDXL_FILES = {("CheckpointLoaderSimple", "ckpt_name", "sd_xl_base_1.0.safetensor
 USER_FILES = {
     **{f"{arch}_train_{kind}": files | {("LoadImageTextDataSetFromFolder", "folder", f"my_{kind}")}
        for arch, files in (("flux", FLUX_FILES), ("sdxl", SDXL_FILES)) for kind in ("content", "style")},
-    **{f"{arch}_mix": files | {("QRLoRALoader", "lora_name", f"qrlora/{arch}_{kind}_00001_step001000.safetensors") for kind in ("content", "style")}
-       for arch, files in (("flux", FLUX_FILES), ("sdxl", SDXL_FILES))},
+    **{f"{arch}_mix": files for arch, files in (("flux", FLUX_FILES), ("sdxl", SDXL_FILES))},  # the Mixer's rows: the test below
 }
 
 
@@ -214,6 +213,7 @@ def test_real_model_workflows_train_both_kinds_and_mix_them_on_small_models(comf
         train = workflow.node_id(wf, f"Train {kind} adapter")
         assert prompt[train]["inputs"]["steps"] == 1000 and prompt[train]["inputs"]["rank"] == 64
         assert prompt[train]["inputs"]["filename_prefix"] == f"qrlora/{arch}_{kind}"
+        assert prompt[train]["inputs"]["role"] == kind
         prompt = small_run(on_small_models(prompt, arch), wf)
         workflow.set_inputs(prompt, workflow.node_id(wf, "Image folder in input/ (images + same-name .txt captions)"), folder=folder)
         workflow.set_inputs(prompt, workflow.node_id(wf, "Bucket, encode and caption"), resolution=64)
@@ -226,12 +226,18 @@ def test_real_model_workflows_train_both_kinds_and_mix_them_on_small_models(comf
         trained[kind] = trained_file(demo_models, f"{arch}_{kind}_")
 
     wf, prompt = prompt_of(f"{arch}_mix", object_info)
+    mixer = workflow.node_id(wf, "Mix content + style")
+    rows = json.loads(prompt[mixer]["inputs"]["rows"])
+    assert rows == [{"lora": f"qrlora/{arch}_{kind}_00001_step001000.safetensors", "on": True, "strength": 1.0, "role": kind}
+                    for kind in ("content", "style")], "the files the training templates write first"
+    assert [k for k, node in prompt.items() if node["class_type"] in ("QRLoRALoader", "QRLoRAMerge", "QRLoRAApply")] == []
+    encode = workflow.node_id(wf, "Prompt (with the trigger words)")
+    assert prompt[encode]["inputs"]["text"] == [mixer, 2], "the prompt's text is the Mixer's, with the rows' trigger words"
     prompt = small_run(on_small_models(prompt, arch), wf)
-    content, style = workflow.node_id(wf, "Content adapter"), workflow.node_id(wf, "Style adapter")
-    workflow.set_inputs(prompt, content, lora_name=trained["content"])
-    workflow.set_inputs(prompt, style, lora_name=trained["style"])
+    assert prompt[mixer]["inputs"]["model"] == ["small", 0] and prompt[workflow.node_id(wf, "Sampler")]["inputs"]["model"] == [mixer, 0]
+    workflow.set_inputs(prompt, mixer, rows=json.dumps([{**row, "lora": trained[row["role"]]} for row in rows]))
     entry = client.run(prompt)
-    assert "merged as one ΔR sum" in client.ui(entry, workflow.node_id(wf, "Mix content + style"))["text"][0]
+    assert "merged as one ΔR sum" in client.ui(entry, mixer)["text"][0]
     shown = client.ui(entry, workflow.node_id(wf, "The prompt, as sent"))["text"]
     assert shown == ["a photo of <c> on a beach, in <s> style"], "both adapters' trigger words, from their files"
     assert image_of(comfy, entry, workflow.node_id(wf, "Result")).shape == (64, 64, 3)
