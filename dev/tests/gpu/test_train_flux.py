@@ -1,4 +1,4 @@
-"""The GPU training check (tests/gpu/train_flux.py) under pytest; skipped where there is no CUDA (CI)."""
+"""The GPU training check (dev/tests/gpu/train_flux.py) under pytest; skipped where there is no CUDA (CI)."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200: python tests/gpu/train_flux.py)")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200: python dev/tests/gpu/train_flux.py)")
 
 
 def test_train_node_trains_flux_on_the_gpu_in_fresh_processes():

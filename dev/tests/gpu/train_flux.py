@@ -1,6 +1,6 @@
 """QRLoRATrain's own execute on ComfyUI's Flux, on a GPU, each variant in a fresh process.
 
-    python tests/gpu/train_flux.py [--comfyui DIR] [--out results.json]
+    python dev/tests/gpu/train_flux.py [--comfyui DIR] [--out results.json]
 
 Variants: the tests' small Flux (2+2 blocks, hidden 256) and one at
 FLUX.1-dev's full width (hidden 3072, 24 heads; 2+2 blocks), training
