@@ -134,19 +134,24 @@ def generate_group(title, prompt, prefix, model_from, negative=""):
 MIX_TEMPLATE = "a {content} shape in {style}"  # the mix's prompt; the Mixer fills in its rows' trigger words
 
 
+def mix_group(title: str, content: str, style: str, box_w: int, template: str, note: str):
+    """The Mix QR-LoRAs group of every mix example: a content row and a style row, the node's prompt shown as sent."""
+    rows = [{"lora": content, "on": True, "strength": 1.0, "role": "content"},
+            {"lora": style, "on": True, "strength": 1.0, "role": "style"}]
+    return G(title, GREEN, [
+        N("mixer", "QRLoRAMixer", "Mix content + style", box_w=box_w, rows=json.dumps(rows), prompt=template),
+    ], [
+        N("note", "Note", "How the mix works", text=note),
+        N("shown", "PreviewAny", "The prompt, as sent", box_w=300),
+    ])
+
+
 def mix():
     generate, generate_links = generate_group(
         "3 · Generate with both trigger words", None, "qrlora_demo/mix", ("mixer", 0))
-    rows = [{"lora": demo_assets.CONTENT, "on": True, "strength": 1.0, "role": "content"},
-            {"lora": demo_assets.STYLE, "on": True, "strength": 1.0, "role": "style"}]
     groups = [
         model_group(),
-        G("2 · Mix content + style adapters", GREEN, [
-            N("mixer", "QRLoRAMixer", "Mix content + style", box_w=380, rows=json.dumps(rows), prompt=MIX_TEMPLATE),
-        ], [
-            N("note", "Note", "How the mix works", text=MIX_NOTE),
-            N("shown", "PreviewAny", "The prompt, as sent", box_w=300),
-        ]),
+        mix_group("2 · Mix content + style adapters", demo_assets.CONTENT, demo_assets.STYLE, 380, MIX_TEMPLATE, MIX_NOTE),
         generate,
     ]
     links = [
@@ -387,16 +392,10 @@ def mix_real(arch: str):
     model, loaded = real_model_group(arch)
     generate, generate_links = real_generate_group(
         arch, "3 · Generate with both trigger words", None, f"qrlora_mix/{arch}", ("mixer", 0), loaded)
-    rows = [{"lora": real_adapter_name(arch, "content"), "on": True, "strength": 1.0, "role": "content"},
-            {"lora": real_adapter_name(arch, "style"), "on": True, "strength": 1.0, "role": "style"}]
     groups = [
         model,
-        G("2 · Mix your content + style adapters", GREEN, [
-            N("mixer", "QRLoRAMixer", "Mix content + style", box_w=420, rows=json.dumps(rows), prompt=REAL_MIX_TEMPLATE),
-        ], [
-            N("note", "Note", "How the mix works", text=REAL_MIX_NOTE),
-            N("shown", "PreviewAny", "The prompt, as sent", box_w=300),
-        ]),
+        mix_group("2 · Mix your content + style adapters", real_adapter_name(arch, "content"), real_adapter_name(arch, "style"), 420,
+                  REAL_MIX_TEMPLATE, REAL_MIX_NOTE),
         generate,
     ]
     links = [
