@@ -279,6 +279,16 @@ def _work(task):
         return kind, {"key": job.get("key"), "id": job.get("id")}, f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2000:]}"
 
 
+def succeeded(done, errors: list):
+    """The outputs of the jobs that worked; each failure logged and kept in `errors` (the run goes on)."""
+    for kind, out, error in done:
+        if error:
+            errors.append(error)
+            log(f"{'training' if kind == 'train' else 'sampling'} failed: {error[:300]}")
+            continue
+        yield out
+
+
 # ------------------------------------------------------------------ judging
 
 
@@ -366,11 +376,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
             running = k
             wave = [j for j in plan.trainings.values() if j["k"] == k]
             log(f"training seed {k}: {len(wave)} trainings")
-            for kind, out, error in submit([("train", j) for j in wave]):
-                if error:
-                    results["errors"].append(error)
-                    log(f"training failed: {error[:300]}")
-                    continue
+            for out in succeeded(submit([("train", j) for j in wave]), results["errors"]):
                 paths[out["key"]] = out["path"]
                 paths.update({f"{out['key']}@{n}": p for n, p in out["checkpoints"].items()})
                 job = plan.trainings[out["key"]]
@@ -380,11 +386,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
             jobs = [{**j, "paths": [(paths.get(key), w) for key, w in j["adapters"]], "seeds": list(sampler_seeds)} for j in plan.samplings(k)]
             jobs = [j for j in jobs if all(p for p, _ in j["paths"])]
             log(f"training seed {k}: trained in {time.time() - started:.0f} s; {len(jobs)} samplings of {len(sampler_seeds)} seeds")
-            for kind, out, error in submit([("sample", j) for j in jobs]):
-                if error:
-                    results["errors"].append(error)
-                    log(f"sampling failed: {error[:300]}")
-                    continue
+            for out in succeeded(submit([("sample", j) for j in jobs]), results["errors"]):
                 images[out["id"]] = out["images"]
             results["training_seeds_done"] = results.get("training_seeds_done", []) + [k]
             running = None
