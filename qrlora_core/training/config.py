@@ -15,7 +15,7 @@ from ..errors import AdapterError, require_encodable
 from ..formats import PRECISIONS
 from .objective import OBJECTIVES, REFERENCE
 from .pattern import NamePattern, compile_pattern
-from .roles import ALL, ROLES
+from .roles import ALL, HIGH_NOISE, LOW_NOISE, ROLES
 from .step_loop import OPTIMIZERS
 
 # The paper's targets on canonical adapter names, in both spellings:
@@ -109,7 +109,8 @@ class TrainConfig:
         "for comparisons: it has no shared basis, so Merge ΔR sums its delta with the others'.", optional=True))
     noise_min: float = field(default=0.0, metadata=_help(
         "Lowest noise level trained at, as a fraction of the schedule (0: clean). Left at 0 with noise_max at 1, the role "
-        "sets the range (content 0.5 to 1, style 0 to 0.5 on SD1.5, SD3 and Flux; docs/roles.md).", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
+        f"sets the range (content {HIGH_NOISE[0]:g} to {HIGH_NOISE[1]:g}, style {LOW_NOISE[0]:g} to {LOW_NOISE[1]:g} on SD1.5, "
+        "SD3 and Flux; docs/roles.md).", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
     noise_max: float = field(default=1.0, metadata=_help(
         "Highest noise level trained at, as a fraction of the schedule (1: pure noise). Left at 1 with noise_min at 0, "
         "the role sets the range (docs/roles.md).", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
