@@ -92,21 +92,16 @@ def main() -> None:
     one = pipeline.node(nodes.EmptyLatentImage().generate, world.SIZE, world.SIZE, 1)[0]
     cells = [(a, b) for a in weights for b in weights]
 
-    def separate_run(a, b):
+    def separate_run(a, b, latent=one):
+        """One cell as a user chains it; in a larger batch (`latent`), its row 0, which has the batch of one's noise."""
         patched = pipeline.mix_qrlora(model, content, style, a, b)
-        samples = pipeline.node(nodes.KSampler().sample, patched, *sampler, positive, negative, one, denoise=1.0)[0]
-        return pipeline.node(nodes.VAEDecode().decode, vae, samples)[0]
+        samples = pipeline.node(nodes.KSampler().sample, patched, *sampler, positive, negative, latent, denoise=1.0)[0]
+        return pipeline.node(nodes.VAEDecode().decode, vae, {"samples": samples["samples"][:1]})[0]
 
     def separate():
         return torch.cat([separate_run(a, b) for a, b in cells])
 
     batch = pipeline.node(nodes.EmptyLatentImage().generate, world.SIZE, world.SIZE, len(cells))[0]
-
-    def separate_in_grid_batch(a, b):
-        """The separate run of one cell in a batch of the grid's size: row 0 has the batch of one's noise."""
-        patched = pipeline.mix_qrlora(model, content, style, a, b)
-        samples = pipeline.node(nodes.KSampler().sample, patched, *sampler, positive, negative, batch, denoise=1.0)[0]
-        return pipeline.node(nodes.VAEDecode().decode, vae, {"samples": samples["samples"][:1]})[0]
 
     def grid():
         text = ", ".join(f"{w:g}" for w in weights)
@@ -126,7 +121,7 @@ def main() -> None:
     diff = (images.float().cpu() - alone.float().cpu()).abs().amax(dim=(1, 2, 3))
     levels = ((images.clamp(0, 1) * 255).round() - (alone.clamp(0, 1) * 255).round()).abs().amax(dim=(1, 2, 3))
     between = (alone[1:].float() - alone[:1].float()).abs().amax(dim=(1, 2, 3))
-    batched = torch.cat([separate_in_grid_batch(a, b) for a, b in cells])
+    batched = torch.cat([separate_run(a, b, batch) for a, b in cells])
     floor = (batched.float().cpu() - alone.float().cpu()).abs().amax(dim=(1, 2, 3))
     result = {
         "what": f"{len(weights)} x {len(weights)} Mix Grid vs {len(cells)} separate Merge ΔR -> Apply -> KSampler -> VAE Decode runs",
