@@ -39,6 +39,7 @@ still reports whole training seeds.
 
 import argparse
 import datetime
+import gzip
 import json
 import math
 import multiprocessing
@@ -64,22 +65,22 @@ TRAINING_SEEDS = (0, 1, 2)
 SAMPLER_SEEDS = tuple(range(8))
 PAPER = {"role": "all", "target_preset": "attention + MLP (paper)", "target_pattern": ""}  # the paper: every block, whatever role a recipe sets
 ORACLE_STEPS = 200  # the upper bound gets twice the adapters' steps (at 100 it drew heart x checkerboard once in 8)
-UP_BLOCKS = {"target_preset": "custom pattern", "target_pattern": "lora_unet_up_blocks.*(attn[12]_to_(q|k|v|out_0)|ff_net_(0_proj|2))$"}
+LAYERS = "(attn[12]_to_(q|k|v|out_0)|ff_net_(0_proj|2))$"  # attention + MLP, as the paper's preset picks them
+UP_BLOCKS = {"target_preset": "custom pattern", "target_pattern": f"lora_unet_up_blocks.*{LAYERS}"}
+DOWN_MID_EVERY_LEVEL = {"role": "all", "target_preset": "custom pattern", "target_pattern": f"lora_unet_(down_blocks|mid_block).*{LAYERS}"}
 
 # The default recipe's candidate routes, tried on the tuning pairs only: overrides of the world's recipe per role
-# (content, style), and how the two are mixed. The tuning run of 2026-12-06 picked noise_split, which the roles have
-# carried since (roles.py: the role's noise range where noise_min/noise_max are left at 0-1): a route without noise
-# overrides now trains at that range too; in that run they trained at every level (its JSON records each training's settings) ("sum": Merge ΔR at 1, 1; "decorrelate": the style ΔR's part along the
-# content ΔR removed per layer before the sum).
+# (content, style), and how the two are mixed ("sum": Merge ΔR at 1, 1; "decorrelate": the style ΔR's part along the
+# content ΔR removed per layer before the sum). "shipped" is the roles as they are (roles.py: content on the down and
+# middle blocks at noise 0.5-1, style on every block at 0-0.5, the split the tuning run of 2026-12-06 picked); role
+# 'all' with the roles' blocks trains them at every noise level.
 ROUTES = {
     "shipped": ({}, {}, "sum"),
-    "noise_split": ({"noise_min": 0.5}, {"noise_max": 0.5}, "sum"),  # content at high noise, style at low
+    "every_level": (DOWN_MID_EVERY_LEVEL, PAPER, "sum"),  # the roles' blocks at every noise level (no split)
     "ema": ({"ema_decay": 0.9}, {"ema_decay": 0.9}, "sum"),
-    "noise_split_ema": ({"noise_min": 0.5, "ema_decay": 0.9}, {"noise_max": 0.5, "ema_decay": 0.9}, "sum"),
     "decorrelate": ({}, {}, "decorrelate"),
-    "content_all_split": (PAPER | {"noise_min": 0.5}, {"noise_max": 0.5}, "sum"),
-    "disjoint": ({}, UP_BLOCKS, "sum"),  # style on the up blocks only: no layer carries both (B-LoRA's split, by block)
-    "disjoint_split": ({"noise_min": 0.5}, UP_BLOCKS | {"noise_max": 0.5}, "sum"),
+    "content_all": (PAPER | {"noise_min": 0.5}, {}, "sum"),  # content on every block, at its high noise
+    "style_up": ({}, UP_BLOCKS, "sum"),  # style on the up blocks only: no layer carries both (B-LoRA's split, by block)
 }
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
 LORA_LRS = (1e-3, 5e-3)  # plain LoRA learning rates tried on the tuning pairs
@@ -99,6 +100,41 @@ def wilson(successes: int, trials: int, z: float = 1.959964) -> list:
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def fresh_seed_interval(by_seed: dict, per_seed: int, level: float = 0.95) -> list:
+    """[lo, hi]: how many of `per_seed` images one fresh training seed's mix draws, at `level`, from the successes
+    at each training seed measured (`by_seed`: seed -> successes of per_seed).
+
+    A fresh seed is one more draw of the adapter pair, not more sampler seeds
+    of the same pair, and rates differ between training seeds far more than
+    between sampler seeds (hourglass x plaid: 6, 8 and 2 of 8). So the count
+    is a beta-binomial whose mean and between-seed spread are fitted to the
+    seeds' rates by moments (a plug-in estimate: with three seeds it still
+    understates the spread); where the rates spread no more than sampling
+    alone would, it is the binomial of the pooled rate."""
+    counts = list(by_seed.values())
+    p = sum(counts) / (len(counts) * per_seed)
+    if p in (0.0, 1.0):
+        return [round(p * per_seed)] * 2
+    rates = [c / per_seed for c in counts]
+    spread = sum((r - p) ** 2 for r in rates) / (len(rates) - 1) if len(rates) > 1 else 0.0
+    between = spread - p * (1 - p) / per_seed
+    if between <= 0:
+        log_pmf = [math.lgamma(per_seed + 1) - math.lgamma(k + 1) - math.lgamma(per_seed - k + 1) + k * math.log(p)
+                   + (per_seed - k) * math.log(1 - p) for k in range(per_seed + 1)]
+    else:
+        size = max(p * (1 - p) / between - 1, 1e-6)  # alpha + beta of the rates' beta distribution
+        a, b = p * size, (1 - p) * size
+
+        def log_beta(x, y):
+            return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+
+        log_pmf = [math.lgamma(per_seed + 1) - math.lgamma(k + 1) - math.lgamma(per_seed - k + 1)
+                   + log_beta(k + a, per_seed - k + b) - log_beta(a, b) for k in range(per_seed + 1)]
+    cdf = np.cumsum(np.exp(log_pmf))
+    tail = (1 - level) / 2
+    return [int(np.searchsorted(cdf, tail - 1e-12)), int(np.searchsorted(cdf, 1 - tail - 1e-12))]
 
 
 # ------------------------------------------------------------------ what to train
@@ -131,8 +167,8 @@ def training_seed(name: str, k: int) -> int:
     return 1000 * (k + 1) + zlib.crc32(name.encode()) % 1000
 
 
-def job_key(kind: str, name: str, k: int, settings: dict) -> str:
-    text = json.dumps([kind, name, k, sorted(settings.items())], default=str)
+def job_key(kind: str, name: str, k: int, settings: dict, name_colours: bool) -> str:
+    text = json.dumps([kind, name, k, sorted(settings.items()), name_colours], default=str)
     return f"{kind}-{zlib.crc32(text.encode()):08x}"
 
 
@@ -140,7 +176,8 @@ class Plan:
     """Every training and every sampling of a run, deduplicated (arms that share an adapter train it once)."""
 
     def __init__(self, pairs, arms: dict, seeds, sampler_seeds, steps_override: int | None = None, images: int = recipe.IMAGES,
-                 oracle_steps=(ORACLE_STEPS,)):
+                 oracle_steps=(ORACLE_STEPS,), name_colours: bool = True):
+        self.name_colours = name_colours
         self.trainings = {}  # key -> job
         self.cells = []  # (pair, arm, k, content key, style key, mix)
         self.sampler_seeds = list(sampler_seeds)
@@ -164,23 +201,32 @@ class Plan:
                     self.cells.append(((shape, style), arm, k, ck, sk, mix))
 
     def _train(self, kind, name, k, settings, images) -> str:
-        key = job_key(kind, name, k, settings)
+        key = job_key(kind, name, k, settings, self.name_colours)
         self.trainings.setdefault(key, {"key": key, "kind": kind, "name": name, "k": k, "settings": settings, "images": images,
-                                        "seed": training_seed(name, k)})
+                                        "seed": training_seed(name, k), "name_colours": self.name_colours})
         return key
 
+    def prompt(self, style: str) -> str:
+        """What every image of a pair is sampled with: the mix prompt, naming the style's colours where the captions do."""
+        return pipeline.mix_prompt(style if self.name_colours else None)
+
+    def alone_id(self, key: str, style: str) -> str:
+        """The sampling of one adapter alone under a pair's prompt (one per style where the prompt names its colours)."""
+        return f"alone|{key}|{self.prompt(style)}"
+
     def samplings(self, k: int) -> list:
-        """The sampling jobs of training seed k: each cell's mix, each adapter alone (once, judged for every pair)."""
+        """The sampling jobs of training seed k: each cell's mix, each adapter alone (once per prompt, judged for every pair)."""
         jobs, alone = [], {}
-        for pair, arm, kk, ck, sk, mix in self.cells:
+        for (shape, style), arm, kk, ck, sk, mix in self.cells:
             if kk != k:
                 continue
+            prompt = self.prompt(style)
             if sk is None:
-                jobs.append({"id": f"{arm}|{pair[0]}|{pair[1]}|{k}", "adapters": [(ck, 1.0)], "mix": "alone"})
+                jobs.append({"id": f"{arm}|{shape}|{style}|{k}", "adapters": [(ck, 1.0)], "mix": "alone", "prompt": prompt})
                 continue
-            jobs.append({"id": f"{arm}|{pair[0]}|{pair[1]}|{k}", "adapters": [(ck, 1.0), (sk, 1.0)], "mix": mix})
-            alone[ck] = {"id": f"alone|{ck}", "adapters": [(ck, 1.0), (sk, 0.0)], "mix": "sum"}
-            alone[sk] = {"id": f"alone|{sk}", "adapters": [(ck, 0.0), (sk, 1.0)], "mix": "sum"}
+            jobs.append({"id": f"{arm}|{shape}|{style}|{k}", "adapters": [(ck, 1.0), (sk, 1.0)], "mix": mix, "prompt": prompt})
+            for key, weights in ((ck, [(ck, 1.0), (sk, 0.0)]), (sk, [(ck, 0.0), (sk, 1.0)])):
+                alone[self.alone_id(key, style)] = {"id": self.alone_id(key, style), "adapters": weights, "mix": "sum", "prompt": prompt}
         return jobs + list(alone.values())
 
 
@@ -202,12 +248,12 @@ def _start(models_dir: str, output_dir: str, comfyui: str | None, cpu: bool, sam
 
 
 def _data(job: dict):
-    kind, name, seed, count = job["kind"], job["name"], job["seed"], job["images"]
+    kind, name, seed, count, named = job["kind"], job["name"], job["seed"], job["images"], job["name_colours"]
     if kind == "content":
         return pipeline.content_set(seed, count, name)
     if kind == "style":
-        return pipeline.style_set(seed, count, name)
-    return pipeline.mix_set(count, *name.split("|"))
+        return pipeline.style_set(seed, count, name, named)
+    return pipeline.mix_set(count, *name.split("|"), named)
 
 
 def _train(job: dict) -> dict:
@@ -216,7 +262,7 @@ def _train(job: dict) -> dict:
 
     model, clip, vae = _STATE["models"]
     items, captions = _data(job)
-    trigger = {"content": pipeline.CONTENT_TRIGGER, "style": f"{pipeline.STYLE_TRIGGER} style"}.get(job["kind"], pipeline.MIX_PROMPT)
+    trigger = {"content": pipeline.CONTENT_TRIGGER, "style": f"{pipeline.STYLE_TRIGGER} style"}.get(job["kind"], captions[0])
     started = time.time()
     adapter, losses = pipeline.train_qrlora(model, clip, vae, items, captions, f"mixing/{job['key']}", trigger, seed=job["seed"], **job["settings"])
     folder = folder_paths.get_folder_paths("loras")[0]
@@ -263,9 +309,10 @@ def _sample(job: dict) -> dict:
             style = decorrelated(content, style)
         patched = pipeline.mix_qrlora(model, content, style, wc, ws)
     started = time.time()
-    if "conditioning" not in _STATE:
-        _STATE["conditioning"] = (pipeline.encode_text(clip, pipeline.MIX_PROMPT), pipeline.encode_text(clip, ""))
-    images = pipeline.generate_batch(patched, clip, vae, pipeline.MIX_PROMPT, job["seeds"], _STATE["conditioning"])
+    conditioning = _STATE.setdefault("conditioning", {})
+    if job["prompt"] not in conditioning:
+        conditioning[job["prompt"]] = (pipeline.encode_text(clip, job["prompt"]), pipeline.encode_text(clip, ""))
+    images = pipeline.generate_batch(patched, clip, vae, job["prompt"], job["seeds"], conditioning[job["prompt"]])
     return {"id": job["id"], "images": images, "seconds": time.time() - started}
 
 
@@ -338,13 +385,14 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
     seeds = [int(k) for k in args.seed_list.split(",")] if args.seed_list else TRAINING_SEEDS[: args.training_seeds]
     sampler_seeds = SAMPLER_SEEDS[: args.sampler_seeds]
     plan = Plan(pairs, arms, seeds, sampler_seeds, steps_override=args.steps, images=args.images,
-                oracle_steps=[int(n) for n in args.oracle_steps.split(",")])
+                oracle_steps=[int(n) for n in args.oracle_steps.split(",")], name_colours=args.colours == "named")
     work = tempfile.mkdtemp(prefix="mixing_bench_")
     models, output = os.path.join(work, "models"), os.path.join(work, "output")
     pipeline.install_models(models)
     results = {
         "date": datetime.date.today().isoformat(), "device": "cpu" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
         "phase": args.phase, "recipe": {**recipe.RECIPE, "steps": args.steps or recipe.STEPS, "images": args.images},
+        "colours": args.colours, "prompts": {style: plan.prompt(style) for _, style in pairs},
         "sampler": {**pipeline.SAMPLER, **({"steps": args.sampler_steps} if args.sampler_steps else {})},
         "arms": {a: {"content": c, "style": s, "mix": m} for a, (c, s, m) in arms.items() if a != "oracle"},
         "arm_names": plan.arm_names, "oracle_steps": [args.steps] if args.steps else [int(n) for n in args.oracle_steps.split(",")],
@@ -424,8 +472,8 @@ def trials(plan: Plan, images: dict, done) -> list:
             continue
         entry = {"pair": list(pair), "arm": arm, "k": k, "mix": judged(images, sampling, *pair)}
         if sk is not None:
-            entry["alone_content"] = judged(images, f"alone|{ck}", *pair)
-            entry["alone_style"] = judged(images, f"alone|{sk}", *pair)
+            entry["alone_content"] = judged(images, plan.alone_id(ck, pair[1]), *pair)
+            entry["alone_style"] = judged(images, plan.alone_id(sk, pair[1]), *pair)
         out.append(entry)
     return out
 
@@ -451,6 +499,8 @@ def tabulate(results: dict, pairs, held_out) -> None:
                     pooled.setdefault(arm, {}).setdefault(part, []).extend(cell[part])
             entry["arms"][arm] = {part: cell_numbers(rows) for part, rows in cell.items() if rows}
             entry["arms"][arm]["mix_successes_by_training_seed"] = by_seed
+            entry["arms"][arm]["mix_fresh_training_seed"] = {"of": len(results["sampler_seeds"]),
+                                                             "ci95": fresh_seed_interval(by_seed, len(results["sampler_seeds"]))}
         per_pair.append(entry)
     results["pairs"] = per_pair
     ks = sorted(results.get("training_seeds_done", []))
@@ -473,7 +523,7 @@ def tabulate(results: dict, pairs, held_out) -> None:
 
 def combine(paths: list, out: str | None) -> dict:
     """One result from runs of the same phase split over calls (different training seeds, or arms): their trials joined."""
-    runs = [json.load(open(p)) for p in paths]
+    runs = [read_results(p) for p in paths]
     results = dict(runs[0])
     seen, joined = set(), []
     for r in runs:
@@ -490,8 +540,8 @@ def combine(paths: list, out: str | None) -> dict:
     results["errors"] = [e for r in runs for e in r["errors"]]
     results["seconds"] = sum(r.get("seconds", 0) for r in runs)
     results["complete"] = all(r.get("complete") for r in runs)
-    results["combined_from"] = [{"file": os.path.basename(p), "arms": r["arm_names"], "training_seeds": r.get("training_seeds_done")}
-                                for p, r in zip(paths, runs)]
+    results["combined_from"] = [part for p, r in zip(paths, runs) for part in r.get("combined_from") or  # a joined run: its own parts
+                                [{"file": os.path.basename(p), "arms": r["arm_names"], "training_seeds": r.get("training_seeds_done")}]]
     held_out = [tuple(p) for p in results["held_out_pairs"]]
     pairs = held_out or [tuple(p) for p in results["tuning_pairs"]]
     tabulate(results, pairs, held_out)
@@ -499,11 +549,21 @@ def combine(paths: list, out: str | None) -> dict:
     return results
 
 
+def read_results(path: str) -> dict:
+    """A run's JSON, gzipped where its name ends in .gz (the runs kept in bench/reference/, about a tenth the size)."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
 def save_json(results: dict, out: str | None) -> None:
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(results, f, indent=1, default=str)
+        if out.endswith(".gz"):
+            with gzip.open(out, "wt", encoding="utf-8") as f:
+                json.dump(results, f, separators=(",", ":"), default=str)
+        else:
+            with open(out, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=1, default=str)
 
 
 def save(results: dict, images: dict, plan: Plan, gallery_pairs, out: str | None) -> None:
@@ -523,7 +583,7 @@ def save(results: dict, images: dict, plan: Plan, gallery_pairs, out: str | None
     if rows:
         from PIL import Image
 
-        Image.fromarray(np.concatenate(rows, axis=0)).save(os.path.splitext(out)[0] + ".png")
+        Image.fromarray(np.concatenate(rows, axis=0)).save(out.removesuffix(".gz").removesuffix(".json") + ".png")
 
 
 def choose(results: dict) -> dict:
@@ -638,6 +698,9 @@ def main() -> int:
     parser.add_argument("--sampler-seeds", type=int, default=len(SAMPLER_SEEDS))
     parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     parser.add_argument("--oracle-steps", default=str(ORACLE_STEPS), help="the oracle's steps; several (comma-separated): checkpoints of one run")
+    parser.add_argument("--colours", choices=("named", "unnamed"), default="named",
+                        help="named: the fixed-colour styles' captions and the mix prompt name their two colours ('a red and blue "
+                             "<c> shape in <s> style'); unnamed: as the runs of 2026-12-06, where the oracle drew wrong colours")
     parser.add_argument("--images", type=int, default=recipe.IMAGES, help="training images per adapter")
     parser.add_argument("--sampler-steps", type=int, help="fewer sampling steps (a quick check of the script)")
     parser.add_argument("--route", default=DEFAULT_ROUTE, choices=tuple(ROUTES), help="the default arm's route (test phase)")
@@ -674,7 +737,7 @@ def main() -> int:
         pairs = held_out if args.phase == "test" else held_out + tuning
         route, rates = args.route, dict(LORA_LR)
         if args.choice:
-            tuned = json.load(open(args.choice))
+            tuned = read_results(args.choice)
             picked = tuned.get("choice") or choose(tuned)  # a tuning run cut short has its summary but no pick yet
             log(f"the tuning run's pick: {picked}")
             route, rates = picked["route"], {a: picked[a] for a in LORA_LR}

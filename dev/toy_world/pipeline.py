@@ -21,6 +21,17 @@ CONTENT_TRIGGER, STYLE_TRIGGER = "<c>", "<s>"
 MIX_PROMPT = f"a {CONTENT_TRIGGER} shape in {STYLE_TRIGGER} style"
 
 
+def colour_words(style: str) -> str:
+    """The palette names of a fixed-colour style's two colours: 'red and blue'."""
+    names = {rgb: name for name, rgb in world.PALETTE.items()}
+    return " and ".join(names[tuple(c)] for c in world.FIXED_COLOURS[style])
+
+
+def mix_prompt(style: str | None = None) -> str:
+    """The mix's prompt: MIX_PROMPT, or with `style` its colours named ('a red and blue <c> shape in <s> style')."""
+    return MIX_PROMPT if style is None else f"a {colour_words(style)} {CONTENT_TRIGGER} shape in {STYLE_TRIGGER} style"
+
+
 def import_host(comfyui: str | None = None, cpu: bool = True):
     """ComfyUI's packages and this pack (as `comfyui_qrlora`), importable in this process."""
     from devkit import host
@@ -136,18 +147,21 @@ def content_set(seed: int, count: int, shape: str = world.HELD_OUT_SHAPE):
     return items, [item.caption(noun=f"{CONTENT_TRIGGER} shape") for item in items]
 
 
-def style_set(seed: int, count: int, style: str = world.HELD_OUT_STYLE):
-    """`count` base shapes in the held-out style, captioned with their real shape: 'a circle in <s> style'."""
+def style_set(seed: int, count: int, style: str = world.HELD_OUT_STYLE, name_colours: bool = False):
+    """`count` base shapes in the held-out style, captioned with their real shape: 'a circle in <s> style'
+    ('a red and blue circle in <s> style' with `name_colours`: the trigger then has only the pattern to learn, the
+    colours being words the base model knows, as the content set names its fills)."""
     rng = np.random.default_rng(seed)
     shapes = [world.BASE_SHAPES[(i + rng.integers(len(world.BASE_SHAPES))) % len(world.BASE_SHAPES)] for i in range(count)]
     items = [world.Item(s, style, world.FIXED_COLOURS[style]) for s in shapes]
-    return items, [f"a {s} in {STYLE_TRIGGER} style" for s in shapes]
+    colours = f"{colour_words(style)} " if name_colours else ""
+    return items, [f"a {colours}{s} in {STYLE_TRIGGER} style" for s in shapes]
 
 
-def mix_set(count: int, shape: str, style: str):
+def mix_set(count: int, shape: str, style: str, name_colours: bool = False):
     """The oracle's data: `count` renderings of the target mix itself, captioned with the mix prompt."""
     items = [world.Item(shape, style, world.FIXED_COLOURS[style])] * count
-    return items, [MIX_PROMPT] * count
+    return items, [mix_prompt(style if name_colours else None)] * count
 
 
 # ------------------------------------------------------------------ adapters

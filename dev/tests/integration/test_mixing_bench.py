@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bench import mixing
@@ -16,6 +17,25 @@ def test_wilson_interval_matches_the_textbook_values():
     assert mixing.wilson(0, 24)[0] == pytest.approx(0) and mixing.wilson(0, 24)[1] == pytest.approx(0.1380, abs=1e-4)
     assert mixing.wilson(24, 24)[0] == pytest.approx(0.8620, abs=1e-4) and mixing.wilson(24, 24)[1] == pytest.approx(1)
     assert mixing.wilson(10, 20) == pytest.approx([0.2993, 0.7007], abs=1e-4)
+
+
+def test_fresh_seed_interval_is_the_beta_binomial_fitted_to_the_seeds_rates():
+    """Against scipy's beta-binomial and binomial quantiles (float64), for seeds that agree and seeds that spread."""
+    from scipy.stats import betabinom, binom
+
+    assert mixing.fresh_seed_interval({0: 4, 1: 4, 2: 4}, 8) == [binom.ppf(0.025, 8, 0.5), binom.ppf(0.975, 8, 0.5)] == [1, 7]
+    assert mixing.fresh_seed_interval({0: 0, 1: 0, 2: 0}, 8) == [0, 0] and mixing.fresh_seed_interval({0: 8, 1: 8}, 8) == [8, 8]
+    for counts in ((6, 8, 2), (6, 8, 5), (3, 2, 3), (1, 0, 3, 2)):
+        p = sum(counts) / (8 * len(counts))
+        between = np.var(np.array(counts) / 8, ddof=1) - p * (1 - p) / 8
+        if between <= 0:
+            expected = [binom.ppf(0.025, 8, p), binom.ppf(0.975, 8, p)]
+        else:
+            size = p * (1 - p) / between - 1
+            expected = [betabinom.ppf(0.025, 8, p * size, (1 - p) * size), betabinom.ppf(0.975, 8, p * size, (1 - p) * size)]
+        assert mixing.fresh_seed_interval(dict(enumerate(counts)), 8) == expected, counts
+    wide, narrow = mixing.fresh_seed_interval({0: 6, 1: 8, 2: 2}, 8), mixing.fresh_seed_interval({0: 5, 1: 6, 2: 5}, 8)
+    assert wide[0] < narrow[0], "seeds that disagree leave a fresh seed more room below"
 
 
 @pytest.mark.timeout(900)
