@@ -2,28 +2,31 @@
 
 The mixing bench (dev/bench/mixing.py, issue 26) measured, per held-out
 pair (shapes and styles the base model never saw, never used to choose the
-recipe), how often the default recipe's mix draws the pair: a Wilson 95%
-interval over its training and sampler seeds, in
-dev/bench/reference/*-mixing.json. This test takes the held-out pair
-whose interval has the highest lower end (the one a CI run can check with
-the fewest images) among the pairs neither adapter drew alone there (in
-the run of 2026-12-06 the content adapter alone drew tee x plaid 8 of 8,
-so its 7 of 8 mixes show nothing about mixing), and trains it through the real server as a user would:
+recipe), how often the default recipe's mix draws the pair at each of its
+training seeds, and from those the interval one fresh training seed's 8
+images fall in (mixing.fresh_seed_interval: rates differ far more between
+training seeds than between sampler seeds), in
+dev/bench/reference/*-mixing.json.gz. This test takes, among the runs whose
+captions are the ones it trains with (colours unnamed) and the pairs
+neither adapter drew alone there (in the run of 2026-12-06 the content
+adapter alone drew tee x plaid 8 of 8 at one seed, so its mixes show
+nothing about mixing), the held-out pair with the highest lower end, and
+trains it through the real server as a user would:
 its images and captions in a folder, the stock dataset nodes, Train QR-LoRA
 with role content and role style (the world's recipe otherwise, at
 training seeds the bench never used), Merge ΔR + Apply, KSampler (a batch
 of SAMPLES at a seed of its own), each image judged by the bench's own
 judge. The mix must succeed at least as often as the lower end of the
-bench's interval for the pair, each adapter alone at most as often as the
-upper end of its own. No averaging of checkpoints: what the trainer saves
-is what is mixed. The bench must have trained the pair at MIN_TRAINING_SEEDS
-training seeds at least: an interval over the sampler seeds of one
-training seed does not hold for others (hourglass x plaid: 6 of 8 in the
-bench, 1 of 8 at this test's seeds, docs/mixing.md).
+bench's fresh-seed interval for the pair, each adapter alone at most as
+often as the upper end of its own. No averaging of checkpoints: what the
+trainer saves is what is mixed. The bench must have trained the pair at
+MIN_TRAINING_SEEDS training seeds at least, and the lower end must be above
+0 (a test that cannot fail proves nothing): where it is not, the test
+skips and says so (hourglass x plaid drew 6, 8 and 2 of 8 at the bench's
+three training seeds, 1 of 8 at this test's on the CPU: docs/mixing.md).
 """
 
 import glob
-import json
 import os
 from dataclasses import fields
 
@@ -32,12 +35,13 @@ import pytest
 from PIL import Image
 
 from comfyui_qrlora.qrlora_core.training import TrainConfig
+from bench import mixing
 from devkit.host import DEV_ROOT
 from toy_world import adapters, demo_assets, pipeline, scores, world
 
 pytestmark = pytest.mark.server
 
-BENCH = os.path.join(DEV_ROOT, "bench", "reference", "*-mixing.json")
+BENCH = os.path.join(DEV_ROOT, "bench", "reference", "*-mixing.json*")
 ARM = "default"
 SAMPLES = 8  # images per mix, one batch
 SAMPLER_SEED = 700_001  # the bench samples at seeds 0-7, each image alone
@@ -48,26 +52,27 @@ MIXES = {"mix": (1.0, 1.0), "content alone": (1.0, 0.0), "style alone": (0.0, 1.
 
 
 def bench_runs() -> list[tuple]:
-    """(date, file name, path, results) of each mixing bench run (tuning runs, which hold the tuning pairs only, left out)."""
+    """(date, file name, path, results) of each mixing bench run captioned as this test trains (the mix prompt and style
+    captions name no colours); tuning runs, which hold the tuning pairs only, left out."""
     found = []
     for path in glob.glob(BENCH):
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-        if results.get("phase") != "tune":
+        results = mixing.read_results(path)
+        if results.get("phase") != "tune" and results.get("colours", "unnamed") == "unnamed":
             found.append((results.get("date", ""), os.path.basename(path), path, results))
     return found
 
 
 def pair_to_check(results: dict) -> tuple[str, str, dict]:
-    """(shape, style, the default arm's numbers) of the held-out pair with the highest lower end of its mix interval,
-    among the pairs neither adapter drew alone in the bench (where one alone draws the pair, a mix proves nothing)."""
+    """(shape, style, the default arm's numbers) of the held-out pair with the highest lower end of its fresh-seed
+    interval (then of its pooled one), among the pairs neither adapter drew alone in the bench (where one alone draws
+    the pair, a mix proves nothing)."""
     held_out = [tuple(p) for p in results["held_out_pairs"]]
     tuning = {tuple(p) for p in results["tuning_pairs"]}
     entries = {(e["content"], e["style"]): e["arms"][ARM] for e in results["pairs"] if ARM in e["arms"]}
     candidates = [p for p in held_out if p in entries and p not in tuning
                   and entries[p]["alone_content"]["successes"] == 0 and entries[p]["alone_style"]["successes"] == 0]
     assert candidates, f"the bench has no held-out pair with a '{ARM}' arm whose adapters alone draw nothing: {held_out}"
-    shape, style = max(candidates, key=lambda p: entries[p]["mix"]["ci95"][0])  # first of equals: the bench's order
+    shape, style = max(candidates, key=lambda p: (entries[p]["mix_fresh_training_seed"]["ci95"][0], entries[p]["mix"]["ci95"][0]))
     return shape, style, entries[(shape, style)]
 
 
@@ -142,10 +147,15 @@ def judged(comfy, entry: dict, node: str, shape: str, style: str) -> list[dict]:
 def test_a_held_out_pair_trained_with_the_default_roles_mixes_as_the_bench_measured(comfy, client, demo_models):
     *_, path, results = max(bench_runs(), key=lambda run: run[:2])  # the newest, by its date, then its name
     shape, style, bench = pair_to_check(results)
-    seeds = len(bench["mix_successes_by_training_seed"])
-    if seeds < MIN_TRAINING_SEEDS:
-        pytest.skip(f"{os.path.basename(path)} measured {shape} x {style} at {seeds} training seed(s): its interval spans sampler seeds "
-                    f"only, so it says nothing about fresh training seeds (the test needs {MIN_TRAINING_SEEDS}; docs/mixing.md)")
+    by_seed = bench["mix_successes_by_training_seed"]
+    if len(by_seed) < MIN_TRAINING_SEEDS:
+        pytest.skip(f"{os.path.basename(path)} measured {shape} x {style} at {len(by_seed)} training seed(s): its interval spans sampler "
+                    f"seeds only, so it says nothing about fresh training seeds (the test needs {MIN_TRAINING_SEEDS}; docs/mixing.md)")
+    fresh = bench["mix_fresh_training_seed"]
+    if fresh["ci95"][0] == 0:
+        pytest.skip(f"{os.path.basename(path)}: the best held-out pair, {shape} x {style}, drew {sorted(by_seed.values())} of "
+                    f"{fresh['of']} at the bench's training seeds, so a fresh seed's mix may draw none (95% {fresh['ci95'][0]}-"
+                    f"{fresh['ci95'][1]} of {fresh['of']}): a lower end of 0 is nothing a test can fail (docs/mixing.md)")
     used = {t["seed"] for t in results.get("trainings", {}).values()}
     assert not used & set(TRAINING_SEEDS.values()), "the CI's training seeds must be ones the bench never trained with"
     print(f"{os.path.basename(path)}: held-out pair {shape} x {style}, arm '{ARM}': mix {bench['mix']['successes']} of "
@@ -160,8 +170,8 @@ def test_a_held_out_pair_trained_with_the_default_roles_mixes_as_the_bench_measu
             print(f"{name}: called {v['called_shape']} (IoU {v['shape_iou']:.2f}), pattern {v['pattern']:.2f}, "
                   f"valid {v['valid']} -> {'success' if v['success'] else 'no'}")
     print(f"rates: {rates}")
-    assert rates["mix"] >= bench["mix"]["ci95"][0], (
-        f"the mix drew {shape} x {style} in {rates['mix']:.0%} of {SAMPLES} images, under the bench's lower end {bench['mix']['ci95'][0]:.2f}")
+    lower = fresh["ci95"][0] / fresh["of"]
+    assert rates["mix"] >= lower, f"the mix drew {shape} x {style} in {rates['mix']:.0%} of {SAMPLES} images, under the bench's lower end {lower:.2f}"
     for name, part in (("content alone", "alone_content"), ("style alone", "alone_style")):
         upper = bench[part]["ci95"][1]
         assert rates[name] <= upper, f"{name} drew the mix in {rates[name]:.0%} of the images, over the bench's upper end {upper:.2f}"
