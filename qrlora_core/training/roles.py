@@ -25,11 +25,11 @@ PUBLISHED = "published"
 EXTRAPOLATED = "extrapolated (nothing measured it on this architecture)"
 
 _TOY_WORLD = ("the toy world (dev/toy_world: an SD1.5-architecture UNet), docs/mixing.md: picked on two tuning pairs "
-              "(dev/bench/reference/2026-12-06-mixing-tuning.json), on 16 held-out pairs the mix drew 19 of 128 "
-              "(the paper's targets 3 of 128)")
+              "(dev/bench/reference/2026-12-06-mixing-tuning.json), on 16 held-out pairs over 3 training seeds the mix drew "
+              "47 of 384 (the paper's targets 14 of 384)")
 _B_LORA = "B-LoRA (Frenkel et al., ECCV 2024), SDXL"
 _PAPER = ("the paper's targets (QR-LoRA, Yang et al., ICCV 2025; Flux): every block; "
-          "on the toy world's 16 held-out pairs a content and a style adapter so trained mixed 3 of 128 times (docs/mixing.md)")
+          "on the toy world's 16 held-out pairs a content and a style adapter so trained mixed 14 of 384 times (docs/mixing.md)")
 
 
 @dataclass(frozen=True)
