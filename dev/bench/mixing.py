@@ -27,14 +27,20 @@ optimizer, clipping, images, captions, batch and steps:
   mix itself, captioned with the mix prompt: what the world allows.
 and each adapter alone (weight 0 for the other), every arm and pair.
 
+Captions: the style sets' and the mix prompt name no colours (as the demo's);
+--colours named puts a fixed-colour style's two colours in both ('a red and
+blue <c> shape in <s> style'), a world where colour is a word the base model
+knows and the adapters learn the pattern and the shape only.
+
 Per pair: the codec ceiling (the ideal image through VAE Encode -> Decode,
 judged), and per arm TRAINING_SEEDS (image draw and trainer seed) x
 SAMPLER_SEEDS judged by toy_world.scores.judge (reject class, clean
 background, leakage), with Wilson 95% intervals, pooled over the test pairs
-and per pair. Trainings and samplings run side by side in --workers
-processes sharing the GPU, trainings in waves of one training seed, each
-wave's samplings queued as soon as its adapters exist, so a run cut short
-still reports whole training seeds.
+and per pair, and per pair the interval one fresh training seed's mix falls
+in (fresh_seed_interval). Trainings and samplings run side by side in
+--workers processes sharing the GPU, trainings in waves of one training
+seed, each wave's samplings queued as soon as its adapters exist, so a run
+cut short still reports whole training seeds.
 """
 
 import argparse
