@@ -182,7 +182,7 @@ class Plan:
     """Every training and every sampling of a run, deduplicated (arms that share an adapter train it once)."""
 
     def __init__(self, pairs, arms: dict, seeds, sampler_seeds, steps_override: int | None = None, images: int = recipe.IMAGES,
-                 oracle_steps=(ORACLE_STEPS,), name_colours: bool = True):
+                 oracle_steps=(ORACLE_STEPS,), name_colours: bool = False):
         self.name_colours = name_colours
         self.trainings = {}  # key -> job
         self.cells = []  # (pair, arm, k, content key, style key, mix)
@@ -704,9 +704,9 @@ def main() -> int:
     parser.add_argument("--sampler-seeds", type=int, default=len(SAMPLER_SEEDS))
     parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     parser.add_argument("--oracle-steps", default=str(ORACLE_STEPS), help="the oracle's steps; several (comma-separated): checkpoints of one run")
-    parser.add_argument("--colours", choices=("named", "unnamed"), default="named",
-                        help="named: the fixed-colour styles' captions and the mix prompt name their two colours ('a red and blue "
-                             "<c> shape in <s> style'); unnamed: as the runs of 2026-12-06, where the oracle drew wrong colours")
+    parser.add_argument("--colours", choices=("named", "unnamed"), default="unnamed",
+                        help="unnamed: the captions the demo, the roles' tuning and the CI test use; named: the fixed-colour styles' "
+                             "captions and the mix prompt name their two colours ('a red and blue <c> shape in <s> style')")
     parser.add_argument("--images", type=int, default=recipe.IMAGES, help="training images per adapter")
     parser.add_argument("--sampler-steps", type=int, help="fewer sampling steps (a quick check of the script)")
     parser.add_argument("--route", default=DEFAULT_ROUTE, choices=tuple(ROUTES), help="the default arm's route (test phase)")
