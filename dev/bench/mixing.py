@@ -127,8 +127,8 @@ def fresh_seed_interval(by_seed: dict, per_seed: int, level: float = 0.95) -> li
     spread = sum((r - p) ** 2 for r in rates) / (len(rates) - 1) if len(rates) > 1 else 0.0
     between = spread - p * (1 - p) / per_seed
     if between <= 0:
-        log_pmf = [math.lgamma(per_seed + 1) - math.lgamma(k + 1) - math.lgamma(per_seed - k + 1) + k * math.log(p)
-                   + (per_seed - k) * math.log(1 - p) for k in range(per_seed + 1)]
+        def log_chance(k):  # of k given the pooled rate
+            return k * math.log(p) + (per_seed - k) * math.log(1 - p)
     else:
         size = max(p * (1 - p) / between - 1, 1e-6)  # alpha + beta of the rates' beta distribution
         a, b = p * size, (1 - p) * size
@@ -136,8 +136,9 @@ def fresh_seed_interval(by_seed: dict, per_seed: int, level: float = 0.95) -> li
         def log_beta(x, y):
             return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
 
-        log_pmf = [math.lgamma(per_seed + 1) - math.lgamma(k + 1) - math.lgamma(per_seed - k + 1)
-                   + log_beta(k + a, per_seed - k + b) - log_beta(a, b) for k in range(per_seed + 1)]
+        def log_chance(k):  # of k averaged over the rates' beta distribution
+            return log_beta(k + a, per_seed - k + b) - log_beta(a, b)
+    log_pmf = [math.lgamma(per_seed + 1) - math.lgamma(k + 1) - math.lgamma(per_seed - k + 1) + log_chance(k) for k in range(per_seed + 1)]
     cdf = np.cumsum(np.exp(log_pmf))
     tail = (1 - level) / 2
     return [int(np.searchsorted(cdf, tail - 1e-12)), int(np.searchsorted(cdf, 1 - tail - 1e-12))]
@@ -232,7 +233,8 @@ class Plan:
                 continue
             jobs.append({"id": f"{arm}|{shape}|{style}|{k}", "adapters": [(ck, 1.0), (sk, 1.0)], "mix": mix, "prompt": prompt})
             for key, weights in ((ck, [(ck, 1.0), (sk, 0.0)]), (sk, [(ck, 0.0), (sk, 1.0)])):
-                alone[self.alone_id(key, style)] = {"id": self.alone_id(key, style), "adapters": weights, "mix": "sum", "prompt": prompt}
+                sampling = self.alone_id(key, style)
+                alone[sampling] = {"id": sampling, "adapters": weights, "mix": "sum", "prompt": prompt}
         return jobs + list(alone.values())
 
 
@@ -505,8 +507,8 @@ def tabulate(results: dict, pairs, held_out) -> None:
                     pooled.setdefault(arm, {}).setdefault(part, []).extend(cell[part])
             entry["arms"][arm] = {part: cell_numbers(rows) for part, rows in cell.items() if rows}
             entry["arms"][arm]["mix_successes_by_training_seed"] = by_seed
-            entry["arms"][arm]["mix_fresh_training_seed"] = {"of": len(results["sampler_seeds"]),
-                                                             "ci95": fresh_seed_interval(by_seed, len(results["sampler_seeds"]))}
+            per_seed = len(results["sampler_seeds"])
+            entry["arms"][arm]["mix_fresh_training_seed"] = {"of": per_seed, "ci95": fresh_seed_interval(by_seed, per_seed)}
         per_pair.append(entry)
     results["pairs"] = per_pair
     ks = sorted(results.get("training_seeds_done", []))
