@@ -289,10 +289,7 @@ class TrainingSession:
         self.captions = captions_per_image(positive, len(self.latents))
         self.buckets = group_by_size([x.shape for x in self.latents])  # a batch is drawn within one
         self.where, self.notes = choose_targets(model, config, existing)
-        self.noise = roles.noise_range(architecture(model), config.role, (config.noise_min, config.noise_max))
-        if self.noise != (config.noise_min, config.noise_max):
-            self.notes.append(f"Role {config.role}: trained at noise levels {self.noise[0]:g} to {self.noise[1]:g} of the schedule "
-                              "(noise_min and noise_max left at 0 and 1; docs/roles.md).")
+        self.noise = (config.noise_min, config.noise_max)
         if len(self.buckets) > 1:
             self.notes.append(describe_buckets(self.buckets, [x.shape for x in self.latents]) + "; each batch comes from one bucket.")
             logging.info(f"[QR-LoRA] training on {self.notes[-1]}")
