@@ -37,7 +37,7 @@ from PIL import Image
 from comfyui_qrlora.qrlora_core.training import TrainConfig
 from bench import mixing
 from devkit.host import DEV_ROOT
-from toy_world import adapters, demo_assets, pipeline, scores, world
+from toy_world import adapters, demo_assets, model_files, pipeline, scores, world
 
 pytestmark = pytest.mark.server
 
@@ -52,12 +52,14 @@ MIXES = {"mix": (1.0, 1.0), "content alone": (1.0, 0.0), "style alone": (0.0, 1.
 
 
 def bench_runs() -> list[tuple]:
-    """(date, file name, path, results) of each mixing bench run captioned as this test trains (the mix prompt and style
-    captions name no colours); tuning runs, which hold the tuning pairs only, left out."""
+    """(date, file name, path, results) of each mixing bench run on the shipped base model (its `base_model` is the
+    UNet's sha256), captioned as this test trains (the mix prompt and style captions name no colours); tuning runs,
+    which hold the tuning pairs only, left out."""
     found = []
     for path in glob.glob(BENCH):
         results = mixing.read_results(path)
-        if results.get("phase") != "tune" and results.get("colours", "unnamed") == "unnamed":
+        if (results.get("phase") != "tune" and results.get("colours", "unnamed") == "unnamed"
+                and results.get("base_model") == model_files.unet_sha256()):
             found.append((results.get("date", ""), os.path.basename(path), path, results))
     return found
 
