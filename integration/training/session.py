@@ -182,18 +182,22 @@ def layers_that_fit(weights: dict, rank: int) -> tuple[dict, str | None]:
 
 
 def _tracks_versions(t) -> bool:
-    """False for an inference tensor, and for one made in inference mode whose .data was replaced outside it.
+    """False for an inference tensor, for one made in inference mode whose .data was replaced outside it, and for
+    an ordinary Parameter whose .data was replaced by an inference tensor.
 
     The second kind is what a first load to the GPU outside inference mode
     leaves (Module.to swaps .data): it says is_inference() False, yet it
-    has no version counter, so autograd and even a view of it fail. Asking
-    for the version counter tells both kinds apart from ordinary tensors.
+    has no version counter, so autograd and even a view of it fail. The
+    third is what ComfyUI's unpatching of an earlier patcher leaves (its
+    backups were made while a prompt ran in inference mode): it has a
+    version counter, yet says is_inference() True, and a backward cannot
+    keep it.
     """
     try:
         t._version
     except RuntimeError:
         return False
-    return True
+    return not t.is_inference()
 
 
 def _usable_for_autograd(module) -> None:
