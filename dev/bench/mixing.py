@@ -63,7 +63,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from toy_world import adapters as recipe  # noqa: E402
-from toy_world import pipeline, scores, world  # noqa: E402
+from toy_world import model_files, pipeline, scores, world  # noqa: E402
 
 TUNING_PAIRS = (("heart", "checkerboard"), ("star", "concentric rings"))
 TEST_SHAPES, TEST_STYLES = world.MIXING_SHAPES, world.MIXING_STYLES
@@ -73,21 +73,22 @@ PAPER = {"role": "all", "target_preset": "attention + MLP (paper)", "target_patt
 ORACLE_STEPS = 200  # the upper bound gets twice the adapters' steps (at 100 it drew heart x checkerboard once in 8)
 LAYERS = "(attn[12]_to_(q|k|v|out_0)|ff_net_(0_proj|2))$"  # attention + MLP, as the paper's preset picks them
 UP_BLOCKS = {"target_preset": "custom pattern", "target_pattern": f"lora_unet_up_blocks.*{LAYERS}"}
-DOWN_MID_EVERY_LEVEL = {"role": "all", "target_preset": "custom pattern", "target_pattern": f"lora_unet_(down_blocks|mid_block).*{LAYERS}"}
+HIGH_NOISE, LOW_NOISE = {"noise_min": 0.5, "noise_max": 1.0}, {"noise_min": 0.0, "noise_max": 0.5}
 
 # The default recipe's candidate routes, tried on the tuning pairs only: overrides of the world's recipe per role
 # (content, style), and how the two are mixed ("sum": Merge ΔR at 1, 1; "decorrelate": the style ΔR's part along the
 # content ΔR removed per layer before the sum). "shipped" is the roles as they are (roles.py: content on the down and
-# middle blocks at noise 0.5-1, style on every block at 0-0.5, the split the tuning run of 2026-12-06 picked); role
-# 'all' with the roles' blocks trains them at every noise level.
+# middle blocks, style on every block, both at every noise level: the richer world's tuning run of 2026-12-06 picked
+# it, under the name every_level, over the noise split the roles carried before, which is "noise_split" here).
 ROUTES = {
     "shipped": ({}, {}, "sum"),
-    "every_level": (DOWN_MID_EVERY_LEVEL, PAPER, "sum"),  # the roles' blocks at every noise level (no split)
+    "noise_split": (HIGH_NOISE, LOW_NOISE, "sum"),  # content at high noise (the layout), style at low (the texture)
     "ema": ({"ema_decay": 0.9}, {"ema_decay": 0.9}, "sum"),
     "decorrelate": ({}, {}, "decorrelate"),
-    "content_all": (PAPER | {"noise_min": 0.5}, {}, "sum"),  # content on every block, at its high noise
+    "content_all": (PAPER, {}, "sum"),  # content on every block
     "style_up": ({}, UP_BLOCKS, "sum"),  # style on the up blocks only: no layer carries both (B-LoRA's split, by block)
 }
+RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
 LORA_LRS = (1e-3, 5e-3)  # plain LoRA learning rates tried on the tuning pairs
 LORA_LR = {"lora_fair": 1e-3, "lora_recipe": 1e-3}  # likewise
@@ -399,7 +400,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
     pipeline.install_models(models)
     results = {
         "date": datetime.date.today().isoformat(), "device": "cpu" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
-        "phase": args.phase, "recipe": {**recipe.RECIPE, "steps": args.steps or recipe.STEPS, "images": args.images},
+        "base_model": model_files.unet_sha256(), "phase": args.phase, "recipe": {**recipe.RECIPE, "steps": args.steps or recipe.STEPS, "images": args.images},
         "colours": args.colours, "prompts": {style: plan.prompt(style) for _, style in pairs},
         "sampler": {**pipeline.SAMPLER, **({"steps": args.sampler_steps} if args.sampler_steps else {})},
         "arms": {a: {"content": c, "style": s, "mix": m} for a, (c, s, m) in arms.items() if a != "oracle"},
@@ -748,7 +749,7 @@ def main() -> int:
             tuned = read_results(args.choice)
             picked = tuned.get("choice") or choose(tuned)  # a tuning run cut short has its summary but no pick yet
             log(f"the tuning run's pick: {picked}")
-            route, rates = picked["route"], {a: picked[a] for a in LORA_LR}
+            route, rates = RENAMED.get(picked["route"], picked["route"]), {a: picked[a] for a in LORA_LR}
         arms = {a: ({}, {}, "alone") if a == "oracle" else arm_plan(a, route, rates.get(a)) for a in ARMS}
         if args.phase == "ceiling":
             arms = {"oracle": arms["oracle"]}

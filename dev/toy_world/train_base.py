@@ -378,6 +378,7 @@ def main() -> int:
     parser.add_argument("--unet-seconds", type=float, default=300)
     parser.add_argument("--vae-steps", type=int, help="train the autoencoder this many steps (instead of --vae-seconds)")
     parser.add_argument("--unet-steps", type=int, help="train the UNet this many steps (instead of --unet-seconds)")
+    parser.add_argument("--vae", metavar="VAE_FILE", help="keep this written TAESD (no autoencoder training): a new UNet on the same codec")
     parser.add_argument("--sharpen-decoder", metavar="VAE_FILE", help="only train this TAESD's decoder further (encoder frozen) and write it to --out")
     parser.add_argument("--decoder-steps", type=int, default=4000)
     parser.add_argument("--unet-batch", type=int, default=256)
@@ -428,13 +429,17 @@ def main() -> int:
         report["clip_max_abs_diff_vs_cpu"] = diff
         log(f"[clip] max |GPU - CPU server| over {len(texts)} reference captions: {diff:.3g}")
 
-    # autoencoder
-    vae_model, report["vae"] = train_vae(codec_images(args, images), device, 5 if args.tiny else args.vae_seconds, 4 if args.tiny else 64, 5 if args.tiny else 200, 2 if args.tiny else 20,
-                                         world_count=len(images), steps=None if args.tiny else args.vae_steps)
-    vae_sd = {k: v.detach().to(torch.float16).contiguous() for k, v in vae_model.state_dict().items()}
-    vae_path = os.path.join(args.out, model_files.VAE_FILE)
-    safetensors.torch.save_file(vae_sd, vae_path)
-    vae = comfy.sd.VAE(sd=safetensors.torch.load_file(vae_path), dtype=torch.float32)  # as VAELoader, fp32 as on a CPU
+    # autoencoder: trained here, or a written one kept (--vae: the codec stays, only the UNet's world changes)
+    if args.vae:
+        vae_path, report["vae"] = args.vae, {"kept": os.path.basename(args.vae)}
+    else:
+        vae_model, report["vae"] = train_vae(codec_images(args, images), device, 5 if args.tiny else args.vae_seconds, 4 if args.tiny else 64,
+                                             5 if args.tiny else 200, 2 if args.tiny else 20, world_count=len(images),
+                                             steps=None if args.tiny else args.vae_steps)
+        vae_path = os.path.join(args.out, model_files.VAE_FILE)
+        safetensors.torch.save_file({k: v.detach().to(torch.float16).contiguous() for k, v in vae_model.state_dict().items()}, vae_path)
+    vae_sd = safetensors.torch.load_file(vae_path)
+    vae = comfy.sd.VAE(sd=dict(vae_sd), dtype=torch.float32)  # as VAELoader, fp32 as on a CPU
     with torch.no_grad():
         vae_latents = torch.cat([vae.encode(images[i:i + 128]) for i in range(0, len(images), 128)])
         decoded = torch.cat([vae.decode(vae_latents[i:i + 128]) for i in range(0, len(images), 128)])

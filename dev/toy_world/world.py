@@ -25,8 +25,16 @@ PALETTE = {
     "red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (240, 200, 30),
     "purple": (130, 60, 180), "orange": (245, 130, 30), "black": (20, 20, 20),
 }
-BASE_SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
-BASE_STYLES = ("solid", "horizontal stripes", "vertical stripes", "diagonal stripes", "dots")
+BASE_SHAPES = (
+    "circle", "square", "triangle", "diamond", "cross", "ring", "pentagon", "hexagon", "octagon", "ellipse", "semicircle",
+    "trapezoid", "parallelogram", "kite", "chevron", "frame", "saltire", "right triangle", "inverted triangle",
+    "wide rectangle", "tall rectangle", "letter L",
+)
+BASE_STYLES = (
+    "solid", "horizontal stripes", "vertical stripes", "diagonal stripes", "reverse diagonal stripes", "dots", "big dots",
+    "wide stripes", "zigzag", "waves", "halves",
+)
+BASE_COLOUR_PAIRS = 12  # ordered colour pairs per (shape, patterned style) in the base world, drawn by base_items' seed
 HELD_OUT_SHAPE = "heart"
 HELD_OUT_STYLE = "checkerboard"
 CHECKER_COLOURS = ((20, 20, 20), (240, 200, 30))  # black and yellow of the palette
@@ -106,8 +114,22 @@ def star_outline() -> tuple[np.ndarray, np.ndarray]:
     return _fit_box(radius * np.cos(angle), radius * np.sin(angle))
 
 
-# The mixing benchmark's shapes as polygons (x right, y down), each fitted to the box by _fit_box.
+def _regular(sides: int) -> tuple:
+    """A regular polygon, one vertex up."""
+    angle = -np.pi / 2 + 2 * np.pi * np.arange(sides) / sides
+    return tuple(zip(np.cos(angle), np.sin(angle)))
+
+
+# Shapes as polygons (x right, y down), each fitted to the box by _fit_box: base shapes, then the mixing benchmark's.
 POLYGONS = {
+    "pentagon": _regular(5), "hexagon": _regular(6), "octagon": _regular(8),
+    "semicircle": tuple(zip(np.cos(np.linspace(np.pi, 2 * np.pi, 91)), np.sin(np.linspace(np.pi, 2 * np.pi, 91)))),  # flat side down
+    "trapezoid": ((-0.5, -1), (0.5, -1), (1, 1), (-1, 1)),
+    "parallelogram": ((-0.4, -1), (1, -1), (0.4, 1), (-1, 1)),
+    "kite": ((0, -1), (0.6, -0.4), (0, 1), (-0.6, -0.4)),
+    "chevron": ((0, -1), (1, 0.2), (1, 1), (0, -0.2), (-1, 1), (-1, 0.2)),  # pointing up
+    "right triangle": ((-1, -1), (1, 1), (-1, 1)),
+    "letter L": ((-1, -1), (-0.35, -1), (-0.35, 0.4), (1, 0.4), (1, 1), (-1, 1)),
     "arrow": ((-1, -0.3), (0.1, -0.3), (0.1, -0.9), (1, 0), (0.1, 0.9), (0.1, 0.3), (-1, 0.3)),  # pointing right
     "hourglass": ((-1, -1), (1, -1), (0.2, 0), (1, 1), (-1, 1), (-0.2, 0)),
     "tee": ((-1, -1), (1, -1), (1, -0.45), (0.3, -0.45), (0.3, 1), (-0.3, 1), (-0.3, -0.45), (-1, -0.45)),
@@ -143,6 +165,18 @@ def _inside(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return ((np.abs(u) <= 1 / 3) & (np.abs(v) <= 1)) | ((np.abs(v) <= 1 / 3) & (np.abs(u) <= 1))
     if shape == "ring":
         return (r <= 1) & (r >= 0.55)
+    if shape == "ellipse":
+        return np.hypot(u, v / 0.6) <= 1
+    if shape == "frame":  # a square less a square of 0.55 its side
+        return (np.maximum(np.abs(u), np.abs(v)) <= 1) & (np.maximum(np.abs(u), np.abs(v)) >= 0.55)
+    if shape == "saltire":  # a diagonal cross, arms 0.45 of the box wide across the diagonal
+        return (np.abs(u) <= 1) & (np.abs(v) <= 1) & ((np.abs(u - v) <= 0.45) | (np.abs(u + v) <= 0.45))
+    if shape == "inverted triangle":  # apex (0, 1)
+        return (v >= -1) & (np.abs(u) <= (1 - v) / 2)
+    if shape == "wide rectangle":
+        return (np.abs(u) <= 1) & (np.abs(v) <= 0.5)
+    if shape == "tall rectangle":
+        return (np.abs(u) <= 0.5) & (np.abs(v) <= 1)
     if shape == "heart":
         return _polygon_inside(x, y, *heart_outline())
     if shape == "star":
@@ -189,10 +223,24 @@ def pattern(style: str) -> np.ndarray:
         out = (x // BAND) % 2
     elif style == "diagonal stripes":  # bands of x + y: a 16 px period along each axis
         out = ((x + y) // BAND) % 2
+    elif style == "reverse diagonal stripes":  # bands of x - y
+        out = ((x - y + SIZE) // BAND) % 2
     elif style == "dots":  # second colour: dots of radius 3 centred on a 16 px grid (8, 8), (8, 24), ...
         dx = (x % PERIOD) + 0.5 - PERIOD / 2
         dy = (y % PERIOD) + 0.5 - PERIOD / 2
         out = (np.hypot(dx, dy) <= DOT_RADIUS).astype(np.int64)
+    elif style == "big dots":  # dots of radius 6 centred on a 32 px grid (16, 16), (16, 48), ...
+        dx = (x % (2 * PERIOD)) + 0.5 - PERIOD
+        dy = (y % (2 * PERIOD)) + 0.5 - PERIOD
+        out = (np.hypot(dx, dy) <= 2 * DOT_RADIUS).astype(np.int64)
+    elif style == "wide stripes":  # horizontal, 16 px bands
+        out = (y // PERIOD) % 2
+    elif style == "zigzag":  # 8 px horizontal bands bent by a triangle wave of 16 px height and 32 px period
+        out = ((y + np.abs((x + PERIOD) % (2 * PERIOD) - PERIOD)) // BAND) % 2
+    elif style == "waves":  # 8 px horizontal bands bent by a sine of 4 px amplitude and 32 px period
+        out = ((y + np.rint(4 * np.sin(2 * np.pi * x / (2 * PERIOD))).astype(np.int64)) // BAND) % 2
+    elif style == "halves":  # the left half the first colour, the right half the second
+        out = (x >= SIZE // 2).astype(np.int64)
     elif style == "checkerboard":  # 8 px squares, the top-left one the first colour
         out = (x // BAND + y // BAND) % 2
     elif style == "concentric rings":  # 8 px rings around the canvas centre
@@ -253,15 +301,16 @@ def sample(seed: int, count: int, shapes=BASE_SHAPES, styles=BASE_STYLES, colour
 
 
 def base_items():
-    """Every base (shape, style, colours) once: the base model's whole world."""
+    """The base model's whole world: each base shape in each colour solid, and in each patterned base style in
+    BASE_COLOUR_PAIRS ordered colour pairs (the same pairs on every machine: a fixed seed)."""
     names = list(PALETTE)
+    pairs = [(a, b) for a in names for b in names if a != b]
+    rng = np.random.default_rng(12)
     for shape in BASE_SHAPES:
         for style in BASE_STYLES:
             if style == "solid":
                 for c in names:
                     yield Item(shape, style, (c,))
             else:
-                for a in names:
-                    for b in names:
-                        if a != b:
-                            yield Item(shape, style, (a, b))
+                for k in rng.choice(len(pairs), size=BASE_COLOUR_PAIRS, replace=False):
+                    yield Item(shape, style, pairs[k])

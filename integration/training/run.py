@@ -113,7 +113,7 @@ def train_to_files(model, latents, positive, config: TrainConfig, existing=None,
     metadata = {
         "trigger_words": config.trigger_words,
         "training": {
-            **config.recorded(), "noise_min": session.noise[0], "noise_max": session.noise[1],  # the range trained at (the role's, if left at 0-1)
+            **config.recorded(), "noise_min": session.noise[0], "noise_max": session.noise[1],  # the range trained at
             "images": len(session.latents), "triangular": session.triangular,
             "targets": config.target_pattern if config.target_preset == "custom pattern" else config.target_preset,
         },

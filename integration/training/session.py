@@ -182,18 +182,22 @@ def layers_that_fit(weights: dict, rank: int) -> tuple[dict, str | None]:
 
 
 def _tracks_versions(t) -> bool:
-    """False for an inference tensor, and for one made in inference mode whose .data was replaced outside it.
+    """False for an inference tensor, for one made in inference mode whose .data was replaced outside it, and for
+    an ordinary Parameter whose .data was replaced by an inference tensor.
 
     The second kind is what a first load to the GPU outside inference mode
     leaves (Module.to swaps .data): it says is_inference() False, yet it
-    has no version counter, so autograd and even a view of it fail. Asking
-    for the version counter tells both kinds apart from ordinary tensors.
+    has no version counter, so autograd and even a view of it fail. The
+    third is what ComfyUI's unpatching of an earlier patcher leaves (its
+    backups were made while a prompt ran in inference mode): it has a
+    version counter, yet says is_inference() True, and a backward cannot
+    keep it.
     """
     try:
         t._version
     except RuntimeError:
         return False
-    return True
+    return not t.is_inference()
 
 
 def _usable_for_autograd(module) -> None:
@@ -289,10 +293,7 @@ class TrainingSession:
         self.captions = captions_per_image(positive, len(self.latents))
         self.buckets = group_by_size([x.shape for x in self.latents])  # a batch is drawn within one
         self.where, self.notes = choose_targets(model, config, existing)
-        self.noise = roles.noise_range(architecture(model), config.role, (config.noise_min, config.noise_max))
-        if self.noise != (config.noise_min, config.noise_max):
-            self.notes.append(f"Role {config.role}: trained at noise levels {self.noise[0]:g} to {self.noise[1]:g} of the schedule "
-                              "(noise_min and noise_max left at 0 and 1; docs/roles.md).")
+        self.noise = (config.noise_min, config.noise_max)
         if len(self.buckets) > 1:
             self.notes.append(describe_buckets(self.buckets, [x.shape for x in self.latents]) + "; each batch comes from one bucket.")
             logging.info(f"[QR-LoRA] training on {self.notes[-1]}")

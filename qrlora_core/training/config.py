@@ -15,7 +15,7 @@ from ..errors import AdapterError, require_encodable
 from ..formats import PRECISIONS
 from .objective import OBJECTIVES, REFERENCE
 from .pattern import NamePattern, compile_pattern
-from .roles import ALL, HIGH_NOISE, LOW_NOISE, ROLES
+from .roles import ALL, ROLES
 from .step_loop import OPTIMIZERS
 
 # The paper's targets on canonical adapter names, in both spellings:
@@ -108,20 +108,17 @@ class TrainConfig:
         "Train an ordinary LoRA instead (up and down both learned, up from zero, down Kaiming-uniform; scale alpha / rank), "
         "for comparisons: it has no shared basis, so Merge ΔR sums its delta with the others'.", optional=True))
     noise_min: float = field(default=0.0, metadata=_help(
-        "Lowest noise level trained at, as a fraction of the schedule (0: clean). Left at 0 with noise_max at 1, the role "
-        f"sets the range (content {HIGH_NOISE[0]:g} to {HIGH_NOISE[1]:g}, style {LOW_NOISE[0]:g} to {LOW_NOISE[1]:g} on SD1.5, "
-        "SD3 and Flux; docs/roles.md).", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
+        "Lowest noise level trained at, as a fraction of the schedule (0: clean). 0 to 1 trains at every level; a "
+        "narrower range is an option to try (docs/mixing.md: content at 0.5-1 and style at 0-0.5 did not win the toy world's tuning).", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
     noise_max: float = field(default=1.0, metadata=_help(
-        "Highest noise level trained at, as a fraction of the schedule (1: pure noise). Left at 1 with noise_min at 0, "
-        "the role sets the range (docs/roles.md).", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
+        "Highest noise level trained at, as a fraction of the schedule (1: pure noise).", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
     ema_decay: float = field(default=0.0, metadata=_help(
         "Save the moving average of the trained values over the steps (this decay per step, e.g. 0.9) instead of their "
         "last values: steadier adapters where the learning rate makes training swing. 0: off.",
         min=0.0, max=0.9999, optional=True, widget={"step": 0.01}))
     role: str = field(default=ALL, metadata=_help(
         "What the adapter is for: content (a subject or shape), style, or all. The role picks the blocks trained for the "
-        "model's architecture (SD1.5, SDXL, SD3, Flux; docs/roles.md) and, unless noise_min/noise_max say otherwise, "
-        "the noise levels, so that a content and a style adapter mix: "
+        "model's architecture (SD1.5, SDXL, SD3, Flux; docs/roles.md), so that a content and a style adapter mix: "
         "all is the paper's choice, every block. The target preset picks the layers inside those blocks; "
         "a custom target pattern replaces the role's blocks.", options=ROLES, optional=True))
 

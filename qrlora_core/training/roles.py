@@ -1,7 +1,6 @@
 """Roles: what a content, a style or an 'all' adapter trains, per architecture (docs/roles.md).
 
-A role names the blocks an adapter trains, and the noise levels it trains
-at (where noise_min and noise_max are left at 0 and 1), in the block weights syntax
+A role names the blocks an adapter trains, in the block weights syntax
 (qrlora_core/blocks.py: IN/MID/OUT for UNets, D/S for Flux and SD3, EARLY
 and LATE for the first and second half of the blocks in model order); the
 blocks with a weight other than 0 are trained. Within them the target
@@ -25,11 +24,11 @@ PUBLISHED = "published"
 EXTRAPOLATED = "extrapolated (nothing measured it on this architecture)"
 
 _TOY_WORLD = ("the toy world (dev/toy_world: an SD1.5-architecture UNet), docs/mixing.md: picked on two tuning pairs "
-              "(dev/bench/reference/2026-12-06-mixing-tuning.json), on 16 held-out pairs over 3 training seeds the mix drew "
-              "47 of 384 (the paper's targets 14 of 384)")
+              "(dev/bench/reference/2026-12-06-rich-world-mixing-tuning.json.gz), on 16 held-out pairs over 3 training seeds "
+              "the mix drew 55 of 384 (the paper's targets 41 of 384)")
 _B_LORA = "B-LoRA (Frenkel et al., ECCV 2024), SDXL"
 _PAPER = ("the paper's targets (QR-LoRA, Yang et al., ICCV 2025; Flux): every block; "
-          "on the toy world's 16 held-out pairs a content and a style adapter so trained mixed 14 of 384 times (docs/mixing.md)")
+          "on the toy world's 16 held-out pairs a content and a style adapter so trained mixed 41 of 384 times (docs/mixing.md)")
 
 
 @dataclass(frozen=True)
@@ -39,33 +38,27 @@ class RoleRecipe:
     blocks: str  # block weights syntax; blocks weighted other than 0 are trained
     source: str
     evidence: str  # MEASURED, PUBLISHED or EXTRAPOLATED
-    noise: tuple[float, float] = (0.0, 1.0)  # noise levels trained at, fractions of the schedule (1: pure noise)
 
 
 _EVERY_BLOCK = "*=1"
-HIGH_NOISE, LOW_NOISE = (0.5, 1.0), (0.0, 0.5)  # content draws the layout early in sampling, style the texture late
 TABLE = {
     "sd15": {
-        CONTENT: RoleRecipe("*=0, IN=1, MID=1", "down and middle blocks, where the layout is drawn, at high noise; " + _TOY_WORLD,
-                            MEASURED, HIGH_NOISE),
-        STYLE: RoleRecipe(_EVERY_BLOCK, "every block, at low noise; " + _TOY_WORLD, MEASURED, LOW_NOISE),
+        CONTENT: RoleRecipe("*=0, IN=1, MID=1", "down and middle blocks, where the layout is drawn; " + _TOY_WORLD, MEASURED),
+        STYLE: RoleRecipe(_EVERY_BLOCK, "every block; " + _TOY_WORLD, MEASURED),
     },
     "sdxl": {  # up_blocks.0.attentions.0 / .1 are ComfyUI's output_blocks.0.1 / output_blocks.1.1
-        CONTENT: RoleRecipe("*=0, OUT00=1", f"up_blocks.0.attentions.0 (ComfyUI output_blocks.0.1), every noise level as B-LoRA "
-                            f"trains; {_B_LORA}", PUBLISHED),
-        STYLE: RoleRecipe("*=0, OUT01=1", f"up_blocks.0.attentions.1 (ComfyUI output_blocks.1.1), every noise level; {_B_LORA}", PUBLISHED),
+        CONTENT: RoleRecipe("*=0, OUT00=1", f"up_blocks.0.attentions.0 (ComfyUI output_blocks.0.1); {_B_LORA}", PUBLISHED),
+        STYLE: RoleRecipe("*=0, OUT01=1", f"up_blocks.0.attentions.1 (ComfyUI output_blocks.1.1); {_B_LORA}", PUBLISHED),
     },
     "sd3": {
         CONTENT: RoleRecipe("*=0, EARLY=1", "the first half of the joint blocks by depth (D0-D11 of 24), as down + middle "
-                            "are the UNet's first half; at high noise; extrapolated from the toy world", EXTRAPOLATED,
-                            HIGH_NOISE),
-        STYLE: RoleRecipe(_EVERY_BLOCK, "every block, at low noise; extrapolated from the toy world", EXTRAPOLATED, LOW_NOISE),
+                            "are the UNet's first half; extrapolated from the toy world", EXTRAPOLATED),
+        STYLE: RoleRecipe(_EVERY_BLOCK, "every block; extrapolated from the toy world", EXTRAPOLATED),
     },
     "flux": {
         CONTENT: RoleRecipe("*=0, EARLY=1", "the first half of the blocks by depth (D0-D18 and S0-S9 of 19 double + 38 single), "
-                            "as down + middle are the UNet's first half; at high noise; extrapolated from the toy world", EXTRAPOLATED,
-                            HIGH_NOISE),
-        STYLE: RoleRecipe(_EVERY_BLOCK, "every block, at low noise; extrapolated from the toy world", EXTRAPOLATED, LOW_NOISE),
+                            "as down + middle are the UNet's first half; extrapolated from the toy world", EXTRAPOLATED),
+        STYLE: RoleRecipe(_EVERY_BLOCK, "every block; extrapolated from the toy world", EXTRAPOLATED),
     },
 }
 PAPER_RECIPE = RoleRecipe(_EVERY_BLOCK, _PAPER, PUBLISHED)
@@ -85,13 +78,6 @@ def recipe(architecture: str | None, role: str) -> RoleRecipe:
     return TABLE[architecture][role]
 
 
-def noise_range(architecture: str | None, role: str, chosen: tuple[float, float]) -> tuple[float, float]:
-    """The noise levels trained at: `chosen` (noise_min, noise_max), or where it is left at 0-1, the role's on its architecture."""
-    if tuple(chosen) != (0.0, 1.0) or role == ALL or architecture not in TABLE:
-        return tuple(chosen)
-    return TABLE[architecture][role].noise
-
-
 def role_layers(names: list[str], blocks: str) -> list[str]:
     """The names (in order) whose block the spec weights other than 0."""
     weights = layer_weights(blocks, names)
@@ -100,12 +86,9 @@ def role_layers(names: list[str], blocks: str) -> list[str]:
 
 def table_markdown() -> str:
     """The table as docs/roles.md shows it (its test keeps the two the same)."""
-    def noise(r):
-        return f"{r.noise[0]:g}-{r.noise[1]:g}"
-
-    rows = ["| architecture | role | blocks | noise | source | evidence |", "|---|---|---|---|---|---|",
-            f"| any | all | `{PAPER_RECIPE.blocks}` | {noise(PAPER_RECIPE)} | {PAPER_RECIPE.source} | {PAPER_RECIPE.evidence} |"]
+    rows = ["| architecture | role | blocks | source | evidence |", "|---|---|---|---|---|",
+            f"| any | all | `{PAPER_RECIPE.blocks}` | {PAPER_RECIPE.source} | {PAPER_RECIPE.evidence} |"]
     for arch, entries in TABLE.items():
         for role, r in entries.items():
-            rows.append(f"| {ARCHITECTURES[arch]} | {role} | `{r.blocks}` | {noise(r)} | {r.source} | {r.evidence} |")
+            rows.append(f"| {ARCHITECTURES[arch]} | {role} | `{r.blocks}` | {r.source} | {r.evidence} |")
     return "\n".join(rows)

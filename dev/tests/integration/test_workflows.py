@@ -89,6 +89,24 @@ def test_train_workflow_trains_saves_and_samples(comfy, client, demo_models, obj
     assert saved, f"no {kind} adapter was saved in loras/qrlora/"
 
 
+def test_training_right_after_a_mix_on_the_same_server(comfy, client, demo_models, object_info):
+    """A user mixes, then trains: ComfyUI undoes the mix's patch by setting the patched weights' .data back to
+    backups made in inference mode, and the training that follows must still run (it failed with 'Inference
+    tensors cannot be saved for backward' until the trainer copied such weights too)."""
+    wf, prompt = prompt_of("qrlora_mix", object_info)
+    workflow.set_inputs(prompt, workflow.node_id(wf, "Image size"), width=64, height=64)
+    workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
+    workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), seed=20261206)  # a prompt the cache has not run
+    client.run(prompt)
+    wf, prompt = prompt_of("qrlora_train_content", object_info)
+    train = workflow.node_id(wf, "Train content adapter")
+    workflow.set_inputs(prompt, train, steps=2, rank=4, seed=20261206)
+    workflow.set_inputs(prompt, workflow.node_id(wf, "Image size"), width=64, height=64)
+    workflow.set_inputs(prompt, workflow.node_id(wf, "Sampler"), steps=2)
+    entry = client.run(prompt, timeout=600)
+    assert len(client.ui(entry, train)["loss"]) == 2
+
+
 def test_folder_workflow_buckets_trains_and_samples(comfy, client, demo_models, object_info):
     wf, prompt = prompt_of("qrlora_train_folder", object_info)
     data, train = workflow.node_id(wf, "Bucket, encode and caption"), workflow.node_id(wf, "Train from the folder")

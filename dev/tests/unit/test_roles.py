@@ -109,21 +109,6 @@ def test_the_role_narrows_presets_and_a_custom_pattern_replaces_it():
     assert TrainConfig(role="style").recorded()["role"] == "style"  # the file says what it was trained for
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sd3", "flux"])
-def test_content_trains_at_high_noise_and_style_at_low_unless_the_range_is_set(arch):
-    assert roles.noise_range(arch, "content", (0.0, 1.0)) == (0.5, 1.0)
-    assert roles.noise_range(arch, "style", (0.0, 1.0)) == (0.0, 0.5)
-    assert roles.noise_range(arch, "all", (0.0, 1.0)) == (0.0, 1.0), "all is the paper's: every noise level"
-    assert roles.noise_range(arch, "content", (0.2, 0.9)) == (0.2, 0.9), "a range the user set wins"
-    assert roles.noise_range(arch, "style", (0.0, 0.7)) == (0.0, 0.7)
-
-
-def test_sdxl_and_unknown_models_train_every_noise_level_for_each_role():
-    for role in roles.ROLES:
-        assert roles.noise_range("sdxl", role, (0.0, 1.0)) == (0.0, 1.0), "B-LoRA's recipe trains at every level"
-        assert roles.noise_range(None, role, (0.0, 1.0)) == (0.0, 1.0)
-
-
 def test_every_entry_names_its_source_and_evidence_and_the_docs_show_the_table():
     for arch, entries in roles.TABLE.items():
         assert set(entries) == {"content", "style"}, arch
