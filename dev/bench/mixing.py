@@ -407,8 +407,8 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
         "arm_names": plan.arm_names, "oracle_steps": [args.steps] if args.steps else [int(n) for n in args.oracle_steps.split(",")],
         "tuning_pairs": [list(p) for p in tuning], "held_out_pairs": [list(p) for p in held_out],
         "training_seeds": list(seeds), "sampler_seeds": list(sampler_seeds), "judge": {
-            "pattern_pass": scores.PATTERN_PASS, "reject_iou": scores.REJECT_IOU, "reject_margin": scores.REJECT_MARGIN,
-            "background_dirt": scores.BACKGROUND_DIRT},
+            "pattern_pass": scores.PATTERN_PASS, "pattern_averaged": "per class", "reject_iou": scores.REJECT_IOU,
+            "reject_margin": scores.REJECT_MARGIN, "background_dirt": scores.BACKGROUND_DIRT},
         "trainings": {}, "errors": [], "complete": False,
     }
     started = time.time()

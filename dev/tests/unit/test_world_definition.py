@@ -62,7 +62,8 @@ def test_scores_recognise_every_rendered_shape_and_style():
     for item in items(rng):
         s = scores.score(world.render(item), item.shape, item.style, item.rgb())
         assert s["best_shape"] == item.shape and s["shape_iou"] > 0.9, (item, s)
-        assert s["pattern"] > 0.99 and s["success"], (item, s)
+        floor = 0.94 if (item.shape, item.style) == ("cross", "big dots") else 0.99  # one dot half cut by the arm's edge: a class of few pixels
+        assert s["pattern"] > floor and s["success"], (item, s)
         if len(np.unique(world.pattern(item.style)[world.mask(item.shape)])) == 2:  # both colours show (big dots miss the frame)
             assert s["best_style"] == item.style, (item, s)
 
@@ -74,6 +75,19 @@ def test_a_heart_in_another_pattern_of_the_checker_colours_fails_the_pattern_sco
         assert s["shape_iou"] > 0.95 and s["pattern"] < scores.PATTERN_PASS - 0.05 and not s["success"], (style, s)
     s = scores.score(world.render(world.Item("circle", "checkerboard", world.CHECKER_COLOURS)), "heart", "checkerboard", world.CHECKER_COLOURS)
     assert s["pattern"] > 0.99 and s["best_shape"] == "circle" and not s["success"]
+
+
+def test_a_fill_of_one_of_a_held_out_styles_colours_fails_its_pattern():
+    """Plaid and windows give one colour three quarters of the shape: scored per pixel, a fill of that colour alone
+    passed (0.87-0.90); per class of the pattern it scores 0.5, and the pattern itself still 1."""
+    for style in world.BENCH_STYLES + world.MIXING_STYLES:
+        colours = world.FIXED_COLOURS[style]
+        for shape in world.MIXING_SHAPES:
+            assert scores.pattern_score(world.render(world.Item(shape, style, colours)), style, colours) > 0.99
+            for colour in colours:
+                solid = world.render(world.Item(shape, "solid", (colour,)))
+                s = scores.pattern_score(solid, style, colours)
+                assert s < scores.PATTERN_PASS - 0.2 and not scores.judge(solid, shape, style, colours)["success"], (shape, style, colour, s)
 
 
 def test_text_encoder_formula_gives_the_same_bytes_everywhere():
