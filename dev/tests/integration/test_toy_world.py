@@ -59,17 +59,22 @@ CPU_RUNS = ("tee x harlequin 0 of 8 here against 4, 4 and 3 at the H100 bench's 
             "1 of 8 against 6, 8 and 2 in the first")
 
 
-def bench_runs(device: str | None = None) -> list[tuple]:
+def bench_runs() -> list[tuple]:
     """(date, file name, path, results) of each mixing bench run on the shipped base model (its `base_model` is the
-    UNet's sha256), captioned as this test trains (the mix prompt and style captions name no colours), on `device`
-    (any if None); tuning runs, which hold the tuning pairs only, left out."""
+    UNet's sha256), captioned as this test trains (the mix prompt and style captions name no colours); tuning runs,
+    which hold the tuning pairs only, left out."""
     found = []
     for path in glob.glob(BENCH):
         results = mixing.read_results(path)
         if (results.get("phase") != "tune" and results.get("colours", "unnamed") == "unnamed"
-                and results.get("base_model") == model_files.unet_sha256() and device in (None, results.get("device"))):
+                and results.get("base_model") == model_files.unet_sha256()):
             found.append((results.get("date", ""), os.path.basename(path), path, results))
     return found
+
+
+def newest(runs: list[tuple]) -> tuple:
+    """The newest of bench_runs' entries, by its date, then its file name."""
+    return max(runs, key=lambda run: run[:2])
 
 
 def pair_to_check(results: dict) -> tuple[str, str, dict]:
@@ -155,14 +160,16 @@ def judged(comfy, entry: dict, node: str, shape: str, style: str) -> list[dict]:
                                                "the rates this test asserts come from there")
 @pytest.mark.timeout(1800)
 def test_a_held_out_pair_trained_with_the_default_roles_mixes_as_the_bench_measured(comfy, client, demo_models):
-    *_, path, results = max(bench_runs(), key=lambda run: run[:2])  # the newest, by its date, then its name
-    if not bench_runs(DEVICE):
-        shape, style, bench = pair_to_check(results)
+    runs = bench_runs()
+    *_, path, results = newest(runs)
+    on_device = [run for run in runs if run[3].get("device") == DEVICE]
+    if not on_device:
+        shape, style, _ = pair_to_check(results)
         pytest.skip(f"{os.path.basename(path)} measured {shape} x {style} on {results.get('device')}, and this test trains on the "
                     f"{DEVICE}, where its fresh seeds drew less than the GPU's seeds did ({CPU_RUNS}): a GPU run's interval does not "
                     f"bound a {DEVICE} run; a bench run on the {DEVICE} (dev/bench/mixing.py --pairs {shape}:{style} --arms default) "
                     "would give this test its bound (docs/mixing.md)")
-    *_, path, results = max(bench_runs(DEVICE), key=lambda run: run[:2])
+    *_, path, results = newest(on_device)
     shape, style, bench = pair_to_check(results)
     by_seed = bench["mix_successes_by_training_seed"]
     if len(by_seed) < MIN_TRAINING_SEEDS:
