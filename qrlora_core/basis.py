@@ -100,10 +100,11 @@ class BasisStore:
             self.save(key, qs, sketches)
         return key
 
-    def save(self, basis_id: str, qs: dict, sketches: dict) -> None:
+    def save(self, basis_id: str, qs: dict, sketches: dict, replace: bool = True) -> bool:
+        """Write the basis file; with replace=False an existing one stays (returns whether this wrote it)."""
         tensors = {name + ".q": q.contiguous() for name, q in qs.items()}
         tensors.update({name + ".fingerprint": s for name, s in sketches.items()})
-        atomic_save(tensors, self.path(basis_id), {BASIS_ID_KEY: basis_id, **basis_modelspec(basis_id, qs)})
+        return atomic_save(tensors, self.path(basis_id), {BASIS_ID_KEY: basis_id, **basis_modelspec(basis_id, qs)}, replace=replace)
 
     def get_or_build(self, weights: dict, rank: int, method: str = "auto", progress=None, device=None, memory_budget=None) -> tuple[str, dict, dict]:
         """(basis id, name -> Q, name -> sketch) for these base weights, from disk when known.
@@ -120,5 +121,9 @@ class BasisStore:
                 return key, {n: qs[n] for n in weights}, sketches
         bases = decompose_many(weights, rank, method=method, progress=progress, memory_budget=memory_budget, device=device)
         qs = {name: b.q for name, b in bases.items()}
-        self.save(key, qs, sketches)
+        if not self.save(key, qs, sketches, replace=False):  # another run on this base and rank wrote it meanwhile:
+            stored = self.load(key)  # train on its Qs (the id's file), and leave it in place for whoever reads it now
+            if stored.keys() >= weights.keys():
+                return key, {n: stored[n] for n in weights}, sketches
+            self.save(key, qs, sketches)
         return key, qs, sketches

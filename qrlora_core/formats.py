@@ -52,9 +52,10 @@ TRAINING_STATE_PREFIX = "train_state."  # a checkpoint's optimizer and RNG state
 # ---------------------------------------------------------------- writing
 
 
-def atomic_save(tensors: dict, path: str, metadata: dict | None = None, root: str | None = None) -> None:
-    """Write a safetensors file so that `path` is either untouched or complete (see atomic_write)."""
-    atomic_write(safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata), path, root=root)
+def atomic_save(tensors: dict, path: str, metadata: dict | None = None, root: str | None = None, replace: bool = True) -> bool:
+    """Write a safetensors file so that `path` is either untouched or complete (see atomic_write); whether it was written."""
+    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    return atomic_write(data, path, root=root, replace=replace)
 
 
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -107,7 +108,7 @@ def _relative_parts(path: str, root: str | None) -> tuple[str, list]:
     return root, parts
 
 
-def atomic_write(data: bytes, path: str, what: str | None = None, root: str | None = None) -> None:
+def atomic_write(data: bytes, path: str, what: str | None = None, root: str | None = None, replace: bool = True) -> bool:
     """Write `data` to `path` so that `path` is either untouched or complete: every file the pack writes goes through here.
 
     `root` is the checked folder `path` lies in (default: its own folder);
@@ -118,6 +119,10 @@ def atomic_write(data: bytes, path: str, what: str | None = None, root: str | No
     errno, said in words about `what` (default: the file's name); the
     temporary file and any folders made for it are removed whatever stops
     the write, and any earlier file at `path` is left as it was.
+
+    replace=False never replaces a file already at `path` (returns False
+    then, True once written): for files named by their content, where a
+    second writer's copy must not pull the first one from under a reader.
     """
     name = what or os.path.basename(path)
     root, parts = _relative_parts(path, root)
@@ -130,7 +135,26 @@ def atomic_write(data: bytes, path: str, what: str | None = None, root: str | No
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
+                if replace:
+                    os.replace(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
+                    return True
+                try:
+                    os.link(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)  # fails where a file is: never replaces
+                    return True
+                except FileExistsError:
+                    return False
+                except OSError as e:  # a file system without hard links (some network and FUSE mounts): check, then rename
+                    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        raise
+                    try:
+                        os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+                        return False
+                    except FileNotFoundError:
+                        os.replace(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
+                        return True
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp, dir_fd=folder)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=folder)

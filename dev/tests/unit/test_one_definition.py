@@ -54,6 +54,42 @@ def test_keep_reuses_the_trained_basis_only_when_it_holds_the_very_qs(tmp_path, 
         basis_id(4)
 
 
+def test_a_basis_another_run_wrote_meanwhile_is_trained_on_and_left_in_place(tmp_path, rng):
+    """Two trainings on one base and rank build the same basis id at once (two queued workflows, parallel bench
+    workers): the second writer once replaced the first's file while a third process read it ("changed while it was
+    being read"). Now the first file stays, and the late builder trains on its Qs, so every run holds the id's Qs."""
+    weights = {n: torch.randn(*shape, generator=rng) for n, shape in SHAPES.items()}
+    store = BasisStore(str(tmp_path))
+    key = basis_id(4, sketches={n: sketch(w) for n, w in weights.items()})
+    theirs = {n: -q for n, q in bases(rng).items()}  # what the other run computed (other signs: not bit-equal to ours)
+    written = []
+
+    def other_run_finishes(done):  # called by the decomposition while it runs
+        if not written:
+            written.append(BasisStore(str(tmp_path)).save(key, theirs, {}))
+
+    got_id, qs, _ = store.get_or_build(weights, 4, progress=other_run_finishes)
+    assert written == [True] and got_id == key
+    stat = os.stat(store.path(key))
+    assert all(torch.equal(qs[n], theirs[n]) for n in weights), "the late builder trained on Qs its id's file does not hold"
+    assert store.get_or_build(weights, 4)[1].keys() == weights.keys()
+    after = os.stat(store.path(key))
+    assert (after.st_ino, after.st_ctime_ns) == (stat.st_ino, stat.st_ctime_ns), "the basis file was replaced"
+    assert files_in(tmp_path) == [key + ".safetensors"], "a temporary file was left behind"
+
+
+def test_a_write_that_must_not_replace_leaves_the_earlier_file_and_no_temporary_one(tmp_path):
+    from comfyui_qrlora.qrlora_core.formats import atomic_write
+
+    target = tmp_path / "f.safetensors"
+    assert atomic_write(b"first", str(target), replace=False) is True
+    inode = os.stat(target).st_ino
+    assert atomic_write(b"second", str(target), replace=False) is False
+    assert target.read_bytes() == b"first" and os.stat(target).st_ino == inode
+    assert atomic_write(b"third", str(target)) is True and target.read_bytes() == b"third"
+    assert sorted(os.listdir(tmp_path)) == ["f.safetensors"]
+
+
 def test_the_rank_check_names_the_tightest_layer_and_what_to_do():
     shapes = {"x.wide": (64, 128), "x.small": (6, 40), "x.smaller": (5, 40)}
     with pytest.raises(AdapterError, match=r"Rank 8 is larger than layer x.smaller allows \(\(5, 40\), at most rank 5\): lower the rank to 5"):
