@@ -184,7 +184,7 @@ class Plan:
     """Every training and every sampling of a run, deduplicated (arms that share an adapter train it once)."""
 
     def __init__(self, pairs, arms: dict, seeds, sampler_seeds, steps_override: int | None = None, images: int = recipe.IMAGES,
-                 oracle_steps=(ORACLE_STEPS,), name_colours: bool = False):
+                 oracle_steps=(ORACLE_STEPS,), name_colours: bool = False, overrides: dict | None = None):
         self.name_colours = name_colours
         self.trainings = {}  # key -> job
         self.cells = []  # (pair, arm, k, content key, style key, mix)
@@ -194,11 +194,12 @@ class Plan:
         for k in seeds:
             for shape, style in pairs:
                 for arm, (content, style_settings, mix) in arms.items():
+                    content, style_settings = {**content, **(overrides or {})}, {**style_settings, **(overrides or {})}
                     if steps_override:
                         content, style_settings = {**content, "steps": steps_override}, {**style_settings, "steps": steps_override}
                     if arm == "oracle":  # one run per pair, its checkpoints at each of oracle_steps
                         every = math.gcd(*oracle_steps) if len(oracle_steps) > 1 else 0
-                        settings = {**role_settings("style", "shipped"), **PAPER, "steps": oracle_steps[-1], "checkpoint_every": every}
+                        settings = {**role_settings("style", "shipped"), **PAPER, **(overrides or {}), "steps": oracle_steps[-1], "checkpoint_every": every}
                         key = self._train("oracle", f"{shape}|{style}", k, settings, images)
                         for n in oracle_steps:
                             name, at = ("oracle", key) if len(oracle_steps) == 1 else (f"oracle@{n}", f"{key}@{n}")
@@ -394,13 +395,14 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
     seeds = [int(k) for k in args.seed_list.split(",")] if args.seed_list else TRAINING_SEEDS[: args.training_seeds]
     sampler_seeds = SAMPLER_SEEDS[: args.sampler_seeds]
     plan = Plan(pairs, arms, seeds, sampler_seeds, steps_override=args.steps, images=args.images,
-                oracle_steps=[int(n) for n in args.oracle_steps.split(",")], name_colours=args.colours == "named")
+                oracle_steps=[int(n) for n in args.oracle_steps.split(",")], name_colours=args.colours == "named", overrides=args.recipe)
     work = tempfile.mkdtemp(prefix="mixing_bench_")
     models, output = os.path.join(work, "models"), os.path.join(work, "output")
     pipeline.install_models(models)
     results = {
         "date": datetime.date.today().isoformat(), "device": "cpu" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
-        "base_model": model_files.unet_sha256(), "phase": args.phase, "recipe": {**recipe.RECIPE, "steps": args.steps or recipe.STEPS, "images": args.images},
+        "base_model": model_files.unet_sha256(), "phase": args.phase, "recipe": {**recipe.RECIPE, "steps": args.steps or recipe.STEPS, "images": args.images, **args.recipe},
+        "recipe_overrides": args.recipe,
         "colours": args.colours, "prompts": {style: plan.prompt(style) for _, style in pairs},
         "sampler": {**pipeline.SAMPLER, **({"steps": args.sampler_steps} if args.sampler_steps else {})},
         "arms": {a: {"content": c, "style": s, "mix": m} for a, (c, s, m) in arms.items() if a != "oracle"},
@@ -449,7 +451,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
             running = None
             results["trials"] = trials(plan, images, results["training_seeds_done"])
             tabulate(results, pairs, held_out)
-            save(results, images, plan, held_out or pairs, args.out)
+            save(results, images, plan, held_out or pairs, args.out, args.images_out)
             wave_seconds = time.time() - wave_started
             log(f"training seed {k} done at {time.time() - started:.0f} s")
         results["complete"] = results.get("training_seeds_done") == list(seeds)
@@ -462,7 +464,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
         results["seconds"] = time.time() - started
         results["trials"] = trials(plan, images, results.get("training_seeds_done", []))
         tabulate(results, pairs, held_out)
-        save(results, images, plan, held_out or pairs, args.out)
+        save(results, images, plan, held_out or pairs, args.out, args.images_out)
         shutil.rmtree(work, ignore_errors=True)
     return results
 
@@ -479,12 +481,28 @@ def trials(plan: Plan, images: dict, done) -> list:
         sampling = f"{arm}|{pair[0]}|{pair[1]}|{k}"
         if k not in done or sampling not in images:
             continue
-        entry = {"pair": list(pair), "arm": arm, "k": k, "mix": judged(images, sampling, *pair)}
+        entry = {"pair": list(pair), "arm": arm, "k": k, "mix": judged(images, sampling, *pair), "samplings": {"mix": sampling}}
         if sk is not None:
-            entry["alone_content"] = judged(images, plan.alone_id(ck, pair[1]), *pair)
-            entry["alone_style"] = judged(images, plan.alone_id(sk, pair[1]), *pair)
+            entry["samplings"] |= {"alone_content": plan.alone_id(ck, pair[1]), "alone_style": plan.alone_id(sk, pair[1])}
+            for part in ("alone_content", "alone_style"):
+                entry[part] = judged(images, entry["samplings"][part], *pair)
         out.append(entry)
     return out
+
+
+def rejudge(results_path: str, images_path: str, out: str | None) -> dict:
+    """A run judged again by today's toy_world.scores, from the images it kept (--images-out)."""
+    results = read_results(results_path)
+    with np.load(images_path, allow_pickle=False) as kept:
+        images = {str(sampling): list(kept[f"s{i}"]) for i, sampling in enumerate(kept["ids"])}
+    for t in results["trials"]:
+        for part, sampling in t["samplings"].items():
+            t[part] = judged(images, sampling, *t["pair"])
+    results["judge"] = {**results["judge"], "pattern_averaged": "per class", "rejudged": datetime.date.today().isoformat()}
+    held_out = [tuple(p) for p in results["held_out_pairs"]]
+    tabulate(results, held_out or [tuple(p) for p in results["tuning_pairs"]], held_out)
+    save_json(results, out)
+    return results
 
 
 def tabulate(results: dict, pairs, held_out) -> None:
@@ -575,8 +593,14 @@ def save_json(results: dict, out: str | None) -> None:
                 json.dump(results, f, indent=1, default=str)
 
 
-def save(results: dict, images: dict, plan: Plan, gallery_pairs, out: str | None) -> None:
-    """The JSON, and a gallery beside it: per pair the ideal image, then each arm's mix (training seed 0, sampler seed 0)."""
+def save(results: dict, images: dict, plan: Plan, gallery_pairs, out: str | None, images_out: str | None = None) -> None:
+    """The JSON, and a gallery beside it: per pair the ideal image, then each arm's mix (training seed 0, sampler seed 0);
+    with images_out every image drawn, one uint8 array per sampling (numpy .npz, no pickle), so a changed judge can score
+    the run again (rejudge)."""
+    if images_out:
+        ids = [sampling for sampling, drawn in images.items() if len(drawn)]
+        os.makedirs(os.path.dirname(os.path.abspath(images_out)), exist_ok=True)
+        np.savez_compressed(images_out, ids=np.array(ids), **{f"s{i}": np.stack(images[sampling]) for i, sampling in enumerate(ids)})
     if not out:
         return
     save_json(results, out)
@@ -693,6 +717,18 @@ def own_pair(args) -> int:
     return 0
 
 
+def overrides(text: str) -> dict:
+    """KEY=VALUE,... as TrainConfig values: numbers as numbers, true/false as booleans, the rest as text."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", choices=("test", "tune", "ceiling"), default="test",
@@ -715,8 +751,12 @@ def main() -> int:
     parser.add_argument("--route", default=DEFAULT_ROUTE, choices=tuple(ROUTES), help="the default arm's route (test phase)")
     parser.add_argument("--choice", help="a --phase tune JSON: its picked route and plain-LoRA rates (test phase)")
     parser.add_argument("--pairs", help="shape:style,... instead of the phase's pairs")
-    parser.add_argument("--arms", help="test phase: which arms, comma-separated (a run split over calls; --combine joins them)")
+    parser.add_argument("--arms", help="which arms, comma-separated (a run split over calls; --combine joins them)")
     parser.add_argument("--combine", nargs="+", metavar="JSON", help="join runs of one phase split over calls into --out")
+    parser.add_argument("--recipe", type=overrides, default={}, metavar="KEY=VALUE,...",
+                        help="TrainConfig settings over every arm's, the oracle's too (rank=16,learning_rate=0.01): a recipe tried as a whole")
+    parser.add_argument("--images-out", metavar="NPZ", help="keep every image drawn (uint8 arrays), for --rejudge")
+    parser.add_argument("--rejudge", nargs=2, metavar=("JSON", "NPZ"), help="judge a run again from its kept images into --out")
     parser.add_argument("--smoke", action="store_true", help="CPU-sized: one held-out pair, every arm, 2 steps, 2 sampler seeds")
     parser.add_argument("--content-dir", help="a content folder of your own (images with same-name .txt captions)")
     parser.add_argument("--style-dir", help="a style folder of your own (same layout)")
@@ -725,6 +765,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.combine:
         print(table(combine(args.combine, args.out)))
+        return 0
+    if args.rejudge:
+        print(table(rejudge(*args.rejudge, args.out)))
         return 0
     if args.content_dir or args.style_dir:
         if not (args.content_dir and args.style_dir):
@@ -741,6 +784,8 @@ def main() -> int:
         arms = {"paper": arm_plan("paper", "shipped"), "oracle": ({}, {}, "alone")}
         arms |= {f"default:{route}": arm_plan("default", route) for route in ROUTES}
         arms |= {f"{arm}:{lr:g}": arm_plan(arm, "shipped", lr) for arm in ("lora_fair", "lora_recipe") for lr in LORA_LRS}
+        if args.arms:
+            arms = {a: arms[a] for a in args.arms.split(",")}
         held_out = []
     else:
         pairs = held_out if args.phase == "test" else held_out + tuning

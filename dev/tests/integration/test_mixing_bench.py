@@ -40,9 +40,10 @@ def test_fresh_seed_interval_is_the_beta_binomial_fitted_to_the_seeds_rates():
 
 @pytest.mark.timeout(900)
 def test_smoke_run_judges_every_arm_and_writes_the_summary_the_issue_asks_for(tmp_path):
-    out = tmp_path / "smoke.json"
-    done = subprocess.run([sys.executable, os.path.join(DEV_ROOT, "bench", "mixing.py"), "--smoke", "--steps", "1", "--sampler-steps", "2",
-                           "--out", str(out)], cwd=PACK_ROOT, capture_output=True, text=True, timeout=900)
+    out, kept = tmp_path / "smoke.json", tmp_path / "smoke.npz"
+    bench = [sys.executable, os.path.join(DEV_ROOT, "bench", "mixing.py")]
+    done = subprocess.run([*bench, "--smoke", "--steps", "1", "--sampler-steps", "2", "--recipe", "rank=4", "--out", str(out),
+                           "--images-out", str(kept)], cwd=PACK_ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["held_out_pairs"] == [list(mixing.world.MIXING_SHAPES[:1] + mixing.world.MIXING_STYLES[:1])]
@@ -60,6 +61,12 @@ def test_smoke_run_judges_every_arm_and_writes_the_summary_the_issue_asks_for(tm
     assert plain == {"content", "style"}, "the lora arms train plain LoRAs with the pack's trainer"
     assert os.path.getsize(tmp_path / "smoke.png") > 0
     assert "| default |" in done.stdout
+    assert results["recipe"]["rank"] == 4 and {t["settings"]["rank"] for t in results["trainings"].values()} == {4}, "--recipe reaches every arm"
+    again = subprocess.run([*bench, "--rejudge", str(out), str(kept), "--out", str(tmp_path / "again.json")], cwd=PACK_ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rejudged = json.loads((tmp_path / "again.json").read_text())
+    assert rejudged["summary"] == results["summary"] and rejudged["trials"] == results["trials"], "the kept images are the ones judged"
 
 
 def _run_json(path, arm_names, seeds, successes: dict) -> dict:
