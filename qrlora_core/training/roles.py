@@ -24,13 +24,12 @@ PUBLISHED = "published"
 EXTRAPOLATED = "extrapolated (nothing measured it on this architecture)"
 
 _TOY_WORLD = ("the toy world (dev/toy_world: an SD1.5-architecture UNet), docs/mixing.md: picked on two tuning pairs "
-              "(dev/bench/reference/2026-12-06-rich-world-mixing-tuning.json.gz), on 16 held-out pairs over 3 training seeds "
-              "the mix drew 55 of 384 (the paper's targets 41 of 384), 18 of 192 on the bricks and harlequin pairs, which a flaw "
-              "in the judge then cannot have inflated (the paper's 15)")
+              "(dev/bench/reference/2026-12-06-rich-world-mixing-tuning.json.gz); on 16 held-out pairs over 3 training seeds "
+              "the mix drew 32 of 384, the paper's targets 32 of 384, a plain LoRA on these blocks 136 of 384 "
+              "(2026-12-06-rich-world-per-class-mixing.json.gz)")
 _B_LORA = "B-LoRA (Frenkel et al., ECCV 2024), SDXL"
 _PAPER = ("the paper's targets (QR-LoRA, Yang et al., ICCV 2025; Flux): every block; "
-          "on the toy world's 16 held-out pairs a content and a style adapter so trained mixed 41 of 384 times, 15 of 192 on "
-          "its bricks and harlequin pairs (docs/mixing.md)")
+          "on the toy world's 16 held-out pairs a content and a style adapter so trained mixed 32 of 384 times (docs/mixing.md)")
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ training seeds than between sampler seeds), in
 dev/bench/reference/*-mixing.json.gz. This test takes, among the runs on
 the shipped base model (`base_model`, the UNet's sha256) whose captions are
 the ones it trains with (colours unnamed), and among the pairs neither
-adapter drew alone there (in the richer world's run the content adapter
-alone drew every plaid pair 13-18 of 24 times, so their mixes show nothing
-about mixing), the held-out pair with the highest lower end, and trains it
+adapter drew alone there (where one alone draws the pair, its mix shows
+nothing about mixing), the held-out pair with the highest lower end (the
+newest run's, judged per class: tee x harlequin again, 2, 4 and 3 of 8,
+fresh-seed interval 1-6), and trains it
 through the real server as a user would:
 its images and captions in a folder, the stock dataset nodes, Train QR-LoRA
 with role content and role style (the world's recipe otherwise, at
