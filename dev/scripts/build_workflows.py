@@ -700,6 +700,26 @@ def write_thumbnail(name: str, saved: dict, ids: dict, client: Client, base: str
     card.save(buffer, "JPEG", quality=88, optimize=True)
     _write(examples.path(name, ".jpg"), buffer.getvalue())
     print(f"wrote {examples.path(name, '.jpg')} (from its run on the server: {time.time() - started:.0f} s)")
+    write_help_picture(name)
+
+
+# The help pages' pictures (web/docs/images) that are workflows' cards: drawn with the card, at the help panel's size.
+HELP_PICTURES = {"qrlora_mix": "mix.jpg", "qrlora_compare": "compare.jpg", "qrlora_train_content": "train.jpg",
+                 "qrlora_train_folder": "folder.jpg"}
+HELP_PICTURE_SIZE = 256
+HELP_IMAGES = os.path.join(PACK_ROOT, "web", "docs", "images")
+
+
+def write_help_picture(name: str) -> None:
+    """The help page's copy of a workflow's card (the web folder is all the page can fetch from the pack)."""
+    from PIL import Image
+
+    if name in HELP_PICTURES:
+        card = Image.open(examples.path(name, ".jpg")).convert("RGB").resize((HELP_PICTURE_SIZE, HELP_PICTURE_SIZE), Image.LANCZOS)
+        buffer = io.BytesIO()
+        card.save(buffer, "JPEG", quality=88, optimize=True)
+        _write(os.path.join(HELP_IMAGES, HELP_PICTURES[name]), buffer.getvalue())
+        print(f"wrote {os.path.join(HELP_IMAGES, HELP_PICTURES[name])} (its card, {HELP_PICTURE_SIZE} px)")
 
 
 CARD_COLOURS = {"flux": (40, 52, 90), "sdxl": (70, 45, 80)}

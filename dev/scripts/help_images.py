@@ -1,12 +1,13 @@
-"""Redraw the Mix Grid help page's picture (web/docs/images/grid.jpg) from the toy world's shipped adapters.
+"""Redraw the help pages' pictures (web/docs/images) from the toy world's shipped adapters and workflow cards.
 
     .venv/bin/python dev/scripts/help_images.py
 
-The Mix Grid node itself draws it, in-process (five minutes on 2 CPU cores):
-the shipped content and style adapters at weights 0-2 each, the mix prompt,
-the workflows' sampler seed. Rerun it when the base model or the shipped
-adapters change (`make world-adapters`), as `make workflows` redraws the
-workflows' thumbnails.
+grid.jpg: the Mix Grid node itself draws it, in-process (five minutes on 2
+CPU cores): the shipped content and style adapters at weights 0-2 each, the
+mix prompt, the workflows' sampler seed. The others are workflows' cards
+(build_workflows.HELP_PICTURES), which `make workflows` writes with each
+card; this copies the cards as they are. Rerun it when the base model or
+the shipped adapters change (`make world-adapters`).
 """
 
 import os
@@ -58,7 +59,11 @@ def main() -> int:
         models = os.path.join(work, "models")
         pipeline.install_models(models)
         pipeline.use_folders(models, os.path.join(work, "output"))
-        draw_grid(os.path.join(os.path.dirname(DEV_ROOT), "web", "docs", "images", "grid.jpg"))
+        import build_workflows
+
+        for name in build_workflows.HELP_PICTURES:
+            build_workflows.write_help_picture(name)
+        draw_grid(os.path.join(build_workflows.HELP_IMAGES, "grid.jpg"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

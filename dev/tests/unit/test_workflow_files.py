@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from devkit import examples, workflow
+from devkit.host import DEV_ROOT
 
 NAMES = tuple(examples.TITLES)
 
@@ -20,6 +21,23 @@ def test_example_workflows_are_the_named_graphs_each_with_a_thumbnail():
     """example_workflows/ (the one copy: template browser, demo, tests) holds TITLE.json + TITLE.jpg for each workflow."""
     files = sorted(os.listdir(examples.FOLDER))
     assert files == sorted(t + ext for t in examples.TITLES.values() for ext in (".json", ".jpg")), "run `make workflows`"
+
+
+def test_help_pictures_of_workflows_are_their_cards():
+    """The nodes' help pages show some workflows' cards (web/docs/images); `make workflows` writes both, so a card
+    redrawn leaves no stale picture behind (they were: two help pictures still showed the first base world)."""
+    import sys
+
+    sys.path.insert(0, os.path.join(DEV_ROOT, "scripts"))
+    from build_workflows import HELP_IMAGES, HELP_PICTURE_SIZE, HELP_PICTURES
+
+    assert HELP_PICTURES, "no help picture is a card"
+    for name, picture in HELP_PICTURES.items():
+        card = Image.open(examples.path(name, ".jpg")).convert("RGB").resize((HELP_PICTURE_SIZE,) * 2, Image.LANCZOS)
+        shown = Image.open(os.path.join(HELP_IMAGES, picture)).convert("RGB")
+        assert shown.size == card.size, picture
+        off = np.abs(np.asarray(shown, dtype=float) - np.asarray(card, dtype=float)).mean()
+        assert off < 3, f"web/docs/images/{picture} is not {examples.path(name, '.jpg')} ({off:.1f} off): run dev/scripts/help_images.py"
 
 
 def test_file_names_are_titles_a_person_reads():
