@@ -183,31 +183,32 @@ def job_key(kind: str, name: str, k: int, settings: dict, name_colours: bool) ->
 class Plan:
     """Every training and every sampling of a run, deduplicated (arms that share an adapter train it once)."""
 
-    def __init__(self, pairs, arms: dict, seeds, sampler_seeds, steps_override: int | None = None, images: int = recipe.IMAGES,
+    def __init__(self, pairs, arms: dict, seeds, sampler_seeds, steps: list | None = None, images: int = recipe.IMAGES,
                  oracle_steps=(ORACLE_STEPS,), name_colours: bool = False, overrides: dict | None = None):
+        """`steps`: the adapters' steps (default: each arm's); several: checkpoints of one run per adapter, each
+        step count its own arm (`default@200`), as `oracle_steps` are the oracle's."""
         self.name_colours = name_colours
         self.trainings = {}  # key -> job
         self.cells = []  # (pair, arm, k, content key, style key, mix)
         self.sampler_seeds = list(sampler_seeds)
-        oracle_steps = sorted(oracle_steps) if not steps_override else [steps_override]
-        self.arm_names = [n for a in arms for n in ([a] if a != "oracle" or len(oracle_steps) == 1 else [f"oracle@{s}" for s in oracle_steps])]
+        steps, oracle_steps = sorted(steps or []), sorted(oracle_steps)
+        at = lambda arm, counts: [(arm, "")] if len(counts) < 2 else [(f"{arm}@{n}", f"@{n}") for n in counts]  # noqa: E731
+        self.arm_names = [name for a in arms for name, _ in at(a, oracle_steps if a == "oracle" else steps)]
         for k in seeds:
             for shape, style in pairs:
                 for arm, (content, style_settings, mix) in arms.items():
-                    content, style_settings = {**content, **(overrides or {})}, {**style_settings, **(overrides or {})}
-                    if steps_override:
-                        content, style_settings = {**content, "steps": steps_override}, {**style_settings, "steps": steps_override}
                     if arm == "oracle":  # one run per pair, its checkpoints at each of oracle_steps
                         every = math.gcd(*oracle_steps) if len(oracle_steps) > 1 else 0
                         settings = {**role_settings("style", "shipped"), **PAPER, **(overrides or {}), "steps": oracle_steps[-1], "checkpoint_every": every}
                         key = self._train("oracle", f"{shape}|{style}", k, settings, images)
-                        for n in oracle_steps:
-                            name, at = ("oracle", key) if len(oracle_steps) == 1 else (f"oracle@{n}", f"{key}@{n}")
-                            self.cells.append(((shape, style), name, k, at, None, "alone"))
+                        self.cells += [((shape, style), name, k, key + suffix, None, "alone") for name, suffix in at(arm, oracle_steps)]
                         continue
-                    ck = self._train("content", shape, k, content, images)
-                    sk = self._train("style", style, k, style_settings, images)
-                    self.cells.append(((shape, style), arm, k, ck, sk, mix))
+                    if steps:
+                        run = {"steps": steps[-1], "checkpoint_every": math.gcd(*steps) if len(steps) > 1 else 0}
+                        content, style_settings = {**content, **run}, {**style_settings, **run}
+                    ck = self._train("content", shape, k, {**content, **(overrides or {})}, images)
+                    sk = self._train("style", style, k, {**style_settings, **(overrides or {})}, images)
+                    self.cells += [((shape, style), name, k, ck + suffix, sk + suffix, mix) for name, suffix in at(arm, steps)]
 
     def _train(self, kind, name, k, settings, images) -> str:
         key = job_key(kind, name, k, settings, self.name_colours)
@@ -394,19 +395,19 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
     cpu = args.smoke or not torch.cuda.is_available()
     seeds = [int(k) for k in args.seed_list.split(",")] if args.seed_list else TRAINING_SEEDS[: args.training_seeds]
     sampler_seeds = SAMPLER_SEEDS[: args.sampler_seeds]
-    plan = Plan(pairs, arms, seeds, sampler_seeds, steps_override=args.steps, images=args.images,
+    plan = Plan(pairs, arms, seeds, sampler_seeds, steps=args.steps, images=args.images,
                 oracle_steps=[int(n) for n in args.oracle_steps.split(",")], name_colours=args.colours == "named", overrides=args.recipe)
     work = tempfile.mkdtemp(prefix="mixing_bench_")
     models, output = os.path.join(work, "models"), os.path.join(work, "output")
     pipeline.install_models(models)
     results = {
         "date": datetime.date.today().isoformat(), "device": "cpu" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
-        "base_model": model_files.unet_sha256(), "phase": args.phase, "recipe": {**recipe.RECIPE, "steps": args.steps or recipe.STEPS, "images": args.images, **args.recipe},
+        "base_model": model_files.unet_sha256(), "phase": args.phase, "recipe": {**recipe.RECIPE, "steps": args.steps or [recipe.STEPS], "images": args.images, **args.recipe},
         "recipe_overrides": args.recipe,
         "colours": args.colours, "prompts": {style: plan.prompt(style) for _, style in pairs},
         "sampler": {**pipeline.SAMPLER, **({"steps": args.sampler_steps} if args.sampler_steps else {})},
         "arms": {a: {"content": c, "style": s, "mix": m} for a, (c, s, m) in arms.items() if a != "oracle"},
-        "arm_names": plan.arm_names, "oracle_steps": [args.steps] if args.steps else [int(n) for n in args.oracle_steps.split(",")],
+        "arm_names": plan.arm_names, "oracle_steps": [int(n) for n in args.oracle_steps.split(",")],
         "tuning_pairs": [list(p) for p in tuning], "held_out_pairs": [list(p) for p in held_out],
         "training_seeds": list(seeds), "sampler_seeds": list(sampler_seeds), "judge": {
             "pattern_pass": scores.PATTERN_PASS, "pattern_averaged": "per class", "reject_iou": scores.REJECT_IOU,
@@ -620,20 +621,25 @@ def save(results: dict, images: dict, plan: Plan, gallery_pairs, out: str | None
 
 
 def choose(results: dict) -> dict:
-    """The tuning run's picks, by rules fixed before it ran: the route whose mix succeeds most on the tuning pairs less
-    its worse adapter alone (ties: the higher mean pattern); per plain-LoRA arm the rate whose mix succeeds most (ties:
-    the higher mean pattern + shape IoU)."""
-    summary = results["summary"]
+    """The tuning run's picks, by rules fixed before it ran: the route (and, in a run of several step counts, the
+    steps) whose mix succeeds most on the tuning pairs less its worse adapter alone (ties: the higher mean pattern);
+    per plain-LoRA arm, at those steps, the rate whose mix succeeds most (ties: the higher mean pattern + shape IoU)."""
+    rows = {}  # (arm, route or rate, steps or None) -> summary row
+    for name, row in results["summary"].items():
+        arm, _, rest = name.partition(":")
+        choice, _, steps = rest.partition("@")
+        if choice:
+            rows[(arm, choice, int(steps) if steps else None)] = row
 
-    def best(prefix, key):
-        rows = {name.split(":", 1)[1]: row for name, row in summary.items() if name.startswith(prefix + ":")}
-        return max(rows, key=lambda n: key(rows[n])) if rows else None
+    def best(arm, key, steps=...):
+        mine = [c for c in rows if c[0] == arm and (steps is ... or c[2] == steps)]
+        return max(mine, key=lambda c: key(rows[c])) if mine else None
 
-    route = best("default", lambda r: (r["success"] - max(r["alone_content"] or 0, r["alone_style"] or 0), r["continuous"]["pattern"]))
-    out = {"route": route}
+    picked = best("default", lambda r: (r["success"] - max(r["alone_content"] or 0, r["alone_style"] or 0), r["continuous"]["pattern"]))
+    out = {"route": picked[1] if picked else None, "steps": picked[2] if picked else None}
     for arm in ("lora_fair", "lora_recipe"):
-        lr = best(arm, lambda r: (r["success"], r["continuous"]["pattern"] + r["continuous"]["shape_iou"]))
-        out[arm] = float(lr) if lr else None
+        lr = best(arm, lambda r: (r["success"], r["continuous"]["pattern"] + r["continuous"]["shape_iou"]), out["steps"])
+        out[arm] = float(lr[1]) if lr else None
     return out
 
 
@@ -691,7 +697,7 @@ def own_pair(args) -> int:
         trained = []
         for role, path in (("content", args.content_dir), ("style", args.style_dir)):
             images, captions = folder(path)
-            settings = role_settings(role, DEFAULT_ROUTE) | ({"steps": args.steps} if args.steps else {})
+            settings = role_settings(role, DEFAULT_ROUTE) | ({"steps": args.steps[-1]} if args.steps else {})
             latents = pipeline.encode_images(vae, images)
             positive = [pipeline.encode_text(clip, c) for c in captions]
             from dataclasses import fields
@@ -715,6 +721,11 @@ def own_pair(args) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def counts(text: str) -> list:
+    """'100,200,400' -> [100, 200, 400]."""
+    return sorted(int(n) for n in text.split(",") if n.strip())
 
 
 def overrides(text: str) -> dict:
@@ -741,7 +752,8 @@ def main() -> int:
     parser.add_argument("--training-seeds", type=int, default=len(TRAINING_SEEDS))
     parser.add_argument("--seed-list", help="which training seeds, comma-separated (a run split over calls; --combine joins them)")
     parser.add_argument("--sampler-seeds", type=int, default=len(SAMPLER_SEEDS))
-    parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    parser.add_argument("--steps", type=counts, help="the adapters' training steps (default: the recipe's); several (comma-separated): "
+                                                      "checkpoints of one run per adapter, each its own arm (default@200)")
     parser.add_argument("--oracle-steps", default=str(ORACLE_STEPS), help="the oracle's steps; several (comma-separated): checkpoints of one run")
     parser.add_argument("--colours", choices=("named", "unnamed"), default="unnamed",
                         help="unnamed: the captions the demo, the roles' tuning and the CI test use; named: the fixed-colour styles' "
@@ -777,7 +789,8 @@ def main() -> int:
     tuning = list(TUNING_PAIRS)
     if args.smoke:
         args.training_seeds, args.sampler_seeds = 1, min(args.sampler_seeds, 2)
-        args.steps, args.images, args.sampler_steps = args.steps or 2, min(args.images, 4), args.sampler_steps or 3
+        args.steps, args.images, args.sampler_steps = args.steps or [2], min(args.images, 4), args.sampler_steps or 3
+        args.oracle_steps = ",".join(map(str, args.steps))
         args.pairs = args.pairs or f"{held_out[0][0]}:{held_out[0][1]}"
     if args.phase == "tune":
         pairs = tuning
@@ -795,6 +808,8 @@ def main() -> int:
             picked = tuned.get("choice") or choose(tuned)  # a tuning run cut short has its summary but no pick yet
             log(f"the tuning run's pick: {picked}")
             route, rates = RENAMED.get(picked["route"], picked["route"]), {a: picked[a] for a in LORA_LR}
+            if picked.get("steps") and not args.steps:  # the steps the tuning run picked, for every arm
+                args.steps = [picked["steps"]]
         arms = {a: ({}, {}, "alone") if a == "oracle" else arm_plan(a, route, rates.get(a)) for a in ARMS}
         if args.phase == "ceiling":
             arms = {"oracle": arms["oracle"]}

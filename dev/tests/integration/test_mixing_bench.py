@@ -105,3 +105,38 @@ def test_combine_pools_runs_split_over_calls_by_seed_and_by_arm(tmp_path):
     per_pair = {(e["content"], e["style"]): e["arms"]["default"]["mix_successes_by_training_seed"] for e in joined["pairs"]}
     assert per_pair[("crescent", "bricks")] == {0: 6, 1: 6, 2: 6}
     assert json.loads((tmp_path / "joined.json").read_text())["summary"]["default"]["successes"] == 21
+
+
+def test_plan_of_several_step_counts_trains_each_adapter_once_and_mixes_each_checkpoint():
+    arms = {"default": mixing.arm_plan("default", "shipped"), "oracle": ({}, {}, "alone")}
+    plan = mixing.Plan([("tee", "bricks")], arms, [0], [0], steps=[200, 100, 400], oracle_steps=[300])
+    assert plan.arm_names == ["default@100", "default@200", "default@400", "oracle"]
+    jobs = {j["kind"]: j["settings"] for j in plan.trainings.values()}
+    assert sorted(jobs) == ["content", "oracle", "style"], "one run per adapter, whatever the step counts"
+    assert (jobs["content"]["steps"], jobs["content"]["checkpoint_every"]) == (400, 100) == (jobs["style"]["steps"], jobs["style"]["checkpoint_every"])
+    assert jobs["oracle"]["steps"] == 300 and not jobs["oracle"]["checkpoint_every"], "--steps leaves the oracle its own"
+    mixes = {arm: (ck.split("@")[1], sk.split("@")[1]) for _, arm, _, ck, sk, _ in plan.cells if sk}
+    assert mixes == {"default@100": ("100", "100"), "default@200": ("200", "200"), "default@400": ("400", "400")}, "checkpoints mix at one step count"
+
+
+def test_choose_picks_steps_with_the_route_and_the_lora_rates_at_those_steps():
+    def row(success, pattern=0.5, alone=0.0):
+        return {"success": success, "alone_content": alone, "alone_style": 0.0, "continuous": {"pattern": pattern, "shape_iou": 0.5}}
+
+    summary = {"default:shipped@100": row(0.1), "default:shipped@200": row(0.4), "default:ema@200": row(0.5, alone=0.2),
+               "lora_fair:0.001@100": row(0.9), "lora_fair:0.001@200": row(0.2), "lora_fair:0.005@200": row(0.3),
+               "lora_recipe:0.005@200": row(0.1), "paper": row(0.0)}
+    assert mixing.choose({"summary": summary}) == {"route": "shipped", "steps": 200, "lora_fair": 0.005, "lora_recipe": 0.005}
+    assert mixing.choose({"summary": {"default:ema": row(0.2), "default:shipped": row(0.1)}})["steps"] is None
+
+
+@pytest.mark.timeout(600)
+def test_smoke_run_of_two_step_counts_mixes_both_checkpoints(tmp_path):
+    out = tmp_path / "steps.json"
+    done = subprocess.run([sys.executable, os.path.join(DEV_ROOT, "bench", "mixing.py"), "--smoke", "--arms", "default", "--steps", "1,2",
+                           "--sampler-steps", "2", "--out", str(out)], cwd=PACK_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["arm_names"] == ["default@1", "default@2"] and set(results["summary"]) == {"default@1", "default@2"}
+    assert all(row["trials"] == 2 for row in results["summary"].values()) and not results["errors"]
+    assert len(results["trainings"]) == 2, "each adapter trained once"
