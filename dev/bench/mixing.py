@@ -462,11 +462,13 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
         if running is not None and any(i.endswith(f"|{running}") for i in images):  # cut short: what that seed drew, marked
             results["partial_training_seed"] = running
             results["training_seeds_done"] = results.get("training_seeds_done", []) + [running]
-        results["seconds"] = time.time() - started
-        results["trials"] = trials(plan, images, results.get("training_seeds_done", []))
-        tabulate(results, pairs, held_out)
-        save(results, images, plan, held_out or pairs, args.out, args.images_out)
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            results["seconds"] = time.time() - started
+            results["trials"] = trials(plan, images, results.get("training_seeds_done", []))
+            tabulate(results, pairs, held_out)
+            save(results, images, plan, held_out or pairs, args.out, args.images_out)
+        finally:  # the trained files go whatever the save did
+            shutil.rmtree(work, ignore_errors=True)
     return results
 
 
