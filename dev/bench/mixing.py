@@ -87,6 +87,7 @@ ROUTES = {
     "decorrelate": ({}, {}, "decorrelate"),
     "content_all": (PAPER, {}, "sum"),  # content on every block
     "style_up": ({}, UP_BLOCKS, "sum"),  # style on the up blocks only: no layer carries both (B-LoRA's split, by block)
+    "lower_rate": ({"learning_rate": 2e-3}, {"learning_rate": 2e-3}, "sum"),  # 5e-3 swings between checkpoints (docs/mixing.md); with --steps 100,200,400
 }
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
@@ -768,7 +769,8 @@ def main() -> int:
     parser.add_argument("--arms", help="which arms, comma-separated (a run split over calls; --combine joins them)")
     parser.add_argument("--combine", nargs="+", metavar="JSON", help="join runs of one phase split over calls into --out")
     parser.add_argument("--recipe", type=overrides, default={}, metavar="KEY=VALUE,...",
-                        help="TrainConfig settings over every arm's, the oracle's too (rank=16,learning_rate=0.01): a recipe tried as a whole")
+                        help="TrainConfig settings over every arm's, the oracle's and plain LoRA's rate too (rank=16,learning_rate=0.01): "
+                             "a recipe tried as a whole")
     parser.add_argument("--images-out", metavar="NPZ", help="keep every image drawn (uint8 arrays), for --rejudge")
     parser.add_argument("--rejudge", nargs=2, metavar=("JSON", "NPZ"), help="judge a run again from its kept images into --out")
     parser.add_argument("--smoke", action="store_true", help="CPU-sized: one held-out pair, every arm, 2 steps, 2 sampler seeds")
