@@ -96,8 +96,8 @@ class BasisStore:
         if known and self.holds(known, qs):
             return known
         key = basis_id(rank, qs=qs)
-        if not self.holds(key, qs):
-            self.save(key, qs, sketches)
+        if not self.holds(key, qs) and not self.save(key, qs, sketches, replace=False) and not self.holds(key, qs):
+            self.save(key, qs, sketches)  # a damaged file under the content id: replaced (a concurrent save's is left)
         return key
 
     def save(self, basis_id: str, qs: dict, sketches: dict, replace: bool = True) -> bool:

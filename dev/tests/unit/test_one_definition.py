@@ -78,6 +78,17 @@ def test_a_basis_another_run_wrote_meanwhile_is_trained_on_and_left_in_place(tmp
     assert files_in(tmp_path) == [key + ".safetensors"], "a temporary file was left behind"
 
 
+def test_a_damaged_file_under_a_content_id_is_replaced_by_the_next_compact_save(tmp_path, rng):
+    qs = bases(rng)
+    store = BasisStore(str(tmp_path))
+    key = basis_id(4, qs=qs)
+    with open(store.path(key), "wb") as f:
+        f.write(b"not a safetensors file")
+    assert store.keep(qs, 4, {}) == key
+    assert all(torch.equal(store.load(key)[n], qs[n]) for n in qs)
+    assert files_in(tmp_path) == [key + ".safetensors"]
+
+
 def test_a_write_that_must_not_replace_leaves_the_earlier_file_and_no_temporary_one(tmp_path):
     from comfyui_qrlora.qrlora_core.formats import atomic_write
 
