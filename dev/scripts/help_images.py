@@ -2,7 +2,7 @@
 
     .venv/bin/python dev/scripts/help_images.py
 
-grid.jpg: the Mix Grid node itself draws it, in-process (five minutes on 2
+grid.jpg: the Mix Grid node itself draws it, in-process (two minutes on 2
 CPU cores): the shipped content and style adapters at weights 0-2 each, the
 mix prompt, the workflows' sampler seed. The others are workflows' cards
 (build_workflows.HELP_PICTURES), which `make workflows` writes with each
