@@ -351,6 +351,12 @@ def succeeded(done, errors: list):
 # ------------------------------------------------------------------ judging
 
 
+def judge_settings() -> dict:
+    """What a run records of the judge that scored it (toy_world.scores)."""
+    return {"pattern_pass": scores.PATTERN_PASS, "pattern_averaged": "per class", "reject_iou": scores.REJECT_IOU,
+            "reject_margin": scores.REJECT_MARGIN, "background_dirt": scores.BACKGROUND_DIRT}
+
+
 _JUDGED = {}  # (sampling id, shape, style) -> verdicts: tables are rebuilt after every training seed
 
 
@@ -397,7 +403,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
     seeds = [int(k) for k in args.seed_list.split(",")] if args.seed_list else TRAINING_SEEDS[: args.training_seeds]
     sampler_seeds = SAMPLER_SEEDS[: args.sampler_seeds]
     plan = Plan(pairs, arms, seeds, sampler_seeds, steps=args.steps, images=args.images,
-                oracle_steps=[int(n) for n in args.oracle_steps.split(",")], name_colours=args.colours == "named", overrides=args.recipe)
+                oracle_steps=args.oracle_steps, name_colours=args.colours == "named", overrides=args.recipe)
     work = tempfile.mkdtemp(prefix="mixing_bench_")
     models, output = os.path.join(work, "models"), os.path.join(work, "output")
     pipeline.install_models(models)
@@ -408,11 +414,9 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
         "colours": args.colours, "prompts": {style: plan.prompt(style) for _, style in pairs},
         "sampler": {**pipeline.SAMPLER, **({"steps": args.sampler_steps} if args.sampler_steps else {})},
         "arms": {a: {"content": c, "style": s, "mix": m} for a, (c, s, m) in arms.items() if a != "oracle"},
-        "arm_names": plan.arm_names, "oracle_steps": [int(n) for n in args.oracle_steps.split(",")],
+        "arm_names": plan.arm_names, "oracle_steps": args.oracle_steps,
         "tuning_pairs": [list(p) for p in tuning], "held_out_pairs": [list(p) for p in held_out],
-        "training_seeds": list(seeds), "sampler_seeds": list(sampler_seeds), "judge": {
-            "pattern_pass": scores.PATTERN_PASS, "pattern_averaged": "per class", "reject_iou": scores.REJECT_IOU,
-            "reject_margin": scores.REJECT_MARGIN, "background_dirt": scores.BACKGROUND_DIRT},
+        "training_seeds": list(seeds), "sampler_seeds": list(sampler_seeds), "judge": judge_settings(),
         "trainings": {}, "errors": [], "complete": False,
     }
     started = time.time()
@@ -502,7 +506,7 @@ def rejudge(results_path: str, images_path: str, out: str | None) -> dict:
     for t in results["trials"]:
         for part, sampling in t["samplings"].items():
             t[part] = judged(images, sampling, *t["pair"])
-    results["judge"] = {**results["judge"], "pattern_averaged": "per class", "rejudged": datetime.date.today().isoformat()}
+    results["judge"] = {**judge_settings(), "rejudged": datetime.date.today().isoformat()}
     held_out = [tuple(p) for p in results["held_out_pairs"]]
     tabulate(results, held_out or [tuple(p) for p in results["tuning_pairs"]], held_out)
     save_json(results, out)
@@ -757,7 +761,7 @@ def main() -> int:
     parser.add_argument("--sampler-seeds", type=int, default=len(SAMPLER_SEEDS))
     parser.add_argument("--steps", type=counts, help="the adapters' training steps (default: the recipe's); several (comma-separated): "
                                                       "checkpoints of one run per adapter, each its own arm (default@200)")
-    parser.add_argument("--oracle-steps", default=str(ORACLE_STEPS), help="the oracle's steps; several (comma-separated): checkpoints of one run")
+    parser.add_argument("--oracle-steps", type=counts, default=[ORACLE_STEPS], help="the oracle's steps; several (comma-separated): checkpoints of one run")
     parser.add_argument("--colours", choices=("named", "unnamed"), default="unnamed",
                         help="unnamed: the captions the demo, the roles' tuning and the CI test use; named: the fixed-colour styles' "
                              "captions and the mix prompt name their two colours ('a red and blue <c> shape in <s> style')")
@@ -794,7 +798,7 @@ def main() -> int:
     if args.smoke:
         args.training_seeds, args.sampler_seeds = 1, min(args.sampler_seeds, 2)
         args.steps, args.images, args.sampler_steps = args.steps or [2], min(args.images, 4), args.sampler_steps or 3
-        args.oracle_steps = ",".join(map(str, args.steps))
+        args.oracle_steps = args.steps
         args.pairs = args.pairs or f"{held_out[0][0]}:{held_out[0][1]}"
     if args.phase == "tune":
         pairs = tuning
