@@ -135,32 +135,33 @@ def atomic_write(data: bytes, path: str, what: str | None = None, root: str | No
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                if replace:
-                    os.replace(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
-                    return True
-                try:
-                    os.link(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)  # fails where a file is: never replaces
-                    return True
-                except FileExistsError:
-                    return False
-                except OSError as e:  # a file system without hard links (some network and FUSE mounts): check, then rename
-                    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                        raise
-                    try:
-                        os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
-                        return False
-                    except FileNotFoundError:
-                        os.replace(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
-                        return True
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp, dir_fd=folder)
-            except BaseException:
+                return _put_in_place(tmp, parts[-1], folder, replace)
+            finally:  # renamed away when written; else what stopped the write left it, or a link placed it
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=folder)
-                raise
     except OSError as e:
         raise AdapterError(f"Could not write {name}: {_write_failure(e)}") from None
+
+
+def _put_in_place(tmp: str, target: str, folder: int, replace: bool) -> bool:
+    """Move the finished `tmp` to `target` in `folder` (a descriptor); without `replace`, never over a file there."""
+    if replace:
+        os.replace(tmp, target, src_dir_fd=folder, dst_dir_fd=folder)
+        return True
+    try:
+        os.link(tmp, target, src_dir_fd=folder, dst_dir_fd=folder)  # fails where a file is: never replaces
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:  # a file system without hard links (some network and FUSE mounts): check, then rename
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    try:
+        os.stat(target, dir_fd=folder, follow_symlinks=False)
+        return False
+    except FileNotFoundError:
+        os.replace(tmp, target, src_dir_fd=folder, dst_dir_fd=folder)
+        return True
 
 
 def probe_write(path: str, root: str | None = None) -> None:
