@@ -34,8 +34,13 @@ def _check_relative(name: str) -> None:
 
 
 def _inside(path: str, roots: list[str]) -> bool:
-    real = os.path.realpath(path)
-    return any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r) for r in roots)
+    """Whether `path`, links resolved, lies in one of `roots`; False when it changed while being resolved (realpath
+    reads a link the moment after lstat saw it: a link swapped for a folder then is EINVAL), so such a path is refused."""
+    try:
+        real = os.path.realpath(path)
+        return any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r) for r in roots)
+    except OSError:
+        return False
 
 
 def is_adapter_name(name: str) -> bool:
