@@ -114,7 +114,7 @@ def train_to_files(model, latents, positive, config: TrainConfig, existing=None,
         "trigger_words": config.trigger_words,
         "training": {
             **config.recorded(), "noise_min": session.noise[0], "noise_max": session.noise[1],  # the range trained at
-            "images": len(session.latents), "triangular": session.triangular,
+            "images": len(session.latents), "triangular": session.triangular, "basis_part": session.basis_part,
             "targets": config.target_pattern if config.target_preset == "custom pattern" else config.target_preset,
         },
     }

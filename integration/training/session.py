@@ -181,6 +181,11 @@ def layers_that_fit(weights: dict, rank: int) -> tuple[dict, str | None]:
     return {n: w for n, w in weights.items() if n not in small}, note
 
 
+def _outside(delta_r: torch.Tensor, rows: tuple[int, int]) -> torch.Tensor:
+    """The rows of ΔR outside (start, stop): what a resumed run that trains only those rows would silently drop."""
+    return torch.cat([delta_r[:rows[0]], delta_r[rows[1]:]])
+
+
 def _tracks_versions(t) -> bool:
     """False for an inference tensor, for one made in inference mode whose .data was replaced outside it, and for
     an ordinary Parameter whose .data was replaced by an inference tensor.
@@ -298,6 +303,7 @@ class TrainingSession:
             self.notes.append(describe_buckets(self.buckets, [x.shape for x in self.latents]) + "; each batch comes from one bucket.")
             logging.info(f"[QR-LoRA] training on {self.notes[-1]}")
         self.triangular = config.triangular
+        self.basis_part = config.basis_part
         fused_rows = sum(m for (m, _), (_, offset) in zip(target_shapes(model, self.where), self.where.values()) if offset is not None)
         self.plan = fit.plan(model, target_shapes(model, self.where), config, self.latents, fused_rows)  # before any work
         self.targets = trainable if trainable is not None else self._targets()
@@ -314,19 +320,24 @@ class TrainingSession:
             if self.triangular and any(torch.tril(self.existing.targets[n].delta_r, -1).any() for n in self.where):
                 self.triangular = False
                 self.notes.append("The adapter's ΔR is not triangular, so it is trained without the triangular mask.")
-            return TrainTargets.resume(self.existing, weights, self.triangular, device=device)
+            rows = self.config.trained_rows(self.existing.rank)
+            if rows is not None and any(_outside(self.existing.targets[n].delta_r, rows).any() for n in self.where):
+                rows, self.basis_part = None, "all"
+                self.notes.append(f"The adapter's ΔR has values outside the {self.config.basis_part} of its basis, so it trains all of it.")
+            return TrainTargets.resume(self.existing, weights, self.triangular, device=device, rows=rows)
         weights, note = layers_that_fit(weights, self.config.rank)
         if note:
             self.notes.append(note)
             self.where = {n: self.where[n] for n in weights}
         if self.config.plain_lora:
-            self.triangular = False
+            self.triangular, self.basis_part = False, "all"
             return TrainTargets.plain_lora(weights, self.config.rank, self.config.scale_alpha, self.config.seed, device=device)
         decomposed = comfy.utils.ProgressBar(len(weights))
         basis_device, budget = self.basis_memory(weights)
         store = files.basis_store() if self.parallel is None else self.parallel.basis_store(files.basis_store())
         return TrainTargets.new(weights, self.config.rank, self.config.scale_alpha, self.triangular, store,
-                                progress=decomposed.update, device=device, basis_device=basis_device, basis_budget=budget)
+                                progress=decomposed.update, device=device, basis_device=basis_device, basis_budget=budget,
+                                rows=self.config.trained_rows(self.config.rank))
 
     def basis_memory(self, weights: dict) -> tuple:
         """(device, chunk budget) of the basis decomposition: the GPU memory the plan leaves beside

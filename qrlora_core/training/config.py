@@ -29,6 +29,7 @@ TARGET_PRESETS = {
     "attention only": rf"(?:^|[._]){_ATTENTION}$",
     "custom pattern": None,
 }
+BASIS_PARTS = ("all", "first half", "second half")
 TRAINING_DTYPES = ("bf16", "fp32")  # of PRECISIONS: fp16 trains unstably without loss scaling
 
 
@@ -121,6 +122,11 @@ class TrainConfig:
         "model's architecture (SD1.5, SDXL, SD3, Flux; docs/roles.md), so that a content and a style adapter mix: "
         "all is the paper's choice, every block. The target preset picks the layers inside those blocks; "
         "a custom target pattern replaces the role's blocks.", options=ROLES, optional=True))
+    basis_part: str = field(default="all", metadata=_help(
+        "Which of the basis's r directions per layer the adapter trains: all (the paper), or one half of them. A content "
+        "adapter on the first half and a style adapter on the second, at the same rank on the same model, add to "
+        "orthogonal directions of each layer's output, so their Merge ΔR sum does not overwrite one with the other.",
+        options=BASIS_PARTS, optional=True))
 
     def __post_init__(self):
         for f in fields(self):
@@ -129,6 +135,10 @@ class TrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise AdapterError(f"{f.name} is {value}, which is not a number training can use: enter a finite value (default {f.default:g}).")
         require_encodable(**{f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), str)})
+        if self.basis_part not in BASIS_PARTS:
+            raise AdapterError(f"'{self.basis_part}' is not a basis part; choose one of: {', '.join(BASIS_PARTS)}.")
+        if self.basis_part != "all" and self.rank < 2:
+            raise AdapterError(f"Rank {self.rank} has no half to train: set the rank to 2 or more, or the basis part to all.")
         if not 0.0 <= self.noise_min < self.noise_max <= 1.0:
             raise AdapterError(f"The noise range {self.noise_min:g} to {self.noise_max:g} is empty or outside 0 to 1: "
                                "set noise_min below noise_max (0 to 1 trains at every noise level).")
@@ -141,6 +151,11 @@ class TrainConfig:
     @property
     def scale_alpha(self) -> float:
         return float(self.alpha) if self.alpha > 0 else float(self.rank)
+
+    def trained_rows(self, rank: int) -> tuple[int, int] | None:
+        """The rows of ΔR (directions of Q) trained at this rank, (start, stop); None: all of them."""
+        half = rank // 2
+        return {"all": None, "first half": (0, half), "second half": (half, rank)}[self.basis_part]
 
     @property
     def role_picks_blocks(self) -> bool:

@@ -5,7 +5,9 @@ equals W + s·Q·ΔR (docs/method.md, "The patch"), so the frozen extra per targ
 Q alone (m x r, a buffer, never a parameter) and the trained part is ΔR
 (r x n, zero at the start, so the first forward is the base model's).
 The triangular variant masks ΔR with M = triu(ones(r, n)) on every
-forward; `torch.triu(ΔR)` is that product without storing M.
+forward; `torch.triu(ΔR)` is that product without storing M. An adapter
+that trains part of the basis (TrainConfig.basis_part) also zeroes the rows
+of ΔR outside its part, so it adds only along its own directions of Q.
 
 `QRWeightWrapper` is what ComfyUI calls on a weight before using it (a
 ModelPatcher weight wrapper): one per weight key, holding one `QRDelta`
@@ -32,9 +34,12 @@ def adapter_bytes(out_features: int, in_features: int, rank: int) -> int:
 
 
 class QRDelta(QRShape, torch.nn.Module):
-    """One target: frozen Q (m x r), trainable ΔR (r x n), scale s = alpha / rank."""
+    """One target: frozen Q (m x r), trainable ΔR (r x n), scale s = alpha / rank.
 
-    def __init__(self, q: torch.Tensor, delta_r: torch.Tensor, scale: float = 1.0, triangular: bool = True):
+    `rows` (start, stop): only these rows of ΔR are trained, the rest stay 0 (None: all)."""
+
+    def __init__(self, q: torch.Tensor, delta_r: torch.Tensor, scale: float = 1.0, triangular: bool = True,
+                 rows: tuple[int, int] | None = None):
         super().__init__()
         q = q.detach()  # float32 from the basis store; float64 in the tests' references
         if delta_r.dim() != 2 or delta_r.shape[0] != q.shape[1]:
@@ -43,14 +48,26 @@ class QRDelta(QRShape, torch.nn.Module):
         self.delta_r = torch.nn.Parameter(delta_r.detach().to(device=q.device, dtype=q.dtype).clone())
         self.scale = float(scale)
         self.triangular = triangular
+        self.rows = rows
+        if rows is not None:
+            keep = torch.zeros(q.shape[1], 1, device=q.device, dtype=q.dtype)
+            keep[rows[0]:rows[1]] = 1
+            self.register_buffer("row_mask", keep, persistent=False)
 
     @classmethod
-    def zeros(cls, q: torch.Tensor, in_features: int, scale: float = 1.0, triangular: bool = True) -> "QRDelta":
+    def zeros(cls, q: torch.Tensor, in_features: int, scale: float = 1.0, triangular: bool = True,
+              rows: tuple[int, int] | None = None) -> "QRDelta":
         """A fresh target: ΔR = 0, so W' = W until the first optimizer step."""
-        return cls(q, torch.zeros(q.shape[1], in_features, device=q.device, dtype=q.dtype), scale, triangular)
+        return cls(q, torch.zeros(q.shape[1], in_features, device=q.device, dtype=q.dtype), scale, triangular, rows)
+
+    def mask(self, delta_r: torch.Tensor) -> torch.Tensor:
+        """M ⊙ ΔR for this target's ΔR or a stack of ΔRs like it: the triangular mask, then the trained rows only."""
+        if self.triangular:
+            delta_r = torch.triu(delta_r)
+        return delta_r if self.rows is None else delta_r * self.row_mask
 
     def masked_delta_r(self) -> torch.Tensor:
-        return torch.triu(self.delta_r) if self.triangular else self.delta_r
+        return self.mask(self.delta_r)
 
     def add_to(self, matrix: torch.Tensor) -> torch.Tensor:
         """matrix + s · Q · (M ⊙ ΔR), out of place, in the matrix's dtype (one fused addmm)."""
@@ -80,6 +97,7 @@ class LoRADelta(QRDelta):
         self.delta_r = torch.nn.Parameter(down.detach().to(up).clone())
         self.scale = float(scale)
         self.triangular = False
+        self.rows = None
 
     @classmethod
     def fresh(cls, out_features: int, in_features: int, rank: int, scale: float, generator: torch.Generator, device=None) -> "LoRADelta":
@@ -104,7 +122,7 @@ class QRWeightWrapper(torch.nn.Module):
             raise ValueError("a target covering the whole weight cannot share it with other targets")
         self.targets = torch.nn.ModuleList(targets)
         self.rows = list(rows)
-        same = {(t.scale, t.triangular, t.q.dtype) for t in targets}
+        same = {(t.scale, t.triangular, t.rows, t.q.dtype) for t in targets}
         learned_q = any(isinstance(t.q, torch.nn.Parameter) for t in targets)  # a stacked copy of a learned factor would go stale
         self.span = None if None in rows or len(same) > 1 or learned_q else _back_to_back(self.rows)
         if self.span is not None:  # the batched path's Qs, stacked once (a copy of the fused slices' Q only)
@@ -133,9 +151,7 @@ class QRWeightWrapper(torch.nn.Module):
         start, end = self.span
         first = self.targets[0]
         span = matrix[start:end].reshape(len(self.targets), -1, matrix.shape[1])
-        delta_r = torch.stack([t.delta_r for t in self.targets])
-        if first.triangular:
-            delta_r = torch.triu(delta_r)
+        delta_r = first.mask(torch.stack([t.delta_r for t in self.targets]))
         patched = add_delta_stacked(span, self.q_stack, delta_r, first.scale).reshape(end - start, matrix.shape[1])
         pieces = [p for p in (matrix[:start], patched, matrix[end:]) if p.shape[0]]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)

@@ -39,9 +39,10 @@ class TrainTargets:
 
     @classmethod
     def new(cls, weights: dict, rank: int, alpha: float, triangular: bool, store: BasisStore, progress=None,
-            device=None, basis_device=None, basis_budget: int | None = None) -> "TrainTargets":
+            device=None, basis_device=None, basis_budget: int | None = None, rows: tuple[int, int] | None = None) -> "TrainTargets":
         """Fresh targets (ΔR = 0) on the base weights' basis, decomposed once per base and rank.
 
+        `rows`: the rows of every ΔR trained (TrainConfig.trained_rows), None for all;
         `device`: where Q and ΔR live (default: each weight's device);
         `basis_device` / `basis_budget`: where the decomposition runs and
         the working memory it may take there (BasisStore.get_or_build)."""
@@ -49,7 +50,7 @@ class TrainTargets:
                    "lower the rank to {limit} or less, or leave such layers out with the target pattern.")
         basis_id, qs, sketches = store.get_or_build(weights, rank, progress=progress, device=basis_device, memory_budget=basis_budget)
         scale = alpha / rank
-        layers = {n: QRDelta.zeros(qs[n].to(device or weights[n].device), weights[n].shape[1], scale, triangular) for n in weights}
+        layers = {n: QRDelta.zeros(qs[n].to(device or weights[n].device), weights[n].shape[1], scale, triangular, rows) for n in weights}
         return cls(layers, rank, alpha, sketches, basis_id)
 
     @classmethod
@@ -62,7 +63,7 @@ class TrainTargets:
         return cls(layers, rank, alpha, {n: sketch(w) for n, w in weights.items()})
 
     @classmethod
-    def resume(cls, adapter: QRLoRA, weights: dict, triangular: bool, device=None) -> "TrainTargets":
+    def resume(cls, adapter: QRLoRA, weights: dict, triangular: bool, device=None, rows: tuple[int, int] | None = None) -> "TrainTargets":
         """Continue an adapter: its own Q and ΔR for the layers the model has (`weights`)."""
         if not adapter.shared_basis:
             raise AdapterError(
@@ -74,7 +75,7 @@ class TrainTargets:
             t = adapter.targets[name]
             where = device or weight.device
             q = t.q.to(where, copy=True)  # an ordinary tensor: loaders run in inference mode, whose tensors autograd refuses
-            layers[name] = QRDelta(q, t.delta_r.to(where), adapter.scale, triangular)
+            layers[name] = QRDelta(q, t.delta_r.to(where), adapter.scale, triangular, rows)
             sketches[name] = t.fingerprint if t.fingerprint is not None else sketch(weight)
         return cls(layers, adapter.rank, adapter.alpha, sketches, adapter.metadata.get("basis"))
 
@@ -103,7 +104,10 @@ class TrainTargets:
         return {i: a / correction for i, a in self.average.items()}
 
     def trainable_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Values the optimizer holds, less the rows of ΔR outside a trained basis part (they stay 0)."""
+        unused = sum((layer.delta_r.shape[0] - (layer.rows[1] - layer.rows[0])) * layer.delta_r.shape[1]
+                     for layer in self.layers.values() if layer.rows is not None)
+        return sum(p.numel() for p in self.parameters()) - unused
 
     def wrappers(self, where: dict) -> dict:
         """weight key -> QRWeightWrapper; `where` maps a name to (key, None) or (key, (dim, start, length))."""
@@ -129,7 +133,7 @@ class TrainTargets:
         for name, layer in self.layers.items():
             q = next(values) if isinstance(layer, LoRADelta) else layer.q
             delta_r = next(values)
-            delta_r = torch.triu(delta_r) if layer.triangular else delta_r
+            delta_r = layer.mask(delta_r)
             if isinstance(layer, LoRADelta):  # up·down stored as Q·(R·down), up = Q·R: the same delta with an orthonormal Q, as every file holds
                 basis, r = torch.linalg.qr(q.detach().double())
                 q, delta_r = basis, r @ delta_r.detach().double()

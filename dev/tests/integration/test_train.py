@@ -16,6 +16,7 @@ sigmas at every step): every trained step after the first must be lower.
 """
 
 import glob
+import json
 import os
 import time
 
@@ -231,3 +232,38 @@ def test_trainer_interface_and_a_wrong_setting_explained(client, base_files):
     assert {"objective", "guidance", "weight_decay", "max_grad_norm"} <= set(info["input"]["optional"])  # older workflows lack them
     error = client.run_expecting_error(train_prompt("qrtest/too_big", rank=400))
     assert "Rank 400 is larger than every chosen layer allows" in error["exception_message"] and "lower the rank" in error["exception_message"]
+
+
+def test_content_and_style_on_halves_of_one_basis_merge_into_orthogonal_parts(comfy, runs):
+    """basis_part: two adapters of one rank and base train disjoint rows of ΔR, so their Merge ΔR sum keeps both
+    exactly; continuing an adapter that has values outside the half trains all of it (never drops them)."""
+    client = runs["client"]
+    halves = {part: client.run(train_prompt(f"qrtest/{part.split()[0]}", basis_part=part, checkpoint_every=0))
+              for part in ("first half", "second half")}
+    files = {part: summary(client, entry)["file"] for part, entry in halves.items()}
+    adapters = {part: load_adapter(comfy.path("models", "loras", f)) for part, f in files.items()}
+    for part, adapter in adapters.items():
+        assert json.loads(adapter.metadata["training"])["basis_part"] == part
+        kept = slice(0, 2) if part == "first half" else slice(2, 4)
+        for t in adapter.targets.values():
+            assert t.delta_r[kept].any() and not torch.cat([t.delta_r[:kept.start], t.delta_r[kept.stop:]]).any()
+        assert summary(client, halves[part])["trained_values"] * 2 == summary(client, runs["a"])["trained_values"]
+    entry = client.run({
+        "a": {"class_type": "QRLoRALoader", "inputs": {"lora_name": files["first half"]}},
+        "b": {"class_type": "QRLoRALoader", "inputs": {"lora_name": files["second half"]}},
+        "merge": {"class_type": "QRLoRAMerge", "inputs": {"qr_lora_1": ["a", 0], "weight_1": 1.0, "qr_lora_2": ["b", 0], "weight_2": 1.0}},
+        "save": {"class_type": "QRLoRASave", "inputs": {"qr_lora": ["merge", 0], "filename_prefix": "qrtest/halves", "compact": False, "dtype": "fp32"}},
+    })
+    assert "merged as one ΔR sum" in client.ui(entry, "merge")["text"][0]
+    merged = load_adapter(comfy.path("models", "loras", *loras(comfy, "qrtest/halves*")[0].split("/")))
+    for name, t in merged.targets.items():  # each half is its own adapter's, untouched by the other (to float32 rounding)
+        assert torch.allclose(t.delta_r[:2], adapters["first half"].targets[name].delta_r[:2], rtol=1e-5, atol=1e-7)
+        assert torch.allclose(t.delta_r[2:], adapters["second half"].targets[name].delta_r[2:], rtol=1e-5, atol=1e-7)
+    prompt = train_prompt("qrtest/continued", basis_part="second half", steps=1, checkpoint_every=0)
+    prompt["load"] = {"class_type": "QRLoRALoader", "inputs": {"lora_name": summary(client, runs["a"])["file"]}}
+    prompt["train"]["inputs"]["qr_lora"] = ["load", 0]
+    entry = client.run(prompt)
+    assert "values outside the second half of its basis, so it trains all of it" in client.ui(entry, "train")["text"][0]
+    continued = load_adapter(comfy.path("models", "loras", summary(client, entry)["file"]))
+    assert json.loads(continued.metadata["training"])["basis_part"] == "all"
+    assert all(t.delta_r[:2].any() for t in continued.targets.values())

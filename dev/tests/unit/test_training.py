@@ -126,6 +126,52 @@ def test_second_training_on_the_same_base_loads_the_basis_from_disk(store, rng):
         assert torch.equal(second.layers[name].delta_r, torch.zeros(4, weights[name].shape[1]))
 
 
+@pytest.mark.parametrize("part", ["first half", "second half"])
+def test_a_basis_half_trains_and_stores_only_its_rows(store, rng, part):
+    rows = TrainConfig(rank=6, basis_part=part).trained_rows(6)
+    assert rows == ((0, 3) if part == "first half" else (3, 6))
+    outside = torch.ones(6, 12, dtype=torch.bool)
+    outside[rows[0]:rows[1]] = False
+    mask = torch.triu(torch.ones(6, 12, dtype=torch.float64)) * ~outside
+    w = torch.randn(30, 12, generator=rng, dtype=torch.float64)
+    layers = [QRDelta(orthonormal(10, 6, rng), torch.randn(6, 12, generator=rng, dtype=torch.float64), 1.5, True, rows) for _ in range(3)]
+    x = torch.randn(4, 12, generator=rng, dtype=torch.float64)
+    for wrapper, parts in ((QRWeightWrapper(layers[:1], [None]), [(0, 30)]),  # a whole weight, and q, k, v batched
+                           (QRWeightWrapper(layers, [(0, 10), (10, 10), (20, 10)]), [(0, 10), (10, 10), (20, 10)])):
+        got = wrapper(w[: parts[-1][0] + parts[-1][1]] if len(parts) > 1 else w[:10])
+        for layer, (start, length) in zip(layers, parts if len(parts) > 1 else [(0, 10)]):
+            expected = w[start : start + length] + 1.5 * layer.q @ (mask * layer.delta_r.detach())
+            assert torch.allclose(got[start : start + length], expected, rtol=0, atol=1e-12)
+    torch.nn.functional.linear(x, QRWeightWrapper(layers[:1], [None])(w[:10])).square().sum().backward()
+    assert torch.all(layers[0].delta_r.grad[outside] == 0) and torch.all(layers[0].delta_r.grad[mask.bool()] != 0)
+    targets = TrainTargets.new({"x.to_q": torch.randn(20, 12, generator=rng)}, 6, 6.0, True, store, rows=rows)
+    with torch.no_grad():
+        targets.layers["x.to_q"].delta_r.copy_(torch.randn(6, 12, generator=rng))
+    stored = targets.to_adapter().targets["x.to_q"].delta_r
+    assert not stored[outside].any() and torch.equal(stored[~outside], torch.triu(targets.layers["x.to_q"].delta_r.detach())[~outside])
+
+
+def test_content_and_style_halves_add_to_orthogonal_outputs(store, rng):
+    """Halves of one basis: the content adapter's delta and the style adapter's have orthogonal column spaces."""
+    weights = {"x.to_q": torch.randn(24, 16, generator=rng)}
+    deltas = []
+    for part in ("first half", "second half"):
+        targets = TrainTargets.new(weights, 8, 8.0, True, store, rows=TrainConfig(rank=8, basis_part=part).trained_rows(8))
+        with torch.no_grad():
+            targets.layers["x.to_q"].delta_r.copy_(torch.randn(8, 16, generator=rng))
+        t = targets.to_adapter().targets["x.to_q"]
+        deltas.append(t.q.double() @ t.delta_r.double())
+    overlap = torch.linalg.norm(deltas[0].T @ deltas[1]) / (torch.linalg.norm(deltas[0]) * torch.linalg.norm(deltas[1]))
+    assert overlap < 1e-6  # Q is stored in float32: orthogonal to its precision
+
+
+def test_a_basis_half_needs_rank_two(rng):
+    with pytest.raises(AdapterError, match="Rank 1 has no half"):
+        TrainConfig(rank=1, basis_part="second half")
+    with pytest.raises(AdapterError, match="not a basis part"):
+        TrainConfig(basis_part="third half")
+
+
 def test_trained_adapter_stores_the_masked_delta_and_its_basis(store, rng):
     weights = {"x.to_q": torch.randn(20, 12, generator=rng)}
     targets = TrainTargets.new(weights, 4, 8.0, True, store)
