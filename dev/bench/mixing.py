@@ -160,6 +160,8 @@ def role_settings(role: str, route: str, plain_lr: float | None = None) -> dict:
     out = {**recipe.RECIPE, "steps": recipe.STEPS, **recipe.TARGETS[role], **(content if role == "content" else style)}
     if plain_lr is not None:
         out.update(plain_lora=True, learning_rate=plain_lr)
+        if out.get("basis_part", "all") != "all":  # no basis to halve: the same trained values at half the rank
+            out.update(rank=out["rank"] // 2, basis_part="all")
     return out
 
 

@@ -330,6 +330,8 @@ class TrainingSession:
             self.notes.append(note)
             self.where = {n: self.where[n] for n in weights}
         if self.config.plain_lora:
+            if self.basis_part != "all":
+                self.notes.append(f"A plain LoRA has no basis to train the {self.basis_part} of, so it trains its whole rank.")
             self.triangular, self.basis_part = False, "all"
             return TrainTargets.plain_lora(weights, self.config.rank, self.config.scale_alpha, self.config.seed, device=device)
         decomposed = comfy.utils.ProgressBar(len(weights))

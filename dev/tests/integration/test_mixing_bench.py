@@ -119,6 +119,18 @@ def test_plan_of_several_step_counts_trains_each_adapter_once_and_mixes_each_che
     assert mixes == {"default@100": ("100", "100"), "default@200": ("200", "200"), "default@400": ("400", "400")}, "checkpoints mix at one step count"
 
 
+def test_basis_halves_route_trains_as_many_values_as_the_shipped_rank_and_its_plain_lora_the_same():
+    from comfyui_qrlora.qrlora_core.training import TrainConfig
+
+    shipped = mixing.arm_plan("default", "shipped")
+    content, style, mix = mixing.arm_plan("default", "split_basis")
+    assert mix == "sum" and content["rank"] == style["rank"] == 2 * shipped[0]["rank"]
+    rows = [TrainConfig(**{k: v for k, v in s.items() if k != "steps"}).trained_rows(s["rank"]) for s in (content, style)]
+    assert rows[0][1] == rows[1][0] and rows[0][1] - rows[0][0] == rows[1][1] - rows[1][0] == shipped[0]["rank"], "disjoint halves"
+    plain = mixing.arm_plan("lora_recipe", "split_basis", 1e-3)
+    assert all(p["plain_lora"] and p["rank"] == shipped[0]["rank"] and p["basis_part"] == "all" for p in plain[:2])
+
+
 def test_choose_picks_steps_with_the_route_and_the_lora_rates_at_those_steps():
     def row(success, pattern=0.5, alone=0.0):
         return {"success": success, "alone_content": alone, "alone_style": 0.0, "continuous": {"pattern": pattern, "shape_iou": 0.5}}
