@@ -89,6 +89,7 @@ ROUTES = {
     "content_all": (PAPER, {}, "sum"),  # content on every block
     "style_up": ({}, UP_BLOCKS, "sum"),  # style on the up blocks only: no layer carries both (B-LoRA's split, by block)
     "lower_rate": ({"learning_rate": 2e-3}, {"learning_rate": 2e-3}, "sum"),  # 5e-3 swings between checkpoints (docs/mixing.md); with --steps 100,200,400
+    "lowest_rate": ({"learning_rate": 1e-3}, {"learning_rate": 1e-3}, "sum"),  # the rate plain LoRA's tuning picked (lora_fair)
     # Halves of one rank-16 basis (TrainConfig.basis_part): each adapter trains 8 directions of Q, as the shipped rank 8
     # does, but content's and style's are orthogonal, so their sum adds to different output directions of every layer.
     "split_basis": (SPLIT["content"], SPLIT["style"], "sum"),
