@@ -324,7 +324,7 @@ class TrainingSession:
             if rows is not None and any(_outside(self.existing.targets[n].delta_r, rows).any() for n in self.where):
                 rows, self.basis_part = None, "all"
                 self.notes.append(f"The adapter's ΔR has values outside the {self.config.basis_part} of its basis, so it trains all of it.")
-            return TrainTargets.resume(self.existing, weights, self.triangular, device=device, rows=rows)
+            return TrainTargets.resume(self.existing, weights, self.triangular, device=device, trained_rows=rows)
         weights, note = layers_that_fit(weights, self.config.rank)
         if note:
             self.notes.append(note)
@@ -339,7 +339,7 @@ class TrainingSession:
         store = files.basis_store() if self.parallel is None else self.parallel.basis_store(files.basis_store())
         return TrainTargets.new(weights, self.config.rank, self.config.scale_alpha, self.triangular, store,
                                 progress=decomposed.update, device=device, basis_device=basis_device, basis_budget=budget,
-                                rows=self.config.trained_rows(self.config.rank))
+                                trained_rows=self.config.trained_rows(self.config.rank))
 
     def basis_memory(self, weights: dict) -> tuple:
         """(device, chunk budget) of the basis decomposition: the GPU memory the plan leaves beside

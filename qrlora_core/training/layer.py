@@ -36,10 +36,10 @@ def adapter_bytes(out_features: int, in_features: int, rank: int) -> int:
 class QRDelta(QRShape, torch.nn.Module):
     """One target: frozen Q (m x r), trainable ΔR (r x n), scale s = alpha / rank.
 
-    `rows` (start, stop): only these rows of ΔR are trained, the rest stay 0 (None: all)."""
+    `trained_rows` (start, stop): only these rows of ΔR are trained, the rest stay 0 (None: all)."""
 
     def __init__(self, q: torch.Tensor, delta_r: torch.Tensor, scale: float = 1.0, triangular: bool = True,
-                 rows: tuple[int, int] | None = None):
+                 trained_rows: tuple[int, int] | None = None):
         super().__init__()
         q = q.detach()  # float32 from the basis store; float64 in the tests' references
         if delta_r.dim() != 2 or delta_r.shape[0] != q.shape[1]:
@@ -48,23 +48,23 @@ class QRDelta(QRShape, torch.nn.Module):
         self.delta_r = torch.nn.Parameter(delta_r.detach().to(device=q.device, dtype=q.dtype).clone())
         self.scale = float(scale)
         self.triangular = triangular
-        self.rows = rows
-        if rows is not None:
+        self.trained_rows = trained_rows
+        if trained_rows is not None:
             keep = torch.zeros(q.shape[1], 1, device=q.device, dtype=q.dtype)
-            keep[rows[0]:rows[1]] = 1
+            keep[trained_rows[0]:trained_rows[1]] = 1
             self.register_buffer("row_mask", keep, persistent=False)
 
     @classmethod
     def zeros(cls, q: torch.Tensor, in_features: int, scale: float = 1.0, triangular: bool = True,
-              rows: tuple[int, int] | None = None) -> "QRDelta":
+              trained_rows: tuple[int, int] | None = None) -> "QRDelta":
         """A fresh target: ΔR = 0, so W' = W until the first optimizer step."""
-        return cls(q, torch.zeros(q.shape[1], in_features, device=q.device, dtype=q.dtype), scale, triangular, rows)
+        return cls(q, torch.zeros(q.shape[1], in_features, device=q.device, dtype=q.dtype), scale, triangular, trained_rows)
 
     def mask(self, delta_r: torch.Tensor) -> torch.Tensor:
         """M ⊙ ΔR for this target's ΔR or a stack of ΔRs like it: the triangular mask, then the trained rows only."""
         if self.triangular:
             delta_r = torch.triu(delta_r)
-        return delta_r if self.rows is None else delta_r * self.row_mask
+        return delta_r if self.trained_rows is None else delta_r * self.row_mask
 
     def masked_delta_r(self) -> torch.Tensor:
         return self.mask(self.delta_r)
@@ -97,7 +97,7 @@ class LoRADelta(QRDelta):
         self.delta_r = torch.nn.Parameter(down.detach().to(up).clone())
         self.scale = float(scale)
         self.triangular = False
-        self.rows = None
+        self.trained_rows = None
 
     @classmethod
     def fresh(cls, out_features: int, in_features: int, rank: int, scale: float, generator: torch.Generator, device=None) -> "LoRADelta":
@@ -122,7 +122,7 @@ class QRWeightWrapper(torch.nn.Module):
             raise ValueError("a target covering the whole weight cannot share it with other targets")
         self.targets = torch.nn.ModuleList(targets)
         self.rows = list(rows)
-        same = {(t.scale, t.triangular, t.rows, t.q.dtype) for t in targets}
+        same = {(t.scale, t.triangular, t.trained_rows, t.q.dtype) for t in targets}
         learned_q = any(isinstance(t.q, torch.nn.Parameter) for t in targets)  # a stacked copy of a learned factor would go stale
         self.span = None if None in rows or len(same) > 1 or learned_q else _back_to_back(self.rows)
         if self.span is not None:  # the batched path's Qs, stacked once (a copy of the fused slices' Q only)

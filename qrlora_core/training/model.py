@@ -39,10 +39,10 @@ class TrainTargets:
 
     @classmethod
     def new(cls, weights: dict, rank: int, alpha: float, triangular: bool, store: BasisStore, progress=None,
-            device=None, basis_device=None, basis_budget: int | None = None, rows: tuple[int, int] | None = None) -> "TrainTargets":
+            device=None, basis_device=None, basis_budget: int | None = None, trained_rows: tuple[int, int] | None = None) -> "TrainTargets":
         """Fresh targets (ΔR = 0) on the base weights' basis, decomposed once per base and rank.
 
-        `rows`: the rows of every ΔR trained (TrainConfig.trained_rows), None for all;
+        `trained_rows`: the rows of every ΔR trained (TrainConfig.trained_rows), None for all;
         `device`: where Q and ΔR live (default: each weight's device);
         `basis_device` / `basis_budget`: where the decomposition runs and
         the working memory it may take there (BasisStore.get_or_build)."""
@@ -50,7 +50,7 @@ class TrainTargets:
                    "lower the rank to {limit} or less, or leave such layers out with the target pattern.")
         basis_id, qs, sketches = store.get_or_build(weights, rank, progress=progress, device=basis_device, memory_budget=basis_budget)
         scale = alpha / rank
-        layers = {n: QRDelta.zeros(qs[n].to(device or weights[n].device), weights[n].shape[1], scale, triangular, rows) for n in weights}
+        layers = {n: QRDelta.zeros(qs[n].to(device or weights[n].device), weights[n].shape[1], scale, triangular, trained_rows) for n in weights}
         return cls(layers, rank, alpha, sketches, basis_id)
 
     @classmethod
@@ -63,7 +63,7 @@ class TrainTargets:
         return cls(layers, rank, alpha, {n: sketch(w) for n, w in weights.items()})
 
     @classmethod
-    def resume(cls, adapter: QRLoRA, weights: dict, triangular: bool, device=None, rows: tuple[int, int] | None = None) -> "TrainTargets":
+    def resume(cls, adapter: QRLoRA, weights: dict, triangular: bool, device=None, trained_rows: tuple[int, int] | None = None) -> "TrainTargets":
         """Continue an adapter: its own Q and ΔR for the layers the model has (`weights`)."""
         if not adapter.shared_basis:
             raise AdapterError(
@@ -75,7 +75,7 @@ class TrainTargets:
             t = adapter.targets[name]
             where = device or weight.device
             q = t.q.to(where, copy=True)  # an ordinary tensor: loaders run in inference mode, whose tensors autograd refuses
-            layers[name] = QRDelta(q, t.delta_r.to(where), adapter.scale, triangular, rows)
+            layers[name] = QRDelta(q, t.delta_r.to(where), adapter.scale, triangular, trained_rows)
             sketches[name] = t.fingerprint if t.fingerprint is not None else sketch(weight)
         return cls(layers, adapter.rank, adapter.alpha, sketches, adapter.metadata.get("basis"))
 
@@ -105,8 +105,8 @@ class TrainTargets:
 
     def trainable_count(self) -> int:
         """Values the optimizer holds, less the rows of ΔR outside a trained basis part (they stay 0)."""
-        unused = sum((layer.delta_r.shape[0] - (layer.rows[1] - layer.rows[0])) * layer.delta_r.shape[1]
-                     for layer in self.layers.values() if layer.rows is not None)
+        unused = sum((layer.delta_r.shape[0] - (layer.trained_rows[1] - layer.trained_rows[0])) * layer.delta_r.shape[1]
+                     for layer in self.layers.values() if layer.trained_rows is not None)
         return sum(p.numel() for p in self.parameters()) - unused
 
     def wrappers(self, where: dict) -> dict:

@@ -144,7 +144,7 @@ def test_a_basis_half_trains_and_stores_only_its_rows(store, rng, part):
             assert torch.allclose(got[start : start + length], expected, rtol=0, atol=1e-12)
     torch.nn.functional.linear(x, QRWeightWrapper(layers[:1], [None])(w[:10])).square().sum().backward()
     assert torch.all(layers[0].delta_r.grad[outside] == 0) and torch.all(layers[0].delta_r.grad[mask.bool()] != 0)
-    targets = TrainTargets.new({"x.to_q": torch.randn(20, 12, generator=rng)}, 6, 6.0, True, store, rows=rows)
+    targets = TrainTargets.new({"x.to_q": torch.randn(20, 12, generator=rng)}, 6, 6.0, True, store, trained_rows=rows)
     with torch.no_grad():
         targets.layers["x.to_q"].delta_r.copy_(torch.randn(6, 12, generator=rng))
     stored = targets.to_adapter().targets["x.to_q"].delta_r
@@ -156,7 +156,7 @@ def test_content_and_style_halves_add_to_orthogonal_outputs(store, rng):
     weights = {"x.to_q": torch.randn(24, 16, generator=rng)}
     deltas = []
     for part in ("first half", "second half"):
-        targets = TrainTargets.new(weights, 8, 8.0, True, store, rows=TrainConfig(rank=8, basis_part=part).trained_rows(8))
+        targets = TrainTargets.new(weights, 8, 8.0, True, store, trained_rows=TrainConfig(rank=8, basis_part=part).trained_rows(8))
         with torch.no_grad():
             targets.layers["x.to_q"].delta_r.copy_(torch.randn(8, 16, generator=rng))
         t = targets.to_adapter().targets["x.to_q"]
