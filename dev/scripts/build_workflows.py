@@ -89,7 +89,7 @@ BLUE, GREEN, PURPLE, BROWN = "#3f5f7f", "#3f6f4f", "#5f4f7f", "#6f5a3f"
 # The sampler seed the workflows ship with, chosen on the toy world's first base model, where the shipped pair drew a
 # checkered heart at 8 of 17 seeds, this one among them; on the richer one it draws at none of 0-7 (docs/toy-world.md).
 DEMO_SEED = 1
-FOLDER_STEPS = 100  # the folder example's training: the shipped content adapter's recipe (dev/toy_world/adapters.py)
+FOLDER_STEPS = 100  # the folder example's training: the world's recipe (dev/toy_world/adapters.py) at a quarter of its steps, a few CPU minutes
 
 
 def N(key, node_type, title, box_w=300, box_h=0, **widgets):
