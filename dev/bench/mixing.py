@@ -73,7 +73,6 @@ PAPER = {"role": "all", "target_preset": "attention + MLP (paper)", "target_patt
 ORACLE_STEPS = 2 * recipe.STEPS  # the upper bound gets twice the adapters' steps (at 100 it drew heart x checkerboard once in 8)
 LAYERS = "(attn[12]_to_(q|k|v|out_0)|ff_net_(0_proj|2))$"  # attention + MLP, as the paper's preset picks them
 UP_BLOCKS = {"target_preset": "custom pattern", "target_pattern": f"lora_unet_up_blocks.*{LAYERS}"}
-SPLIT = {"content": {"rank": 16, "basis_part": "first half"}, "style": {"rank": 16, "basis_part": "second half"}}
 HIGH_NOISE, LOW_NOISE = {"noise_min": 0.5, "noise_max": 1.0}, {"noise_min": 0.0, "noise_max": 0.5}
 
 # The default recipe's candidate routes, tried on the tuning pairs only: overrides of the world's recipe per role
@@ -92,8 +91,7 @@ ROUTES = {
     "lowest_rate": ({"learning_rate": 1e-3}, {"learning_rate": 1e-3}, "sum"),  # the rate plain LoRA's tuning picked (lora_fair)
     # Halves of one rank-16 basis (TrainConfig.basis_part): each adapter trains 8 directions of Q, as the shipped rank 8
     # does, but content's and style's are orthogonal, so their sum adds to different output directions of every layer.
-    "split_basis": (SPLIT["content"], SPLIT["style"], "sum"),
-    "split_lower_rate": ({**SPLIT["content"], "learning_rate": 2e-3}, {**SPLIT["style"], "learning_rate": 2e-3}, "sum"),
+    "split_basis": ({"rank": 16, "basis_part": "first half"}, {"rank": 16, "basis_part": "second half"}, "sum"),
 }
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick

@@ -136,12 +136,11 @@ def test_a_basis_half_trains_and_stores_only_its_rows(store, rng, part):
     w = torch.randn(30, 12, generator=rng, dtype=torch.float64)
     layers = [QRDelta(orthonormal(10, 6, rng), torch.randn(6, 12, generator=rng, dtype=torch.float64), 1.5, True, rows) for _ in range(3)]
     x = torch.randn(4, 12, generator=rng, dtype=torch.float64)
-    for wrapper, parts in ((QRWeightWrapper(layers[:1], [None]), [(0, 30)]),  # a whole weight, and q, k, v batched
-                           (QRWeightWrapper(layers, [(0, 10), (10, 10), (20, 10)]), [(0, 10), (10, 10), (20, 10)])):
-        got = wrapper(w[: parts[-1][0] + parts[-1][1]] if len(parts) > 1 else w[:10])
-        for layer, (start, length) in zip(layers, parts if len(parts) > 1 else [(0, 10)]):
-            expected = w[start : start + length] + 1.5 * layer.q @ (mask * layer.delta_r.detach())
-            assert torch.allclose(got[start : start + length], expected, rtol=0, atol=1e-12)
+    patched = lambda layer, rows: rows + 1.5 * layer.q @ (mask * layer.delta_r.detach())  # noqa: E731
+    assert torch.allclose(QRWeightWrapper(layers[:1], [None])(w[:10]), patched(layers[0], w[:10]), rtol=0, atol=1e-12)  # a whole weight
+    fused = QRWeightWrapper(layers, [(0, 10), (10, 10), (20, 10)])(w)  # q, k, v back to back: the batched path
+    for i, layer in enumerate(layers):
+        assert torch.allclose(fused[10 * i : 10 * (i + 1)], patched(layer, w[10 * i : 10 * (i + 1)]), rtol=0, atol=1e-12)
     torch.nn.functional.linear(x, QRWeightWrapper(layers[:1], [None])(w[:10])).square().sum().backward()
     assert torch.all(layers[0].delta_r.grad[outside] == 0) and torch.all(layers[0].delta_r.grad[mask.bool()] != 0)
     targets = TrainTargets.new({"x.to_q": torch.randn(20, 12, generator=rng)}, 6, 6.0, True, store, trained_rows=rows)
