@@ -73,6 +73,7 @@ PAPER = {"role": "all", "target_preset": "attention + MLP (paper)", "target_patt
 ORACLE_STEPS = 2 * recipe.STEPS  # the upper bound gets twice the adapters' steps (at 100 it drew heart x checkerboard once in 8)
 LAYERS = "(attn[12]_to_(q|k|v|out_0)|ff_net_(0_proj|2))$"  # attention + MLP, as the paper's preset picks them
 UP_BLOCKS = {"target_preset": "custom pattern", "target_pattern": f"lora_unet_up_blocks.*{LAYERS}"}
+PLAIN = {"plain_lora": True, "learning_rate": 1e-3}
 HIGH_NOISE, LOW_NOISE = {"noise_min": 0.5, "noise_max": 1.0}, {"noise_min": 0.0, "noise_max": 0.5}
 
 # The default recipe's candidate routes, tried on the tuning pairs only: overrides of the world's recipe per role
@@ -92,6 +93,11 @@ ROUTES = {
     # Halves of one rank-16 basis (TrainConfig.basis_part): each adapter trains 8 directions of Q, as the shipped rank 8
     # does, but content's and style's are orthogonal, so their sum adds to different output directions of every layer.
     "split_basis": ({"rank": 16, "basis_part": "first half"}, {"rank": 16, "basis_part": "second half"}, "sum"),
+    # Plain LoRA as the default itself (TrainConfig.plain_lora; Merge sums the deltas), at the rate plain LoRA's
+    # tuning picked at 100 steps: on the roles' blocks (the same trainings as lora_recipe at 1e-3), and on every block
+    # (lora_fair's). A pick here makes the pack's default a plain LoRA, and `default` equal to a comparison arm.
+    "plain_lora": (PLAIN, PLAIN, "sum"),
+    "plain_lora_every_block": (PLAIN | PAPER, PLAIN | PAPER, "sum"),
 }
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
