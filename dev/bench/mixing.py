@@ -571,6 +571,13 @@ def tabulate(results: dict, pairs, held_out) -> None:
 def combine(paths: list, out: str | None) -> dict:
     """One result from runs of the same phase split over calls (different training seeds, or arms): their trials joined."""
     runs = [read_results(p) for p in paths]
+    trained = {}  # arm -> (its settings, the run's recipe), the first run's
+    for path, r in zip(paths, runs):
+        for arm in r["arm_names"]:
+            mine = (r["arms"].get(arm.split("@")[0]), r.get("recipe"), r.get("oracle_steps") if arm == "oracle" else None)
+            if trained.setdefault(arm, mine) != mine:
+                raise ValueError(f"{os.path.basename(path)} trained the arm '{arm}' otherwise than an earlier file given "
+                                 "(settings, recipe or steps): runs can be joined only where each arm is the same")
     results = dict(runs[0])
     seen, joined = set(), []
     for r in runs:

@@ -69,7 +69,7 @@ def test_smoke_run_judges_every_arm_and_writes_the_summary_the_issue_asks_for(tm
     assert rejudged["summary"] == results["summary"] and rejudged["trials"] == results["trials"], "the kept images are the ones judged"
 
 
-def _run_json(path, arm_names, seeds, successes: dict) -> dict:
+def _run_json(path, arm_names, seeds, successes: dict, lr: float = 5e-3) -> dict:
     """A bench JSON of one call: per (pair, arm) at each training seed, 8 verdicts of which successes[(pair, arm)] succeed."""
     pairs = [["crescent", "bricks"], ["arrow", "plaid"]]
     trials = []
@@ -82,7 +82,7 @@ def _run_json(path, arm_names, seeds, successes: dict) -> dict:
                 rows = [{**verdict, "success": i < wins} for i in range(8)]
                 trials.append({"pair": pair, "arm": arm, "k": k, "mix": rows, "alone_content": [{**verdict, "success": False}] * 8,
                                "alone_style": [{**verdict, "success": False}] * 8})
-    results = {"date": "2026-12-06", "device": "cpu", "phase": "test", "arm_names": arm_names, "arms": {a: {} for a in arm_names},
+    results = {"date": "2026-12-06", "device": "cpu", "phase": "test", "arm_names": arm_names, "arms": {a: {"content": {"learning_rate": lr}} for a in arm_names},
                "held_out_pairs": pairs, "tuning_pairs": [list(p) for p in mixing.TUNING_PAIRS], "sampler_seeds": list(range(8)),
                "training_seeds_done": list(seeds), "trainings": {f"{path.stem}-{k}": {"seed": k} for k in seeds}, "errors": [],
                "trials": trials, "complete": True}
@@ -105,6 +105,15 @@ def test_combine_pools_runs_split_over_calls_by_seed_and_by_arm(tmp_path):
     per_pair = {(e["content"], e["style"]): e["arms"]["default"]["mix_successes_by_training_seed"] for e in joined["pairs"]}
     assert per_pair[("crescent", "bricks")] == {0: 6, 1: 6, 2: 6}
     assert json.loads((tmp_path / "joined.json").read_text())["summary"]["default"]["successes"] == 21
+
+
+def test_combine_refuses_an_arm_trained_otherwise_in_another_run(tmp_path):
+    wins = {(("crescent", "bricks"), "lora_fair"): 6, (("arrow", "plaid"), "lora_fair"): 1}
+    _run_json(tmp_path / "a.json", ["lora_fair"], [0], wins, lr=1e-3)
+    _run_json(tmp_path / "b.json", ["lora_fair"], [1], wins, lr=5e-3)
+    with pytest.raises(ValueError, match="b.json trained the arm 'lora_fair' otherwise"):
+        mixing.combine([str(tmp_path / "a.json"), str(tmp_path / "b.json")], str(tmp_path / "joined.json"))
+    assert not (tmp_path / "joined.json").exists(), "nothing written"
 
 
 def test_plan_of_several_step_counts_trains_each_adapter_once_and_mixes_each_checkpoint():
