@@ -77,8 +77,8 @@ PLAIN = {"plain_lora": True, "learning_rate": 1e-3}
 HIGH_NOISE, LOW_NOISE = {"noise_min": 0.5, "noise_max": 1.0}, {"noise_min": 0.0, "noise_max": 0.5}
 
 # The default recipe's candidate routes, tried on the tuning pairs only: overrides of the world's recipe per role
-# (content, style), and how the two are mixed ("sum": Merge ΔR at 1, 1; "decorrelate": the style ΔR's part along the
-# content ΔR removed per layer before the sum). "shipped" is the roles as they are (roles.py: content on the down and
+# (content, style), and how the two are mixed ("sum": Merge ΔR at 1, 1; "sum 1 0.75": at those weights; "decorrelate":
+# the style ΔR's part along the content ΔR removed per layer before the sum). "shipped" is the roles as they are (roles.py: content on the down and
 # middle blocks, style on every block, both at every noise level: the richer world's tuning run of 2026-12-06 picked
 # it, under the name every_level, over the noise split the roles carried before, which is "noise_split" here).
 ROUTES = {
@@ -98,6 +98,11 @@ ROUTES = {
     # (lora_fair's). A pick here makes the pack's default a plain LoRA, and `default` equal to a comparison arm.
     "plain_lora": (PLAIN, PLAIN, "sum"),
     "plain_lora_every_block": (PLAIN | PAPER, PLAIN | PAPER, "sum"),
+    # Merge ΔR's weights (the sliders a user starts from), on the shipped adapters: no training of their own. The
+    # shipped mixes lose the shape (a third of the held-out mixes call none or another) while each adapter alone keeps it.
+    "style_weight_0.75": ({}, {}, "sum 1 0.75"),
+    "style_weight_0.5": ({}, {}, "sum 1 0.5"),
+    "content_weight_1.25": ({}, {}, "sum 1.25 1"),
 }
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
@@ -179,8 +184,16 @@ def arm_plan(arm: str, route: str, lora_lr: float | None = None) -> tuple[dict, 
     if arm == "lora_fair":
         return (role_settings("content", "shipped", lora_lr) | PAPER, role_settings("style", "shipped", lora_lr) | PAPER, "sum")
     if arm == "lora_recipe":
-        return role_settings("content", route, lora_lr), role_settings("style", route, lora_lr), "sum"
+        mix = ROUTES[route][2]  # its weights too; a plain LoRA has no ΔR to decorrelate
+        return role_settings("content", route, lora_lr), role_settings("style", route, lora_lr), mix if mix_weights(mix)[0] == "sum" else "sum"
     raise KeyError(arm)
+
+
+def mix_weights(mix: str) -> tuple:
+    """(how, content weight, style weight) of an arm's mix: 'sum' (Merge ΔR at 1, 1), 'sum 1 0.75' (at those weights),
+    'decorrelate'."""
+    how, *weights = mix.split()
+    return (how, *map(float, weights)) if weights else (how, 1.0, 1.0)
 
 
 def training_seed(name: str, k: int) -> int:
@@ -247,7 +260,8 @@ class Plan:
             if sk is None:
                 jobs.append({"id": f"{arm}|{shape}|{style}|{k}", "adapters": [(ck, 1.0)], "mix": "alone", "prompt": prompt})
                 continue
-            jobs.append({"id": f"{arm}|{shape}|{style}|{k}", "adapters": [(ck, 1.0), (sk, 1.0)], "mix": mix, "prompt": prompt})
+            how, wc, ws = mix_weights(mix)
+            jobs.append({"id": f"{arm}|{shape}|{style}|{k}", "adapters": [(ck, wc), (sk, ws)], "mix": how, "prompt": prompt})
             for key, weights in ((ck, [(ck, 1.0), (sk, 0.0)]), (sk, [(ck, 0.0), (sk, 1.0)])):
                 sampling = self.alone_id(key, style)
                 alone[sampling] = {"id": sampling, "adapters": weights, "mix": "sum", "prompt": prompt}

@@ -116,6 +116,16 @@ def test_combine_refuses_an_arm_trained_otherwise_in_another_run(tmp_path):
     assert not (tmp_path / "joined.json").exists(), "nothing written"
 
 
+def test_a_weights_route_mixes_the_shipped_adapters_at_its_weights_and_trains_nothing_of_its_own():
+    arms = {"default:shipped": mixing.arm_plan("default", "shipped"), "default:style_weight_0.5": mixing.arm_plan("default", "style_weight_0.5"),
+            "lora_recipe": mixing.arm_plan("lora_recipe", "style_weight_0.5", 1e-3)}
+    plan = mixing.Plan([("tee", "bricks")], arms, [0], [0])
+    assert len(plan.trainings) == 4, "the weights route shares the shipped adapters; the plain LoRA trains its own two"
+    mixes = {j["id"].split("|")[0]: (j["mix"], [w for _, w in j["adapters"]]) for j in plan.samplings(0) if not j["id"].startswith("alone")}
+    assert mixes == {"default:shipped": ("sum", [1.0, 1.0]), "default:style_weight_0.5": ("sum", [1.0, 0.5]), "lora_recipe": ("sum", [1.0, 0.5])}
+    assert mixing.arm_plan("lora_recipe", "decorrelate", 1e-3)[2] == "sum", "a plain LoRA has no ΔR to decorrelate"
+
+
 def test_plan_of_several_step_counts_trains_each_adapter_once_and_mixes_each_checkpoint():
     arms = {"default": mixing.arm_plan("default", "shipped"), "oracle": ({}, {}, "alone")}
     plan = mixing.Plan([("tee", "bricks")], arms, [0], [0], steps=[200, 100, 400], oracle_steps=[300])
