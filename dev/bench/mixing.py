@@ -582,13 +582,22 @@ def tabulate(results: dict, pairs, held_out) -> None:
     results["training_seeds_done"] = ks
 
 
+def trained_as(results: dict, arm: str) -> dict | None:
+    """An arm's settings as its run trained them: a run's --steps (its recipe's `steps`) replace the steps the arm's
+    settings carry from the world's recipe when the run was made."""
+    plan = results["arms"].get(arm)
+    if not plan or not (results.get("recipe") or {}).get("steps"):
+        return plan
+    return {part: {k: v for k, v in value.items() if k != "steps"} if isinstance(value, dict) else value for part, value in plan.items()}
+
+
 def combine(paths: list, out: str | None) -> dict:
     """One result from runs of the same phase split over calls (different training seeds, or arms): their trials joined."""
     runs = [read_results(p) for p in paths]
     trained = {}  # arm -> (its settings, the run's recipe), the first run's
     for path, r in zip(paths, runs):
         for arm in r["arm_names"]:
-            mine = (r["arms"].get(arm.split("@")[0]), r.get("recipe"), r.get("oracle_steps") if arm == "oracle" else None)
+            mine = (trained_as(r, arm.split("@")[0]), r.get("recipe"), r.get("oracle_steps") if arm == "oracle" else None)
             if trained.setdefault(arm, mine) != mine:
                 raise ValueError(f"{os.path.basename(path)} trained the arm '{arm}' otherwise than an earlier file given "
                                  "(settings, recipe or steps): runs can be joined only where each arm is the same")
@@ -613,6 +622,8 @@ def combine(paths: list, out: str | None) -> dict:
     held_out = [tuple(p) for p in results["held_out_pairs"]]
     pairs = held_out or [tuple(p) for p in results["tuning_pairs"]]
     tabulate(results, pairs, held_out)
+    if results.get("phase") == "tune":  # the parts' picks were each made on fewer trials
+        results["choice"] = choose(results)
     save_json(results, out)
     return results
 

@@ -69,8 +69,9 @@ def test_smoke_run_judges_every_arm_and_writes_the_summary_the_issue_asks_for(tm
     assert rejudged["summary"] == results["summary"] and rejudged["trials"] == results["trials"], "the kept images are the ones judged"
 
 
-def _run_json(path, arm_names, seeds, successes: dict, lr: float = 5e-3) -> dict:
-    """A bench JSON of one call: per (pair, arm) at each training seed, 8 verdicts of which successes[(pair, arm)] succeed."""
+def _run_json(path, arm_names, seeds, successes: dict, lr: float = 5e-3, phase: str = "test") -> dict:
+    """A bench JSON of one call: per (pair, arm) at each training seed, 8 verdicts of which successes[(pair, arm)] succeed
+    (a tune run's pairs are its tuning pairs, and it holds its pick)."""
     pairs = [["crescent", "bricks"], ["arrow", "plaid"]]
     trials = []
     for k in seeds:
@@ -82,10 +83,13 @@ def _run_json(path, arm_names, seeds, successes: dict, lr: float = 5e-3) -> dict
                 rows = [{**verdict, "success": i < wins} for i in range(8)]
                 trials.append({"pair": pair, "arm": arm, "k": k, "mix": rows, "alone_content": [{**verdict, "success": False}] * 8,
                                "alone_style": [{**verdict, "success": False}] * 8})
-    results = {"date": "2026-12-06", "device": "cpu", "phase": "test", "arm_names": arm_names, "arms": {a: {"content": {"learning_rate": lr}} for a in arm_names},
-               "held_out_pairs": pairs, "tuning_pairs": [list(p) for p in mixing.TUNING_PAIRS], "sampler_seeds": list(range(8)),
-               "training_seeds_done": list(seeds), "trainings": {f"{path.stem}-{k}": {"seed": k} for k in seeds}, "errors": [],
-               "trials": trials, "complete": True}
+    results = {"date": "2026-12-06", "device": "cpu", "phase": phase, "arm_names": arm_names, "arms": {a: {"content": {"learning_rate": lr}} for a in arm_names},
+               "held_out_pairs": pairs if phase == "test" else [], "tuning_pairs": pairs if phase == "tune" else [list(p) for p in mixing.TUNING_PAIRS],
+               "sampler_seeds": list(range(8)), "training_seeds_done": list(seeds), "trainings": {f"{path.stem}-{k}": {"seed": k} for k in seeds},
+               "errors": [], "trials": trials, "complete": True}
+    if phase == "tune":
+        mixing.tabulate(results, [tuple(p) for p in pairs], [])
+        results["choice"] = mixing.choose(results)
     path.write_text(json.dumps(results))
     return results
 
@@ -105,6 +109,16 @@ def test_combine_pools_runs_split_over_calls_by_seed_and_by_arm(tmp_path):
     per_pair = {(e["content"], e["style"]): e["arms"]["default"]["mix_successes_by_training_seed"] for e in joined["pairs"]}
     assert per_pair[("crescent", "bricks")] == {0: 6, 1: 6, 2: 6}
     assert json.loads((tmp_path / "joined.json").read_text())["summary"]["default"]["successes"] == 21
+
+
+def test_combine_of_tuning_runs_picks_again_from_all_their_seeds(tmp_path):
+    arms = ["default:shipped", "default:style_weight_0.75"]
+    first = _run_json(tmp_path / "a.json", arms, [0], {(p, a): (6 if a == arms[0] else 2) for p in (("crescent", "bricks"), ("arrow", "plaid")) for a in arms}, phase="tune")
+    _run_json(tmp_path / "b.json", arms, [1, 2], {(p, a): (1 if a == arms[0] else 5) for p in (("crescent", "bricks"), ("arrow", "plaid")) for a in arms}, phase="tune")
+    assert first["choice"]["route"] == "shipped", "seed 0 alone: 12 against 4"
+    joined = mixing.combine([str(tmp_path / "a.json"), str(tmp_path / "b.json")], str(tmp_path / "joined.json"))
+    assert joined["choice"]["route"] == "style_weight_0.75", "all seeds: 16 against 24"
+    assert json.loads((tmp_path / "joined.json").read_text())["choice"] == joined["choice"], "the file holds the new pick, which --choice reads"
 
 
 def test_combine_refuses_an_arm_trained_otherwise_in_another_run(tmp_path):
