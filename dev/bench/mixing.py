@@ -78,9 +78,10 @@ HIGH_NOISE, LOW_NOISE = {"noise_min": 0.5, "noise_max": 1.0}, {"noise_min": 0.0,
 
 # The default recipe's candidate routes, tried on the tuning pairs only: overrides of the world's recipe per role
 # (content, style), and how the two are mixed ("sum": Merge ΔR at 1, 1; "sum 1 0.75": at those weights; "decorrelate":
-# the style ΔR's part along the content ΔR removed per layer before the sum). "shipped" is the roles as they are (roles.py: content on the down and
-# middle blocks, style on every block, both at every noise level: the richer world's tuning run of 2026-12-06 picked
-# it, under the name every_level, over the noise split the roles carried before, which is "noise_split" here).
+# the style ΔR's part along the content ΔR removed per layer before the sum). "shipped" is the roles as they are
+# (roles.py: content on the down and middle blocks, style on every block, both at every noise level: the richer world's
+# tuning run of 2026-12-06 picked it, under the name every_level, over the noise split the roles carried before, which
+# is "noise_split" here).
 ROUTES = {
     "shipped": ({}, {}, "sum"),
     "noise_split": (HIGH_NOISE, LOW_NOISE, "sum"),  # content at high noise (the layout), style at low (the texture)
