@@ -130,6 +130,20 @@ def test_combine_refuses_an_arm_trained_otherwise_in_another_run(tmp_path):
     assert not (tmp_path / "joined.json").exists(), "nothing written"
 
 
+def test_combine_compares_arms_at_the_steps_their_runs_trained(tmp_path):
+    """An arm's settings carry the world's recipe steps of the day; a run's --steps (its recipe) say what trained."""
+    wins = {(("crescent", "bricks"), "lora_fair"): 6, (("arrow", "plaid"), "lora_fair"): 1}
+    for name, k, carried, trained in (("a.json", 0, 100, 400), ("b.json", 1, 400, 400), ("c.json", 2, 400, 100)):
+        results = _run_json(tmp_path / name, ["lora_fair"], [k], wins, lr=1e-3)
+        results["arms"]["lora_fair"]["content"]["steps"] = carried
+        results["recipe"] = {"steps": [trained]}
+        (tmp_path / name).write_text(json.dumps(results))
+    joined = mixing.combine([str(tmp_path / "a.json"), str(tmp_path / "b.json")], str(tmp_path / "joined.json"))
+    assert joined["summary"]["lora_fair"]["training_seeds"] == [0, 1], "both trained 400 steps"
+    with pytest.raises(ValueError, match="c.json trained the arm 'lora_fair' otherwise"):
+        mixing.combine([str(tmp_path / "a.json"), str(tmp_path / "c.json")], None)
+
+
 def test_a_weights_route_mixes_the_shipped_adapters_at_its_weights_and_trains_nothing_of_its_own():
     arms = {"default:shipped": mixing.arm_plan("default", "shipped"), "default:style_weight_0.5": mixing.arm_plan("default", "style_weight_0.5"),
             "lora_recipe": mixing.arm_plan("lora_recipe", "style_weight_0.5", 1e-3)}
