@@ -595,7 +595,7 @@ def trained_as(results: dict, arm: str) -> dict | None:
 def combine(paths: list, out: str | None) -> dict:
     """One result from runs of the same phase split over calls (different training seeds, or arms): their trials joined."""
     runs = [read_results(p) for p in paths]
-    trained = {}  # arm -> (its settings, the run's recipe), the first run's
+    trained = {}  # arm -> (its settings as trained, the run's recipe, the oracle's steps), from the first run holding it
     for path, r in zip(paths, runs):
         for arm in r["arm_names"]:
             mine = (trained_as(r, arm.split("@")[0]), r.get("recipe"), r.get("oracle_steps") if arm == "oracle" else None)
