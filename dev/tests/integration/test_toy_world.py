@@ -8,7 +8,9 @@ images fall in (mixing.fresh_seed_interval: rates differ far more between
 training seeds than between sampler seeds), in
 dev/bench/reference/*-mixing.json.gz. This test takes, among the runs on
 the shipped base model (`base_model`, the UNet's sha256) whose captions are
-the ones it trains with (colours unnamed), and among the pairs neither
+the ones it trains with (colours unnamed) and whose `default` arm trains
+and mixes as it does (the roles at the recipe's steps, Merge ΔR 1, 1; not
+session 12's test of weights 1, 0.75), and among the pairs neither
 adapter drew alone there (where one alone draws the pair, its mix shows
 nothing about mixing), the held-out pair with the highest lower end (the
 newest run's, at the recipe's 400 steps: tee x windows, 5, 7 and 7 of 8,
@@ -64,15 +66,27 @@ CPU_RUNS = ("tee x harlequin 0 of 8 here against 4, 4 and 3 at the H100 bench's 
 
 def bench_runs() -> list[tuple]:
     """(date, file name, path, results) of each mixing bench run on the shipped base model (its `base_model` is the
-    UNet's sha256), captioned as this test trains (the mix prompt and style captions name no colours); tuning runs,
-    which hold the tuning pairs only, left out."""
+    UNet's sha256), captioned as this test trains (the mix prompt and style captions name no colours), whose `default`
+    arm is what this test trains and mixes; tuning runs, which hold the tuning pairs only, left out."""
     found = []
     for path in glob.glob(BENCH):
         results = mixing.read_results(path)
         if (results.get("phase") != "tune" and results.get("colours", "unnamed") == "unnamed"
-                and results.get("base_model") == model_files.unet_sha256()):
+                and results.get("base_model") == model_files.unet_sha256() and trains_as_this_test(results)):
             found.append((results.get("date", ""), os.path.basename(path), path, results))
     return found
+
+
+def trains_as_this_test(results: dict) -> bool:
+    """Whether a run's `default` arm is the world's recipe with the roles at its STEPS, mixed at MIXES["mix"]: a run
+    testing other weights, rates or steps under that name bounds nothing this test does."""
+    arm, steps = results["arms"].get(ARM), (results.get("recipe") or {}).get("steps")
+    if not arm or mixing.mix_weights(arm["mix"]) != ("sum", *MIXES["mix"]):
+        return False
+    if (steps if isinstance(steps, list) else [steps]) != [adapters.STEPS]:
+        return False
+    # A run's --steps replace the steps its arm's settings carry (mixing.trained_as), so they are compared above.
+    return all({k: v for k, v in arm[kind].items() if k != "steps"} == {**adapters.RECIPE, **adapters.TARGETS[kind]} for kind in KINDS)
 
 
 def newest(runs: list[tuple]) -> tuple:
@@ -157,6 +171,18 @@ def judged(comfy, entry: dict, node: str, shape: str, style: str) -> list[dict]:
         image = np.asarray(Image.open(comfy.path("output", info["subfolder"], info["filename"])).convert("RGB"))
         out.append(scores.judge(image, shape, style, world.FIXED_COLOURS[style]))
     return out
+
+
+def test_only_runs_of_the_default_this_test_trains_bound_it():
+    """A run whose `default` is another mix, rate or step count under that name is not this test's bound."""
+    shipped = {"arms": {ARM: {**{kind: {**adapters.RECIPE, **adapters.TARGETS[kind], "steps": 100} for kind in KINDS}, "mix": "sum"}},
+               "recipe": {"steps": [adapters.STEPS]}}
+    assert trains_as_this_test(shipped)  # the arm's settings carry the steps of their day; the run's --steps replace them
+    other_weights = {**shipped, "arms": {ARM: {**shipped["arms"][ARM], "mix": "sum 1 0.75"}}}
+    other_rate = {**shipped, "arms": {ARM: {**shipped["arms"][ARM], "style": {**shipped["arms"][ARM]["style"], "learning_rate": 1e-3}}}}
+    other_steps = {**shipped, "recipe": {"steps": [100]}}
+    for run in (other_weights, other_rate, other_steps, {**shipped, "arms": {}}):
+        assert not trains_as_this_test(run), run
 
 
 @pytest.mark.skipif(not bench_runs(), reason=f"no mixing bench results yet ({BENCH}, written by dev/bench/mixing.py on the GPU): "
