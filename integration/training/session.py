@@ -280,6 +280,42 @@ def _only(batches: list, positions: list[int]) -> list:
     return out
 
 
+# What calc_cond_batch reads from a processed conditioning besides its model_conds: caption groups share a forward
+# only where each of these is the same object in all of them (or absent from all).
+_SHARED_COND_KEYS = ("area", "strength", "mask", "mask_strength", "timestep_start", "timestep_end", "control", "gligen", "hooks")
+
+
+def _one_forward(batches: list) -> list:
+    """The caption groups of a micro-batch as one Batch, each sample keeping its own caption; `batches` unchanged where
+    they cannot share a forward exactly.
+
+    `draw` groups samples by caption because calc_cond_batch applies one
+    conditioning to its whole batch; captioned one per image (as the stock
+    dataset nodes caption), that made a step of batch 8 eight forwards of
+    batch 1, each rebuilding every W'. Joined per sample with ComfyUI's own
+    cond concat, the loss is the same mean over the same samples (only
+    float rounding differs) and the draws are untouched. Text of other
+    lengths is left apart: ComfyUI pads it by repetition, which leaves plain
+    cross-attention as it was but not the joint attention of Flux and SD3."""
+    if len(batches) < 2 or any(len(b.conds) != 1 for b in batches) or len({tuple(b.x0.shape[1:]) for b in batches}) != 1:
+        return batches
+    conds = [b.conds[0] for b in batches]
+    first = conds[0]
+    if any(c.get(k) is not first.get(k) for c in conds for k in _SHARED_COND_KEYS):
+        return batches
+    if any(c["model_conds"].keys() != first["model_conds"].keys() for c in conds):
+        return batches
+    merged = {}
+    for key in first["model_conds"]:
+        parts = [c["model_conds"][key].process_cond(batch_size=1, area=None) for c, b in zip(conds, batches) for _ in b.images]
+        same_shape = [not isinstance(p.cond, torch.Tensor) or p.cond.shape == parts[0].cond.shape for p in parts]
+        if not all(same_shape) or not all(type(p) is type(parts[0]) and parts[0].can_concat(p) for p in parts[1:]):
+            return batches
+        merged[key] = parts[0]._copy_with(parts[0].concat(parts[1:]))
+    return [Batch([i for b in batches for i in b.images], torch.cat([b.x0 for b in batches]), torch.cat([b.noise for b in batches]),
+                  torch.cat([b.sigma for b in batches]), [{**first, "model_conds": merged}])]
+
+
 class TrainingSession:
     """A training run of `model` on `latents` + `positive` with `config`.
 
@@ -550,6 +586,7 @@ class TrainingSession:
             batches = _only(batches, self.parallel.mine(count))
             if not batches:
                 return None
+        batches = _one_forward(batches)  # one forward for every caption group (same loss, fewer and larger matrix products)
         total = sum(self.loss(b) * len(b.images) for b in batches)
         return total / count
 

@@ -353,6 +353,59 @@ def test_images_of_different_sizes_train_one_at_a_time_in_bf16(pack, folders, rn
         train(pack, model, latents, [caption, caption, caption], steps=1)
 
 
+def _caption(arch, generator, tokens=8):
+    if arch == "flux":
+        return [torch.randn(1, tokens, 4096, generator=generator), {"pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5}]
+    return [torch.randn(1, tokens, 768, generator=generator), {}]
+
+
+def _loss_and_gradients(run, loss) -> tuple:
+    for p in run.targets.parameters():
+        p.grad = None
+    with torch.enable_grad():
+        value = loss()
+        value.backward()
+    return float(value.detach()), {n: layer.delta_r.grad.clone() for n, layer in run.targets.layers.items()}
+
+
+@pytest.mark.parametrize("arch", ["flux", "sd15"])
+def test_caption_groups_share_one_forward_with_the_loss_and_gradients_of_one_forward_each(pack, folders, arch, rng):
+    """Captioned one per image, a micro-batch runs one forward, not one per caption, with the loss and ΔR gradients
+    of one forward per caption; text of another length keeps a forward of its own (the joint attention of Flux
+    and SD3 is not the same with text padded by repetition, as ComfyUI pads it)."""
+    from comfyui_qrlora.integration.training.session import _one_forward
+    from comfyui_qrlora.qrlora_core.training.step_loop import Draws
+
+    latents, _ = inputs(arch, rng, images=4)
+    shared = _caption(arch, rng)
+    positive = [[shared], [shared], [_caption(arch, rng)], [_caption(arch, rng)]]  # caption groups of 2, 1 and 1
+    seed = int(torch.randint(0, 2**31, (1,), generator=rng))
+    run = session(models.patcher(arch), latents, positive, batch_size=4, seed=seed)
+    with run:
+        with torch.no_grad():  # a ΔR away from zero, so the gradients depend on it too
+            for layer in run.targets.layers.values():
+                layer.delta_r.copy_(0.05 * torch.randn(layer.delta_r.shape, generator=torch.Generator().manual_seed(seed)))
+        forwards = []
+        hook = run.patcher.model.diffusion_model.register_forward_pre_hook(lambda module, args: forwards.append(module))
+        try:
+            batches = run.draw(Draws(seed))
+            assert sorted(len(b.images) for b in batches) == [1, 1, 2]
+            expected, expected_grads = _loss_and_gradients(run, lambda: sum(run.loss(b) * len(b.images) for b in batches) / 4)
+            assert len(forwards) == 3
+            loss, grads = _loss_and_gradients(run, lambda: run.micro_loss(Draws(seed)))
+            assert len(forwards) == 4
+        finally:
+            hook.remove()
+    assert loss == pytest.approx(expected, rel=1e-5)
+    for name, g in expected_grads.items():
+        assert torch.allclose(grads[name], g, rtol=1e-4, atol=1e-6 * float(g.abs().max())), name
+    longer = [[shared], [shared], [_caption(arch, rng, tokens=12)], [_caption(arch, rng)]]
+    run = session(models.patcher(arch), latents, longer, batch_size=4, seed=seed)
+    with run:
+        batches = run.draw(Draws(seed))
+        assert len(batches) == 3 and _one_forward(batches) is batches
+
+
 def test_training_twice_after_a_load_outside_inference_mode(pack, folders, rng):
     """A first load to the GPU inside Train (outside inference mode) swaps the .data of weights made in inference
     mode: they then have no version counter. The second training of that model must still run, and leave it as it was."""
