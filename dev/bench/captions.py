@@ -22,27 +22,16 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 
 DEV = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, DEV)
 
+from bench.common import timed  # noqa: E402
 from toy_world import adapters, demo_assets, pipeline, world  # noqa: E402
 
 IMAGES = 16
-
-
-def synced(device, work):
-    """(result, seconds) of work() with the device synchronized at both ends."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
 
 
 def main() -> None:
@@ -86,7 +75,7 @@ def main() -> None:
                     session.loop.step(0, session.micro_loss)  # untimed: optimizer state, kernel choices
                     calls.clear()
                     for i in range(steps):
-                        times[name].append(synced(device, lambda: session.loop.step(i + 1, session.micro_loss))[1])
+                        times[name].append(timed(device, session.loop.step, i + 1, session.micro_loss)[1])
                     forwards[name] = len(calls) / steps
                 finally:
                     hook.remove()
