@@ -397,8 +397,8 @@ def test_caption_groups_share_one_forward_with_the_loss_and_gradients_of_one_for
         finally:
             hook.remove()
     assert loss == pytest.approx(expected, rel=1e-5)
-    for name, g in expected_grads.items():
-        assert torch.allclose(grads[name], g, rtol=1e-4, atol=1e-6 * float(g.abs().max())), name
+    for name, g in expected_grads.items():  # per layer, relative to its norm: other batch shapes round differently
+        assert float((grads[name] - g).norm()) <= 1e-4 * float(g.norm()), name
     longer = [[shared], [shared], [_caption(arch, rng, tokens=12)], [_caption(arch, rng)]]
     run = session(models.patcher(arch), latents, longer, batch_size=4, seed=seed)
     with run:
