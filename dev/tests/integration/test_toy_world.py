@@ -80,13 +80,12 @@ def bench_runs() -> list[tuple]:
 def trains_as_this_test(results: dict) -> bool:
     """Whether a run's `default` arm is the world's recipe with the roles at its STEPS, mixed at MIXES["mix"]: a run
     testing other weights, rates or steps under that name bounds nothing this test does."""
-    arm, steps = results["arms"].get(ARM), (results.get("recipe") or {}).get("steps")
+    arm, steps = mixing.trained_as(results, ARM), (results.get("recipe") or {}).get("steps")
     if not arm or mixing.mix_weights(arm["mix"]) != ("sum", *MIXES["mix"]):
         return False
     if (steps if isinstance(steps, list) else [steps]) != [adapters.STEPS]:
         return False
-    # A run's --steps replace the steps its arm's settings carry (mixing.trained_as), so they are compared above.
-    return all({k: v for k, v in arm[kind].items() if k != "steps"} == {**adapters.RECIPE, **adapters.TARGETS[kind]} for kind in KINDS)
+    return all(arm[kind] == {**adapters.RECIPE, **adapters.TARGETS[kind]} for kind in KINDS)  # trained_as took the steps out
 
 
 def newest(runs: list[tuple]) -> tuple:

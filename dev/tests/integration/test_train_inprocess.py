@@ -33,14 +33,16 @@ def progress_hook():
     comfy.model_management.interrupt_current_processing(False)
 
 
-def inputs(arch, generator, images=2):
+def _caption(arch, generator, tokens=8):
+    """One [embedding, options] caption of `tokens` text tokens."""
     if arch == "flux":
-        latent = torch.randn(images, 16, 8, 8, generator=generator)
-        cond = [[torch.randn(1, 8, 4096, generator=generator), {"pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5}]]
-    else:
-        latent = torch.randn(images, 4, 8, 8, generator=generator)
-        cond = [[torch.randn(1, 8, 768, generator=generator), {}]]
-    return [{"samples": latent}], [cond]
+        return [torch.randn(1, tokens, 4096, generator=generator), {"pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5}]
+    return [torch.randn(1, tokens, 768, generator=generator), {}]
+
+
+def inputs(arch, generator, images=2):
+    latent = torch.randn(images, 16 if arch == "flux" else 4, 8, 8, generator=generator)
+    return [{"samples": latent}], [[_caption(arch, generator)]]
 
 
 def settings(**overrides):
@@ -110,12 +112,14 @@ def test_wrapped_model_is_the_base_at_step_zero_and_only_delta_r_learns(pack, fo
     assert torch.equal(forward(base, arch, torch.Generator().manual_seed(seed)), reference)
 
 
-def _delta_r_gradients(run, batch) -> dict:
+def _loss_and_gradients(run, loss) -> tuple:
+    """(loss(), name -> its ΔR gradient in float64), from cleared gradients."""
     for p in run.targets.parameters():
         p.grad = None
     with torch.enable_grad():
-        run.loss(batch).backward()
-    return {n: layer.delta_r.grad.double().clone() for n, layer in run.targets.layers.items()}
+        value = loss()
+        value.backward()
+    return float(value.detach()), {n: layer.delta_r.grad.double().clone() for n, layer in run.targets.layers.items()}
 
 
 def test_flux_gradients_are_right_with_and_without_checkpointing(pack, folders, rng):
@@ -138,7 +142,7 @@ def test_flux_gradients_are_right_with_and_without_checkpointing(pack, folders, 
                 layer.delta_r.copy_(0.05 * torch.randn(layer.delta_r.shape, generator=torch.Generator().manual_seed(seed)))
         with run:
             batch = run.draw(Draws(seed))[0]
-            gradients[checkpointing] = _delta_r_gradients(run, batch)
+            gradients[checkpointing] = _loss_and_gradients(run, lambda: run.loss(batch))[1]
             assert bool(run.checkpointed) == checkpointing
             if not checkpointing:
                 direction = {n: torch.randn(l.delta_r.shape, generator=rng) for n, l in run.targets.layers.items()}
@@ -351,21 +355,6 @@ def test_images_of_different_sizes_train_one_at_a_time_in_bf16(pack, folders, rn
 
     with pytest.raises(AdapterError, match=r"3 captions \(conditionings\) for 2 training images"):
         train(pack, model, latents, [caption, caption, caption], steps=1)
-
-
-def _caption(arch, generator, tokens=8):
-    if arch == "flux":
-        return [torch.randn(1, tokens, 4096, generator=generator), {"pooled_output": torch.randn(1, 768, generator=generator), "guidance": 3.5}]
-    return [torch.randn(1, tokens, 768, generator=generator), {}]
-
-
-def _loss_and_gradients(run, loss) -> tuple:
-    for p in run.targets.parameters():
-        p.grad = None
-    with torch.enable_grad():
-        value = loss()
-        value.backward()
-    return float(value.detach()), {n: layer.delta_r.grad.clone() for n, layer in run.targets.layers.items()}
 
 
 @pytest.mark.parametrize("arch", ["flux", "sd15"])
