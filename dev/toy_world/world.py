@@ -44,14 +44,17 @@ BENCH_STYLES = (HELD_OUT_STYLE, "concentric rings")
 # Held out for the mixing benchmark (bench/mixing.py, issue 26); the base model never sees them either.
 MIXING_SHAPES = ("crescent", "arrow", "hourglass", "tee")
 MIXING_STYLES = ("bricks", "harlequin", "windows", "plaid")
+# A second style for the mixing bench's tuning pairs only (bench/mixing.py TUNING_PAIRS; never a test pair): until
+# 2026-12-06 both tuning pairs were checkerboard pairs, so every pick was ranked by one style.
+TUNING_STYLES = ("crosses",)
 FIXED_COLOURS = {
     HELD_OUT_STYLE: CHECKER_COLOURS, "concentric rings": ((40, 80, 220), (245, 130, 30)),
     "bricks": ((220, 40, 40), (40, 80, 220)), "harlequin": ((40, 160, 60), (130, 60, 180)),
     "windows": ((245, 130, 30), (40, 80, 220)),
-    "plaid": ((20, 20, 20), (40, 160, 60)),
+    "plaid": ((20, 20, 20), (40, 160, 60)), "crosses": ((40, 80, 220), (240, 200, 30)),
 }
 SHAPES = BASE_SHAPES + BENCH_SHAPES + MIXING_SHAPES
-STYLES = BASE_STYLES + BENCH_STYLES + MIXING_STYLES
+STYLES = BASE_STYLES + BENCH_STYLES + MIXING_STYLES + TUNING_STYLES
 PERIOD, BAND = 16, 8  # stripes, checker squares and rings: 8 px bands, 16 px period
 DOT_RADIUS = 3
 SUBSAMPLES = 4
@@ -253,6 +256,9 @@ def pattern(style: str) -> np.ndarray:
         out = ((x // BAND) % 2) & ((y // BAND) % 2)
     elif style == "plaid":  # 8 px horizontal and vertical bands of the second colour on a 16 px grid
         out = ((x // BAND) % 2) | ((y // BAND) % 2)
+    elif style == "crosses":  # second colour: plus signs 5 px wide and 13 px long centred on a 16 px grid (8, 8), (8, 24), ...
+        dx, dy = np.abs(x % PERIOD - PERIOD // 2), np.abs(y % PERIOD - PERIOD // 2)
+        out = (((dx <= 2) & (dy <= 6)) | ((dy <= 2) & (dx <= 6))).astype(np.int64)
     else:
         raise ValueError(f"unknown style {style!r}; the world's styles are {', '.join(STYLES)}")
     out = out.astype(np.uint8)
