@@ -50,7 +50,7 @@ def test_base_world_holds_neither_the_heart_nor_the_checkerboard():
     base = list(world.base_items())
     assert len(base) == len(world.BASE_SHAPES) * (7 + (len(world.BASE_STYLES) - 1) * world.BASE_COLOUR_PAIRS)
     assert len(set(base)) == len(base) and base == list(world.base_items()), "each item once, the same on every call"
-    held_out_shapes, held_out_styles = set(world.BENCH_SHAPES + world.MIXING_SHAPES), set(world.BENCH_STYLES + world.MIXING_STYLES)
+    held_out_shapes, held_out_styles = set(world.BENCH_SHAPES + world.MIXING_SHAPES), set(world.BENCH_STYLES + world.MIXING_STYLES + world.TUNING_STYLES)
     assert "heart" in held_out_shapes and "checkerboard" in held_out_styles
     assert not any(i.shape in held_out_shapes or i.style in held_out_styles for i in base), "the base model never sees a held-out one"
     assert world.Item("circle", "horizontal stripes", ("red", "blue")).caption() == "a red and blue circle in horizontal stripes style"
@@ -80,7 +80,7 @@ def test_a_heart_in_another_pattern_of_the_checker_colours_fails_the_pattern_sco
 def test_a_fill_of_one_of_a_held_out_styles_colours_fails_its_pattern():
     """Plaid and windows give one colour three quarters of the shape: scored per pixel, a fill of that colour alone
     passed (0.87-0.90); per class of the pattern it scores 0.5, and the pattern itself still 1."""
-    for style in world.BENCH_STYLES + world.MIXING_STYLES:
+    for style in world.BENCH_STYLES + world.MIXING_STYLES + world.TUNING_STYLES:
         colours = world.FIXED_COLOURS[style]
         for shape in world.MIXING_SHAPES:
             assert scores.pattern_score(world.render(world.Item(shape, style, colours)), style, colours) > 0.99
