@@ -32,8 +32,12 @@ world's pick: 4, 4 and 3 of 8 at the H100 bench's three seeds, a fresh-seed
 interval of 1-6) and hourglass x plaid 1 of 8 (the first world's: 6, 8 and
 2), so a GPU run's interval does not bound a CPU run (docs/mixing.md). The
 GPU runs measured so far leave it skipping, saying so. At 400 steps the
-two trainings alone take about 28 minutes on CI's 2 cores, so a CPU bench
-run would also push this test past CI's half hour.
+two trainings alone take about 28 minutes on CI's machine (2.0-2.2 s a
+step: the test server computes on one thread, devkit.server), and about 15
+with two threads (1.1-1.2 s); a step is the UNet's own forward and backward
+at the core's peak (a profile, 2026-12-06: everything else under 1%). With
+the rest of the suite's 13 minutes, a CPU bench run would also push this
+test past CI's half hour.
 """
 
 import glob
