@@ -28,28 +28,17 @@ import os
 import platform
 import sys
 import tempfile
-import time
 
 import torch
 
 DEV = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, DEV)
 
+from bench.common import timed  # noqa: E402
 from toy_world import demo_assets, pipeline, world  # noqa: E402
 
 WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 SEED = 1
-
-
-def synced(device, work):
-    """(result, seconds) of work() with the device synchronized at both ends."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
 
 
 def main() -> None:
@@ -114,9 +103,9 @@ def main() -> None:
         return pipeline.node(nodes.VAEDecode().decode, vae, samples)[0]
 
     separate_run(*cells[-1]), grid(), base_batch()  # untimed: loads, kernel choices
-    (picture, images), grid_s = synced(device, grid)
-    alone, separate_s = synced(device, separate)
-    _, base_s = synced(device, base_batch)
+    (picture, images), grid_s = timed(device, grid)
+    alone, separate_s = timed(device, separate)
+    _, base_s = timed(device, base_batch)
 
     diff = (images.float().cpu() - alone.float().cpu()).abs().amax(dim=(1, 2, 3))
     levels = ((images.clamp(0, 1) * 255).round() - (alone.clamp(0, 1) * 255).round()).abs().amax(dim=(1, 2, 3))
