@@ -849,7 +849,7 @@ def main() -> int:
         args.training_seeds, args.sampler_seeds = 1, min(args.sampler_seeds, 2)
         args.steps, args.images, args.sampler_steps = args.steps or [2], min(args.images, 4), args.sampler_steps or 3
         args.oracle_steps = args.steps
-        args.pairs = args.pairs or f"{held_out[0][0]}:{held_out[0][1]}"
+        args.pairs = args.pairs or ":".join((tuning if args.phase == "tune" else held_out)[0])
     if args.phase == "tune":
         pairs = tuning
         arms = {"paper": arm_plan("paper", "shipped"), "oracle": ({}, {}, "alone")}
@@ -875,6 +875,12 @@ def main() -> int:
             arms = {a: arms[a] for a in args.arms.split(",")}
     if args.pairs:
         pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
+        if args.phase == "tune":  # a tuning run tunes on the pairs it is given, never on a test pair
+            tested = [f"{a}:{b}" for a, b in pairs if a in TEST_SHAPES or b in TEST_STYLES]
+            if tested:
+                parser.error(f"--phase tune was given {', '.join(tested)}: a held-out shape or style is never tuned on; "
+                             f"give pairs of the tuning shapes and styles ({', '.join(f'{a}:{b}' for a, b in TUNING_PAIRS)})")
+            tuning = pairs
         held_out = [p for p in pairs if p in held_out]
     results = run(args, pairs, arms, held_out, tuning)
     if args.phase == "tune" and results.get("summary"):

@@ -199,3 +199,19 @@ def test_smoke_run_of_two_step_counts_mixes_both_checkpoints(tmp_path):
     assert results["arm_names"] == ["default@1", "default@2"] and set(results["summary"]) == {"default@1", "default@2"}
     assert all(row["trials"] == 2 for row in results["summary"].values()) and not results["errors"]
     assert len(results["trainings"]) == 2, "each adapter trained once"
+
+
+def test_tuning_run_tunes_on_the_pairs_it_is_given_and_refuses_a_held_out_one(tmp_path):
+    bench = [sys.executable, os.path.join(DEV_ROOT, "bench", "mixing.py"), "--phase", "tune"]
+    refused = subprocess.run([*bench, "--pairs", f"star:{mixing.TEST_STYLES[0]}", "--out", str(tmp_path / "no.json")],
+                             cwd=PACK_ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and mixing.TEST_STYLES[0] in refused.stderr and not (tmp_path / "no.json").exists()
+    out = tmp_path / "tune.json"
+    done = subprocess.run([*bench, "--smoke", "--pairs", "heart:crosses", "--arms", "default:shipped", "--steps", "1",
+                           "--sampler-steps", "2", "--recipe", "rank=4", "--out", str(out)],
+                          cwd=PACK_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["tuning_pairs"] == [["heart", "crosses"]] and results["held_out_pairs"] == []
+    assert results["summary"]["default:shipped"]["trials"] == 2, "a pair outside TUNING_PAIRS is summarised, not dropped"
+    assert results["choice"]["route"] == "shipped"
