@@ -7,9 +7,10 @@
 
 Pairs. The test set is every held-out shape x every held-out style of the
 world (toy_world/world.py MIXING_SHAPES x MIXING_STYLES: 16 pairs the base
-model never saw). The recipe is chosen on TUNING_PAIRS only (--phase tune),
-whose shapes and styles are not in the test set; the test pairs are never
-used to choose anything.
+model never saw). The recipe is chosen on TUNING_PAIRS only (--phase tune;
+--pairs gives it others, refusing any held-out shape or style), whose shapes
+and styles are not in the test set; the test pairs are never used to choose
+anything.
 
 Arms, each trained by the pack's own Train QR-LoRA node (toy_world.pipeline:
 the node's execute, TrainingSession inside) with the same objective,
