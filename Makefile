@@ -6,7 +6,7 @@ PYTHON := .venv/bin/python
 PORT ?= 8188
 BASE ?= $(CURDIR)/.run/base
 
-.PHONY: setup serve demo stop test test-unit test-browser workflows bench world-adapters clean
+.PHONY: setup serve demo stop test test-unit test-browser test-held-out workflows bench world-adapters clean
 
 setup:
 	@./dev/scripts/setup_host.sh
@@ -28,6 +28,11 @@ test-unit: setup
 
 test-browser: setup
 	@cd dev/tests && ../../$(PYTHON) -m pytest browser $(PYTEST_ARGS)
+
+# A held-out pair of the toy world trained at fresh seeds and mixed (dev/tests/integration/test_toy_world.py): about
+# 17 minutes on 2 cores, so `make test` (CI's half hour) leaves it out.
+test-held-out: setup
+	@cd dev/tests && QRLORA_HELD_OUT_TRAINING=1 ../../$(PYTHON) -m pytest integration/test_toy_world.py $(PYTEST_ARGS)
 
 # Rebuild example_workflows/ (the graphs, laid out in the real page, and their .jpg thumbnails from real runs); see dev/scripts/build_workflows.py.
 workflows: setup

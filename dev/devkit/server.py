@@ -54,10 +54,13 @@ class PromptFailed(AssertionError):
 
 
 class ComfyServer:
-    def __init__(self, base_directory: str, port: int | None = None, python: str = sys.executable, file_size_limit: int | None = None):
-        """`file_size_limit` (bytes) makes every file write of the server past that size fail, as a full disk would."""
+    def __init__(self, base_directory: str, port: int | None = None, python: str = sys.executable, file_size_limit: int | None = None,
+                 nice: int = 0):
+        """`file_size_limit` (bytes) makes every file write of the server past that size fail, as a full disk would;
+        `nice` lowers its priority (a long training beside the rest of the suite takes only the cores it leaves idle)."""
         self.base = base_directory
         self.file_size_limit = file_size_limit
+        self.nice = nice
         self.port = port or free_port()
         self.python = python
         self.log_path = os.path.join(base_directory, "server.log")
@@ -82,7 +85,7 @@ class ComfyServer:
         limited = self.file_size_limit is not None
         self.process = subprocess.Popen(
             args, cwd=COMFYUI_DIR, stdout=subprocess.PIPE if limited else log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=detach, preexec_fn=self._limit_file_size if limited else None,
+            start_new_session=detach, preexec_fn=self._in_child if limited or self.nice else None,
         )
         if limited:  # the log is written by this process, so the server's limit does not apply to it
             threading.Thread(target=_drain, args=(self.process.stdout, log), daemon=True).start()
@@ -100,8 +103,12 @@ class ComfyServer:
         self.stop()
         raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
 
-    def _limit_file_size(self) -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_limit, self.file_size_limit))
+    def _in_child(self) -> None:
+        """The server process's limits, set before it starts."""
+        if self.file_size_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_limit, self.file_size_limit))
+        if self.nice:
+            os.nice(self.nice)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -76,6 +76,23 @@ def client(comfy, request):
         request.node.add_report_section("call", "ComfyUI server log", comfy.log_tail(offset))
 
 
+# ------------------------------------------------------------ trainings beside the suite
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked trains_in_background run last: their servers train while everything else runs."""
+    items.sort(key=lambda item: item.get_closest_marker("trains_in_background") is not None)
+
+
+def pytest_collection_finish(session):
+    """Start the background trainings of the collected tests marked trains_in_background (their module's
+    start_in_background), once per module; not for --collect-only."""
+    if session.config.option.collectonly:
+        return
+    for module in {item.module for item in session.items if item.get_closest_marker("trains_in_background")}:
+        module.start_in_background(session.config)
+
+
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -12,13 +12,14 @@ the ones it trains with (colours unnamed) and whose `default` arm trains
 and mixes as it does (the roles at the recipe's steps, Merge ΔR 1, 1; not
 session 12's test of weights 1, 0.75), and among the pairs neither
 adapter drew alone there (where one alone draws the pair, its mix shows
-nothing about mixing), the held-out pair with the highest lower end (the
-newest run's, at the recipe's 400 steps: tee x windows, 5, 7 and 7 of 8,
-fresh-seed interval 4-8), and trains it
+nothing about mixing), the held-out pair with the highest lower end (in the
+H100 runs at the recipe's 400 steps, tee x windows: 5, 7 and 7 of 8 in
+session 12, 5, 7 and 8 in its rerun of 2026-12-07; the CPU run this test
+reads measured that pair alone), and trains it
 through the real server as a user would:
 its images and captions in a folder, the stock dataset nodes, Train QR-LoRA
 with role content and role style (the world's recipe otherwise, at
-training seeds the bench never used), Merge ΔR + Apply, KSampler (a batch
+training seeds the bench never used), Load QR-LoRA, Merge ΔR + Apply, KSampler (a batch
 of SAMPLES at a seed of its own), each image judged by the bench's own
 judge. The mix must succeed at least as often as the lower end of the
 bench's fresh-seed interval for the pair, each adapter alone at most as
@@ -30,18 +31,23 @@ skips and says so. The bench run must also be on this test's device, the
 CPU: at this test's seeds the CPU drew tee x harlequin 0 of 8 (the richer
 world's pick: 4, 4 and 3 of 8 at the H100 bench's three seeds, a fresh-seed
 interval of 1-6) and hourglass x plaid 1 of 8 (the first world's: 6, 8 and
-2), so a GPU run's interval does not bound a CPU run (docs/mixing.md). The
-GPU runs measured so far leave it skipping, saying so. At 400 steps the
-two trainings alone take about 28 minutes on CI's machine (2.0-2.2 s a
-step: the test server computes on one thread, devkit.server), and about 15
-with two threads (1.1-1.2 s); a step is the UNet's own forward and backward
-at the core's peak (a profile, 2026-12-06: everything else under 1%). With
-the rest of the suite's 13 minutes, a CPU bench run would also push this
-test past CI's half hour.
+2), so a GPU run's interval does not bound a CPU run (docs/mixing.md).
+The CPU run it reads (2026-12-07) drew tee x windows 4, 7 and 7 of 8, a
+fresh-seed interval of 2-8, each adapter alone 0 of 24. Its two trainings
+of 400 steps take about 17 minutes on CI's two cores with nothing beside
+them, more than the rest of the suite (about 12): each runs on a server of
+its own, queued as soon as the suite is collected and at a lower priority,
+and the test runs last, mixing the two files with Load QR-LoRA once both
+are done (as a user who trained them apart would). Even so the suite took
+27.8 minutes with it on this 2-core machine, too close to CI's half hour,
+so it runs when asked for (`make test-held-out`) and skips in `make test`.
 """
 
 import glob
 import os
+import shutil
+import tempfile
+import time
 from dataclasses import fields
 
 import numpy as np
@@ -51,6 +57,7 @@ from PIL import Image
 from comfyui_qrlora.qrlora_core.training import TrainConfig
 from bench import mixing
 from devkit.host import DEV_ROOT
+from devkit.server import Client, ComfyServer, make_base_directory
 from toy_world import adapters, demo_assets, model_files, pipeline, scores, world
 
 pytestmark = pytest.mark.server
@@ -64,6 +71,15 @@ KINDS = ("content", "style")
 MIN_TRAINING_SEEDS = 3  # the bench's per-pair interval holds for fresh training seeds only when it spans several
 MIXES = {"mix": (1.0, 1.0), "content alone": (1.0, 0.0), "style alone": (0.0, 1.0)}
 DEVICE = "cpu"  # the test server's (devkit.server starts ComfyUI with --cpu)
+# The two trainings (800 steps, about 15 minutes on both of CI's cores) start on servers of their own as soon as the
+# suite is collected (conftest.py), at a lower priority, and this test runs last: they take the cores the rest of the
+# suite leaves idle, instead of adding their whole time to CI's half hour.
+NICE = 10
+FILES = "toy_world_ci"  # the subfolder of loras/ and output/ this test writes to
+# Asked for by `make test-held-out` only: with it, the whole suite took 27.8 minutes on this 2-core machine (11.6
+# without), too close to CI's half hour on a machine of CI's size.
+ASKED = os.environ.get("QRLORA_HELD_OUT_TRAINING") == "1"
+TRAINING_TIMEOUT = 1700  # seconds, from the test's start: longer than both trainings take on CI's machine with nothing beside them
 CPU_RUNS = ("tee x harlequin 0 of 8 here against 4, 4 and 3 at the H100 bench's seeds in the richer world; hourglass x plaid "
             "1 of 8 against 6, 8 and 2 in the first")
 
@@ -111,21 +127,25 @@ def pair_to_check(results: dict) -> tuple[str, str, dict]:
     return shape, style, entries[(shape, style)]
 
 
-def write_training_folders(comfy, shape: str, style: str) -> dict:
-    """kind -> its folder in input/: the bench's content and style sets for this pair at our seeds, one .txt caption per image."""
-    sets = {"content": pipeline.content_set(TRAINING_SEEDS["content"], adapters.IMAGES, shape),
-            "style": pipeline.style_set(TRAINING_SEEDS["style"], adapters.IMAGES, style)}
-    folders = {}
-    for kind, (items, captions) in sets.items():
-        folder = f"toy_world_ci_{kind}"
-        os.makedirs(comfy.path("input", folder), exist_ok=True)
-        for n, (item, caption) in enumerate(zip(items, captions)):
-            stem = comfy.path("input", folder, f"{n:02}")
-            Image.fromarray(world.render(item)).save(stem + ".png")
-            with open(stem + ".txt", "w", encoding="utf-8") as f:
-                f.write(caption)
-        folders[kind] = folder
-    return folders
+def demo_base(folder: str) -> str:
+    """A base directory of its own, with the pack and the demo's model in it."""
+    base = make_base_directory(folder)
+    demo_assets.build(base)
+    return base
+
+
+def write_training_folder(comfy_base: str, kind: str, shape: str, style: str) -> str:
+    """The bench's content or style set for this pair at our seed in input/, one .txt caption per image: its folder name."""
+    make = pipeline.content_set if kind == "content" else pipeline.style_set
+    items, captions = make(TRAINING_SEEDS[kind], adapters.IMAGES, shape if kind == "content" else style)
+    folder = f"toy_world_ci_{kind}"
+    os.makedirs(os.path.join(comfy_base, "input", folder), exist_ok=True)
+    for n, (item, caption) in enumerate(zip(items, captions)):
+        stem = os.path.join(comfy_base, "input", folder, f"{n:02}")
+        Image.fromarray(world.render(item)).save(stem + ".png")
+        with open(stem + ".txt", "w", encoding="utf-8") as f:
+            f.write(caption)
+    return folder
 
 
 def loaders() -> dict:
@@ -136,18 +156,22 @@ def loaders() -> dict:
     }
 
 
-def graph(folders: dict, sampler: dict) -> dict:
-    """Train both adapters (roles content and style), then Merge ΔR + Apply + KSampler for the mix and each alone: one API prompt."""
+def training_graph(kind: str, folder: str) -> dict:
+    """Train one adapter with its role (the world's recipe otherwise) from a folder, through the stock dataset nodes."""
     settings = {**{f.name: f.default for f in fields(TrainConfig)}, **adapters.RECIPE, "steps": adapters.STEPS}
     triggers = {"content": pipeline.CONTENT_TRIGGER, "style": f"{pipeline.STYLE_TRIGGER} style"}
-    p = loaders()
-    for kind in KINDS:
-        p[f"{kind}_images"] = {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": folders[kind]}}
-        p[f"{kind}_data"] = {"class_type": "MakeTrainingDataset", "inputs": {
-            "images": [f"{kind}_images", 0], "texts": [f"{kind}_images", 1], "vae": ["vae", 0], "clip": ["clip", 0]}}
-        p[f"{kind}_train"] = {"class_type": "QRLoRATrain", "inputs": {
-            "model": ["unet", 0], "latents": [f"{kind}_data", 0], "positive": [f"{kind}_data", 1], **settings, **adapters.TARGETS[kind],
-            "seed": TRAINING_SEEDS[kind], "filename_prefix": f"toy_world_ci/{kind}", "trigger_words": triggers[kind]}}
+    return {**loaders(),
+            "images": {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": folder}},
+            "data": {"class_type": "MakeTrainingDataset", "inputs": {
+                "images": ["images", 0], "texts": ["images", 1], "vae": ["vae", 0], "clip": ["clip", 0]}},
+            "train": {"class_type": "QRLoRATrain", "inputs": {
+                "model": ["unet", 0], "latents": ["data", 0], "positive": ["data", 1], **settings, **adapters.TARGETS[kind],
+                "seed": TRAINING_SEEDS[kind], "filename_prefix": f"{FILES}/{kind}", "trigger_words": triggers[kind]}}}
+
+
+def mix_graph(adapter_names: dict, sampler: dict) -> dict:
+    """Load QR-LoRA both trained files, then Merge ΔR + Apply + KSampler for the mix and each alone: one API prompt."""
+    p = {**loaders(), **{kind: {"class_type": "QRLoRALoader", "inputs": {"lora_name": adapter_names[kind]}} for kind in KINDS}}
     p.update({
         "positive": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": pipeline.MIX_PROMPT}},
         "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": ""}},
@@ -155,15 +179,51 @@ def graph(folders: dict, sampler: dict) -> dict:
     })
     for i, (content_weight, style_weight) in enumerate(MIXES.values()):
         p[f"merge_{i}"] = {"class_type": "QRLoRAMerge", "inputs": {
-            "qr_lora_1": ["content_train", 0], "weight_1": content_weight, "qr_lora_2": ["style_train", 0], "weight_2": style_weight}}
+            "qr_lora_1": ["content", 0], "weight_1": content_weight, "qr_lora_2": ["style", 0], "weight_2": style_weight}}
         p[f"apply_{i}"] = {"class_type": "QRLoRAApply", "inputs": {"model": ["unet", 0], "qr_lora": [f"merge_{i}", 0], "strength": 1.0}}
         p[f"sampler_{i}"] = {"class_type": "KSampler", "inputs": {
             "model": [f"apply_{i}", 0], "seed": SAMPLER_SEED, "steps": sampler["steps"], "cfg": sampler["cfg"],
             "sampler_name": sampler["sampler_name"], "scheduler": sampler["scheduler"],
             "positive": ["positive", 0], "negative": ["negative", 0], "latent_image": ["latent", 0], "denoise": 1.0}}
         p[f"decode_{i}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"sampler_{i}", 0], "vae": ["vae", 0]}}
-        p[f"save_{i}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{i}", 0], "filename_prefix": f"toy_world_ci/mix_{i}"}}
+        p[f"save_{i}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{i}", 0], "filename_prefix": f"{FILES}/mix_{i}"}}
     return p
+
+
+class Trainings:
+    """The pair's content and style adapters, each trained by a server of its own (one compute thread, at NICE), both
+    queued when the suite is collected; `adapters` waits for them and puts both files in the content server's loras
+    folder, as a user who trained them apart would."""
+
+    def __init__(self, shape: str, style: str):
+        self.folder = tempfile.mkdtemp(prefix="toy_world_ci_")
+        self.servers, self.prompts = {}, {}
+        try:
+            for kind in KINDS:
+                base = demo_base(os.path.join(self.folder, kind))
+                self.servers[kind] = ComfyServer(base, nice=NICE).start()
+                self.prompts[kind] = Client(self.servers[kind].url).queue(training_graph(kind, write_training_folder(base, kind, shape, style)))
+        except Exception:
+            self.stop()
+            raise
+
+    def adapters(self, deadline: float) -> dict:
+        """kind -> the trained file's name in the content server's loras folder, once both trainings are done."""
+        names = {}
+        for kind, server in self.servers.items():
+            entry = Client(server.url).wait(self.prompts[kind], timeout=max(deadline - time.time(), 1))
+            assert entry["status"]["status_str"] == "success", f"training {kind} failed: {Client.error(entry)}\n{server.log_tail()}"
+            (trained,) = glob.glob(server.path("models", "loras", FILES, f"{kind}_*.safetensors"))
+            names[kind] = f"{FILES}/{os.path.basename(trained)}"
+            target = self.servers["content"].path("models", "loras", names[kind])
+            if not os.path.exists(target):
+                shutil.copyfile(trained, target)
+        return names
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def judged(comfy, entry: dict, node: str, shape: str, style: str) -> list[dict]:
@@ -188,46 +248,94 @@ def test_only_runs_of_the_default_this_test_trains_bound_it():
         assert not trains_as_this_test(run), run
 
 
-@pytest.mark.skipif(not bench_runs(), reason=f"no mixing bench results yet ({BENCH}, written by dev/bench/mixing.py on the GPU): "
-                                               "the rates this test asserts come from there")
-@pytest.mark.timeout(1800)
-def test_a_held_out_pair_trained_with_the_default_roles_mixes_as_the_bench_measured(comfy, client, demo_models):
+class Unbounded(Exception):
+    """No bench run bounds this test (the reason is its message)."""
+
+
+def bound() -> tuple:
+    """(bench file name, its results, shape, style, the pair's `default` numbers) this test asserts; Unbounded where no
+    run bounds it."""
     runs = bench_runs()
+    if not runs:
+        raise Unbounded(f"no mixing bench results yet ({BENCH}, written by dev/bench/mixing.py): the rates this test asserts come from there")
     *_, path, results = newest(runs)
     on_device = [run for run in runs if run[3].get("device") == DEVICE]
     if not on_device:
         shape, style, _ = pair_to_check(results)
-        pytest.skip(f"{os.path.basename(path)} measured {shape} x {style} on {results.get('device')}, and this test trains on the "
-                    f"{DEVICE}, where its fresh seeds drew less than the GPU's seeds did ({CPU_RUNS}): a GPU run's interval does not "
-                    f"bound a {DEVICE} run; a bench run on the {DEVICE} (dev/bench/mixing.py --pairs {shape}:{style} --arms default) "
-                    "would give this test its bound (docs/mixing.md)")
+        raise Unbounded(f"{os.path.basename(path)} measured {shape} x {style} on {results.get('device')}, and this test trains on the "
+                        f"{DEVICE}, where its fresh seeds drew less than the GPU's seeds did ({CPU_RUNS}): a GPU run's interval does not "
+                        f"bound a {DEVICE} run; a bench run on the {DEVICE} (dev/bench/mixing.py --pairs {shape}:{style} --arms default) "
+                        "would give this test its bound (docs/mixing.md)")
     *_, path, results = newest(on_device)
     shape, style, bench = pair_to_check(results)
     by_seed = bench["mix_successes_by_training_seed"]
     if len(by_seed) < MIN_TRAINING_SEEDS:
-        pytest.skip(f"{os.path.basename(path)} measured {shape} x {style} at {len(by_seed)} training seed(s): its interval spans sampler "
-                    f"seeds only, so it says nothing about fresh training seeds (the test needs {MIN_TRAINING_SEEDS}; docs/mixing.md)")
+        raise Unbounded(f"{os.path.basename(path)} measured {shape} x {style} at {len(by_seed)} training seed(s): its interval spans "
+                        f"sampler seeds only, so it says nothing about fresh training seeds (the test needs {MIN_TRAINING_SEEDS}; "
+                        "docs/mixing.md)")
     fresh = bench["mix_fresh_training_seed"]
     if fresh["ci95"][0] == 0:
-        pytest.skip(f"{os.path.basename(path)}: the best held-out pair, {shape} x {style}, drew {sorted(by_seed.values())} of "
-                    f"{fresh['of']} at the bench's training seeds, so a fresh seed's mix may draw none (95% {fresh['ci95'][0]}-"
-                    f"{fresh['ci95'][1]} of {fresh['of']}): a lower end of 0 is nothing a test can fail (docs/mixing.md)")
+        raise Unbounded(f"{os.path.basename(path)}: the best held-out pair, {shape} x {style}, drew {sorted(by_seed.values())} of "
+                        f"{fresh['of']} at the bench's training seeds, so a fresh seed's mix may draw none (95% {fresh['ci95'][0]}-"
+                        f"{fresh['ci95'][1]} of {fresh['of']}): a lower end of 0 is nothing a test can fail (docs/mixing.md)")
+    return os.path.basename(path), results, shape, style, bench
+
+
+_background = {}  # "trainings" (Trainings) or "error" (why they did not start), set by start_in_background
+
+
+def start_in_background(config) -> None:
+    """Called by conftest.py when the suite is collected with this test in it: queue the two trainings now (nothing
+    starts unless asked for, or where no bench run bounds the test), stopped at the session's end."""
+    if not ASKED:
+        return
+    try:
+        _, _, shape, style, _ = bound()
+    except Unbounded:
+        return
+    try:
+        _background["trainings"] = trainings = Trainings(shape, style)
+    except Exception as error:  # reported by the test, not by the collection
+        _background["error"] = error
+        return
+    config.add_cleanup(trainings.stop)
+
+
+@pytest.mark.trains_in_background
+@pytest.mark.timeout(TRAINING_TIMEOUT + 300)
+def test_a_held_out_pair_trained_with_the_default_roles_mixes_as_the_bench_measured():
+    started = time.time()
+    if not ASKED:
+        pytest.skip("its two trainings of 400 steps take about 17 minutes on 2 cores, which would push `make test` past CI's half "
+                    "hour: `make test-held-out` runs it (QRLORA_HELD_OUT_TRAINING=1)")
+    try:
+        name, results, shape, style, bench = bound()
+    except Unbounded as why:
+        pytest.skip(str(why))
+    if "error" in _background:
+        raise _background["error"]
+    assert "trainings" in _background, "the trainings were not started when the suite was collected (conftest.py)"
     used = {t["seed"] for t in results.get("trainings", {}).values()}
     assert not used & set(TRAINING_SEEDS.values()), "the CI's training seeds must be ones the bench never trained with"
-    print(f"{os.path.basename(path)}: held-out pair {shape} x {style}, arm '{ARM}': mix {bench['mix']['successes']} of "
+    print(f"{name}: held-out pair {shape} x {style}, arm '{ARM}': mix {bench['mix']['successes']} of "
           f"{bench['mix']['trials']} (95% {bench['mix']['ci95'][0]:.2f}-{bench['mix']['ci95'][1]:.2f}); "
           f"training seeds {TRAINING_SEEDS}, sampler seed {SAMPLER_SEED} x {SAMPLES}")
-    entry = client.run(graph(write_training_folders(comfy, shape, style), {**pipeline.SAMPLER, **results.get("sampler", {})}), timeout=1700)
+    trainings = _background["trainings"]
+    names = trainings.adapters(started + TRAINING_TIMEOUT)
+    print(f"trained {names}; waited {time.time() - started:.0f} s for them")
+    comfy = trainings.servers["content"]
+    entry = Client(comfy.url).run(mix_graph(names, {**pipeline.SAMPLER, **results.get("sampler", {})}), timeout=600)
     rates = {}
-    for i, name in enumerate(MIXES):
+    for i, label in enumerate(MIXES):
         verdicts = judged(comfy, entry, f"save_{i}", shape, style)
-        rates[name] = sum(v["success"] for v in verdicts) / SAMPLES
+        rates[label] = sum(v["success"] for v in verdicts) / SAMPLES
         for v in verdicts:
-            print(f"{name}: called {v['called_shape']} (IoU {v['shape_iou']:.2f}), pattern {v['pattern']:.2f}, "
+            print(f"{label}: called {v['called_shape']} (IoU {v['shape_iou']:.2f}), pattern {v['pattern']:.2f}, "
                   f"valid {v['valid']} -> {'success' if v['success'] else 'no'}")
     print(f"rates: {rates}")
+    fresh = bench["mix_fresh_training_seed"]
     lower = fresh["ci95"][0] / fresh["of"]
     assert rates["mix"] >= lower, f"the mix drew {shape} x {style} in {rates['mix']:.0%} of {SAMPLES} images, under the bench's lower end {lower:.2f}"
-    for name, part in (("content alone", "alone_content"), ("style alone", "alone_style")):
+    for label, part in (("content alone", "alone_content"), ("style alone", "alone_style")):
         upper = bench[part]["ci95"][1]
-        assert rates[name] <= upper, f"{name} drew the mix in {rates[name]:.0%} of the images, over the bench's upper end {upper:.2f}"
+        assert rates[label] <= upper, f"{label} drew the mix in {rates[label]:.0%} of the images, over the bench's upper end {upper:.2f}"
