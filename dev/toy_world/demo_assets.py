@@ -71,16 +71,20 @@ def _link(source: str, target: str) -> None:
 
 def training_folders(base: str) -> None:
     """The adapters' training images with their captions (one .txt per image), as the stock dataset loader reads them."""
-    for folder, (items, captions) in ((CONTENT_FOLDER, pipeline.content_set(adapters.SEEDS["content"], adapters.IMAGES)),
-                                      (STYLE_FOLDER, pipeline.style_set(adapters.SEEDS["style"], adapters.IMAGES))):
-        for n, (item, caption) in enumerate(zip(items, captions)):
-            stem = _path(base, "input", folder, f"{n:02}_{item.shape}_{item.style.replace(' ', '_')}")
-            if not os.path.exists(stem + ".png"):
-                from PIL import Image
+    image_folder(base, CONTENT_FOLDER, *pipeline.content_set(adapters.SEEDS["content"], adapters.IMAGES))
+    image_folder(base, STYLE_FOLDER, *pipeline.style_set(adapters.SEEDS["style"], adapters.IMAGES))
 
-                Image.fromarray(world.render(item)).save(stem + ".png")
-                with open(stem + ".txt", "w") as f:
-                    f.write(caption)
+
+def image_folder(base: str, folder: str, items: list, captions: list) -> None:
+    """Rendered world items in input/<folder>, each with its caption in a .txt of the same name (missing files only)."""
+    from PIL import Image
+
+    for n, (item, caption) in enumerate(zip(items, captions)):
+        stem = _path(base, "input", folder, f"{n:02}_{item.shape}_{item.style.replace(' ', '_')}")
+        if not os.path.exists(stem + ".png"):
+            Image.fromarray(world.render(item)).save(stem + ".png")
+            with open(stem + ".txt", "w") as f:
+                f.write(caption)
 
 
 def sizes_folder(base: str) -> None:

@@ -71,14 +71,9 @@ KINDS = ("content", "style")
 MIN_TRAINING_SEEDS = 3  # the bench's per-pair interval holds for fresh training seeds only when it spans several
 MIXES = {"mix": (1.0, 1.0), "content alone": (1.0, 0.0), "style alone": (0.0, 1.0)}
 DEVICE = "cpu"  # the test server's (devkit.server starts ComfyUI with --cpu)
-# The two trainings (800 steps, about 15 minutes on both of CI's cores) start on servers of their own as soon as the
-# suite is collected (conftest.py), at a lower priority, and this test runs last: they take the cores the rest of the
-# suite leaves idle, instead of adding their whole time to CI's half hour.
-NICE = 10
-FILES = "toy_world_ci"  # the subfolder of loras/ and output/ this test writes to
-# Asked for by `make test-held-out` only: with it, the whole suite took 27.8 minutes on this 2-core machine (11.6
-# without), too close to CI's half hour on a machine of CI's size.
-ASKED = os.environ.get("QRLORA_HELD_OUT_TRAINING") == "1"
+NICE = 10  # the background trainings' priority: they take the cores the rest of the suite leaves idle (docstring)
+FILES = "toy_world_ci"  # the subfolder of input/, loras/ and output/ this test writes to
+ASKED = os.environ.get("QRLORA_HELD_OUT_TRAINING") == "1"  # by `make test-held-out` only (docstring: CI's half hour)
 TRAINING_TIMEOUT = 1700  # seconds, from the test's start: longer than both trainings take on CI's machine with nothing beside them
 CPU_RUNS = ("tee x harlequin 0 of 8 here against 4, 4 and 3 at the H100 bench's seeds in the richer world; hourglass x plaid "
             "1 of 8 against 6, 8 and 2 in the first")
@@ -137,14 +132,8 @@ def demo_base(folder: str) -> str:
 def write_training_folder(comfy_base: str, kind: str, shape: str, style: str) -> str:
     """The bench's content or style set for this pair at our seed in input/, one .txt caption per image: its folder name."""
     make = pipeline.content_set if kind == "content" else pipeline.style_set
-    items, captions = make(TRAINING_SEEDS[kind], adapters.IMAGES, shape if kind == "content" else style)
-    folder = f"toy_world_ci_{kind}"
-    os.makedirs(os.path.join(comfy_base, "input", folder), exist_ok=True)
-    for n, (item, caption) in enumerate(zip(items, captions)):
-        stem = os.path.join(comfy_base, "input", folder, f"{n:02}")
-        Image.fromarray(world.render(item)).save(stem + ".png")
-        with open(stem + ".txt", "w", encoding="utf-8") as f:
-            f.write(caption)
+    folder = f"{FILES}_{kind}"
+    demo_assets.image_folder(comfy_base, folder, *make(TRAINING_SEEDS[kind], adapters.IMAGES, shape if kind == "content" else style))
     return folder
 
 
@@ -281,7 +270,9 @@ def bound() -> tuple:
     return os.path.basename(path), results, shape, style, bench
 
 
-_background = {}  # "trainings" (Trainings) or "error" (why they did not start), set by start_in_background
+# Set by start_in_background: "bound" (bound()'s answer, or its Unbounded), "trainings" (Trainings) or "error" (why
+# they did not start). The test asserts the bound its trainings were started for.
+_background = {}
 
 
 def start_in_background(config) -> None:
@@ -290,8 +281,9 @@ def start_in_background(config) -> None:
     if not ASKED:
         return
     try:
-        _, _, shape, style, _ = bound()
-    except Unbounded:
+        _background["bound"] = _, _, shape, style, _ = bound()
+    except Unbounded as why:
+        _background["bound"] = why
         return
     try:
         _background["trainings"] = trainings = Trainings(shape, style)
@@ -308,13 +300,12 @@ def test_a_held_out_pair_trained_with_the_default_roles_mixes_as_the_bench_measu
     if not ASKED:
         pytest.skip("its two trainings of 400 steps take about 17 minutes on 2 cores, which would push `make test` past CI's half "
                     "hour: `make test-held-out` runs it (QRLORA_HELD_OUT_TRAINING=1)")
-    try:
-        name, results, shape, style, bench = bound()
-    except Unbounded as why:
-        pytest.skip(str(why))
+    assert "bound" in _background, "the trainings were not started when the suite was collected (conftest.py)"
+    if isinstance(_background["bound"], Unbounded):
+        pytest.skip(str(_background["bound"]))
+    name, results, shape, style, bench = _background["bound"]
     if "error" in _background:
         raise _background["error"]
-    assert "trainings" in _background, "the trainings were not started when the suite was collected (conftest.py)"
     used = {t["seed"] for t in results.get("trainings", {}).values()}
     assert not used & set(TRAINING_SEEDS.values()), "the CI's training seeds must be ones the bench never trained with"
     print(f"{name}: held-out pair {shape} x {style}, arm '{ARM}': mix {bench['mix']['successes']} of "
