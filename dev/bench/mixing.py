@@ -111,6 +111,13 @@ ROUTES = {
     "style_weight_0.75": ({}, {}, "sum 1 0.75"),
     "style_weight_0.5": ({}, {}, "sum 1 0.5"),
     "content_weight_1.25": ({}, {}, "sum 1.25 1"),
+    # Session 16. style_up kept the shape in every mix but drew a weaker pattern (its style adapter alone: 0.76): the
+    # style slider up on its adapters (no training of their own). And the QR basis on lora_fair's targets and rate: the
+    # paper's targets at the plain LoRA's 1e-3 and at 2e-3 (the paper arm is the same at the recipe's 5e-3), which
+    # separates what the basis does from what the targets and the rate do.
+    "style_up_1.25": ({}, UP_BLOCKS, "sum 1 1.25"),
+    "every_block_1e-3": (PAPER | {"learning_rate": 1e-3}, PAPER | {"learning_rate": 1e-3}, "sum"),
+    "every_block_2e-3": (PAPER | {"learning_rate": 2e-3}, PAPER | {"learning_rate": 2e-3}, "sum"),
 }
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
