@@ -25,7 +25,7 @@ def test_smoke_run_scores_both_methods_and_combine_rebuilds_its_table(tmp_path):
         v = pair[variant]
         assert 0 <= v["shape_iou"] <= 1 and 0 <= v["pattern"] <= 1 and v["success"] in (0.0, 1.0), (variant, v)
     assert 0 < pair["qr_delta_cosine"]["mean_abs"] <= 1 and 0 < pair["lora_delta_cosine_same_layers"]["mean_abs"] <= 1
-    assert results["settings"]["steps"] == 2 and os.path.getsize(tmp_path / "smoke.png") > 0
+    assert results["settings"]["steps"] == 2 and results["images_per_adapter"] == 4 and os.path.getsize(tmp_path / "smoke.png") > 0
     table = done.stdout[done.stdout.index("| content"):].strip()
     combined = run("--combine", str(out), str(out))
     assert combined.returncode == 0, combined.stderr[-3000:]
