@@ -19,7 +19,9 @@ reads measured that pair alone), and trains it
 through the real server as a user would:
 its images and captions in a folder, the stock dataset nodes, Train QR-LoRA
 with role content and role style (the world's recipe otherwise, at
-training seeds the bench never used), Load QR-LoRA, Merge ΔR + Apply, KSampler (a batch
+training seeds the bench never used; the stock folder loader lists the
+folder unsorted, in the filesystem's order, so each filesystem trains
+its own draw of the batches: a fresh seed in all but name), Load QR-LoRA, Merge ΔR + Apply, KSampler (a batch
 of SAMPLES at a seed of its own), each image judged by the bench's own
 judge. The mix must succeed at least as often as the lower end of the
 bench's fresh-seed interval for the pair, each adapter alone at most as
