@@ -107,7 +107,8 @@ class TrainConfig:
         record=False, min=0.0, max=4096.0, optional=True, widget={"step": 0.5}))
     plain_lora: bool = field(default=False, metadata=_help(
         "Train an ordinary LoRA instead (up and down both learned, up from zero, down Kaiming-uniform; scale alpha / rank), "
-        "for comparisons: it has no shared basis, so Merge ΔR sums its delta with the others'.", optional=True))
+        "for comparisons: it has no shared basis, so Merge ΔR sums its delta with the others'. On the toy world's held-out "
+        "pairs two of them (role all, learning rate 1e-3) mixed more often than QR-LoRA's roles (docs/mixing.md).", optional=True))
     noise_min: float = field(default=0.0, metadata=_help(
         "Lowest noise level trained at, as a fraction of the schedule (0: clean). 0 to 1 trains at every level; a "
         "narrower range is an option to try (docs/mixing.md: content at 0.5-1 and style at 0-0.5 did not win the toy world's tuning).", min=0.0, max=1.0, optional=True, widget={"step": 0.05}))
