@@ -9,44 +9,33 @@ training seeds than between sampler seeds), in
 dev/bench/reference/*-mixing.json.gz. This test takes, among the runs on
 the shipped base model (`base_model`, the UNet's sha256) whose captions are
 the ones it trains with (colours unnamed) and whose `default` arm trains
-and mixes as it does (the roles at the recipe's steps, Merge ΔR 1, 1; not
-session 12's test of weights 1, 0.75), and among the pairs neither
-adapter drew alone there (where one alone draws the pair, its mix shows
-nothing about mixing), the held-out pair with the highest lower end (in the
-H100 runs at the recipe's 400 steps, tee x windows: 5, 7 and 7 of 8 in
-session 12, 5, 7 and 8 in its rerun of 2026-12-07; the CPU run this test
-reads measured that pair alone), and trains it
-through the real server as a user would:
+and mixes as it does (the roles at the recipe's steps, Merge ΔR 1, 1), and
+among the pairs neither adapter drew alone there (where one alone draws
+the pair, its mix shows nothing about mixing), the held-out pair with the
+highest lower end, and trains it through the real server as a user would:
 its images and captions in a folder, the stock dataset nodes, Train QR-LoRA
 with role content and role style (the world's recipe otherwise, at
 training seeds the bench never used; the stock folder loader lists the
-folder unsorted, in the filesystem's order, so each filesystem trains
-its own draw of the batches: a fresh seed in all but name), Load QR-LoRA, Merge ΔR + Apply, KSampler (a batch
-of SAMPLES at a seed of its own), each image judged by the bench's own
-judge. The mix must succeed at least as often as the lower end of the
-bench's fresh-seed interval for the pair, each adapter alone at most as
-often as the upper end of its own. No averaging of checkpoints: what the
-trainer saves is what is mixed. The bench must have trained the pair at
-MIN_TRAINING_SEEDS training seeds at least, and the lower end must be above
-0 (a test that cannot fail proves nothing): where it is not, the test
-skips and says so. The bench run must also be on this test's device, the
-CPU: at this test's seeds the CPU drew tee x harlequin 0 of 8 (the richer
-world's pick: 4, 4 and 3 of 8 at the H100 bench's three seeds, a fresh-seed
-interval of 1-6) and hourglass x plaid 1 of 8 (the first world's: 6, 8 and
-2), so a GPU run's interval does not bound a CPU run (docs/mixing.md).
-The CPU run it reads (2026-12-07) drew tee x windows 4, 7 and 7 of 8 at
-three training seeds, a fresh-seed interval of 2-8, and this test's own
-draw then drew 1 of 8 (its folder's order had changed); three more seeds
-drew 0, 8 and 8, so the six give a lower end of 0 and the test skips and
-says why until a bench run bounds it again. Each adapter alone drew the
-pair 0 of 48. Its two trainings
-of 400 steps take about 17 minutes on CI's two cores with nothing beside
-them, more than the rest of the suite (about 11): each runs on a server of
-its own, queued as soon as the suite is collected and at a lower priority,
-and the test runs last, mixing the two files with Load QR-LoRA once both
-are done (as a user who trained them apart would). Even so the suite took
-25 to 28 minutes with it on this 2-core machine, too close to CI's half
-hour, so it runs when asked for (`make test-held-out`) and skips in `make test`.
+folder unsorted, in the filesystem's order, so each filesystem trains its
+own draw of the batches: a fresh seed in all but name), Load QR-LoRA,
+Merge ΔR + Apply, KSampler (a batch of SAMPLES at a seed of its own), each
+image judged by the bench's own judge. The mix must succeed at least as
+often as the lower end of the bench's fresh-seed interval for the pair,
+each adapter alone at most as often as the upper end of its own. No
+averaging of checkpoints: what the trainer saves is what is mixed.
+
+Where no run bounds it, the test skips and says why: the bench must have
+trained the pair at MIN_TRAINING_SEEDS training seeds at least, on this
+test's device, the CPU (a GPU run's interval does not bound a CPU run:
+CPU_RUNS), and the lower end must be above 0 (a test that cannot fail
+proves nothing). Its two trainings of 400 steps take about 17 minutes on
+CI's two cores: each runs on a server of its own, queued as soon as the
+suite is collected and at a lower priority, and the test runs last,
+mixing the two files with Load QR-LoRA once both are done (as a user who
+trained them apart would). With it the whole suite still takes too long
+for CI's half hour, so it runs when asked for (`make test-held-out`) and
+skips in `make test`. What each bench run and each run of this test drew,
+and the suite's times: docs/mixing.md.
 """
 
 import glob
