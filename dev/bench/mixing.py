@@ -118,6 +118,12 @@ ROUTES = {
     "style_up_1.25": ({}, UP_BLOCKS, "sum 1 1.25"),
     "every_block_1e-3": (PAPER | {"learning_rate": 1e-3}, PAPER | {"learning_rate": 1e-3}, "sum"),
     "every_block_2e-3": (PAPER | {"learning_rate": 2e-3}, PAPER | {"learning_rate": 2e-3}, "sum"),
+    # Session 17. The shipped roles' mixes swing between reruns of the same training seeds (tee x plaid 0, 5, 1 and
+    # 3, 8, 8 of 8) where lora_fair's repeat (8, 8, 8 twice): training at 5e-3 ends wherever its last steps threw it.
+    # The trainer's own average of ΔR over the last ~100 and ~200 steps (ema at 0.9 averaged over ~10).
+    "ema_0.99": ({"ema_decay": 0.99}, {"ema_decay": 0.99}, "sum"),
+    "ema_0.995": ({"ema_decay": 0.995}, {"ema_decay": 0.995}, "sum"),
+    "style_up_ema_0.99": ({"ema_decay": 0.99}, UP_BLOCKS | {"ema_decay": 0.99}, "sum"),
 }
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
