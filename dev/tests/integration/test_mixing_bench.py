@@ -111,6 +111,21 @@ def test_combine_pools_runs_split_over_calls_by_seed_and_by_arm(tmp_path):
     assert json.loads((tmp_path / "joined.json").read_text())["summary"]["default"]["successes"] == 21
 
 
+def test_arms_are_also_scored_on_the_held_out_pairs_the_oracle_draws_at_the_issues_bar(tmp_path):
+    """The issue's rule: a pair the oracle draws under 90% judges the world, not mixing; each arm is also pooled over the
+    rest (the oracle, which chose them, is not)."""
+    wins = {(("crescent", "bricks"), "default"): 6, (("arrow", "plaid"), "default"): 1,
+            (("crescent", "bricks"), "oracle"): 8, (("arrow", "plaid"), "oracle"): 7}  # 8 and 7 of 8: 7 is under 90%
+    _run_json(tmp_path / "a.json", ["default", "oracle"], [0, 1], wins)
+    joined = mixing.combine([str(tmp_path / "a.json")], str(tmp_path / "joined.json"))
+    assert joined["oracle_valid_pairs"] == [["crescent", "bricks"]]
+    assert joined["summary"]["default"]["on_oracle_valid"] == {"success": 0.75, "ci95": mixing.wilson(12, 16), "successes": 12, "trials": 16}
+    assert "on_oracle_valid" not in joined["summary"]["oracle"]
+    assert "On the 1 held-out pairs the oracle draws at least 90% of the time: default 12/16" in mixing.table(joined)
+    _run_json(tmp_path / "b.json", ["default"], [0], wins)
+    assert "oracle_valid_pairs" not in mixing.combine([str(tmp_path / "b.json")], None), "no oracle, no such subset"
+
+
 def test_combine_of_tuning_runs_picks_again_from_all_their_seeds(tmp_path):
     arms = ["default:shipped", "default:style_weight_0.75"]
     first = _run_json(tmp_path / "a.json", arms, [0], {(p, a): (6 if a == arms[0] else 2) for p in (("crescent", "bricks"), ("arrow", "plaid")) for a in arms}, phase="tune")
