@@ -264,6 +264,11 @@ class Plan:
                                         "seed": training_seed(name, k), "name_colours": self.name_colours})
         return key
 
+    def wave(self, k: int) -> list:
+        """The trainings of training seed k, the most steps first: the workers take them in this order, and the
+        oracle's trainings (twice the steps) taken last were the tail of every wave."""
+        return sorted((j for j in self.trainings.values() if j["k"] == k), key=lambda j: -j["settings"].get("steps", recipe.STEPS))
+
     def prompt(self, style: str) -> str:
         """What every image of a pair is sampled with: the mix prompt, naming the style's colours where the captions do."""
         return pipeline.mix_prompt(style if self.name_colours else None)
@@ -487,7 +492,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
                 break
             wave_started = time.time()
             running = k
-            wave = [j for j in plan.trainings.values() if j["k"] == k]
+            wave = plan.wave(k)
             log(f"training seed {k}: {len(wave)} trainings")
             for out in succeeded(submit([("train", j) for j in wave]), results["errors"]):
                 paths[out["key"]] = out["path"]

@@ -181,6 +181,16 @@ def test_plan_of_several_step_counts_trains_each_adapter_once_and_mixes_each_che
     assert mixes == {"default@100": ("100", "100"), "default@200": ("200", "200"), "default@400": ("400", "400")}, "checkpoints mix at one step count"
 
 
+def test_a_wave_hands_the_workers_its_longest_trainings_first():
+    arms = {a: mixing.arm_plan(a, "shipped", 1e-3 if a.startswith("lora") else None) for a in ("default", "lora_fair")}
+    plan = mixing.Plan([("tee", "bricks"), ("arrow", "plaid")], {**arms, "oracle": ({}, {}, "alone")}, [0, 1], [0])
+    wave = plan.wave(1)
+    assert {j["k"] for j in wave} == {1} and len(wave) == len([j for j in plan.trainings.values() if j["k"] == 1])
+    steps = [j["settings"]["steps"] for j in wave]
+    assert steps == sorted(steps, reverse=True) and steps[0] == mixing.ORACLE_STEPS > steps[-1], steps
+    assert [j["kind"] for j in wave[:2]] == ["oracle", "oracle"]
+
+
 def test_basis_halves_route_trains_as_many_values_as_the_shipped_rank_and_its_plain_lora_the_same():
     from comfyui_qrlora.qrlora_core.training import TrainConfig
 
