@@ -124,6 +124,8 @@ def test_arms_are_also_scored_on_the_held_out_pairs_the_oracle_draws_at_the_issu
     assert "On the 1 held-out pairs the oracle draws at least 90% of the time: default 12/16" in mixing.table(joined)
     _run_json(tmp_path / "b.json", ["default"], [0], wins)
     assert "oracle_valid_pairs" not in mixing.combine([str(tmp_path / "b.json")], None), "no oracle, no such subset"
+    _run_json(tmp_path / "c.json", ["default:shipped", "oracle"], [0], {(p, a): 8 for p, _ in wins for a in ("default:shipped", "oracle")}, phase="tune")
+    assert "oracle_valid_pairs" not in mixing.combine([str(tmp_path / "c.json")], None), "a tuning run has no held-out pair"
 
 
 def test_combine_of_tuning_runs_picks_again_from_all_their_seeds(tmp_path):
