@@ -268,7 +268,7 @@ class Plan:
     def wave(self, k: int) -> list:
         """The trainings of training seed k, the most steps first: the workers take them in this order, and the
         oracle's trainings (twice the steps) taken last were the tail of every wave."""
-        return sorted((j for j in self.trainings.values() if j["k"] == k), key=lambda j: -j["settings"].get("steps", recipe.STEPS))
+        return sorted((j for j in self.trainings.values() if j["k"] == k), key=lambda j: -j["settings"]["steps"])
 
     def prompt(self, style: str) -> str:
         """What every image of a pair is sampled with: the mix prompt, naming the style's colours where the captions do."""
@@ -569,7 +569,7 @@ def rejudge(results_path: str, images_path: str, out: str | None) -> dict:
 
 def tabulate(results: dict, pairs, held_out) -> None:
     """Per pair and arm, and pooled over the held-out pairs (or every pair when there are none), from results["trials"]."""
-    per_pair, pooled = [], {}
+    per_pair, pooled, mixes = [], {}, {}  # mixes: (shape, style, arm) -> that cell's mix verdicts
     for shape, style in pairs:
         entry = {"content": shape, "style": style, "codec": results.get("codec", {}).get(f"{shape}|{style}"), "arms": {}}
         cells = {}
@@ -586,6 +586,7 @@ def tabulate(results: dict, pairs, held_out) -> None:
             if (shape, style) in held_out or not held_out:
                 for part in cell:
                     pooled.setdefault(arm, {}).setdefault(part, []).extend(cell[part])
+            mixes[(shape, style, arm)] = cell["mix"]
             entry["arms"][arm] = {part: cell_numbers(rows) for part, rows in cell.items() if rows}
             entry["arms"][arm]["mix_successes_by_training_seed"] = by_seed
             per_seed = len(results["sampler_seeds"])
@@ -613,10 +614,8 @@ def tabulate(results: dict, pairs, held_out) -> None:
         for arm, row in results["summary"].items():
             if arm == "oracle":  # it chose these pairs
                 continue
-            cells = [e["arms"][arm]["mix"] for e in results["pairs"] if (e["content"], e["style"]) in valid and arm in e["arms"]]
-            successes, count = sum(c["successes"] for c in cells), sum(c["trials"] for c in cells)
-            row["on_oracle_valid"] = {"success": successes / count if count else None, "ci95": wilson(successes, count),
-                                      "successes": successes, "trials": count}
+            mix = cell_numbers([r for shape, style in valid for r in mixes.get((shape, style, arm), [])])
+            row["on_oracle_valid"] = {k: mix[k] for k in ("success", "ci95", "successes", "trials")}
     results["training_seeds_done"] = ks
 
 
