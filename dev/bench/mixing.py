@@ -39,9 +39,9 @@ SAMPLER_SEEDS judged by toy_world.scores.judge (reject class, clean
 background, leakage), with Wilson 95% intervals, pooled over the test pairs
 and per pair, and per pair the interval one fresh training seed's mix falls
 in (fresh_seed_interval). Trainings and samplings run side by side in
---workers processes sharing the GPU, trainings in waves of one training
-seed, each wave's samplings queued as soon as its adapters exist, so a run
-cut short still reports whole training seeds.
+--workers processes sharing the GPU (Schedule): trainings seed by seed with
+no barrier between seeds, each seed's samplings first as soon as its
+adapters exist, so a run cut short still reports whole training seeds.
 """
 
 import argparse
@@ -51,6 +51,7 @@ import json
 import math
 import multiprocessing
 import os
+import queue
 import shutil
 import signal
 import sys
@@ -296,6 +297,61 @@ class Plan:
         return jobs + list(alone.values())
 
 
+class Schedule:
+    """Which job a free worker takes next, with no barrier between training seeds: a seed's samplings first, as soon
+    as its adapters exist (so a run cut short still reports whole seeds), else the next training, seed by seed and
+    each seed's longest first (Plan.wave), so one seed's last trainings share the workers with the next seed's first.
+    With a deadline, a seed whose trainings would end after it, at the pace of the trainings done so far, is not
+    started, nor any after it."""
+
+    def __init__(self, plan: Plan, seeds, workers: int, deadline: float | None = None):
+        self.workers, self.deadline = workers, deadline
+        self.waiting = [j for k in seeds for j in plan.wave(k)]  # trainings not yet handed out, in order
+        self.untrained = {k: sum(j["k"] == k for j in self.waiting) for k in seeds}
+        self.unsampled, self.samplings = {}, []
+        self.steps_left = sum(j["settings"]["steps"] for j in self.waiting)  # of the trainings not yet done
+        self.step_seconds = [0.0, 0]  # worker seconds and steps of the trainings done
+        self.skipped = []  # seeds the deadline left out
+
+    def take(self, now: float) -> tuple | None:
+        """("sample", job) or ("train", job), or None while nothing can start."""
+        if self.samplings:
+            return "sample", self.samplings.pop(0)
+        if not self.waiting:
+            return None
+        job = self.waiting[0]
+        if self.deadline and self.untrained[job["k"]] == sum(j["k"] == job["k"] for j in self.waiting) and self._ends(now, job["k"]) > self.deadline:
+            self.skipped = sorted({j["k"] for j in self.waiting})
+            self.steps_left -= sum(j["settings"]["steps"] for j in self.waiting)
+            self.waiting = []
+            return None
+        return "train", self.waiting.pop(0)
+
+    def _ends(self, now: float, k: int) -> float:
+        """When the trainings not yet done up to seed k's last would end, spread over the workers at the pace of those
+        done so far (every seed after k is still waiting behind it)."""
+        seconds, steps = self.step_seconds
+        left = self.steps_left - sum(j["settings"]["steps"] for j in self.waiting if j["k"] != k)
+        return now + (left * seconds / steps / self.workers if steps else 0.0)
+
+    def trained(self, job: dict, seconds: float | None) -> int | None:
+        """Note one training finished (seconds None: it failed); the seed, once it was its last."""
+        self.steps_left -= job["settings"]["steps"]
+        if seconds is not None:
+            self.step_seconds = [self.step_seconds[0] + seconds, self.step_seconds[1] + job["settings"]["steps"]]
+        self.untrained[job["k"]] -= 1
+        return job["k"] if not self.untrained[job["k"]] else None
+
+    def queue_samplings(self, k: int, jobs: list) -> None:
+        self.samplings += jobs
+        self.unsampled[k] = len(jobs)
+
+    def sampled(self, k: int) -> bool:
+        """Note one sampling of seed k finished; whether it was the seed's last."""
+        self.unsampled[k] -= 1
+        return not self.unsampled[k]
+
+
 # ------------------------------------------------------------------ the work itself (in the worker processes)
 
 _STATE = {}
@@ -392,16 +448,6 @@ def _work(task):
         return kind, {"key": job.get("key"), "id": job.get("id")}, f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2000:]}"
 
 
-def succeeded(done, errors: list):
-    """The outputs of the jobs that worked; each failure logged and kept in `errors` (the run goes on)."""
-    for kind, out, error in done:
-        if error:
-            errors.append(error)
-            log(f"{'training' if kind == 'train' else 'sampling'} failed: {error[:300]}")
-            continue
-        yield out
-
-
 # ------------------------------------------------------------------ judging
 
 
@@ -474,53 +520,71 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
         "trainings": {}, "errors": [], "complete": False,
     }
     started = time.time()
-    deadline = started + args.deadline if args.deadline else None
     images = {}  # sampling id -> images
-    pool, running = None, None
+    pool, done = None, []
     signal.signal(signal.SIGTERM, _terminated)
     try:
         _start(models, output, args.comfyui, cpu, args.sampler_steps)
         results["codec"] = codec_ceiling(_STATE["models"][2], pairs)
         log(f"codec ceiling: {sum(v['success'] for v in results['codec'].values())} of {len(pairs)} pairs")
         initargs = (models, output, args.comfyui, cpu, args.sampler_steps, max(1, (os.cpu_count() or 1) // args.workers))
-        pool = multiprocessing.get_context("spawn").Pool(args.workers, _start, initargs) if args.workers > 1 else None
-        submit = (lambda task: pool.imap_unordered(_work, task)) if pool else (lambda task: map(_work, task))
-        paths = {}
-        wave_seconds = 0.0
-        for k in seeds:
-            if deadline and time.time() + 1.1 * wave_seconds > deadline:
-                log(f"training seed {k} would end after the deadline: stopping with training seeds {results.get('training_seeds_done')}")
+        finished = queue.Queue()  # (kind, output, error) of each job, as the workers finish them
+        if args.workers > 1:
+            pool = multiprocessing.get_context("spawn").Pool(args.workers, _start, initargs)
+            hand_out = lambda task: pool.apply_async(_work, (task,), callback=finished.put)  # noqa: E731
+        else:
+            hand_out = lambda task: finished.put(_work(task))  # noqa: E731
+        schedule = Schedule(plan, seeds, args.workers, started + args.deadline if args.deadline else None)
+        paths, seed_of, busy = {}, {}, 0  # seed_of: each queued sampling's training seed
+        log(f"{sum(schedule.untrained.values())} trainings over training seeds {list(seeds)}")
+        while True:
+            while busy < args.workers and (task := schedule.take(time.time())):
+                hand_out(task)
+                busy += 1
+            if not busy:
                 break
-            wave_started = time.time()
-            running = k
-            wave = plan.wave(k)
-            log(f"training seed {k}: {len(wave)} trainings")
-            for out in succeeded(submit([("train", j) for j in wave]), results["errors"]):
-                paths[out["key"]] = out["path"]
-                paths.update({f"{out['key']}@{n}": p for n, p in out["checkpoints"].items()})
+            kind, out, error = finished.get()
+            busy -= 1
+            if error:
+                results["errors"].append(error)
+                log(f"{'training' if kind == 'train' else 'sampling'} failed: {error[:300]}")
+            if kind == "train":
                 job = plan.trainings[out["key"]]
-                results["trainings"][out["key"]] = {**{x: out[x] for x in ("seconds", "loss_first", "loss_last")},
-                                                    **{x: job[x] for x in ("kind", "name", "k", "seed", "settings")}}
-                log(f"trained {job['kind']} {job['name']} (seed {k}) in {out['seconds']:.0f} s, loss {out['loss_first']:.3f} -> {out['loss_last']:.3f}")
-            jobs = [{**j, "paths": [(paths.get(key), w) for key, w in j["adapters"]], "seeds": list(sampler_seeds)} for j in plan.samplings(k)]
-            jobs = [j for j in jobs if all(p for p, _ in j["paths"])]
-            log(f"training seed {k}: trained in {time.time() - started:.0f} s; {len(jobs)} samplings of {len(sampler_seeds)} seeds")
-            for out in succeeded(submit([("sample", j) for j in jobs]), results["errors"]):
-                images[out["id"]] = out["images"]
-            results["training_seeds_done"] = results.get("training_seeds_done", []) + [k]
-            running = None
-            results["trials"] = trials(plan, images, results["training_seeds_done"])
-            tabulate(results, pairs, held_out)
-            save(results, images, plan, held_out or pairs, args.out, args.images_out)
-            wave_seconds = time.time() - wave_started
-            log(f"training seed {k} done at {time.time() - started:.0f} s")
-        results["complete"] = results.get("training_seeds_done") == list(seeds)
+                if not error:
+                    paths[out["key"]] = out["path"]
+                    paths.update({f"{out['key']}@{n}": p for n, p in out["checkpoints"].items()})
+                    results["trainings"][out["key"]] = {**{x: out[x] for x in ("seconds", "loss_first", "loss_last")},
+                                                        **{x: job[x] for x in ("kind", "name", "k", "seed", "settings")}}
+                    log(f"trained {job['kind']} {job['name']} (seed {job['k']}) in {out['seconds']:.0f} s, loss {out['loss_first']:.3f} -> {out['loss_last']:.3f}")
+                k = schedule.trained(job, None if error else out["seconds"])
+                if k is not None:
+                    jobs = [{**j, "paths": [(paths.get(key), w) for key, w in j["adapters"]], "seeds": list(sampler_seeds)} for j in plan.samplings(k)]
+                    jobs = [j for j in jobs if all(p for p, _ in j["paths"])]
+                    log(f"training seed {k}: trained at {time.time() - started:.0f} s; {len(jobs)} samplings of {len(sampler_seeds)} seeds")
+                    seed_of.update((j["id"], k) for j in jobs)
+                    schedule.queue_samplings(k, jobs)
+                    k = k if not jobs else None
+            else:
+                if not error:
+                    images[out["id"]] = out["images"]
+                k = seed_of[out["id"]] if schedule.sampled(seed_of[out["id"]]) else None
+            if k is not None:
+                done.append(k)
+                results["training_seeds_done"] = list(done)
+                results["trials"] = trials(plan, images, done)
+                tabulate(results, pairs, held_out)
+                save(results, images, plan, held_out or pairs, args.out, args.images_out)
+                log(f"training seed {k} done at {time.time() - started:.0f} s")
+        if schedule.skipped:
+            log(f"training seeds {schedule.skipped} would end after the deadline: stopping with training seeds {done}")
+        results["complete"] = done == list(seeds)
     finally:
         if pool:
             pool.terminate()
-        if running is not None and any(i.endswith(f"|{running}") for i in images):  # cut short: what that seed drew, marked
-            results["partial_training_seed"] = running
-            results["training_seeds_done"] = results.get("training_seeds_done", []) + [running]
+        cut = sorted({k for k in seeds if k not in done and any(i.endswith(f"|{k}") for i in images)})
+        if cut:  # cut short: what those seeds drew, marked
+            results["partial_training_seeds"] = cut
+            results["training_seeds_done"] = done + cut
         try:
             results["seconds"] = time.time() - started
             results["trials"] = trials(plan, images, results.get("training_seeds_done", []))
@@ -759,7 +823,8 @@ def table(results: dict) -> str:
         valid = results["oracle_valid_pairs"]
         lines += ["", f"On the {len(valid)} held-out pairs the oracle draws at least {ORACLE_BAR:.0%} of the time: "
                   + ", ".join(f"{arm} {row['on_oracle_valid']['successes']}/{row['on_oracle_valid']['trials']}"
-                              for arm, row in results["summary"].items() if arm != "oracle")]
+                              for arm, row in results["summary"].items() if arm != "oracle")
+                  if valid else f"The oracle draws no held-out pair at least {ORACLE_BAR:.0%} of the time."]
     lines += ["", "| pair | codec | " + " | ".join(arms) + " |", "| --- | --- |" + " --- |" * len(arms)]
     for e in results["pairs"]:
         codec = e["codec"] or {}

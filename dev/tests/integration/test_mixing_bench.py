@@ -193,6 +193,39 @@ def test_a_wave_hands_the_workers_its_longest_trainings_first():
     assert [j["kind"] for j in wave[:2]] == ["oracle", "oracle"]
 
 
+def schedule_of(seeds, workers, deadline=None):
+    arms = {"default": mixing.arm_plan("default", "shipped"), "oracle": ({}, {}, "alone")}
+    plan = mixing.Plan([("tee", "bricks"), ("arrow", "plaid")], arms, seeds, [0])
+    return plan, mixing.Schedule(plan, seeds, workers, deadline)
+
+
+def test_schedule_starts_the_next_seeds_trainings_before_the_last_seeds_end_and_its_samplings_before_any_more():
+    plan, schedule = schedule_of([0, 1], workers=3)
+    first = [schedule.take(0.0) for _ in plan.wave(0)]
+    assert [job["k"] for _, job in first] == [0] * len(plan.wave(0)), "seed by seed, in Plan.wave's order"
+    kind, job = schedule.take(0.0)
+    assert (kind, job["k"]) == ("train", 1), "no barrier: seed 1 starts while seed 0's trainings run"
+    assert [schedule.trained(job, 10.0) for _, job in first] == [None] * (len(first) - 1) + [0], "the seed is named at its last"
+    schedule.queue_samplings(0, [{"id": "a"}, {"id": "b"}])
+    assert [schedule.take(0.0) for _ in range(3)] == [("sample", {"id": "a"}), ("sample", {"id": "b"}), ("train", plan.wave(1)[1])], \
+        "a seed's samplings go before the trainings still waiting"
+    assert schedule.sampled(0) is False and schedule.sampled(0) is True, "the seed is done at its last sampling"
+
+
+def test_schedule_starts_no_seed_that_would_end_after_the_deadline_nor_any_after_it():
+    plan, schedule = schedule_of([0, 1, 2], workers=2, deadline=100.0)
+    seed0 = [schedule.take(0.0)[1] for _ in plan.wave(0)]
+    steps = sum(j["settings"]["steps"] for j in plan.wave(1))
+    for job in seed0:  # one second per step and worker: seed 1 alone takes steps / 2 seconds on the two workers
+        schedule.trained(job, float(job["settings"]["steps"]))
+    assert schedule.take(100.0 - steps / 2 - 1)[1]["k"] == 1, "a seed that ends before the deadline starts"
+    plan, schedule = schedule_of([0, 1, 2], workers=2, deadline=100.0)
+    for job in [schedule.take(0.0)[1] for _ in plan.wave(0)]:
+        schedule.trained(job, float(job["settings"]["steps"]))
+    assert schedule.take(100.0 - steps / 2 + 1) is None and schedule.skipped == [1, 2]
+    assert schedule.take(0.0) is None, "nor later, once left out"
+
+
 def test_basis_halves_route_trains_as_many_values_as_the_shipped_rank_and_its_plain_lora_the_same():
     from comfyui_qrlora.qrlora_core.training import TrainConfig
 
