@@ -916,7 +916,7 @@ def main() -> int:
     parser.add_argument("--out", help="the JSON (a PNG gallery beside it)")
     parser.add_argument("--comfyui", help="ComfyUI's source (default: the pack's .comfyui)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the GPU")
-    parser.add_argument("--deadline", type=float, help="seconds: start no training seed that would end later (by the last one's time)")
+    parser.add_argument("--deadline", type=float, help="seconds: start no training seed whose trainings would end later (at the pace of those done so far)")
     parser.add_argument("--training-seeds", type=int, default=len(TRAINING_SEEDS))
     parser.add_argument("--seed-list", help="which training seeds, comma-separated (a run split over calls; --combine joins them)")
     parser.add_argument("--sampler-seeds", type=int, default=len(SAMPLER_SEEDS))
