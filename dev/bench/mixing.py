@@ -569,7 +569,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
                     images[out["id"]] = out["images"]
                 k = seed_of[out["id"]] if schedule.sampled(seed_of[out["id"]]) else None
             if k is not None:
-                done.append(k)
+                done = [s for s in seeds if s in done or s == k]  # in the run's order, however the seeds' ends interleave
                 results["training_seeds_done"] = list(done)
                 results["trials"] = trials(plan, images, done)
                 tabulate(results, pairs, held_out)
