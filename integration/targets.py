@@ -98,7 +98,7 @@ def delta_sizes(model, adapter, found: dict, strength: float) -> str | None:
         )
     worst = (0.0, "")  # a name, not None: equal ratios (an all-zero mix) compare the names next
     for size, name, where in sizes[:SIZE_CHECKS]:
-        norm = float(torch.linalg.vector_norm(keymap.target_weight(model, where).double()))
+        norm = float(torch.linalg.vector_norm(keymap.target_weight(model, where).detach().double()))  # a weight in training needs no graph here
         worst = max(worst, (size / max(norm, 1e-30), name))
     if worst[0] > FAR_BEYOND:
         return (f"The delta of layer {worst[1]} is {worst[0]:.3g} times the size of its weight, far beyond any trained adapter's "
