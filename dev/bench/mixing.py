@@ -48,6 +48,7 @@ import argparse
 import datetime
 import gzip
 import json
+import lzma
 import math
 import multiprocessing
 import os
@@ -69,10 +70,10 @@ from toy_world import model_files, pipeline, scores, world  # noqa: E402
 
 # The second pair was star x concentric rings until 2026-12-06 (it drew no mix in any arm of any tuning run at 400
 # steps), then star x checkerboard (the other of the tuning shapes and styles' four pairs that mixed at all,
-# reference/2026-12-06-rich-world-tuning-cross.json.gz). With it both pairs were checkerboard pairs, so every pick was
+# reference/2026-12-06-rich-world-tuning-cross.json.xz). With it both pairs were checkerboard pairs, so every pick was
 # ranked by one style. Since session 13: pairs the oracle draws (the issue's bar, 90%), by a rule fixed before the check,
 # on no held-out result (docs/mixing.md): star x crosses and heart x crosses (world.TUNING_STYLES) 8 of 8 each on the CPU,
-# heart x checkerboard 0 of 8 and star x checkerboard 3 (reference/2026-12-07-cpu-tuning-oracle*.json.gz).
+# heart x checkerboard 0 of 8 and star x checkerboard 3 (reference/2026-12-07-cpu-tuning-oracle*.json.xz).
 TUNING_PAIRS = (("heart", "crosses"), ("star", "crosses"))
 TEST_SHAPES, TEST_STYLES = world.MIXING_SHAPES, world.MIXING_STYLES
 TRAINING_SEEDS = (0, 1, 2)
@@ -529,11 +530,16 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
         log(f"codec ceiling: {sum(v['success'] for v in results['codec'].values())} of {len(pairs)} pairs")
         initargs = (models, output, args.comfyui, cpu, args.sampler_steps, max(1, (os.cpu_count() or 1) // args.workers))
         finished = queue.Queue()  # (kind, output, error) of each job, as the workers finish them
-        if args.workers > 1:
-            pool = multiprocessing.get_context("spawn").Pool(args.workers, _start, initargs)
-            hand_out = lambda task: pool.apply_async(_work, (task,), callback=finished.put)  # noqa: E731
-        else:
-            hand_out = lambda task: finished.put(_work(task))  # noqa: E731
+        pool = multiprocessing.get_context("spawn").Pool(args.workers, _start, initargs) if args.workers > 1 else None
+
+        def hand_out(task):
+            """One job, in a worker (a result that cannot come back is reported as a failure, not waited for) or here."""
+            if not pool:
+                return finished.put(_work(task))
+            kind, job = task
+            pool.apply_async(_work, (task,), callback=finished.put,
+                             error_callback=lambda e: finished.put((kind, {"key": job.get("key"), "id": job.get("id")}, repr(e))))
+
         schedule = Schedule(plan, seeds, args.workers, started + args.deadline if args.deadline else None)
         paths, seed_of, busy = {}, {}, 0  # seed_of: each queued sampling's training seed
         log(f"{sum(schedule.untrained.values())} trainings over training seeds {list(seeds)}")
@@ -739,21 +745,26 @@ def combine(paths: list, out: str | None) -> dict:
     return results
 
 
+COMPRESSED = {".xz": lzma.open, ".gz": gzip.open}  # the runs kept in bench/reference/ are xz (about a twelfth the size)
+
+
+def opener(path: str):
+    """How to open a run's JSON: by its name's ending, compressed or plain."""
+    return next((how for end, how in COMPRESSED.items() if path.endswith(end)), open)
+
+
 def read_results(path: str) -> dict:
-    """A run's JSON, gzipped where its name ends in .gz (the runs kept in bench/reference/, about a tenth the size)."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+    """A run's JSON, plain or compressed (COMPRESSED)."""
+    with opener(path)(path, "rt", encoding="utf-8") as f:
         return json.load(f)
 
 
 def save_json(results: dict, out: str | None) -> None:
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        if out.endswith(".gz"):
-            with gzip.open(out, "wt", encoding="utf-8") as f:
-                json.dump(results, f, separators=(",", ":"), default=str)
-        else:
-            with open(out, "w", encoding="utf-8") as f:
-                json.dump(results, f, indent=1, default=str)
+        layout = {"indent": 1} if opener(out) is open else {"separators": (",", ":")}  # compressed: compact
+        with opener(out)(out, "wt", encoding="utf-8") as f:
+            json.dump(results, f, default=str, **layout)
 
 
 def save(results: dict, images: dict, plan: Plan, gallery_pairs, out: str | None, images_out: str | None = None) -> None:
@@ -779,7 +790,7 @@ def save(results: dict, images: dict, plan: Plan, gallery_pairs, out: str | None
     if rows:
         from PIL import Image
 
-        Image.fromarray(np.concatenate(rows, axis=0)).save(out.removesuffix(".gz").removesuffix(".json") + ".png")
+        Image.fromarray(np.concatenate(rows, axis=0)).save(out.removesuffix(".gz").removesuffix(".xz").removesuffix(".json") + ".png")
 
 
 def choose(results: dict) -> dict:

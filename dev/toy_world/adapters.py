@@ -29,7 +29,7 @@ from toy_world import model_files, pipeline  # noqa: E402
 RECIPE = {"rank": 8, "learning_rate": 5e-3, "batch_size": 8, "grad_accumulation": 1, "training_dtype": "fp32", "gradient_checkpointing": False}
 IMAGES = 16
 # 400 steps: the tuning pairs' pick over 100 and 200 (3 training seeds; 12 of 48 mixes against 3 and 4, the held-out
-# pairs 123 of 384 against 32 at 100; dev/bench/reference/2026-12-06-rich-world-steps-tuning.json.gz, docs/mixing.md).
+# pairs 123 of 384 against 32 at 100; dev/bench/reference/2026-12-06-rich-world-steps-tuning.json.xz, docs/mixing.md).
 STEPS = 400
 SEEDS = {"content": 11, "style": 12}
 # The roles (qrlora_core/training/roles.py, docs/roles.md) pick the blocks: on this SD1.5-architecture UNet the content

@@ -24,9 +24,9 @@ PUBLISHED = "published"
 EXTRAPOLATED = "extrapolated (nothing measured it on this architecture)"
 
 _TOY_WORLD = ("the toy world (dev/toy_world: an SD1.5-architecture UNet), docs/mixing.md: picked with 400 training steps on two "
-              "tuning pairs (dev/bench/reference/2026-12-06-rich-world-steps-tuning.json.gz); on 16 held-out pairs over 3 training "
+              "tuning pairs (dev/bench/reference/2026-12-06-rich-world-steps-tuning.json.xz); on 16 held-out pairs over 3 training "
               "seeds the mix drew 123 of 384, the paper's targets 71 of 384, a plain LoRA on the paper's targets 202 of 384 "
-              "(2026-12-06-rich-world-steps400-mixing.json.gz)")
+              "(2026-12-06-rich-world-steps400-mixing.json.xz)")
 _B_LORA = "B-LoRA (Frenkel et al., ECCV 2024), SDXL"
 _PAPER = ("the paper's targets (QR-LoRA, Yang et al., ICCV 2025; Flux): every block; "
           "on the toy world's 16 held-out pairs a content and a style adapter so trained mixed 71 of 384 times (docs/mixing.md)")

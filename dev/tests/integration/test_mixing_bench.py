@@ -94,6 +94,15 @@ def _run_json(path, arm_names, seeds, successes: dict, lr: float = 5e-3, phase: 
     return results
 
 
+def test_a_run_reads_back_as_written_plain_or_compressed(tmp_path):
+    results = {"summary": {"default": {"success": 0.25, "ci95": [0.1, 0.5]}}, "held_out_pairs": [["tee", "windows"]], "note": "ΔR"}
+    for name in ("run.json", "run.json.gz", "run.json.xz"):
+        mixing.save_json(results, str(tmp_path / name))
+        assert mixing.read_results(str(tmp_path / name)) == results, name
+    with open(tmp_path / "run.json.xz", "rb") as f:
+        assert f.read(6) == b"\xfd7zXZ\x00", "the kept runs are xz, not plain text under an xz name"
+
+
 def test_combine_pools_runs_split_over_calls_by_seed_and_by_arm(tmp_path):
     wins = {(("crescent", "bricks"), "default"): 6, (("arrow", "plaid"), "default"): 1,
             (("crescent", "bricks"), "oracle"): 8, (("arrow", "plaid"), "oracle"): 3}

@@ -6,7 +6,7 @@ recipe), how often the default recipe's mix draws the pair at each of its
 training seeds, and from those the interval one fresh training seed's 8
 images fall in (mixing.fresh_seed_interval: rates differ far more between
 training seeds than between sampler seeds), in
-dev/bench/reference/*-mixing.json.gz. This test takes, among the runs on
+dev/bench/reference/*-mixing.json.xz. This test takes, among the runs on
 the shipped base model (`base_model`, the UNet's sha256) whose captions are
 the ones it trains with (colours unnamed) and whose `default` arm trains
 and mixes as it does (the roles at the recipe's steps, Merge ΔR 1, 1), and
