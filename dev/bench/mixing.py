@@ -267,9 +267,9 @@ class Plan:
                                         "seed": training_seed(name, k), "name_colours": self.name_colours})
         return key
 
-    def wave(self, k: int) -> list:
-        """The trainings of training seed k, the most steps first: the workers take them in this order, and the
-        oracle's trainings (twice the steps) taken last were the tail of every wave."""
+    def seed_trainings(self, k: int) -> list:
+        """The trainings of training seed k, the most steps first: the oracle's (twice the steps), handed out last, kept
+        the workers waiting at the end of each seed."""
         return sorted((j for j in self.trainings.values() if j["k"] == k), key=lambda j: -j["settings"]["steps"])
 
     def prompt(self, style: str) -> str:
@@ -301,13 +301,13 @@ class Plan:
 class Schedule:
     """Which job a free worker takes next, with no barrier between training seeds: a seed's samplings first, as soon
     as its adapters exist (so a run cut short still reports whole seeds), else the next training, seed by seed and
-    each seed's longest first (Plan.wave), so one seed's last trainings share the workers with the next seed's first.
+    each seed's longest first (Plan.seed_trainings), so one seed's last trainings share the workers with the next seed's first.
     With a deadline, a seed whose trainings would end after it, at the pace of the trainings done so far, is not
     started, nor any after it."""
 
     def __init__(self, plan: Plan, seeds, workers: int, deadline: float | None = None):
         self.workers, self.deadline = workers, deadline
-        self.waiting = [j for k in seeds for j in plan.wave(k)]  # trainings not yet handed out, in order
+        self.waiting = [j for k in seeds for j in plan.seed_trainings(k)]  # trainings not yet handed out, in order
         self.untrained = {k: sum(j["k"] == k for j in self.waiting) for k in seeds}
         self.unsampled, self.samplings = {}, []
         self.steps_left = sum(j["settings"]["steps"] for j in self.waiting)  # of the trainings not yet done

@@ -192,14 +192,14 @@ def test_plan_of_several_step_counts_trains_each_adapter_once_and_mixes_each_che
     assert mixes == {"default@100": ("100", "100"), "default@200": ("200", "200"), "default@400": ("400", "400")}, "checkpoints mix at one step count"
 
 
-def test_a_wave_hands_the_workers_its_longest_trainings_first():
+def test_a_seeds_trainings_go_out_longest_first():
     arms = {a: mixing.arm_plan(a, "shipped", 1e-3 if a.startswith("lora") else None) for a in ("default", "lora_fair")}
     plan = mixing.Plan([("tee", "bricks"), ("arrow", "plaid")], {**arms, "oracle": ({}, {}, "alone")}, [0, 1], [0])
-    wave = plan.wave(1)
-    assert {j["k"] for j in wave} == {1} and len(wave) == len([j for j in plan.trainings.values() if j["k"] == 1])
-    steps = [j["settings"]["steps"] for j in wave]
+    trainings = plan.seed_trainings(1)
+    assert {j["k"] for j in trainings} == {1} and len(trainings) == len([j for j in plan.trainings.values() if j["k"] == 1])
+    steps = [j["settings"]["steps"] for j in trainings]
     assert steps == sorted(steps, reverse=True) and steps[0] == mixing.ORACLE_STEPS > steps[-1], steps
-    assert [j["kind"] for j in wave[:2]] == ["oracle", "oracle"]
+    assert [j["kind"] for j in trainings[:2]] == ["oracle", "oracle"]
 
 
 def schedule_of(seeds, workers, deadline=None):
@@ -210,26 +210,26 @@ def schedule_of(seeds, workers, deadline=None):
 
 def test_schedule_starts_the_next_seeds_trainings_before_the_last_seeds_end_and_its_samplings_before_any_more():
     plan, schedule = schedule_of([0, 1], workers=3)
-    first = [schedule.take(0.0) for _ in plan.wave(0)]
-    assert [job["k"] for _, job in first] == [0] * len(plan.wave(0)), "seed by seed, in Plan.wave's order"
+    first = [schedule.take(0.0) for _ in plan.seed_trainings(0)]
+    assert [job["k"] for _, job in first] == [0] * len(plan.seed_trainings(0)), "seed by seed, longest first within each (Plan.seed_trainings)"
     kind, job = schedule.take(0.0)
     assert (kind, job["k"]) == ("train", 1), "no barrier: seed 1 starts while seed 0's trainings run"
     assert [schedule.trained(job, 10.0) for _, job in first] == [None] * (len(first) - 1) + [0], "the seed is named at its last"
     schedule.queue_samplings(0, [{"id": "a"}, {"id": "b"}])
-    assert [schedule.take(0.0) for _ in range(3)] == [("sample", {"id": "a"}), ("sample", {"id": "b"}), ("train", plan.wave(1)[1])], \
+    assert [schedule.take(0.0) for _ in range(3)] == [("sample", {"id": "a"}), ("sample", {"id": "b"}), ("train", plan.seed_trainings(1)[1])], \
         "a seed's samplings go before the trainings still waiting"
     assert schedule.sampled(0) is False and schedule.sampled(0) is True, "the seed is done at its last sampling"
 
 
 def test_schedule_starts_no_seed_that_would_end_after_the_deadline_nor_any_after_it():
     plan, schedule = schedule_of([0, 1, 2], workers=2, deadline=100.0)
-    seed0 = [schedule.take(0.0)[1] for _ in plan.wave(0)]
-    steps = sum(j["settings"]["steps"] for j in plan.wave(1))
+    seed0 = [schedule.take(0.0)[1] for _ in plan.seed_trainings(0)]
+    steps = sum(j["settings"]["steps"] for j in plan.seed_trainings(1))
     for job in seed0:  # one second per step and worker: seed 1 alone takes steps / 2 seconds on the two workers
         schedule.trained(job, float(job["settings"]["steps"]))
     assert schedule.take(100.0 - steps / 2 - 1)[1]["k"] == 1, "a seed that ends before the deadline starts"
     plan, schedule = schedule_of([0, 1, 2], workers=2, deadline=100.0)
-    for job in [schedule.take(0.0)[1] for _ in plan.wave(0)]:
+    for job in [schedule.take(0.0)[1] for _ in plan.seed_trainings(0)]:
         schedule.trained(job, float(job["settings"]["steps"]))
     assert schedule.take(100.0 - steps / 2 + 1) is None and schedule.skipped == [1, 2]
     assert schedule.take(0.0) is None, "nor later, once left out"
