@@ -48,7 +48,6 @@ import argparse
 import datetime
 import gzip
 import json
-import lzma
 import math
 import multiprocessing
 import os
@@ -745,16 +744,18 @@ def combine(paths: list, out: str | None) -> dict:
     return results
 
 
-COMPRESSED = {".xz": lzma.open, ".gz": gzip.open}  # the runs kept in bench/reference/ are xz (about a twelfth the size)
-
-
 def opener(path: str):
-    """How to open a run's JSON: by its name's ending, compressed or plain."""
-    return next((how for end, how in COMPRESSED.items() if path.endswith(end)), open)
+    """How to open a run's JSON, by its name's ending: xz (the runs kept in bench/reference/, about a twelfth the size),
+    gz, or plain. lzma is imported only for xz: a Python built without it still runs the bench."""
+    if path.endswith(".xz"):
+        import lzma
+
+        return lzma.open
+    return gzip.open if path.endswith(".gz") else open
 
 
 def read_results(path: str) -> dict:
-    """A run's JSON, plain or compressed (COMPRESSED)."""
+    """A run's JSON, plain or compressed (opener)."""
     with opener(path)(path, "rt", encoding="utf-8") as f:
         return json.load(f)
 
