@@ -51,9 +51,10 @@ class BasisStore:
     def __init__(self, folder: str):
         self.folder = folder
 
-    def path(self, basis_id: str) -> str:
+    def path(self, basis_id: str, source: str = "the adapter") -> str:
+        """Where the basis lives; `source`, the file that named the id, is what a bad id's message blames."""
         if not basis_id or len(basis_id) > MAX_ID or os.sep in basis_id or "/" in basis_id or basis_id.startswith("."):
-            raise AdapterError(f"{clipped(basis_id)!r} is not a valid basis id; the adapter file is damaged.")
+            raise AdapterError(f"{source} names {clipped(basis_id)!r} as its basis, which is not a valid basis id; the file is damaged, save or download it again.")
         return os.path.join(self.folder, basis_id + ".safetensors")
 
     def load(self, basis_id: str, source: str = "the adapter") -> dict:
@@ -62,7 +63,7 @@ class BasisStore:
 
     def read(self, basis_id: str, source: str = "the adapter") -> tuple[dict, safefile.Seen]:
         """(load's Qs, what the read saw: the basis file's identity is that of the bytes the Qs came from)."""
-        path = self.path(basis_id)
+        path = self.path(basis_id, source)
         if not os.path.isfile(path):
             raise AdapterError(
                 f"{source} is a compact adapter whose shared basis {basis_id} is not in models/{os.path.basename(self.folder)}: "
