@@ -755,9 +755,25 @@ def opener(path: str):
 
 
 def read_results(path: str) -> dict:
-    """A run's JSON, plain or compressed (opener)."""
+    """A run's JSON, plain or compressed (opener); a kept run's trials (keep) joined back from their own file."""
     with opener(path)(path, "rt", encoding="utf-8") as f:
-        return json.load(f)
+        results = json.load(f)
+    if "trials" not in results and results.get("trials_file"):
+        with opener(results["trials_file"])(os.path.join(os.path.dirname(path), results["trials_file"]), "rt", encoding="utf-8") as f:
+            results["trials"] = json.load(f)
+    return results
+
+
+def keep(path: str, out: str) -> dict:
+    """A run as dev/bench/reference/ keeps it: `out` a plain, readable report (summary, per pair, trainings) and
+    the per-trial verdicts, nine tenths of the run, xz-compressed in trials/ beside it (`trials_file`), so the
+    reports stay plain JSON within the size a device call carries."""
+    results = read_results(path)
+    name = os.path.basename(out).removesuffix(".json") + "-trials.json.xz"
+    save_json(results.pop("trials"), os.path.join(os.path.dirname(out), "trials", name))
+    results["trials_file"] = f"trials/{name}"
+    save_json(results, out)
+    return results
 
 
 def save_json(results: dict, out: str | None) -> None:
@@ -950,6 +966,8 @@ def main() -> int:
                              "a recipe tried as a whole")
     parser.add_argument("--images-out", metavar="NPZ", help="keep every image drawn (uint8 arrays), for --rejudge")
     parser.add_argument("--rejudge", nargs=2, metavar=("JSON", "NPZ"), help="judge a run again from its kept images into --out")
+    parser.add_argument("--keep", metavar="JSON", help="write a run as dev/bench/reference/ keeps it: --out a plain report, "
+                             "its per-trial verdicts xz-compressed in trials/ beside it")
     parser.add_argument("--smoke", action="store_true", help="CPU-sized: one held-out pair, every arm, 2 steps, 2 sampler seeds")
     parser.add_argument("--content-dir", help="a content folder of your own (images with same-name .txt captions)")
     parser.add_argument("--style-dir", help="a style folder of your own (same layout)")
@@ -961,6 +979,11 @@ def main() -> int:
         return 0
     if args.rejudge:
         print(table(rejudge(*args.rejudge, args.out)))
+        return 0
+    if args.keep:
+        if not args.out or opener(args.out) is not open:
+            parser.error("--keep writes a plain report: give --out NAME.json")
+        print(table(keep(args.keep, args.out)))
         return 0
     if args.content_dir or args.style_dir:
         if not (args.content_dir and args.style_dir):

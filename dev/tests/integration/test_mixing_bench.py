@@ -103,6 +103,17 @@ def test_a_run_reads_back_as_written_plain_or_compressed(tmp_path):
         assert f.read(6) == b"\xfd7zXZ\x00", "the kept runs are xz, not plain text under an xz name"
 
 
+def test_a_kept_run_is_a_plain_report_whose_trials_read_back_from_their_own_file(tmp_path):
+    results = {"summary": {"default": {"success": 0.5, "ci95": [0.1, 0.9]}}, "held_out_pairs": [["tee", "windows"]],
+               "trials": [{"pair": ["tee", "windows"], "arm": "default", "k": k, "mix": {"success": k == 0}} for k in range(3)]}
+    mixing.save_json(results, str(tmp_path / "run.json.xz"))
+    mixing.keep(str(tmp_path / "run.json.xz"), str(tmp_path / "kept" / "2026-12-07-mixing.json"))
+    report = json.loads((tmp_path / "kept" / "2026-12-07-mixing.json").read_text(encoding="utf-8"))
+    assert "trials" not in report and report["summary"] == results["summary"], "the report is plain JSON, without the trials"
+    assert (tmp_path / "kept" / report["trials_file"]).read_bytes()[:6] == b"\xfd7zXZ\x00"
+    assert mixing.read_results(str(tmp_path / "kept" / "2026-12-07-mixing.json")) == {**results, "trials_file": report["trials_file"]}
+
+
 def test_combine_pools_runs_split_over_calls_by_seed_and_by_arm(tmp_path):
     wins = {(("crescent", "bricks"), "default"): 6, (("arrow", "plaid"), "default"): 1,
             (("crescent", "bricks"), "oracle"): 8, (("arrow", "plaid"), "oracle"): 3}
