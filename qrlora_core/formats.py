@@ -425,13 +425,15 @@ def _load_native(tensors: dict, metadata: dict, source: str, basis_loader) -> QR
     version = _meta_int(metadata, "format_version", source)
     if version > FORMAT_VERSION:
         raise AdapterError(f"{source} uses QR-LoRA file format version {version}, newer than this pack reads ({FORMAT_VERSION}): update comfyui-qrlora.")
+    if version < 1:
+        raise AdapterError(f"{source} claims QR-LoRA file format version {version}, which never existed (versions start at 1); the file is damaged, save it again.")
     rank = _meta_int(metadata, "rank", source)
     try:
         alpha = float(metadata.get(META_PREFIX + "alpha", rank))
     except ValueError:
         raise AdapterError(f"{source}: its alpha {clipped(metadata.get(META_PREFIX + 'alpha'))!r} is not a number; the file is damaged.") from None
-    if rank < 1 or not (alpha == alpha) or alpha in (float("inf"), float("-inf")):
-        raise AdapterError(f"{source}: rank {rank} and alpha {alpha} do not make a valid scale; the file is damaged, save it again.")
+    if rank < 1 or not 0 < alpha < float("inf"):  # alpha 0 would silently change nothing, a negative one turn every delta around
+        raise AdapterError(f"{source}: rank {rank} and alpha {alpha} do not make a valid scale (both must be positive); the file is damaged, save it again.")
     basis_id = metadata.get(BASIS_ID_KEY)
     names = {k[: -len(s)] for k in tensors for s in (NATIVE_DELTA, NATIVE_DELTA_UPPER) if k.endswith(s)}
     shared_q = _bound_basis(basis_id, names, metadata, source, basis_loader) if basis_id else {}

@@ -99,9 +99,10 @@ def read_layer(x: str, lora: dict, alpha: float | None = None) -> StockLayer | N
         raise Refused(str(e).split(": ", 1)[-1]) from None
     keys = {q_key, scale_key, full if full in lora else upper} | ({x + NATIVE_FINGERPRINT} & lora.keys())
     scale = lora[scale_key]
-    if scale.numel() != 1 or not scale.is_floating_point() or not all_finite(scale):
+    if scale.numel() != 1 or not scale.is_floating_point() or not all_finite(scale) or not scale.item() > 0:
         shown = scale.flatten()[:4].tolist()
-        raise Refused(f"has a scale of {scale.numel()} values ({scale.dtype}, {shown}) that is not one finite number; the file is damaged")
+        raise Refused(f"has a scale of {scale.numel()} values ({scale.dtype}, {shown}) that is not one positive finite number "
+                      "(alpha / rank, both positive); the file is damaged")
     return _layer(q, delta_r, float(scale.item()), keys)
 
 

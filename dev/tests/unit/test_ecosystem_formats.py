@@ -88,9 +88,10 @@ def test_compact_and_scale_less_layers_are_refused_with_a_reason(tmp_path, weigh
     tensors = {k: v for k, v in safetensors.torch.load_file(path).items() if not k.endswith(".qr.scale")}
     with pytest.raises(Refused, match="alpha is unknown"):
         read_layer(FLUX_NAMES[0], tensors)
-    tensors[FLUX_NAMES[0] + ".qr.scale"] = torch.tensor(float("nan"), dtype=torch.float64)
-    with pytest.raises(Refused, match="not one finite number"):
-        read_layer(FLUX_NAMES[0], tensors)
+    for bad in (float("nan"), 0.0, -0.5):  # 0 would silently change nothing, a negative scale turn the delta around
+        tensors[FLUX_NAMES[0] + ".qr.scale"] = torch.tensor(bad, dtype=torch.float64)
+        with pytest.raises(Refused, match="not one positive finite number"):
+            read_layer(FLUX_NAMES[0], tensors)
 
 
 def test_state_dict_for_hooks_reads_back_to_the_same_patch(weights, rng):

@@ -2,6 +2,7 @@
 clean AdapterErrors (or a valid adapter), never another exception, a crash
 or a hang. Hypothesis draws from QRLORA_TEST_SEED (printed) when set."""
 
+import json
 import os
 
 import hypothesis.strategies as st
@@ -56,10 +57,12 @@ def load_bytes(tmp_path, data: bytes, kind: str = "published", valid: dict | Non
         if kind == "compact":
             (tmp_path / "basis.safetensors").write_bytes(valid["basis"])
     try:
-        return load_adapter(str(path), basis_loader=loader)
+        adapter = load_adapter(str(path), basis_loader=loader)
     except AdapterError as e:
         assert "fuzz.safetensors" in str(e)
         return None
+    assert 0 < adapter.scale < float("inf"), f"loaded with scale {adapter.scale}: a file that changes nothing or turns its delta around"
+    return adapter
 
 
 @pytest.mark.parametrize("kind", ["published", "native", "compact", "basis"])
@@ -110,3 +113,50 @@ def test_a_compact_file_naming_an_impossible_basis_id_is_blamed_by_name(tmp_path
         (tmp_path / "basis.safetensors").write_bytes(valid_files["basis"])
         (tmp_path / "fuzz.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + size :])
         load_adapter(str(tmp_path / "fuzz.safetensors"), basis_loader=BasisStore(str(tmp_path)).load)
+
+
+HOSTILE = ["", ".", "..", "../x", "a/b", "x" * 300, "nan", "inf", "-1", "0", "1e999", "3.5", "\u0000", "\u00e9", "[]", "{}", "true"]
+
+
+def _with_header(raw: bytes, edit) -> bytes:
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    edit(header)
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(8, "little") + encoded + raw[8 + size :]
+
+
+@pytest.mark.parametrize("kind", ["published", "native", "compact", "basis"])
+def test_every_header_field_set_to_hostile_values_fails_cleanly(tmp_path_factory, valid_files, kind):
+    """Each metadata value, and each tensor's dtype, shape and offsets, replaced in turn by strings and numbers a
+    damaged or hand-made file could hold: the file loads, or its one sentence names it (the random mutations above
+    reach a header's strings only by luck)."""
+    raw = valid_files[kind]
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    edits = []
+    for key in header.get("__metadata__", {}):
+        edits += [(f"metadata {key}={value!r}", lambda h, k=key, v=value: h["__metadata__"].__setitem__(k, v)) for value in HOSTILE]
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        for field, values in {"dtype": ["F16", "BF16", "I64", "BOOL", "U8", "F64", "X9", 7],
+                              "shape": [[], [0], [-1, 3], [end - begin], [2**40, 2**40], "3", [3.5, 2]],
+                              "data_offsets": [[end, begin], [begin, end + 4], [0, 0], [begin, 2**62], [-4, end], "x"]}.items():
+            edits += [(f"{name} {field}={value!r}", lambda h, n=name, f=field, v=value: h[n].__setitem__(f, v)) for value in values]
+    assert edits
+    for what, edit in edits:
+        try:
+            load_bytes(tmp_path_factory.mktemp("field"), _with_header(raw, edit), kind, valid_files)
+        except AssertionError as e:
+            raise AssertionError(f"{kind}, {what}: {e}") from None
+
+
+@pytest.mark.parametrize("key, value, says", [("qrlora.alpha", "0", "positive"), ("qrlora.alpha", "-3", "positive"),
+                                              ("qrlora.format_version", "0", "never existed"), ("qrlora.format_version", "-1", "never existed")])
+def test_a_native_file_with_an_impossible_alpha_or_version_is_refused(tmp_path, valid_files, key, value, says):
+    """Values a header can hold that no save ever wrote: read as they are, alpha 0 would patch nothing and a negative one the inverse."""
+    raw = _with_header(valid_files["native"], lambda h: h["__metadata__"].__setitem__(key, value))
+    with pytest.raises(AdapterError, match=f"fuzz.safetensors.*{says}"):
+        (tmp_path / "fuzz.safetensors").write_bytes(raw)
+        load_adapter(str(tmp_path / "fuzz.safetensors"), basis_loader=lambda basis_id, source: {})
