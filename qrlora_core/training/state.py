@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import AdapterError
+from ..errors import AdapterError, clipped
 from ..formats import TRAINING_STATE_PREFIX as PREFIX
 from ..formats import all_finite, read_safetensors
 
+SQUARED = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")  # the optimizers' averages of squared gradients: they take their square root
 META_KEY = "train_state"  # outside qrlora.*, which is the adapter's own metadata (copied on every save)
 VERSION = 1
 
@@ -96,6 +97,11 @@ class TrainingState:
                     raise AdapterError(f"{damaged} ({key} of layer {name} is {tuple(value.shape)} {value.dtype}, the layer {tuple(param.shape)}): {advice}")
                 if isinstance(value, torch.Tensor) and not all_finite(value):
                     raise AdapterError(f"{damaged} ({key} of layer {name} holds NaN or infinite values): {advice}")
+                if key == "step" and not _whole_number_within(value, self.step):
+                    raise AdapterError(f"{damaged} (layer {name} counts {clipped(str(value.tolist() if isinstance(value, torch.Tensor) else value))} optimizer steps, not a whole number from 0 "
+                                       f"to the {self.step} the run took): {advice}")
+                if key in SQUARED and isinstance(value, torch.Tensor) and bool((value < 0).any()):
+                    raise AdapterError(f"{damaged} ({key} of layer {name}, an average of squares, holds negative values): {advice}")
         for key, generator in generators.items():
             saved, own = self.generators.get(key), generator.get_state()
             if saved is not None and (saved.shape != own.shape or saved.dtype != own.dtype):
@@ -111,6 +117,16 @@ class TrainingState:
         """Settings of a continued run that differ from the ones this state was trained with."""
         return [f"{k} {self.settings[k]!r} -> {settings[k]!r}" for k in sorted(settings)
                 if k in self.settings and self.settings[k] != settings[k]]
+
+
+def _whole_number_within(value, most: int) -> bool:
+    """Whether an optimizer's step count is one whole number from 0 to `most`: Adam divides by 1 - beta^(step + 1),
+    which a count of -1 turns into a division by zero."""
+    try:
+        count = float(value.item() if isinstance(value, torch.Tensor) else value)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return count.is_integer() and 0 <= count <= most
 
 
 def read_training_state(path: str, source: str) -> TrainingState | None:

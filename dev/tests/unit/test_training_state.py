@@ -103,3 +103,19 @@ def test_changed_settings_are_named_and_a_damaged_state_is_explained(tmp_path):
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
     with pytest.raises(AdapterError, match="lacks 1 of the layers"):
         state.restore(optimizer, ["b"], {})
+
+
+@pytest.mark.parametrize("name, key, bad", [("AdamW", "step", -1.0), ("AdamW", "step", 2.5), ("AdamW", "step", 99.0), ("Adam", "step", "x"),
+                                            ("AdamW", "exp_avg_sq", -1.0), ("RMSprop", "square_avg", -1.0)])
+def test_a_state_the_optimizer_would_divide_by_zero_or_root_a_negative_on_is_refused(tmp_path, rng, name, key, bad):
+    """Values no run writes: Adam's step count of -1 makes its next step divide by zero (an exception, not a sentence),
+    a negative average of squares makes it NaN. Refused before the optimizer sees them; the file's own state restores."""
+    params, optimizer, generator = make_run(name, [torch.randn(*s, generator=rng) for s in SHAPES.values()], 0)
+    train(params, optimizer, generator, 3, [{layer: torch.randn(*s, generator=rng) for layer, s in SHAPES.items()} for _ in range(4)])
+    state = TrainingState.capture(3, name, optimizer, list(SHAPES), {}, SETTINGS)
+    fresh = make_run(name, [p.detach() for p in params], 0)[1]
+    state.restore(fresh, list(SHAPES), {})
+    entry = state.layers["a"][key]
+    state.layers["a"][key] = bad if isinstance(bad, str) else (torch.full_like(entry, bad) if isinstance(entry, torch.Tensor) else bad)
+    with pytest.raises(AdapterError, match=f"damaged.*{key if key != 'step' else 'optimizer steps'}"):
+        state.restore(make_run(name, [p.detach() for p in params], 0)[1], list(SHAPES), {})
