@@ -8,7 +8,7 @@ from comfy_api.latest import io
 import comfy.samplers
 
 from ..integration.training.samples import SampleSettings
-from ..qrlora_core.errors import AdapterError, require_encodable
+from ..qrlora_core.errors import AdapterError, require_encodable, require_finite
 from .adapter_socket import TRAINING_CATEGORY
 
 SampleSettingsType = io.Custom("QR_SAMPLE_SETTINGS")
@@ -47,6 +47,7 @@ class QRLoRASampleSettings(io.ComfyNode):
     @classmethod
     def execute(cls, clip, vae, prompts, negative, every, width, height, steps, cfg, sampler_name, scheduler, seed) -> io.NodeOutput:
         require_encodable(prompts=prompts)  # written into each sample image's metadata
+        require_finite(cfg=cfg)  # a NaN cfg would draw every sample as NaN, found only at the first sampling
         lines = [line.strip() for line in prompts.splitlines() if line.strip()]
         if not lines:
             raise AdapterError("The sample prompts are empty: write one prompt per line (with your trigger word).")

@@ -242,6 +242,17 @@ def test_hook_strength_nan_is_refused(comfy, client, base_models, generator):
     assert "The input strength is nan" in client.run_expecting_error(g.prompt())["exception_message"]
 
 
+def test_sample_settings_cfg_nan_is_refused(client, text_and_vae):
+    """ComfyUI's min/max let NaN through; sampled at NaN cfg, every training sample would be NaN."""
+    clip_name, vae_name = text_and_vae
+    g = Graph()
+    settings = g.add("QRLoRASampleSettings", clip=g.add("CLIPLoader", clip_name=clip_name, type="stable_diffusion"),
+                     vae=g.add("VAELoader", vae_name=vae_name), prompts="a photo of <c>", negative="", every=1, width=64,
+                     height=64, steps=1, cfg=float("nan"), sampler_name="euler", scheduler="normal", seed=0)
+    g.add("PreviewAny", source=settings)
+    assert "The input cfg is nan" in client.run_expecting_error(g.prompt())["exception_message"]
+
+
 # ------------------------------------------------ 7 and 10. the stock path: another model's file, odd shapes
 
 def _sampled_with_hooks(client, lora_name):
