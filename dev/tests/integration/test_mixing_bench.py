@@ -295,3 +295,38 @@ def test_tuning_run_tunes_on_the_pairs_it_is_given_and_refuses_a_held_out_one(tm
     assert results["tuning_pairs"] == [["heart", "crosses"]] and results["held_out_pairs"] == []
     assert results["summary"]["default:shipped"]["trials"] == 2, "a pair outside TUNING_PAIRS is summarised, not dropped"
     assert results["choice"]["route"] == "shipped"
+
+
+@pytest.mark.timeout(600)
+def test_a_pair_of_your_own_folders_trains_both_adapters_and_writes_the_mix_and_each_alone(tmp_path):
+    """--content-dir/--style-dir: folders in the stock dataset layout (images with same-name .txt captions, one
+    left uncaptioned, PNG and JPEG, names in no particular order) give a content and a style adapter of the default
+    recipe, and every mix and adapter alone is written as an image and announced."""
+    from PIL import Image
+
+    content, style, out = tmp_path / "content", tmp_path / "style", tmp_path / "mixes"
+    for folder, items in ((content, [("tee", "solid", ("red",)), ("tee", "solid", ("blue",)), ("tee", "solid", ("green",))]),
+                          (style, [(s, "windows", mixing.world.FIXED_COLOURS["windows"]) for s in ("circle", "square", "triangle")])):
+        folder.mkdir()
+        for i, item in enumerate(items):
+            name = f"{'zba'[i]}{i}"
+            Image.fromarray(mixing.world.render(mixing.world.Item(*item))).save(folder / (name + (".png" if i % 2 else ".jpg")))
+            if i < 2:
+                (folder / f"{name}.txt").write_text(f"a {item[0]} in <s> style" if folder == style else "a <c> shape", encoding="utf-8")
+    done = subprocess.run([sys.executable, os.path.join(DEV_ROOT, "bench", "mixing.py"), "--content-dir", str(content),
+                           "--style-dir", str(style), "--out-dir", str(out), "--steps", "2", "--sampler-steps", "2",
+                           "--sampler-seeds", "2"], cwd=PACK_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained the content adapter on 3 images" in done.stderr + done.stdout
+    images = {}
+    for label in ("mix", "content_alone", "style_alone"):
+        for seed in (0, 1):
+            path = out / f"{label}_seed{seed}.png"
+            assert f"image written: {path}" in done.stdout
+            images[label, seed] = np.asarray(Image.open(path).convert("RGB"))
+            assert images[label, seed].shape == (mixing.world.SIZE, mixing.world.SIZE, 3)
+    assert not np.array_equal(images["mix", 0], images["mix", 1]), "each sampler seed draws its own image"
+    assert not np.array_equal(images["mix", 0], images["content_alone", 0]), "the style adapter takes part in the mix"
+    alone = subprocess.run([sys.executable, os.path.join(DEV_ROOT, "bench", "mixing.py"), "--content-dir", str(content)],
+                           cwd=PACK_ROOT, capture_output=True, text=True, timeout=120)
+    assert alone.returncode != 0 and "--content-dir and --style-dir go together" in alone.stderr
