@@ -876,7 +876,7 @@ def own_pair(args) -> int:
             image = Image.open(os.path.join(path, n)).convert("RGB").resize((world.SIZE, world.SIZE))
             caption_file = os.path.join(path, os.path.splitext(n)[0] + ".txt")
             images.append(np.asarray(image))
-            captions.append(open(caption_file).read().strip() if os.path.exists(caption_file) else "")
+            captions.append(open(caption_file, encoding="utf-8").read().strip() if os.path.exists(caption_file) else "")
         if not images:
             raise SystemExit(f"{path} holds no images")
         return images, captions
