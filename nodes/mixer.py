@@ -10,14 +10,13 @@ through row widgets (web/mixer.js) and /prompt users write by hand:
 """
 
 import json
-import math
 from dataclasses import dataclass
 
 from comfy_api.latest import io
 
 from ..integration import files, reference
 from ..integration.targets import apply
-from ..qrlora_core.errors import AdapterError
+from ..qrlora_core.errors import AdapterError, clipped
 from ..qrlora_core.merge import merge
 from ..qrlora_core.metadata import trigger_words
 from .adapter_socket import CATEGORY, STRENGTH_RANGE
@@ -41,6 +40,8 @@ def parse_rows(text: str) -> list[Row]:
         data = json.loads(text or "[]")
     except json.JSONDecodeError as e:
         raise AdapterError(f"rows is not JSON ({e.msg} at character {e.pos}): write it as {ROWS_FORM}.") from None
+    except (ValueError, RecursionError):  # a number of thousands of digits, or lists nested thousands deep
+        raise AdapterError(f"rows is not JSON a mixer can read (a number too long, or nesting too deep): write it as {ROWS_FORM}.") from None
     if not isinstance(data, list):
         raise AdapterError(f"rows must be a JSON list of rows, not {type(data).__name__}: write it as {ROWS_FORM}.")
     rows = []
@@ -53,9 +54,9 @@ def parse_rows(text: str) -> list[Row]:
             raise AdapterError(f"row {n} has keys a row does not take ({', '.join(sorted(unknown))}): a row has {', '.join(sorted(ROW_KEYS))}.")
         if not isinstance(on, bool):
             raise AdapterError(f"row {n}'s 'on' is {on!r}: write true or false.")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
-                or not STRENGTH_RANGE["min"] <= strength <= STRENGTH_RANGE["max"]:
-            raise AdapterError(f"row {n}'s strength is {strength!r}: give a number from {STRENGTH_RANGE['min']:g} to {STRENGTH_RANGE['max']:g}.")
+        # the range alone: it refuses NaN and infinity too, and compares an integer of any size exactly (isfinite overflows)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not STRENGTH_RANGE["min"] <= strength <= STRENGTH_RANGE["max"]:
+            raise AdapterError(f"row {n}'s strength is {clipped(repr(strength))}: give a number from {STRENGTH_RANGE['min']:g} to {STRENGTH_RANGE['max']:g}.")
         if role not in ROLES:
             raise AdapterError(f"row {n}'s role is {role!r}: choose one of {', '.join(ROLES)}.")
         rows.append(Row(item["lora"], on, float(strength), role))

@@ -70,6 +70,9 @@ def test_all_rows_off_passes_the_model_through(comfy, client, demo_models):
     ('[{"lora": "a.safetensors", "weight": 1}]', "row 1 has keys a row does not take (weight)"),
     (rows((demo_assets.CONTENT, True, 1.0, "content"), ("missing.safetensors", True, 1.0, "style")), "missing.safetensors is not in the loras folder"),
     (rows(("../escape.safetensors", True, 1.0, "style")), "is not a file name inside the loras folder"),
+    ("[" * 100_000, "rows is not JSON a mixer can read"),  # nested deeper than the parser recurses
+    ('[{"lora": "a.safetensors", "strength": 1' + "0" * 5000 + "}]", "row"),  # past int's digit limit (3.11+: not JSON; 3.10: a strength out of range)
+    ('[{"lora": "a.safetensors", "strength": 1' + "0" * 400 + "}]", "row 1's strength is 1000"),  # beyond float: isfinite overflowed
 ])
 def test_bad_rows_are_refused_before_running_in_one_sentence(comfy, client, demo_models, bad, says):
     g = Graph()
