@@ -9,9 +9,9 @@ from ..integration import grid
 from ..integration.grid_picture import labelled_grid
 from ..qrlora_core.errors import require_finite
 from ..qrlora_core.grid import cells, parse_weights
-from .adapter_socket import CATEGORY, QRLoRAType
+from .adapter_socket import CATEGORY, STRENGTH_RANGE, QRLoRAType
 
-WEIGHTS_TOOLTIP = "Weights to try, separated by commas (e.g. 0, 0.5, 1, 1.5); negative weights remove the adapter."
+WEIGHTS_TOOLTIP = "Weights to try, separated by commas (e.g. 0, 0.5, 1, 1.5), each from -4 to 4 as the strength sliders; negative weights remove the adapter."
 
 
 def _name(adapter, fallback: str) -> str:
@@ -58,8 +58,8 @@ class QRLoRAGrid(io.ComfyNode):
     def execute(cls, model, content, style, content_weights, style_weights, positive, negative, latent_image, vae,
                 seed, steps, cfg, sampler_name, scheduler, denoise) -> io.NodeOutput:
         require_finite(cfg=cfg, denoise=denoise)
-        rows = parse_weights(content_weights, "content_weights")
-        columns = parse_weights(style_weights, "style_weights")
+        rows = parse_weights(content_weights, "content_weights", STRENGTH_RANGE["max"])
+        columns = parse_weights(style_weights, "style_weights", STRENGTH_RANGE["max"])
         mix = grid.GridMix(model, [content, style], cells(rows, columns))
         latents = grid.sample(mix, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise)
         images = vae.decode(latents)

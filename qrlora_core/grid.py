@@ -19,14 +19,15 @@ import torch
 
 from .adapter import QRTarget
 from .decompose import subspace_error
-from .errors import AdapterError
+from .errors import AdapterError, clipped
 from .merge import Q_TOLERANCE
 
 MAX_CELLS = 64  # one batch holds every cell; beyond this a grid is hard to read and rarely fits in memory
 
 
-def parse_weights(text: str, name: str) -> list[float]:
-    """'0, 0.5, 1' -> [0.0, 0.5, 1.0] (commas or spaces), refused in words when it is not a list of numbers."""
+def parse_weights(text: str, name: str, limit: float) -> list[float]:
+    """'0, 0.5, 1' -> [0.0, 0.5, 1.0] (commas or spaces), refused in words when it is not a list of numbers within
+    ±limit (the strength sliders' range: a weight like 1e39 is finite here but infinite in float32, NaN in the cell)."""
     parts = [p for p in text.replace(",", " ").split() if p]
     if not parts:
         raise AdapterError(f"{name} is empty: write the weights to try, separated by commas, e.g. 0, 0.5, 1.")
@@ -38,6 +39,8 @@ def parse_weights(text: str, name: str) -> list[float]:
             raise AdapterError(f"{name} holds '{p}', which is not a number: write the weights separated by commas, e.g. 0, 0.5, 1.") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise AdapterError(f"{name} holds '{p}', which is not a finite number: write finite weights, e.g. 0, 0.5, 1.")
+        if not -limit <= value <= limit:
+            raise AdapterError(f"{name} holds '{clipped(p)}', outside -{limit:g} to {limit:g}, the strengths an adapter takes: write weights in that range.")
         values.append(value)
     return values
 

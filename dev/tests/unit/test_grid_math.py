@@ -91,11 +91,11 @@ def test_an_adapter_merged_on_mixed_bases_keeps_its_stacked_factors(rng):
 
 
 def test_weights_are_read_as_a_person_writes_them():
-    assert parse_weights("0, 0.5,1  1.5", "content_weights") == [0.0, 0.5, 1.0, 1.5]
-    assert parse_weights("-1", "w") == [-1.0]
-    for text in ("", " , ", "0, half", "nan", "1, inf"):
+    assert parse_weights("0, 0.5,1  1.5", "content_weights", 4.0) == [0.0, 0.5, 1.0, 1.5]
+    assert parse_weights("-1 4 -4", "w", 4.0) == [-1.0, 4.0, -4.0]
+    for text in ("", " , ", "0, half", "nan", "1, inf", "0, 1e39", "4.01"):  # 1e39: finite here, infinite in float32
         with pytest.raises(AdapterError, match="content_weights"):
-            parse_weights(text, "content_weights")
+            parse_weights(text, "content_weights", 4.0)
     assert cells([0.0, 1.0], [2.0, 3.0, 4.0]) == [(0.0, 2.0), (0.0, 3.0), (0.0, 4.0), (1.0, 2.0), (1.0, 3.0), (1.0, 4.0)]
     with pytest.raises(AdapterError, match="cells"):
         cells([0.0] * (MAX_CELLS + 1), [1.0])
