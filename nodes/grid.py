@@ -11,7 +11,8 @@ from ..qrlora_core.errors import require_finite
 from ..qrlora_core.grid import cells, parse_weights
 from .adapter_socket import CATEGORY, STRENGTH_RANGE, QRLoRAType
 
-WEIGHTS_TOOLTIP = "Weights to try, separated by commas (e.g. 0, 0.5, 1, 1.5), each from -4 to 4 as the strength sliders; negative weights remove the adapter."
+WEIGHTS_TOOLTIP = (f"Weights to try, separated by commas (e.g. 0, 0.5, 1, 1.5), each from {STRENGTH_RANGE['min']:g} to {STRENGTH_RANGE['max']:g} "
+                   "as the strength sliders; negative weights remove the adapter.")
 
 
 def _name(adapter, fallback: str) -> str:
