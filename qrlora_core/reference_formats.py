@@ -24,8 +24,8 @@ import torch
 
 from .adapter import QRLoRA, QRTarget
 from .decompose import check_rank, decompose_many
-from .errors import AdapterError
-from .formats import DOUBLED_OUT, DOWN, PUBLISHED_SUFFIXES, UP
+from .errors import AdapterError, clipped
+from .formats import DOUBLED_OUT, DOWN, PUBLISHED_SUFFIXES, UP, all_finite
 
 
 def q_and_r_pairs(tensors, source: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -39,8 +39,8 @@ def q_and_r_pairs(tensors, source: str) -> dict[str, tuple[torch.Tensor, torch.T
             raise AdapterError(f"{source}: layer {stem} has lora.up but no lora.down; the file is incomplete, download it again.")
         q, r = tensors[key], tensors[stem + DOWN]
         if q.dim() != 2 or r.dim() != 2 or q.shape[1] != r.shape[0]:
-            raise AdapterError(f"{source}: layer {stem} has Q of shape {tuple(q.shape)} and R of shape {tuple(r.shape)}, which do not fit together; the file is damaged.")
-        if not (torch.isfinite(q).all() and torch.isfinite(r).all()):
+            raise AdapterError(f"{source}: layer {stem} has Q of shape {clipped(tuple(q.shape))} and R of shape {clipped(tuple(r.shape))}, which do not fit together; the file is damaged.")
+        if not (all_finite(q) and all_finite(r)):
             raise AdapterError(f"{source}: layer {stem} contains NaN or infinite values; the checkpoint is broken, use another one.")
         name = stem[: -len(DOUBLED_OUT)] + ".to_out.0" if stem.endswith(DOUBLED_OUT) else stem
         pairs[name] = (q.to(torch.float32), r.to(torch.float32))

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import AdapterError
+from .errors import AdapterError, clipped
 from .formats import (FLOAT32_MAX, NATIVE_DELTA, NATIVE_DELTA_UPPER, NATIVE_FINGERPRINT, NATIVE_Q, NATIVE_SCALE, PUBLISHED_SUFFIXES,
-                      all_finite, check_unit_columns, delta_bound, scale_tensor, unpack_upper)
+                      Q_ROUNDING_CAP, all_finite, check_unit_columns, delta_bound, scale_tensor, unpack_upper)
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Refused(Exception):
     """A layer the stock path recognises but must not load; the message says why and what to do."""
 
 
-UNIT_COLUMNS = 1e-2  # a basis's columns have unit length, to the precision they are stored in (fp8: its eps)
+UNIT_COLUMNS = 1e-2  # a basis's columns have unit length, to the precision they are stored in (fp8: its eps, capped)
 
 
 def _layer(q, delta_r, scale, keys) -> StockLayer:
@@ -53,12 +53,12 @@ def _layer(q, delta_r, scale, keys) -> StockLayer:
     finite values, Q's columns of unit length (a basis, or a stack of bases after a mix; a scaled or
     arbitrary Q is refused), and a delta that stays a number."""
     if q.dim() != 2 or delta_r.dim() != 2 or q.shape[1] != delta_r.shape[0] or q.shape[1] == 0 or not (q.is_floating_point() and delta_r.is_floating_point()):
-        raise Refused(f"has Q of shape {tuple(q.shape)} ({q.dtype}) and ΔR of shape {tuple(delta_r.shape)} ({delta_r.dtype}), "
+        raise Refused(f"has Q of shape {clipped(tuple(q.shape))} ({q.dtype}) and ΔR of shape {clipped(tuple(delta_r.shape))} ({delta_r.dtype}), "
                       "which do not fit together; the file is damaged")
     if not (all_finite(q) and all_finite(delta_r)) or not math.isfinite(scale):
         raise Refused("contains NaN or infinite values; the adapter is broken, use another file")
     off = check_unit_columns(q)
-    if not off <= max(UNIT_COLUMNS, torch.finfo(q.dtype).eps):
+    if not off <= min(max(UNIT_COLUMNS, torch.finfo(q.dtype).eps), Q_ROUNDING_CAP):
         raise Refused(f"has a Q whose columns are not of unit length (off by {off:.3g}), so it is not a QR-LoRA basis; the file is damaged or not a QR-LoRA")
     bound = delta_bound(q, delta_r, scale)
     if not bound < FLOAT32_MAX:
@@ -75,6 +75,8 @@ def read_layer(x: str, lora: dict, alpha: float | None = None) -> StockLayer | N
             raise Refused(f"has Q but no ΔR ({delta_key}); the file is incomplete")
         q, delta_r = lora[q_key], lora[delta_key]
         keys = {q_key, delta_key} | ({x + PUBLISHED_SUFFIXES["base_r"]} & lora.keys())
+        if alpha is not None and not 0 < alpha < math.inf:  # 0 would patch nothing, a negative alpha the inverse
+            raise Refused(f"has an alpha ({x}.alpha) of {alpha}, which makes no scale (alpha / rank must be a positive finite number); the file is damaged")
         rank = q.shape[1] if q.dim() == 2 else 0
         scale = 1.0 if alpha is None or rank == 0 else alpha / rank  # rank 0 is refused by _layer
         return _layer(q, delta_r, scale, keys)

@@ -160,3 +160,18 @@ def test_a_native_file_with_an_impossible_alpha_or_version_is_refused(tmp_path, 
     with pytest.raises(AdapterError, match=f"fuzz.safetensors.*{says}"):
         (tmp_path / "fuzz.safetensors").write_bytes(raw)
         load_adapter(str(tmp_path / "fuzz.safetensors"), basis_loader=lambda basis_id, source: {})
+
+
+@pytest.mark.parametrize("alpha", ["3.0", None])
+@pytest.mark.parametrize("rank", ["1" + "0" * 400, "1000000000", "4"])
+def test_a_native_rank_wider_than_every_layer_is_refused(tmp_path, valid_files, rank, alpha):
+    """No save writes a rank its widest Q lacks (a mix keeps its first adapter's, whose layers hold it): past float's
+    range it overflowed, below it loaded with s = alpha / rank near 0, an adapter that does nothing."""
+    def edit(header):
+        header["__metadata__"]["qrlora.rank"] = rank
+        if alpha is None:
+            del header["__metadata__"]["qrlora.alpha"]
+    with pytest.raises(AdapterError, match="fuzz.safetensors: its rank .* the file is damaged") as e:
+        (tmp_path / "fuzz.safetensors").write_bytes(_with_header(valid_files["native"], edit))
+        load_adapter(str(tmp_path / "fuzz.safetensors"), basis_loader=lambda basis_id, source: {})
+    assert len(str(e.value)) < 400

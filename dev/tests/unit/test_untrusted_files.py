@@ -10,13 +10,15 @@ import pytest
 import safetensors.torch
 import torch
 
-from comfyui_qrlora.qrlora_core import AdapterError, QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core import AdapterError, QRLoRA, QRTarget, merge
 from comfyui_qrlora.qrlora_core.basis import BasisStore
 from comfyui_qrlora.qrlora_core.decompose import decompose
 from comfyui_qrlora.qrlora_core.errors import require_finite
-from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native
+from comfyui_qrlora.qrlora_core.formats import DOWN, UP, load_adapter, save_native
 from comfyui_qrlora.qrlora_core.patch import delta
+from comfyui_qrlora.qrlora_core.reference_formats import q_and_r_pairs
 from comfyui_qrlora.qrlora_core.safefile import ContentIds
+from comfyui_qrlora.qrlora_core.stock_keys import Refused, read_layer
 
 NAME = "transformer.a.to_q"
 
@@ -180,3 +182,77 @@ def test_integer_q_or_delta_r_is_refused(tmp_path):
                                 str(tmp_path / "int.safetensors"), metadata=meta)
     with pytest.raises(AdapterError, match="int.safetensors: layer transformer.a.to_q stores Q as torch.int32"):
         load_adapter(str(tmp_path / "int.safetensors"))
+
+
+def test_a_mix_of_adapters_of_other_ranks_saves_and_loads(tmp_path, rng):
+    """A mix keeps its first adapter's rank; a layer only the others have is narrower than that, and loads."""
+    wide = native(rng, rank=4)
+    narrow = native(rng, rank=2)
+    narrow.targets["transformer.b.to_k"] = native(rng, rank=2).targets[NAME]
+    mixed, _ = merge([wide, narrow], [1.0, 1.0])
+    save_native(mixed, str(tmp_path / "mix.safetensors"))
+    loaded = load_adapter(str(tmp_path / "mix.safetensors"))
+    assert loaded.rank == 4 and loaded.targets["transformer.b.to_k"].rank == 2
+
+
+def fp8_basis(m=64, r=4):
+    q, _ = torch.linalg.qr(torch.randn(m, r, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    return q.contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("factor", [1.0, 0.0, 1.8])
+def test_an_fp8_q_is_held_to_the_same_basis_as_any_other(tmp_path, dtype, factor):
+    """fp8's eps (0.125, 0.25) once set the tolerance: a zeroed or scaled Q passed and the delta came out x0 or x1.8."""
+    q = fp8_basis()
+    tensors = {NAME + ".lora.q.weight": (q * factor).to(dtype), NAME + ".lora.delta_r.weight": torch.randn(4, 32)}
+    safetensors.torch.save_file(tensors, str(tmp_path / "fp8.safetensors"))
+    if factor == 1.0:
+        assert load_adapter(str(tmp_path / "fp8.safetensors")).targets[NAME].rank == 4
+        assert read_layer(NAME, tensors).scale == 1.0
+        return
+    with pytest.raises(AdapterError, match="fp8.safetensors: Q of layer transformer.a.to_q is not orthonormal"):
+        load_adapter(str(tmp_path / "fp8.safetensors"))
+    with pytest.raises(Refused, match="not of unit length"):
+        read_layer(NAME, tensors)
+
+
+def test_the_stock_path_refuses_an_fp8_q_15_percent_too_long():
+    """Column lengths 15% off passed e5m2's eps (0.25); genuine fp8 bases of real layers are off by at most 0.05."""
+    tensors = {NAME + ".lora.q.weight": (fp8_basis() * 1.15).to(torch.float8_e5m2), NAME + ".lora.delta_r.weight": torch.randn(4, 32)}
+    with pytest.raises(Refused, match="not of unit length"):
+        read_layer(NAME, tensors)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -2.0, math.nan, math.inf])
+def test_a_stock_alpha_that_is_not_positive_and_finite_is_refused(alpha):
+    """alpha 0 would patch nothing and a negative one the inverse, as the native scale is refused for."""
+    tensors = {NAME + ".lora.q.weight": fp8_basis().float(), NAME + ".lora.delta_r.weight": torch.randn(4, 32)}
+    with pytest.raises(Refused, match="alpha"):
+        read_layer(NAME, tensors, alpha=alpha)
+    assert read_layer(NAME, tensors, alpha=8.0).scale == 2.0
+
+
+def test_a_q_and_r_checkpoint_in_fp8_is_read_and_its_nan_refused():
+    """float8 has no isfinite on the CPU: the check itself raised NotImplementedError."""
+    stem = "transformer.a.to_out.0.to_out.0"
+    q, r = fp8_basis(), torch.randn(4, 32)
+    pairs = q_and_r_pairs({stem + UP: q.to(torch.float8_e4m3fn), stem + DOWN: r.to(torch.float8_e4m3fn)}, "qr.safetensors")
+    assert pairs["transformer.a.to_out.0"][0].dtype == torch.float32
+    r[0, 0] = math.nan
+    with pytest.raises(AdapterError, match="qr.safetensors: layer .* contains NaN"):
+        q_and_r_pairs({stem + UP: q.to(torch.float8_e4m3fn), stem + DOWN: r.to(torch.float8_e4m3fn)}, "qr.safetensors")
+
+
+def test_a_shape_of_a_million_dimensions_is_clipped_in_the_message(tmp_path):
+    """A header may give a tensor a million dimensions: repeated whole, they made a 3 MB sentence."""
+    header = {NAME + ".qr.q": {"dtype": "F32", "shape": [0] * 1_000_000, "data_offsets": [0, 0]},
+              NAME + ".qr.delta_r": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]},
+              "__metadata__": {"qrlora.format_version": "1", "qrlora.rank": "1", "qrlora.alpha": "1.0"}}
+    (tmp_path / "dims.safetensors").write_bytes(assemble(header, b"\0" * 4))
+    with pytest.raises(AdapterError, match="dims.safetensors: layer transformer.a.to_q has Q of shape") as e:
+        load_adapter(str(tmp_path / "dims.safetensors"))
+    assert len(str(e.value)) < 600
+    with pytest.raises(Refused, match="do not fit together") as e:
+        read_layer(NAME, {NAME + ".lora.q.weight": torch.zeros([0] * 1_000_000), NAME + ".lora.delta_r.weight": torch.zeros(1, 1)})
+    assert len(str(e.value)) < 600
