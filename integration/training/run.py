@@ -16,6 +16,7 @@ from ...qrlora_core.errors import AdapterError
 from ...qrlora_core.formats import probe_write, save_native
 from ...qrlora_core.training import TrainConfig
 from ...qrlora_core.training import config as settings
+from ...qrlora_core.training.state import steps_trained
 from ...qrlora_core.training.step_loop import NonFiniteLoss
 from .. import files
 from . import fit
@@ -103,7 +104,7 @@ def train_to_files(model, latents, positive, config: TrainConfig, existing=None,
     on_samples(step, made) after each set, SamplePreviews.files' new entries).
     """
     writes = parallel is None or parallel.main
-    steps_before = int(existing.metadata.get("steps", 0) or 0) if existing is not None else 0
+    steps_before = steps_trained(existing) if existing is not None else 0
     total = steps_before + config.steps
     checkpoints = Checkpoints(config.filename_prefix, total) if writes else None  # before any work: a bad prefix fails now
     try:

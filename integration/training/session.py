@@ -54,7 +54,7 @@ from ...qrlora_core.training.buckets import describe_buckets, group_by_size
 from ...qrlora_core.training.objective import COMFYUI, TRAINING_SHIFT, denoised_mse, discrete_timesteps, flow_sigmas, prediction_mse
 from ...qrlora_core.training.out_of_place import OutOfPlaceForwards
 from ...qrlora_core.training.step_loop import StepLoop
-from ...qrlora_core.training.state import TrainingState, read_training_state
+from ...qrlora_core.training.state import TrainingState, read_training_state, steps_trained
 from .. import files, keymap
 from ..targets import resolve_targets
 from . import fit
@@ -502,7 +502,7 @@ class TrainingSession:
 
     def _continue(self, adapter) -> None:
         """Restore the optimizer and the draws from the adapter's checkpoint file, or say why training restarts them."""
-        state, why = saved_training_state(adapter, int(adapter.metadata.get("steps", 0) or 0))
+        state, why = saved_training_state(adapter, steps_trained(adapter))
         if state is not None and state.optimizer != self.config.optimizer:
             state, why = None, f"it was trained with {state.optimizer}, not {self.config.optimizer}"
         if state is None:

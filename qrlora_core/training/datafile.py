@@ -18,8 +18,8 @@ import json
 
 import torch
 
-from ..errors import AdapterError
-from ..formats import META_PREFIX, atomic_save, read_safetensors
+from ..errors import AdapterError, clipped
+from ..formats import META_PREFIX, all_finite, atomic_save, read_safetensors
 
 VERSION = 1
 _VERSION_KEY, _CAPTIONS_KEY, _IMAGES_KEY = META_PREFIX + "training_data", META_PREFIX + "captions", META_PREFIX + "image_captions"
@@ -55,22 +55,26 @@ def load(path: str) -> tuple[list[dict], list, list[str]]:
     name = path.rsplit("/", 1)[-1]
     if _VERSION_KEY not in metadata:
         raise AdapterError(f"{name} is not a QR-LoRA training data file (no {_VERSION_KEY} entry): write one with train.py --save-data.")
-    if int(metadata[_VERSION_KEY]) > VERSION:
-        raise AdapterError(f"{name} is training data of a newer version ({metadata[_VERSION_KEY]}); update comfyui-qrlora.")
     try:
+        if int(metadata[_VERSION_KEY]) > VERSION:
+            raise AdapterError(f"{name} is training data of a newer version ({clipped(metadata[_VERSION_KEY])}); update comfyui-qrlora.")
         captions = json.loads(metadata[_CAPTIONS_KEY])
-        index = [int(j) for j in json.loads(metadata[_IMAGES_KEY])]
+        index = json.loads(metadata[_IMAGES_KEY])
         conds = []
         for j, caption in enumerate(captions):
             prefix = f"caption.{j}."
             options = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             options.update(caption.get("options", {}))
             conds.append([[tensors[f"caption.{j}"], options]])
+        if any(type(j) is not int or not 0 <= j < len(conds) for j in index):  # not int(): 1.5 and -1 would pick a caption
+            raise ValueError(f"{_IMAGES_KEY} {clipped(metadata[_IMAGES_KEY])}")
         latents = [{"samples": tensors[f"image.{i}"]} for i in range(len(index))]
         positive = [conds[j] for j in index]
-    except (KeyError, ValueError, TypeError, IndexError) as e:
-        raise AdapterError(f"{name}: the training data is incomplete ({e!r} is missing or wrong); write it again with train.py --save-data.") from None
+    except AdapterError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        raise AdapterError(f"{name}: the training data is incomplete ({clipped(repr(e))} is missing or wrong); write it again with train.py --save-data.") from None
     for i, latent in enumerate(latents):
-        if latent["samples"].dim() != 4 or latent["samples"].shape[0] != 1 or not torch.isfinite(latent["samples"]).all():
+        if latent["samples"].dim() != 4 or latent["samples"].shape[0] != 1 or not all_finite(latent["samples"]):
             raise AdapterError(f"{name}: image.{i} is not one finite latent (1, C, H, W); write the data again with train.py --save-data.")
     return latents, positive, [c.get("text", "") for c in captions]

@@ -66,8 +66,8 @@ class TrainingState:
             return cls(int(facts["step"]), str(facts["optimizer"]), layers, generators, dict(facts.get("settings", {})))
         except AdapterError:
             raise
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
-            raise AdapterError(f"{source}: its training state is damaged ({e!r}); continue from an earlier checkpoint, or load it as a plain adapter.") from None
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError, RecursionError) as e:  # int(Infinity), JSON nested too deep
+            raise AdapterError(f"{source}: its training state is damaged ({clipped(repr(e))}); continue from an earlier checkpoint, or load it as a plain adapter.") from None
 
     @classmethod
     def capture(cls, step: int, optimizer_name: str, optimizer: torch.optim.Optimizer, names: list[str],
@@ -82,17 +82,22 @@ class TrainingState:
     def restore(self, optimizer: torch.optim.Optimizer, names: list[str], generators: dict, source: str = "The checkpoint") -> None:
         """Put the optimizer's per-layer state and the generators back; hyperparameters stay the optimizer's own.
 
-        Every tensor is checked against what it replaces first (a per-layer moment has its layer's shape, a
-        generator state the size of the generator's own), so a damaged state is refused in a sentence here
-        rather than failing as an exception at the next step."""
+        Every entry is checked against what it replaces first (a layer keeps the keys its optimizer keeps, a
+        moment is a tensor of its layer's shape, a generator state one a spare generator takes), so a damaged
+        state is refused in a sentence here, with nothing restored, rather than failing at the next step."""
         missing = [n for n in names if n not in self.layers]
         if missing:
             raise AdapterError(f"The checkpoint's training state lacks {len(missing)} of the layers being trained (e.g. {missing[0]}).")
         damaged = f"{source}: its training state is damaged"
         advice = "continue from an earlier checkpoint, or load it as a plain adapter (its ΔR is unaffected)."
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        for name, param in zip(names, params):
+        for name, param, keys in zip(names, params, _state_keys(optimizer)):
+            given = {key for key, value in self.layers[name].items() if value is not None}
+            if self.layers[name] and given != keys:  # an empty state is a layer not stepped yet
+                raise AdapterError(f"{damaged} (layer {name} keeps {clipped(sorted(given))} where {type(optimizer).__name__} keeps {sorted(keys)}): {advice}")
             for key, value in self.layers[name].items():
+                if key != "step" and value is not None and not isinstance(value, torch.Tensor):
+                    raise AdapterError(f"{damaged} ({key} of layer {name} is {clipped(repr(value))}, not a tensor): {advice}")
                 if isinstance(value, torch.Tensor) and (value.dim() > 0 or key != "step") and (value.shape != param.shape or not value.is_floating_point()):
                     raise AdapterError(f"{damaged} ({key} of layer {name} is {tuple(value.shape)} {value.dtype}, the layer {tuple(param.shape)}): {advice}")
                 if isinstance(value, torch.Tensor) and not all_finite(value):
@@ -106,6 +111,11 @@ class TrainingState:
             saved, own = self.generators.get(key), generator.get_state()
             if saved is not None and (saved.shape != own.shape or saved.dtype != own.dtype):
                 raise AdapterError(f"{damaged} (the random generator's state {key} is {tuple(saved.shape)} {saved.dtype}, not {tuple(own.shape)} {own.dtype}): {advice}")
+            if saved is not None:
+                try:  # on a spare generator: nothing is restored until every part of the state has passed
+                    torch.Generator(device=generator.device).set_state(saved)
+                except RuntimeError as e:
+                    raise AdapterError(f"{damaged} (the random generator's state {key} is not one it can take: {clipped(str(e))}): {advice}") from None
         current = optimizer.state_dict()
         state = {i: dict(self.layers[name]) for i, name in enumerate(names) if self.layers[name]}
         optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
@@ -122,11 +132,34 @@ class TrainingState:
 def _whole_number_within(value, most: int) -> bool:
     """Whether an optimizer's step count is one whole number from 0 to `most`: Adam divides by 1 - beta^(step + 1),
     which a count of -1 turns into a division by zero."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):  # Adam cannot add 1 to a bool tensor
+        return False
     try:
         count = float(value.item() if isinstance(value, torch.Tensor) else value)
     except (TypeError, ValueError, RuntimeError):
         return False
     return count.is_integer() and 0 <= count <= most
+
+
+def _state_keys(optimizer: torch.optim.Optimizer) -> list[set]:
+    """For each parameter of `optimizer`, the state keys one step of a fresh optimizer of its class and group settings
+    gives it; those kept as None are left out (SGD without momentum keeps momentum_buffer None or nothing, by torch version)."""
+    probes = [torch.zeros(1, dtype=group["params"][0].dtype, device=group["params"][0].device, requires_grad=True) for group in optimizer.param_groups]
+    fresh = type(optimizer)([{**group, "params": [probe]} for group, probe in zip(optimizer.param_groups, probes)])
+    for probe in probes:
+        probe.grad = torch.zeros_like(probe)
+    fresh.step()
+    kept = [{key for key, value in fresh.state[probe].items() if value is not None} for probe in probes]
+    return [keys for group, keys in zip(optimizer.param_groups, kept) for _ in group["params"]]
+
+
+def steps_trained(adapter) -> int:
+    """The steps an adapter says it was trained for (0 where it does not say): a count a continued run adds to."""
+    text = str(adapter.metadata.get("steps", 0) or 0)
+    if not (text.isascii() and text.isdigit() and len(text) < 19):  # no sign, fraction or exponent; at most what an int64 holds
+        raise AdapterError(f"{adapter.source or 'The adapter'} says it was trained for {clipped(text)!r} steps, not a whole number: "
+                           "its metadata is damaged; continue from another checkpoint of its run, or train a new adapter.")
+    return int(text)
 
 
 def read_training_state(path: str, source: str) -> TrainingState | None:

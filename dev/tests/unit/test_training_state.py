@@ -12,7 +12,7 @@ import torch
 from comfyui_qrlora.qrlora_core.adapter import QRLoRA, QRTarget
 from comfyui_qrlora.qrlora_core.errors import AdapterError
 from comfyui_qrlora.qrlora_core.formats import atomic_save, load_adapter, read_safetensors, save_native
-from comfyui_qrlora.qrlora_core.training.state import PREFIX, TrainingState, read_training_state
+from comfyui_qrlora.qrlora_core.training.state import PREFIX, TrainingState, read_training_state, steps_trained
 
 SHAPES = {"a": (6, 10), "b": (4, 7)}  # ΔR r x n per layer
 OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD, "RMSprop": torch.optim.RMSprop}
@@ -119,3 +119,56 @@ def test_a_state_the_optimizer_would_divide_by_zero_or_root_a_negative_on_is_ref
     state.layers["a"][key] = bad if isinstance(bad, str) else (torch.full_like(entry, bad) if isinstance(entry, torch.Tensor) else bad)
     with pytest.raises(AdapterError, match=f"damaged.*{key if key != 'step' else 'optimizer steps'}"):
         state.restore(make_run(name, [p.detach() for p in params], 0)[1], list(SHAPES), {})
+
+
+@pytest.mark.parametrize("text", ['{"version": Infinity, "step": 3, "optimizer": "AdamW", "layers": [], "scalars": {}}',
+                                  '{"version": 1, "step": Infinity, "optimizer": "AdamW", "layers": [], "scalars": {}}', "[" * 100000],
+                         ids=["infinite version", "infinite step", "endless nesting"])
+def test_a_train_state_entry_with_infinite_numbers_or_endless_nesting_is_damaged(text):
+    with pytest.raises(AdapterError, match="checkpoint.safetensors: its training state is damaged"):
+        TrainingState.unpack({}, {"train_state": text}, "checkpoint.safetensors")
+
+
+@pytest.mark.parametrize("name, change", [
+    ("AdamW", lambda layer: {"step": 3}),  # no moments: the next step would fail on a missing key
+    ("Adam", lambda layer: {**layer, "exp_avg": 1}),  # a moment as a JSON number
+    ("AdamW", lambda layer: {**layer, "step": torch.tensor(True)}),
+    ("RMSprop", lambda layer: {k: v for k, v in layer.items() if k != "square_avg"}),
+    ("SGD", lambda layer: {**layer, "exp_avg": layer["momentum_buffer"]}),  # a key its optimizer never keeps
+], ids=["no moments", "number moment", "bool step", "no square_avg", "foreign key"])
+def test_a_layer_state_unlike_what_its_optimizer_keeps_is_refused(rng, name, change):
+    params, optimizer, generator = make_run(name, [torch.randn(*s, generator=rng) for s in SHAPES.values()], 0)
+    train(params, optimizer, generator, 3, [{layer: torch.randn(*s, generator=rng) for layer, s in SHAPES.items()} for _ in range(4)])
+    state = TrainingState.capture(3, name, optimizer, list(SHAPES), {}, SETTINGS)
+    state.layers["a"] = change(state.layers["a"])
+    with pytest.raises(AdapterError, match="checkpoint.safetensors: its training state is damaged"):
+        state.restore(make_run(name, [p.detach() for p in params], 0)[1], list(SHAPES), {}, "checkpoint.safetensors")
+
+
+def test_sgd_without_momentum_restores_with_or_without_its_empty_momentum_buffer():
+    """torch versions differ: some keep momentum_buffer None for SGD without momentum, others nothing."""
+    for layer in ({}, {"momentum_buffer": None}):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2, 3))], lr=0.1)
+        TrainingState(3, "SGD", {"a": dict(layer)}, {}).restore(optimizer, ["a"], {})
+
+
+def test_a_generator_state_it_cannot_take_is_refused_and_nothing_is_restored(rng):
+    params, optimizer, generator = make_run("AdamW", [torch.randn(*s, generator=rng) for s in SHAPES.values()], 0)
+    train(params, optimizer, generator, 2, [{layer: torch.randn(*s, generator=rng) for layer, s in SHAPES.items()} for _ in range(4)])
+    state = TrainingState.capture(2, "AdamW", optimizer, list(SHAPES), {"draws": torch.full_like(generator.get_state(), 255)}, SETTINGS)
+    fresh, draws = make_run("AdamW", [p.detach() for p in params], 7)[1:]
+    before = draws.get_state()
+    with pytest.raises(AdapterError, match="checkpoint.safetensors: its training state is damaged.*random generator"):
+        state.restore(fresh, list(SHAPES), {"draws": draws}, "checkpoint.safetensors")
+    assert fresh.state_dict()["state"] == {} and torch.equal(draws.get_state(), before)
+
+
+@pytest.mark.parametrize("steps", ["abc", "1.5e3", "-2", "²", "9" * 5000], ids=["letters", "exponent", "negative", "superscript", "5000 digits"])
+def test_steps_an_adapter_claims_must_be_a_whole_number_to_continue_from(tmp_path, rng, steps):
+    targets = {"a": QRTarget(q=torch.linalg.qr(torch.randn(12, 4, generator=rng))[0], delta_r=torch.triu(torch.randn(4, 6, generator=rng)))}
+    path = str(tmp_path / "claims.safetensors")
+    save_native(QRLoRA(targets, rank=4, alpha=4.0, format="native", metadata={"steps": steps}), path)
+    with pytest.raises(AdapterError, match="claims.safetensors"):
+        steps_trained(load_adapter(path, source="claims.safetensors"))
+    assert steps_trained(QRLoRA(targets, rank=4, alpha=4.0, format="native", metadata={"steps": "12"})) == 12
+    assert steps_trained(QRLoRA(targets, rank=4, alpha=4.0, format="native")) == 0
