@@ -478,7 +478,14 @@ def _bound_basis(basis_id: str, names, metadata: dict, source: str, basis_loader
             "checked against the basis file; the file is incomplete: save the adapter again, or save it without 'compact'."
         )
     qs = basis_loader(basis_id, source)
-    if names <= qs.keys() and q_digest({n: qs[n] for n in names}) != stored:
+    missing = sorted(names - qs.keys())
+    if missing:  # a compact save keeps no Q of its own, so each layer's is in its basis, and the digest covers them all
+        raise AdapterError(
+            f"{source} is a compact adapter whose basis {basis_id} lacks {len(missing)} of its {len(names)} layers (e.g. {clipped(missing[0])}): "
+            "the basis file in models/qrlora_bases is another one; copy the basis file from where the adapter was saved, "
+            "or save the adapter again without 'compact'."
+        )
+    if q_digest({n: qs[n] for n in names}) != stored:
         raise AdapterError(
             f"{source} was saved on another basis than the file {basis_id}.safetensors in models/qrlora_bases now holds "
             "(a basis computed on another machine, or a changed file): copy the basis file from where the adapter was saved, "

@@ -256,3 +256,22 @@ def test_a_shape_of_a_million_dimensions_is_clipped_in_the_message(tmp_path):
     with pytest.raises(Refused, match="do not fit together") as e:
         read_layer(NAME, {NAME + ".lora.q.weight": torch.zeros([0] * 1_000_000), NAME + ".lora.delta_r.weight": torch.zeros(1, 1)})
     assert len(str(e.value)) < 600
+
+
+def test_a_compact_file_whose_layers_its_basis_lacks_is_refused_even_with_a_q_of_its_own(tmp_path, rng):
+    """A compact save keeps no Q: a file giving one layer its own Q once skipped the basis digest for every layer,
+    so another layer took a changed basis's Q silently."""
+    adapter = native(rng)
+    adapter.targets["transformer.b.to_k"] = native(rng).targets[NAME]
+    store = BasisStore(str(tmp_path))
+    store.save("r4-test", {n: t.q for n, t in adapter.targets.items()}, {})
+    save_native(adapter, str(tmp_path / "compact.safetensors"), basis_id="r4-test")
+    assert load_adapter(str(tmp_path / "compact.safetensors"), basis_loader=store.load).targets.keys() == adapter.targets.keys()
+    store.save("r4-test", {NAME: -adapter.targets[NAME].q}, {})  # another basis, without layer b
+    tensors = safetensors.torch.load_file(str(tmp_path / "compact.safetensors"))
+    with safetensors.safe_open(str(tmp_path / "compact.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    tensors["transformer.b.to_k.qr.q"] = adapter.targets["transformer.b.to_k"].q
+    safetensors.torch.save_file(tensors, str(tmp_path / "crafted.safetensors"), metadata=metadata)
+    with pytest.raises(AdapterError, match="crafted.safetensors is a compact adapter whose basis r4-test lacks 1 of its 2 layers"):
+        load_adapter(str(tmp_path / "crafted.safetensors"), basis_loader=store.load)
