@@ -75,6 +75,7 @@ def load(path: str) -> tuple[list[dict], list, list[str]]:
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, RecursionError) as e:  # RecursionError: JSON nested too deep
         raise AdapterError(f"{name}: the training data is incomplete ({clipped(repr(e))} is missing or wrong); write it again with train.py --save-data.") from None
     for i, latent in enumerate(latents):
-        if latent["samples"].dim() != 4 or latent["samples"].shape[0] != 1 or not all_finite(latent["samples"]):
-            raise AdapterError(f"{name}: image.{i} is not one finite latent (1, C, H, W); write the data again with train.py --save-data.")
+        samples = latent["samples"]
+        if samples.dim() != 4 or samples.shape[0] != 1 or not samples.is_floating_point() or not all_finite(samples):
+            raise AdapterError(f"{name}: image.{i} is not one finite floating-point latent (1, C, H, W); write the data again with train.py --save-data.")
     return latents, positive, [c.get("text", "") for c in captions]

@@ -493,13 +493,16 @@ def test_noise_range_must_be_a_non_empty_part_of_zero_to_one():
 @pytest.mark.parametrize("entry, value", [
     ("training_data", "abc"), ("image_captions", "[Infinity]"), ("image_captions", "[" * 100000), ("image_captions", "[-1]"),
     ("image_captions", "[1]"), ("image_captions", "[0.5]"), ("captions", '["x"]'), ("captions", '{"x": 1}'), ("latent", "float8_e4m3fn"),
+    ("latent", "int64"),
 ])
 def test_a_damaged_training_data_file_is_refused_in_one_sentence(tmp_path, entry, value):
-    """train.py --data: one image, one caption; each entry spoilt in turn (the latent: NaN in float8, which has no isfinite)."""
+    """train.py --data: one image, one caption; each entry spoilt in turn (the latent: NaN in float8, which has no isfinite,
+    or integers, which no model takes)."""
     from comfyui_qrlora.qrlora_core.formats import atomic_save
     from comfyui_qrlora.qrlora_core.training import datafile
 
-    latent = torch.full((1, 4, 8, 8), float("nan")).to(torch.float8_e4m3fn) if entry == "latent" else torch.zeros(1, 4, 8, 8)
+    latent = {"float8_e4m3fn": torch.full((1, 4, 8, 8), float("nan")).to(torch.float8_e4m3fn),
+              "int64": torch.zeros(1, 4, 8, 8, dtype=torch.int64)}.get(value, torch.zeros(1, 4, 8, 8))
     metadata = {"qrlora.training_data": "1", "qrlora.captions": '[{"text": "a", "options": {}}]', "qrlora.image_captions": "[0]"}
     metadata.update({"qrlora." + entry: value} if entry != "latent" else {})
     path = str(tmp_path / "data.safetensors")
