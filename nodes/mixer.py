@@ -20,6 +20,7 @@ from ..qrlora_core.errors import AdapterError, clipped
 from ..qrlora_core.merge import merge
 from ..qrlora_core.metadata import trigger_words
 from .adapter_socket import CATEGORY, STRENGTH_RANGE
+from .merge import MAX_ADAPTERS
 
 ROLES = ("content", "style", "other")  # also the order of the trigger words in the output
 ROW_KEYS = {"lora", "on", "strength", "role"}
@@ -36,6 +37,8 @@ class Row:
 
 def parse_rows(text: str) -> list[Row]:
     """The rows of the `rows` input, or an AdapterError whose one sentence says what is wrong and the form expected."""
+    if not isinstance(text, str):  # /prompt may send a JSON list or number itself, not its text
+        raise AdapterError(f"rows must be text holding JSON, not a {type(text).__name__}: write it as {ROWS_FORM}.")
     try:
         data = json.loads(text or "[]")
     except json.JSONDecodeError as e:
@@ -60,6 +63,8 @@ def parse_rows(text: str) -> list[Row]:
         if role not in ROLES:
             raise AdapterError(f"row {n}'s role is {role!r}: choose one of {', '.join(ROLES)}.")
         rows.append(Row(item["lora"], on, float(strength), role))
+    if sum(row.on for row in rows) > MAX_ADAPTERS:  # each row on loads its file: as many as Merge ΔR mixes
+        raise AdapterError(f"{sum(row.on for row in rows)} rows are on, more than the {MAX_ADAPTERS} a mix takes: turn some off.")
     return rows
 
 

@@ -70,6 +70,7 @@ def test_all_rows_off_passes_the_model_through(comfy, client, demo_models):
     ('[{"lora": "a.safetensors", "weight": 1}]', "row 1 has keys a row does not take (weight)"),
     (rows((demo_assets.CONTENT, True, 1.0, "content"), ("missing.safetensors", True, 1.0, "style")), "missing.safetensors is not in the loras folder"),
     (rows(("../escape.safetensors", True, 1.0, "style")), "is not a file name inside the loras folder"),
+    (rows(*[(demo_assets.CONTENT, True, 0.1, "content")] * 9), "9 rows are on, more than the 8 a mix takes"),  # each loads its file
     ("[" * 100_000, "rows is not JSON a mixer can read"),  # nested deeper than the parser recurses
     ('[{"lora": "a.safetensors", "strength": 1' + "0" * 5000 + "}]", "row"),  # past int's digit limit (3.11+: not JSON; 3.10: a strength out of range)
     ('[{"lora": "a.safetensors", "strength": 1' + "0" * 400 + "}]", "row 1's strength is 1000"),  # beyond float: isfinite overflowed
@@ -84,3 +85,14 @@ def test_bad_rows_are_refused_before_running_in_one_sentence(comfy, client, demo
     assert len(errors) == 1 and says in errors[0]["details"], body
     sentence = errors[0]["details"].strip()
     assert sentence.count(". ") == 0 and sentence.endswith("."), f"not one sentence: {sentence}"
+
+
+def test_rows_sent_as_a_list_get_a_sentence_not_an_exception(client, demo_models):
+    """ComfyUI calls a 3-item list a bad link and still runs the node's own check, which raised TypeError on it."""
+    g = Graph()
+    mix = g.add("QRLoRAMixer", model=g.add("UNETLoader", unet_name=demo_assets.UNET, weight_dtype="default"), rows=[1, 2, 3])
+    g.add("PreviewAny", source=mix[1])
+    status, body = client.post("/prompt", {"prompt": g.prompt()})
+    errors = [e for node in body["node_errors"].values() for e in node["errors"]]
+    assert status == 400 and not [e for e in errors if e["type"] == "exception_during_inner_validation"], errors
+    assert any("rows must be text holding JSON, not a list" in e["details"] for e in errors), errors
