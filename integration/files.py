@@ -9,7 +9,7 @@ import folder_paths
 
 from ..qrlora_core.adapter import QRLoRA
 from ..qrlora_core.basis import BasisStore
-from ..qrlora_core.errors import AdapterError, clipped
+from ..qrlora_core.errors import AdapterError, clipped, require_encodable
 from ..qrlora_core.formats import BASIS_ID_KEY, read_adapter
 from ..qrlora_core.safefile import Seen, content_id
 
@@ -188,6 +188,8 @@ def load_fingerprinted(names: list[str], q_and_r_for=lambda name: None) -> list[
 
 def adapter_path(name: str) -> str:
     """The full path of an adapter in the loras folder, refusing anything that leaves it."""
+    if not isinstance(name, str):  # ComfyUI leaves a combo's value unchecked when the node validates it: /prompt may send 5 or null
+        raise AdapterError(f"{clipped(repr(name))} is not a file name (it is not text): pick an adapter from the list of files in the loras folder.")
     _check_relative(name)
     if not is_adapter_name(name):
         raise AdapterError(f"'{name}' is not a .safetensors file: QR-LoRA adapters are read only from .safetensors files, never pickles.")
@@ -264,6 +266,7 @@ def _check_writable(name: str, root: str) -> None:
 
 def unused_path(prefix: str) -> tuple[str, str]:
     """(full path, name relative to loras) for prefix_00001.safetensors, the first free number; `prefix` as the user typed it."""
+    require_encodable(filename_prefix=prefix)  # the file system refuses an unpaired surrogate with a UnicodeEncodeError
     prefix = clean_prefix(prefix)
     stem = first_free(prefix, lambda stem: os.path.exists(output_path(stem + EXTENSION)), "files")
     return output_path(stem + EXTENSION), stem + EXTENSION

@@ -46,7 +46,7 @@ class QRLoRASampleSettings(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, vae, prompts, negative, every, width, height, steps, cfg, sampler_name, scheduler, seed) -> io.NodeOutput:
-        require_encodable(prompts=prompts)  # written into each sample image's metadata
+        require_encodable(prompts=prompts, negative=negative)  # prompts go into each sample image's metadata; the tokenizer fails on either
         require_finite(cfg=cfg)  # a NaN cfg would draw every sample as NaN, found only at the first sampling
         lines = [line.strip() for line in prompts.splitlines() if line.strip()]
         if not lines:

@@ -127,7 +127,8 @@ class _Parser:
         end = self.text.find("}", self.at)
         body = self.text[self.at + 1:end] if end > 0 else ""
         low, comma, high = body.partition(",")
-        if not (low.isdigit() or (comma and not low)) or (high and not high.isdigit()):
+        digits = lambda s: s.isascii() and s.isdigit()  # 0-9 only, as re: '²'.isdigit() too, yet int() refuses it (and reads '٣' as 3)
+        if not (digits(low) or (comma and not low)) or (high and not digits(high)):
             return None, None
         self.at = end + 1
         low_n = int(low) if low else 0

@@ -147,6 +147,13 @@ def test_names_that_leave_the_loras_folder_are_refused_before_running(comfy, cli
     assert "is not a file name inside the loras folder" in json.dumps(body)
 
 
+@pytest.mark.parametrize("name", [5, None, {"a": 1}], ids=["a number", "null", "an object"])
+def test_a_name_that_is_not_text_is_refused_before_running(comfy, client, name):
+    """A combo's value is not checked by ComfyUI when the node validates it itself: /prompt may send anything."""
+    status, body = client.post("/prompt", {"prompt": apply_prompt(name)[0]})
+    assert status == 400 and "is not a file name (it is not text): pick an adapter from the list" in json.dumps(body), body
+
+
 def test_link_out_of_the_loras_folder_is_refused(comfy, client, valid_tensors, tmp_path):
     outside = tmp_path / "outside.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in valid_tensors.items()}, str(outside))

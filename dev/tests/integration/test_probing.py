@@ -467,6 +467,7 @@ def test_other_letter_cases_are_listed_and_loadable_and_other_extensions_neither
     ("probe/nul\0name", "contains a NUL character"),
     ("probe/" + "x" * 300, "more than a file name may be (255)"),
     ("probe/a_file/adapter", "is a file, not a folder"),
+    ("probe/x\ud800", "The input filename_prefix has a character that cannot be written into a file (U+D800"),
 ])
 def test_an_unwritable_file_name_is_refused_with_a_sentence(comfy, client, base_models, seed, prefix, words):
     generator = torch.Generator().manual_seed(seed)

@@ -253,6 +253,24 @@ def test_sample_settings_cfg_nan_is_refused(client, text_and_vae):
     assert "The input cfg is nan" in client.run_expecting_error(g.prompt())["exception_message"]
 
 
+@pytest.mark.parametrize("name", ["default_caption", "negative"])
+def test_an_unencodable_caption_or_negative_prompt_is_refused(client, text_and_vae, name):
+    """The tokenizer would fail on an unpaired surrogate with a TypeError."""
+    clip_name, vae_name = text_and_vae
+    g = Graph()
+    clip, vae = g.add("CLIPLoader", clip_name=clip_name, type="stable_diffusion"), g.add("VAELoader", vae_name=vae_name)
+    if name == "default_caption":
+        node = g.add("QRLoRATrainingData", images=g.add("EmptyImage", width=64, height=64, batch_size=1, color=0), vae=vae, clip=clip,
+                     resolution=64, default_caption="a \ud800 photo")[2]
+    else:
+        node = g.add("QRLoRASampleSettings", clip=clip, vae=vae, prompts="a photo of <c>", negative="bad \ud800", every=1, width=64,
+                     height=64, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal", seed=0)
+    g.add("PreviewAny", source=node)
+    error = client.run_expecting_error(g.prompt())
+    assert f"The input {name} has a character that cannot be written into a file (U+D800" in error["exception_message"], error
+    assert error["exception_type"].endswith("AdapterError"), error
+
+
 # ------------------------------------------------ 7 and 10. the stock path: another model's file, odd shapes
 
 def _sampled_with_hooks(client, lora_name):

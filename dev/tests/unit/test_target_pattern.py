@@ -74,3 +74,11 @@ def test_what_the_language_leaves_out_is_refused_in_one_sentence(pattern, words)
         compile_pattern(pattern)
     text = str(refused.value)
     assert words in text and text.count(". ") == 0 and text.endswith("."), text
+
+
+@pytest.mark.parametrize("pattern", ["attn{²}", "a{1,²}", "a{²,}", "a{٣}"])
+def test_a_count_of_other_digits_is_literal_text_as_in_re(pattern):
+    """'²'.isdigit() is True but int() refuses it, and int('٣') is 3: re reads only 0-9 as a count."""
+    names = NAMES + ["attn{²}", "a{1,²}", "a{²,}", "a{٣}", "aaa"]
+    compiled = compile_pattern(pattern)
+    assert [n for n in names if compiled.search(n)] == [n for n in names if re.search(pattern, n)]
