@@ -15,7 +15,6 @@ import logging
 from comfy_api.latest import io
 
 from ..integration.training.data import bucket_report, encode
-from ..qrlora_core.errors import require_encodable
 from ..qrlora_core.training.buckets import STEP
 from .adapter_socket import TRAINING_CATEGORY
 
@@ -55,7 +54,6 @@ class QRLoRATrainingData(io.ComfyNode):
     @classmethod
     def execute(cls, images, vae, clip, resolution, default_caption, captions=None) -> io.NodeOutput:
         resolution = resolution[0]
-        require_encodable(default_caption=default_caption[0])  # the tokenizer fails on an unpaired surrogate with a TypeError
         data = encode(images, captions, vae[0], clip[0], resolution, default_caption[0])
         text = data.report(resolution)
         logging.info(f"[QR-LoRA] training data: {text}")

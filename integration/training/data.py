@@ -13,7 +13,7 @@ import torch
 
 import comfy.utils
 
-from ...qrlora_core.errors import AdapterError
+from ...qrlora_core.errors import AdapterError, require_encodable
 from ...qrlora_core.training.buckets import bucket_sizes, nearest_bucket
 
 RESIZE_METHOD = "lanczos"  # as the stock Upscale Image node offers; PIL's, clamped to [0, 1]
@@ -32,6 +32,7 @@ def single_images(images: list) -> list[torch.Tensor]:
 def _captions(captions: list | None, count: int, default: str) -> tuple[list[str], int]:
     """The caption of each image, and how many took the default caption."""
     texts = [str(t).strip() for t in (captions or [])]
+    require_encodable(default_caption=default, **{f"caption {i + 1}": t for i, t in enumerate(texts)})  # the tokenizer raises TypeError on an unpaired surrogate
     if not texts:
         texts = [""] * count
     elif len(texts) == 1 and count > 1:

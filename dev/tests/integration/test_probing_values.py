@@ -253,15 +253,16 @@ def test_sample_settings_cfg_nan_is_refused(client, text_and_vae):
     assert "The input cfg is nan" in client.run_expecting_error(g.prompt())["exception_message"]
 
 
-@pytest.mark.parametrize("name", ["default_caption", "negative"])
+@pytest.mark.parametrize("name", ["default_caption", "caption 1", "negative"])
 def test_an_unencodable_caption_or_negative_prompt_is_refused(client, text_and_vae, name):
     """The tokenizer would fail on an unpaired surrogate with a TypeError."""
     clip_name, vae_name = text_and_vae
     g = Graph()
     clip, vae = g.add("CLIPLoader", clip_name=clip_name, type="stable_diffusion"), g.add("VAELoader", vae_name=vae_name)
-    if name == "default_caption":
+    if name != "negative":  # a caption may come from any text node, as the folder loader's texts do
+        captions = {"captions": g.add("PrimitiveString", value="a \ud800 photo")} if name == "caption 1" else {}
         node = g.add("QRLoRATrainingData", images=g.add("EmptyImage", width=64, height=64, batch_size=1, color=0), vae=vae, clip=clip,
-                     resolution=64, default_caption="a \ud800 photo")[2]
+                     resolution=64, default_caption="a photo" if captions else "a \ud800 photo", **captions)[2]
     else:
         node = g.add("QRLoRASampleSettings", clip=clip, vae=vae, prompts="a photo of <c>", negative="bad \ud800", every=1, width=64,
                      height=64, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal", seed=0)
