@@ -145,8 +145,8 @@ def _same_noise_per_cell(sampler, sampler_name: str, shape, seed: int, sigmas: t
     """The sampler, drawing for every cell the noise a batch of one would draw at `seed` (a sampler that draws
     none is returned as it is). The draws are the ones the sampler's own default would make: the k-diffusion
     SDE samplers (dpmpp_*sde*) a Brownian tree, the others plain seeded normal draws."""
-    if "noise_sampler" not in inspect.signature(sampler.sampler_function).parameters:
-        return sampler
+    if len(sigmas) <= 1 or "noise_sampler" not in inspect.signature(sampler.sampler_function).parameters:
+        return sampler  # no step to take (denoise 0: no sigmas): ComfyUI returns the latent as it is, drawing nothing
     one = torch.zeros((1, *shape[1:]), device=device)
     if sampler_name.startswith("dpmpp_") and "sde" in sampler_name:
         positive = sigmas[sigmas > 0]

@@ -114,3 +114,23 @@ def test_a_sampled_grid_is_the_separately_patched_runs_of_its_cells(sampler_name
                                     positive, negative, latent["samples"], seed=settings["seed"])
         torch.testing.assert_close(samples[i:i + 1], alone, rtol=1e-4, atol=1e-4, msg=f"cell {(a, b)}")
     assert (samples[1:] - samples[:1]).abs().amax(dim=(1, 2, 3)).min() > 1e-2, "every mix differs from the plain model's image"
+
+
+@pytest.mark.parametrize("sampler_name", ["euler", "dpmpp_sde", "dpmpp_2m_sde"])
+def test_a_grid_at_denoise_0_is_what_ksampler_gives_there_for_every_cell(sampler_name, rng, pack):
+    """Nothing to sample (no sigmas): the SDE samplers' Brownian-tree set-up took the least of no sigmas and raised."""
+    import comfy.sample
+
+    from comfyui_qrlora.integration import grid
+
+    model = models.patcher("sd15")
+    content, style = adapters(model, "sd15", rng)
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=rng)}
+    positive = [[torch.randn(1, 8, 768, generator=rng), {}]]
+    negative = [[torch.randn(1, 8, 768, generator=rng), {}]]
+    settings = {"seed": 7, "steps": 4, "cfg": 3.0, "sampler_name": sampler_name, "scheduler": "normal", "denoise": 0.0}
+    samples = grid.sample(grid.GridMix(model, [content, style], WEIGHTS), model, positive, negative, latent, **settings)
+    noise = comfy.sample.prepare_noise(latent["samples"], settings["seed"])
+    alone = comfy.sample.sample(model, noise, settings["steps"], settings["cfg"], sampler_name, settings["scheduler"],
+                                positive, negative, latent["samples"], denoise=0.0, seed=settings["seed"])
+    assert torch.equal(samples, alone.repeat(len(WEIGHTS), 1, 1, 1))
