@@ -209,6 +209,20 @@ def unpack_upper(packed: torch.Tensor, rank: int, name: str, source: str) -> tor
     return out
 
 
+def _in_precision(tensor: torch.Tensor, dtype, name: str, path: str) -> torch.Tensor:
+    """`tensor` cast to the file's precision, refused where the cast took a finite value beyond its range: it would be
+    written as infinity."""
+    if dtype is None:
+        return tensor
+    out = tensor.to(dtype)
+    if not all_finite(out) and all_finite(tensor):
+        precision = next((k for k, v in PRECISIONS.items() if v == out.dtype), str(out.dtype))
+        advice = "save it in fp32 or bf16, or lower" if out.dtype == torch.float16 else "lower"
+        raise AdapterError(f"{os.path.basename(path)}: layer {name} has values beyond what {precision} holds (they would be written as infinity), "
+                           f"so nothing was written; {advice} the weights that scaled it up (Block Weights, Merge ΔR).")
+    return out
+
+
 def scale_tensor(scale: float) -> torch.Tensor:
     """A native layer's `.qr.scale`: s = alpha / rank as one float64, for ComfyUI's own loaders, which see tensors only (stock_keys.py)."""
     return torch.tensor(float(scale), dtype=torch.float64)
@@ -232,7 +246,7 @@ def save_native(adapter: QRLoRA, path: str, basis_id: str | None = None, dtype=N
     """
     tensors = dict(extra[0]) if extra else {}
     for name, target in adapter.targets.items():
-        delta_r = target.delta_r if dtype is None else target.delta_r.to(dtype)
+        delta_r = _in_precision(target.delta_r, dtype, name, path)
         packed = _pack_upper(delta_r)
         if packed is None:
             tensors[name + NATIVE_DELTA] = delta_r
@@ -256,9 +270,7 @@ def export_lora(adapter: QRLoRA, path: str, dtype=None, root: str | None = None)
     """
     tensors = {}
     for name, target in adapter.targets.items():
-        up, down = target.up_down(adapter.scale)
-        if dtype is not None:
-            up, down = up.to(dtype), down.to(dtype)
+        up, down = (_in_precision(t, dtype, name, path) for t in target.up_down(adapter.scale))
         if name.startswith("transformer."):
             tensors[name + ".lora_B.weight"], tensors[name + ".lora_A.weight"] = up, down
         else:

@@ -8,7 +8,7 @@ import safetensors.torch
 import torch
 
 from devkit import host
-from comfyui_qrlora.qrlora_core import AdapterError
+from comfyui_qrlora.qrlora_core import AdapterError, QRTarget
 from comfyui_qrlora.qrlora_core.basis import BasisStore
 from comfyui_qrlora.qrlora_core.decompose import decompose
 from comfyui_qrlora.qrlora_core.formats import export_lora, load_adapter, save_native
@@ -83,6 +83,21 @@ def test_exported_lora_holds_the_same_delta(tmp_path, bases, rng):
         load_adapter(str(tmp_path / "lora.safetensors"))
 
 
+@pytest.mark.parametrize("write", [save_native, export_lora], ids=["save", "export"])
+def test_values_beyond_the_chosen_precision_are_refused_and_leave_no_file(tmp_path, bases, rng, write):
+    """ΔR weighted by 1e6 (Block Weights *=1e6) became infinity in fp16: Save wrote a file its own loader refuses,
+    Export infinity in lora_A, which stock loaders apply."""
+    write_published(tmp_path / "pub.safetensors", bases, rng)
+    adapter = load_adapter(str(tmp_path / "pub.safetensors"))
+    name = "transformer.a.ff.net.2"
+    adapter.targets[name] = QRTarget(q=adapter.targets[name].q, delta_r=adapter.targets[name].delta_r * 1e6)
+    with pytest.raises(AdapterError, match=rf"^out.safetensors: layer {name} .* fp16 .* save it in fp32 or bf16"):
+        write(adapter, str(tmp_path / "sub" / "out.safetensors"), dtype=torch.float16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pub.safetensors"]
+    write(adapter, str(tmp_path / "out.safetensors"), dtype=torch.bfloat16)
+    assert all(torch.isfinite(t).all() for t in safetensors.torch.load_file(str(tmp_path / "out.safetensors")).values())
+
+
 def test_an_interrupted_write_leaves_the_earlier_file_and_no_partial_one(tmp_path, bases, rng, monkeypatch):
     """Interrupted after the data is written, before the rename: the temporary file goes, the old file stays."""
     import comfyui_qrlora.qrlora_core.formats as formats
@@ -138,7 +153,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_earlier_files_untouched(tmp_pat
         from devkit import host
         host.import_pack(entry_point=False)
         from comfyui_qrlora.qrlora_core.formats import load_adapter, save_native
-        from comfyui_qrlora.qrlora_core import AdapterError
+        from comfyui_qrlora.qrlora_core import AdapterError, QRTarget
         adapter = load_adapter({str(tmp_path / "pub.safetensors")!r})
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
         try:
