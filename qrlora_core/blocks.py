@@ -30,7 +30,7 @@ lines; later entries win):
 import re
 
 from .adapter import QRLoRA, QRTarget
-from .errors import AdapterError
+from .errors import AdapterError, require_encodable
 from .formats import all_finite
 
 # Block numbers have at most 4 digits (Flux has 57 blocks): a longer one names no block, and never reaches int(),
@@ -38,6 +38,8 @@ from .formats import all_finite
 _UNET = re.compile(r"^lora_unet_(down_blocks|up_blocks)_(\d{1,4})_(attentions|resnets|downsamplers|upsamplers)_(\d{1,4})_")
 _DIT = re.compile(r"^transformer\.(transformer_blocks|single_transformer_blocks)\.(\d{1,4})\.")
 _ID = re.compile(r"^(IN|OUT|D|S)(\d{1,4})$")
+
+MAX_SPEC = 8_000  # characters: a Flux vector of 58 numbers, each as long as Python writes one, takes about 1,200
 
 LBW_ORDERS = {  # length of a LoRA Block Weight vector -> its blocks after BASE
     17: ["IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "MID"] + [f"OUT{i:02}" for i in range(3, 12)],
@@ -157,6 +159,15 @@ def parse(spec: str, adapter: QRLoRA) -> dict[str, float]:
 
 def layer_weights(spec: str, names) -> dict[str, float]:
     """{layer name: weight} for layer names; EARLY / LATE and a vector's length count the blocks these names have."""
+    return _weights(spec, names)[0]
+
+
+def _weights(spec: str, names) -> tuple[dict[str, float], dict[str, float]]:
+    """layer_weights, and the spec's entries {key: weight} in the order they apply (a repeated key where it last appears)."""
+    require_encodable(block_weights=spec)  # stored in the file's metadata
+    if len(spec) > MAX_SPEC:
+        raise AdapterError(f"Block weights: the text is {len(spec):,} characters, more than the {MAX_SPEC:,} any spec needs; "
+                           "write one entry per block, range or group (see docs/blocks.md in the pack).")
     layer_blocks = block_map(names)
     present = {b for b in layer_blocks.values() if b is not None}
     ordered = sorted(present, key=_order_key)
@@ -165,27 +176,29 @@ def layer_weights(spec: str, names) -> dict[str, float]:
         text = text.split(":", 1)[1]
     items = [i.strip() for i in re.split(r"[,;\n]", text) if i.strip()]
     if items and all("=" not in i for i in items):
-        entries = _vector_entries([_number(i, spec) for i in items], ordered, present, spec)
+        entries = dict(_vector_entries([_number(i, spec) for i in items], ordered, present, spec))
     else:
-        entries = []
+        entries = {}
         for item in items:
             key, sep, value = item.partition("=")
             if not sep:
                 raise AdapterError(f"Block weights: '{item}' in '{spec}' has no '='; write entries like OUT01=0.5, or a list of numbers only.")
-            entries.append((key.strip().upper(), _number(value.strip(), spec)))
-    weights = {}
-    for name, block in layer_blocks.items():
+            key = key.strip().upper()
+            entries.pop(key, None)  # later entries win: a repeated key moves to where it last appears
+            entries[key] = _number(value.strip(), spec)
+    by_block = {}  # the work is entries x blocks, however many layers share a block
+    for block in dict.fromkeys(layer_blocks.values()):
         weight = 1.0
-        for key, value in entries:
+        for key, value in entries.items():
             if _matches(key, block, ordered, spec):
                 weight = value
-        weights[name] = weight
-    return weights
+        by_block[block] = weight
+    return {name: by_block[block] for name, block in layer_blocks.items()}, entries
 
 
 def apply_block_weights(adapter: QRLoRA, spec: str) -> tuple[QRLoRA, dict[str, float]]:
     """A copy of the adapter with each layer's ΔR scaled by its block's weight; also {block: weight} used."""
-    weights = parse(spec, adapter)
+    weights, entries = _weights(spec, adapter.targets)
     targets = {
         name: t if weights[name] == 1.0 else QRTarget(q=t.q, delta_r=t.delta_r * weights[name], fingerprint=t.fingerprint)
         for name, t in adapter.targets.items()
@@ -198,7 +211,7 @@ def apply_block_weights(adapter: QRLoRA, spec: str) -> tuple[QRLoRA, dict[str, f
     used = {}
     for name, block in layer_blocks.items():
         used.setdefault(block or "other", weights[name])
-    metadata = {**adapter.metadata, "block_weights": spec}
+    metadata = {**adapter.metadata, "block_weights": ", ".join(f"{key}={value!r}" for key, value in entries.items())}
     out = QRLoRA(targets, rank=adapter.rank, alpha=adapter.alpha, format=adapter.format, metadata=metadata,
                  source=adapter.source, shared_basis=adapter.shared_basis)
     return out, dict(sorted(used.items(), key=lambda kv: _order_key(kv[0]) if kv[0] != "other" else (3, 0)))
