@@ -25,7 +25,7 @@ import torch
 from .adapter import QRLoRA, QRTarget
 from .decompose import check_rank, decompose_many
 from .errors import AdapterError, clipped
-from .formats import DOUBLED_OUT, DOWN, PUBLISHED_SUFFIXES, UP, all_finite
+from .formats import DOUBLED_OUT, DOWN, FLOAT32_MAX, PUBLISHED_SUFFIXES, UP, all_finite
 
 
 def q_and_r_pairs(tensors, source: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -42,6 +42,10 @@ def q_and_r_pairs(tensors, source: str) -> dict[str, tuple[torch.Tensor, torch.T
             raise AdapterError(f"{source}: layer {stem} has Q of shape {clipped(tuple(q.shape))} and R of shape {clipped(tuple(r.shape))}, which do not fit together; the file is damaged.")
         if not (all_finite(q) and all_finite(r)):
             raise AdapterError(f"{source}: layer {stem} contains NaN or infinite values; the checkpoint is broken, use another one.")
+        bound = float(torch.linalg.matrix_norm(q.double()) * torch.linalg.matrix_norm(r.double()))  # bounds every entry of Q_t·R_t
+        if not bound < FLOAT32_MAX:  # Q_t is trained, not orthonormal: check_delta's bound does not hold
+            raise AdapterError(f"{source}: layer {stem}: its delta Q·R reaches {bound:.3g}, beyond any weight a model holds (float32 ends at 3.4e38); "
+                               "the checkpoint is damaged or its values were made absurd, use another file.")
         name = stem[: -len(DOUBLED_OUT)] + ".to_out.0" if stem.endswith(DOUBLED_OUT) else stem
         pairs[name] = (q.to(torch.float32), r.to(torch.float32))
     return pairs

@@ -244,6 +244,15 @@ def test_a_q_and_r_checkpoint_in_fp8_is_read_and_its_nan_refused():
         q_and_r_pairs({stem + UP: q.to(torch.float8_e4m3fn), stem + DOWN: r.to(torch.float8_e4m3fn)}, "qr.safetensors")
 
 
+def test_a_q_and_r_checkpoint_whose_delta_leaves_float32_is_refused():
+    """Finite Q_t and R_t of 1e20 each loaded, and Apply patched the weight to infinity."""
+    stem = "transformer.a.to_q"
+    q, r = torch.randn(16, 4), torch.randn(4, 32)
+    assert q_and_r_pairs({stem + UP: q, stem + DOWN: r}, "qr.safetensors")
+    with pytest.raises(AdapterError, match=rf"^qr.safetensors: layer {stem}: its delta Q·R reaches .* use another file"):
+        q_and_r_pairs({stem + UP: q * 1e20, stem + DOWN: r * 1e20}, "qr.safetensors")
+
+
 def test_a_shape_of_a_million_dimensions_is_clipped_in_the_message(tmp_path):
     """A header may give a tensor a million dimensions: repeated whole, they made a 3 MB sentence."""
     header = {NAME + ".qr.q": {"dtype": "F32", "shape": [0] * 1_000_000, "data_offsets": [0, 0]},
