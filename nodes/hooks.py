@@ -37,7 +37,8 @@ class QRLoRAHook(io.ComfyNode):
     def execute(cls, qr_lora, strength, prev_hooks=None, hook_kf=None) -> io.NodeOutput:
         require_finite(strength=strength)
         hooks = comfy.hooks.create_hook_lora(lora=state_dict(qr_lora), strength_model=strength, strength_clip=0.0)
-        if hook_kf is not None:
+        if hook_kf is not None:  # Create Hook Keyframe lets a NaN multiplier through, which would patch NaN weights
+            require_finite(**{f"strength_mult of keyframe {i + 1}": kf.strength for i, kf in enumerate(hook_kf.keyframes)})
             hooks.set_keyframes_on_hooks(hook_kf=hook_kf)
         combined = hooks if prev_hooks is None else prev_hooks.clone_and_combine(hooks)
         return io.NodeOutput(combined, ui={"text": [f"{len(qr_lora.targets)} layers as a hook at strength {strength:g}" + (" with keyframes" if hook_kf else "")]})

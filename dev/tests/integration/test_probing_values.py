@@ -272,6 +272,17 @@ def test_an_unencodable_caption_or_negative_prompt_is_refused(client, text_and_v
     assert error["exception_type"].endswith("AdapterError"), error
 
 
+def test_a_nan_keyframe_multiplier_is_refused(comfy, client, base_models, generator):
+    """ComfyUI's Create Hook Keyframe lets NaN through its min/max; the hook's strength would be NaN at that keyframe."""
+    save_native(sd3_adapter(base_models["sd3"], generator), loras(comfy, "hook_kf_nan.safetensors"))
+    g = Graph()
+    keyframes = g.add("CreateHookKeyframe", strength_mult=1.0, start_percent=0.0)
+    keyframes = g.add("CreateHookKeyframe", strength_mult=float("nan"), start_percent=0.5, prev_hook_kf=keyframes)
+    hooks = g.add("QRLoRAHook", qr_lora=g.add("QRLoRALoader", lora_name="probe/hook_kf_nan.safetensors")[0], strength=1.0, hook_kf=keyframes)
+    g.add("PreviewAny", source=hooks)
+    assert "The input strength_mult of keyframe 2 is nan" in client.run_expecting_error(g.prompt())["exception_message"]
+
+
 # ------------------------------------------------ 7 and 10. the stock path: another model's file, odd shapes
 
 def _sampled_with_hooks(client, lora_name):
