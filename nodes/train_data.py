@@ -15,7 +15,7 @@ import logging
 from comfy_api.latest import io
 
 from ..integration.training.data import bucket_report, encode
-from ..qrlora_core.training.buckets import STEP
+from ..qrlora_core.training.buckets import MAX_RESOLUTION, STEP
 from .adapter_socket import TRAINING_CATEGORY
 
 
@@ -36,7 +36,7 @@ class QRLoRATrainingData(io.ComfyNode):
                 io.Image.Input("images", tooltip="The training images, any sizes (a list, as the folder loader gives)."),
                 io.Vae.Input("vae", tooltip="The VAE of the model you train."),
                 io.Clip.Input("clip", tooltip="The text encoder of the model you train."),
-                io.Int.Input("resolution", default=512, min=STEP, max=4096, step=STEP,
+                io.Int.Input("resolution", default=512, min=STEP, max=MAX_RESOLUTION, step=STEP,
                              tooltip="Training resolution R: each image is resized to the bucket (w x h, multiples of 64, about R² pixels) "
                                      "nearest its aspect ratio, scaled to cover it and centre-cropped."),
                 io.String.Input("default_caption", default="a photo of <c>",

@@ -193,6 +193,10 @@ def main(argv=None) -> int:
             raise AdapterError("Give the training data as either --data (an encoded .safetensors file) or --images (a folder), one of them.")
         if args.save_data and not args.images:
             raise AdapterError("--save-data writes encoded --images; give --images too.")
+        if args.images:
+            from .data import check_resolution
+
+            check_resolution(args.resolution)  # before any model loads
         launch.pick_device()
         import_comfy(comfyui_folder(args.comfyui), args.base_directory, launch.cpu)
         launch.start()

@@ -14,9 +14,16 @@ import torch
 import comfy.utils
 
 from ...qrlora_core.errors import AdapterError, require_encodable
-from ...qrlora_core.training.buckets import bucket_sizes, nearest_bucket
+from ...qrlora_core.training.buckets import MAX_RESOLUTION, STEP, bucket_sizes, nearest_bucket
 
 RESIZE_METHOD = "lanczos"  # as the stock Upscale Image node offers; PIL's, clamped to [0, 1]
+
+
+def check_resolution(resolution: int) -> None:
+    """The node's widget holds the range; train.py --resolution does not, and a huge one is memory spent on resizing."""
+    if not STEP <= resolution <= MAX_RESOLUTION:
+        raise AdapterError(f"The training resolution {resolution} is outside {STEP} to {MAX_RESOLUTION}: choose one in that range "
+                           "(512 for SD1.5, 1024 for SDXL, SD3 and Flux).")
 
 
 def single_images(images: list) -> list[torch.Tensor]:
@@ -25,6 +32,9 @@ def single_images(images: list) -> list[torch.Tensor]:
     for batch in images:
         if not isinstance(batch, torch.Tensor) or batch.dim() != 4:
             raise AdapterError("The images input must be IMAGEs (for a folder: the 'images' output of Load Image and Text Dataset from Folder).")
+        if batch.shape[1] < 1 or batch.shape[2] < 1 or batch.shape[3] < 3:  # a node's odd output: no pixels, or grey without RGB
+            raise AdapterError(f"An image of the images input is {batch.shape[2]} x {batch.shape[1]} pixels with {batch.shape[3]} channels, not an RGB "
+                               "picture: connect images as Load Image gives them.")
         out.extend(batch[i: i + 1, :, :, :3] for i in range(batch.shape[0]))
     return out
 
@@ -75,6 +85,7 @@ class TrainingData:
 
 def encode(images: list, captions: list | None, vae, clip, resolution: int, default_caption: str) -> TrainingData:
     """Bucket, resize, VAE-encode and caption-encode the images (IMAGE tensors, any sizes)."""
+    check_resolution(resolution)
     singles = single_images(images)
     if not singles:
         raise AdapterError("There are no training images: put .png, .jpg or .webp files into the folder and pick it in the folder node.")

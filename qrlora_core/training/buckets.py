@@ -12,6 +12,7 @@ within one bucket, so a batch is one tensor of one size.
 import math
 
 STEP = 64  # bucket sides are multiples of this (the latent grid of every supported model divides it)
+MAX_RESOLUTION = 4096  # the Training Data node's widget and train.py --resolution: larger images than any model here trains on
 
 
 def bucket_sizes(resolution: int, step: int = STEP) -> list[tuple[int, int]]:

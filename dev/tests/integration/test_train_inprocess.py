@@ -430,3 +430,23 @@ def test_every_role_trains_every_noise_level_unless_a_range_is_set(pack, folders
     assert torch.equal(drawn["content"], drawn["all"]) and torch.equal(drawn["style"], drawn["all"])
     assert float(drawn["content, set"].min()) >= float(drawn["style, set"].max()), "a set range is what is drawn"
     assert float(drawn["all"].min()) < float(drawn["style, set"].max()) and float(drawn["all"].max()) > float(drawn["content, set"].min())
+
+
+@pytest.mark.parametrize("resolution", [100_000_000, -64, 0])
+def test_train_py_refuses_a_resolution_outside_the_nodes_range_before_loading_anything(pack, tmp_path, capsys, resolution):
+    """The node's widget holds 64 to 4096; --resolution 1e8 spent memory resizing before anything checked it, -64 was taken."""
+    from comfyui_qrlora.integration.training.cli import EXIT_BAD_INPUT, main
+
+    assert main(["--images", str(tmp_path), "--model", "missing.safetensors", "--resolution", str(resolution)]) == EXIT_BAD_INPUT
+    assert f"The training resolution {resolution} is outside 64 to 4096" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 8, 3), (1, 8, 0, 3), (1, 8, 8, 1)])
+def test_images_without_pixels_or_rgb_are_refused_in_a_sentence(pack, shape):
+    """Only another node makes them (no pixels, or one grey channel); bucketing and PIL raised on them."""
+    from comfyui_qrlora.integration.training.data import single_images
+    from comfyui_qrlora.qrlora_core.errors import AdapterError
+
+    with pytest.raises(AdapterError, match="not an RGB picture"):
+        single_images([torch.zeros(shape)])
+    assert len(single_images([torch.zeros(2, 8, 8, 4)])) == 2, "RGBA keeps its RGB"
