@@ -90,4 +90,3 @@ def test_train_py_takes_the_role_as_a_flag(pack):
     assert config_from(parser().parse_args([])).role == "all"
     with pytest.raises(SystemExit):
         parser().parse_args(["--role", "author"])
-
