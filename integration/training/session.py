@@ -70,6 +70,15 @@ def training_latents(latents: list) -> list[torch.Tensor]:
     return singles
 
 
+def _check_latent_channels(model, latents: list) -> None:
+    """Latents of another model's VAE (SD1.5's 4 channels into SD3's 16) fail inside the first forward as a conv error."""
+    want = getattr(getattr(model.model, "latent_format", None), "latent_channels", None)
+    got = sorted({x.shape[1] for x in latents})
+    if want is not None and got != [want]:
+        raise AdapterError(f"The latents have {' and '.join(map(str, got))} channels where this model takes {want}: encode the training "
+                           "images with this model's own VAE.")
+
+
 def captions_per_image(positive: list, images: int) -> list:
     """One [embedding, options] entry per image from the CONDITIONING input(s)."""
     flat = [c for cond in positive for c in cond]
@@ -331,6 +340,7 @@ class TrainingSession:
         self.model, self.config, self.existing, self.parallel = model, config, existing, parallel
         self.dtype = config.torch_dtype
         self.latents = training_latents(latents)
+        _check_latent_channels(model, self.latents)
         self.captions = captions_per_image(positive, len(self.latents))
         self.buckets = group_by_size([x.shape for x in self.latents])  # a batch is drawn within one
         self.where, self.notes = choose_targets(model, config, existing)

@@ -450,3 +450,12 @@ def test_images_without_pixels_or_rgb_are_refused_in_a_sentence(pack, shape):
     with pytest.raises(AdapterError, match="not an RGB picture"):
         single_images([torch.zeros(shape)])
     assert len(single_images([torch.zeros(2, 8, 8, 4)])) == 2, "RGBA keeps its RGB"
+
+
+def test_latents_of_another_models_vae_are_refused_before_step_1(pack, folders, rng):
+    """SD3's or Flux's 16-channel latents into SD1.5 (or the reverse) failed inside the first forward as a conv error."""
+    from comfyui_qrlora.qrlora_core.errors import AdapterError
+
+    latents, positive = inputs("flux", rng)  # 16 channels
+    with pytest.raises(AdapterError, match="The latents have 16 channels where this model takes 4: encode the training images with this model's own VAE"):
+        session(models.patcher("sd15"), latents, positive)
