@@ -27,6 +27,7 @@ from dataclasses import fields
 from ...qrlora_core.errors import AdapterError
 from ...qrlora_core.training import TrainConfig
 from ...qrlora_core.training import config as settings
+from ...qrlora_core.training.buckets import check_resolution
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # integration/training/ -> the pack
 EXIT_INTERRUPTED, EXIT_BAD_INPUT = 130, 2
@@ -122,14 +123,28 @@ def model_file(name: str, folder: str) -> str:
     return path
 
 
+def _refused_by_comfyui(flag: str, name: str, error: RuntimeError) -> AdapterError:
+    """ComfyUI's loaders refuse a file of another kind with a RuntimeError ("Could not detect model type", "VAE is
+    invalid"); the CLI says it in one line. Out of memory is not a wrong file: it is raised as it is."""
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        raise error
+    return AdapterError(f"{flag} {name}: ComfyUI cannot load it as that ({str(error).strip().removeprefix('ERROR: ').splitlines()[0]}): "
+                        "give the right file for the option.")
+
+
 def load_model(args):
     """The MODEL to train, through ComfyUI's own loaders (Load Diffusion Model, Load Checkpoint)."""
     import comfy.sd
 
-    if args.checkpoint:
-        return comfy.sd.load_checkpoint_guess_config(model_file(args.checkpoint, "checkpoints"), output_vae=False, output_clip=False)[0]
-    if args.model:
-        return comfy.sd.load_diffusion_model(model_file(args.model, "diffusion_models"))
+    try:
+        if args.checkpoint:
+            return comfy.sd.load_checkpoint_guess_config(model_file(args.checkpoint, "checkpoints"), output_vae=False, output_clip=False)[0]
+        if args.model:
+            return comfy.sd.load_diffusion_model(model_file(args.model, "diffusion_models"))
+    except RuntimeError as e:
+        raise _refused_by_comfyui("--checkpoint" if args.checkpoint else "--model", args.checkpoint or args.model, e) from None
     raise AdapterError("No base model: give --model (a diffusion model file) or --checkpoint.")
 
 
@@ -153,6 +168,10 @@ def load_encoders(args):
         import comfy.utils
 
         vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(model_file(args.vae, "vae")))
+        try:
+            vae.throw_exception_if_invalid()  # another kind of file loads as a VAE with no model, refused only at its first encode
+        except RuntimeError as e:
+            raise _refused_by_comfyui("--vae", args.vae, e) from None
     if clip is None or vae is None:
         raise AdapterError("--images needs a text encoder and a VAE: give --checkpoint, or --clip and --vae.")
     return clip, vae
@@ -194,8 +213,6 @@ def main(argv=None) -> int:
         if args.save_data and not args.images:
             raise AdapterError("--save-data writes encoded --images; give --images too.")
         if args.images:
-            from .data import check_resolution
-
             check_resolution(args.resolution)  # before any model loads
         launch.pick_device()
         import_comfy(comfyui_folder(args.comfyui), args.base_directory, launch.cpu)

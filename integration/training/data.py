@@ -14,16 +14,9 @@ import torch
 import comfy.utils
 
 from ...qrlora_core.errors import AdapterError, require_encodable
-from ...qrlora_core.training.buckets import MAX_RESOLUTION, STEP, bucket_sizes, nearest_bucket
+from ...qrlora_core.training.buckets import bucket_sizes, check_resolution, nearest_bucket
 
 RESIZE_METHOD = "lanczos"  # as the stock Upscale Image node offers; PIL's, clamped to [0, 1]
-
-
-def check_resolution(resolution: int) -> None:
-    """The node's widget holds the range; train.py --resolution does not, and a huge one is memory spent on resizing."""
-    if not STEP <= resolution <= MAX_RESOLUTION:
-        raise AdapterError(f"The training resolution {resolution} is outside {STEP} to {MAX_RESOLUTION}: choose one in that range "
-                           "(512 for SD1.5, 1024 for SDXL, SD3 and Flux).")
 
 
 def single_images(images: list) -> list[torch.Tensor]:

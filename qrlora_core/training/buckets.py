@@ -11,8 +11,17 @@ within one bucket, so a batch is one tensor of one size.
 
 import math
 
+from ..errors import AdapterError
+
 STEP = 64  # bucket sides are multiples of this (the latent grid of every supported model divides it)
 MAX_RESOLUTION = 4096  # the Training Data node's widget and train.py --resolution: larger images than any model here trains on
+
+
+def check_resolution(resolution: int) -> None:
+    """The node's widget holds the range; train.py --resolution does not, and a huge one is memory spent on resizing."""
+    if not STEP <= resolution <= MAX_RESOLUTION:
+        raise AdapterError(f"The training resolution {resolution} is outside {STEP} to {MAX_RESOLUTION}: choose one in that range "
+                           "(512 for SD1.5, 1024 for SDXL, SD3 and Flux).")
 
 
 def bucket_sizes(resolution: int, step: int = STEP) -> list[tuple[int, int]]:

@@ -235,3 +235,15 @@ def _worker(parent: int, rank: int, timeout: float = 30) -> int:
                 return int(pid)
         time.sleep(0.2)
     raise AssertionError(f"no worker with RANK={rank} under {parent}")
+
+
+@pytest.mark.parametrize("wrong", ["model", "vae"])
+def test_a_file_of_another_kind_given_to_train_py_is_one_line_not_a_traceback(image_folder, tmp_path, wrong):
+    """ComfyUI's loaders raise RuntimeError on it ("Could not detect model type", "VAE is invalid")."""
+    folder, files = image_folder
+    given = {**files, wrong: files["clip"]}  # the text encoder's file where a model or a VAE belongs
+    done = subprocess.run(command(1, str(tmp_path), given["model"], None, "--images", folder, "--caption", "a <c> bird", "--resolution", "64",
+                                  "--clip", given["clip"], "--vae", given["vae"]),
+                          env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"--{wrong} {given[wrong]}: ComfyUI cannot load it as that" in done.stderr.strip().splitlines()[-1], done.stderr[-3000:]
