@@ -47,7 +47,7 @@ import comfy.utils
 from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
 
 from ...qrlora_core.decompose import GPU_CHUNK_BUDGET, max_rank, rank_fits, working_bytes
-from ...qrlora_core.errors import AdapterError
+from ...qrlora_core.errors import AdapterError, clipped
 from ...qrlora_core.formats import load_adapter
 from ...qrlora_core.training import TrainConfig, TrainTargets, roles, select
 from ...qrlora_core.training.buckets import describe_buckets, group_by_size
@@ -538,7 +538,11 @@ class TrainingSession:
                 options["guidance"] = self.config.guidance
             conds = comfy.sampler_helpers.convert_cond([[embedding, options]])
             x0 = self.x0[image]
-            processed = comfy.samplers.process_conds(self.patcher.model, x0, {"positive": conds}, self.device, x0, None, self.config.seed)
+            try:
+                processed = comfy.samplers.process_conds(self.patcher.model, x0, {"positive": conds}, self.device, x0, None, self.config.seed)
+            except KeyError as e:  # the model reads an entry another model's text encoder does not make (SD1.5's CLIP into Flux or SD3)
+                raise AdapterError(f"The captions were not encoded for this model (it needs {clipped(str(e))}, which they lack): encode them "
+                                   "with this model's own text encoder (its CLIP in CLIP Text Encode, or the Training Data node).") from None
             self._conds[key] = processed["positive"]
         return self._conds[key]
 

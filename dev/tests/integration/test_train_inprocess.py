@@ -459,3 +459,12 @@ def test_latents_of_another_models_vae_are_refused_before_step_1(pack, folders, 
     latents, positive = inputs("flux", rng)  # 16 channels
     with pytest.raises(AdapterError, match="The latents have 16 channels where this model takes 4: encode the training images with this model's own VAE"):
         session(models.patcher("sd15"), latents, positive)
+
+
+def test_captions_of_another_models_text_encoder_are_refused_in_a_sentence(pack, folders, rng):
+    """SD1.5's CLIP conditioning (no pooled output) into Flux failed at the first step as KeyError: 'pooled_output'."""
+    from comfyui_qrlora.qrlora_core.errors import AdapterError
+
+    latents, _ = inputs("flux", rng)
+    with pytest.raises(AdapterError, match="The captions were not encoded for this model .*pooled_output.*this model's own text encoder"):
+        train(pack, models.patcher("flux"), latents, [[_caption("sd15", rng)]], filename_prefix="t/wrong_captions")
