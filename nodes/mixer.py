@@ -63,8 +63,9 @@ def parse_rows(text: str) -> list[Row]:
         if role not in ROLES:
             raise AdapterError(f"row {n}'s role is {role!r}: choose one of {', '.join(ROLES)}.")
         rows.append(Row(item["lora"], on, float(strength), role))
-    if sum(row.on for row in rows) > MAX_ADAPTERS:  # each row on loads its file: as many as Merge ΔR mixes
-        raise AdapterError(f"{sum(row.on for row in rows)} rows are on, more than the {MAX_ADAPTERS} a mix takes: turn some off.")
+    turned_on = sum(row.on for row in rows)
+    if turned_on > MAX_ADAPTERS:  # each row on loads its file: as many as Merge ΔR mixes
+        raise AdapterError(f"{turned_on} rows are on, more than the {MAX_ADAPTERS} a mix takes: turn some off.")
     return rows
 
 

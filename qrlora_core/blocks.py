@@ -87,11 +87,6 @@ def block_of(name: str, per_level: int = 3) -> str | None:
     return None
 
 
-def blocks_of(adapter: QRLoRA) -> dict[str, str | None]:
-    """{layer name: block} for an adapter."""
-    return block_map(adapter.targets)
-
-
 def block_map(names) -> dict[str, str | None]:
     """{layer name: block} for layer names (an adapter's, or a model's trainable layers)."""
     per_level = _unet_levels(names)
@@ -152,18 +147,15 @@ def _vector_entries(values: list[float], ordered: list[str], adapter_blocks: set
     return list(zip(names, values[1:]))
 
 
-def parse(spec: str, adapter: QRLoRA) -> dict[str, float]:
-    """{layer name: weight} for every layer of the adapter."""
-    return layer_weights(spec, adapter.targets)
-
-
 def layer_weights(spec: str, names) -> dict[str, float]:
     """{layer name: weight} for layer names; EARLY / LATE and a vector's length count the blocks these names have."""
-    return _weights(spec, names)[0]
+    layer_blocks, by_block, _ = _weights(spec, names)
+    return {name: by_block[block] for name, block in layer_blocks.items()}
 
 
-def _weights(spec: str, names) -> tuple[dict[str, float], dict[str, float]]:
-    """layer_weights, and the spec's entries {key: weight} in the order they apply (a repeated key where it last appears)."""
+def _weights(spec: str, names) -> tuple[dict, dict[str | None, float], dict[str, float]]:
+    """({layer name: block}, {block: weight}, the spec's entries {key: weight} in the order they apply: a repeated key
+    where it last appears)."""
     require_encodable(block_weights=spec)  # stored in the file's metadata
     if len(spec) > MAX_SPEC:
         raise AdapterError(f"Block weights: the text is {len(spec):,} characters, more than the {MAX_SPEC:,} any spec needs; "
@@ -193,24 +185,22 @@ def _weights(spec: str, names) -> tuple[dict[str, float], dict[str, float]]:
             if _matches(key, block, ordered, spec):
                 weight = value
         by_block[block] = weight
-    return {name: by_block[block] for name, block in layer_blocks.items()}, entries
+    return layer_blocks, by_block, entries
 
 
 def apply_block_weights(adapter: QRLoRA, spec: str) -> tuple[QRLoRA, dict[str, float]]:
     """A copy of the adapter with each layer's ΔR scaled by its block's weight; also {block: weight} used."""
-    weights, entries = _weights(spec, adapter.targets)
+    layer_blocks, by_block, entries = _weights(spec, adapter.targets)
+    weights = {name: by_block[block] for name, block in layer_blocks.items()}
     targets = {
         name: t if weights[name] == 1.0 else QRTarget(q=t.q, delta_r=t.delta_r * weights[name], fingerprint=t.fingerprint)
         for name, t in adapter.targets.items()
     }
     for name, t in targets.items():
         if not all_finite(t.delta_r):
-            raise AdapterError(f"Block weights: the weight {weights[name]:g} of {block_of(name, _unet_levels(adapter.targets)) or name} "
+            raise AdapterError(f"Block weights: the weight {weights[name]:g} of {layer_blocks[name] or name} "
                                f"makes layer {name}'s ΔR infinite; use weights a trained adapter can take (between -4 and 4 are plenty).")
-    layer_blocks = blocks_of(adapter)
-    used = {}
-    for name, block in layer_blocks.items():
-        used.setdefault(block or "other", weights[name])
+    used = {block or "other": weight for block, weight in by_block.items()}
     metadata = {**adapter.metadata, "block_weights": ", ".join(f"{key}={value!r}" for key, value in entries.items())}
     out = QRLoRA(targets, rank=adapter.rank, alpha=adapter.alpha, format=adapter.format, metadata=metadata,
                  source=adapter.source, shared_basis=adapter.shared_basis)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget
-from comfyui_qrlora.qrlora_core.blocks import LBW_ORDERS, BLOCK_PRESETS, apply_block_weights, blocks_of, parse
+from comfyui_qrlora.qrlora_core.blocks import LBW_ORDERS, BLOCK_PRESETS, apply_block_weights, block_map, layer_weights
 from comfyui_qrlora.qrlora_core.errors import AdapterError
 
 SDXL = {  # kohya names of a real SDXL UNet's attention layers (two layers per block) -> their block
@@ -46,7 +46,7 @@ def adapter_with(names, rng) -> QRLoRA:
 
 @pytest.mark.parametrize("layers", [SDXL, SD15, FLUX], ids=["sdxl", "sd15", "flux"])
 def test_blocks_are_the_ones_lora_block_weight_names(layers, rng):
-    assert blocks_of(adapter_with(layers, rng)) == layers
+    assert block_map(adapter_with(layers, rng).targets) == layers
 
 
 def named_blocks(spec: str, present: list[str]) -> dict[str, float]:
@@ -83,7 +83,7 @@ def test_every_preset_scales_exactly_the_blocks_it_names(layers, preset, rng):
 
 def test_named_entries_ranges_and_later_entries_win(rng):
     adapter = adapter_with(SDXL, rng)
-    w = parse("IN04-IN07=0.5, in=2, OUT00-2=0, OUT01=3", adapter)
+    w = layer_weights("IN04-IN07=0.5, in=2, OUT00-2=0, OUT01=3", adapter.targets)
     by_block = {SDXL[n]: v for n, v in w.items()}
     assert by_block == {"IN04": 2.0, "IN05": 2.0, "IN07": 2.0, "IN08": 2.0, "MID": 1.0, "OUT00": 0.0, "OUT01": 3.0, "OUT02": 0.0,
                         "OUT03": 1.0, "OUT05": 1.0, None: 1.0}
@@ -95,7 +95,7 @@ def test_lora_block_weight_vectors_with_and_without_their_label(length, layers, 
     values = [9.0] + [round(0.1 * (i + 1), 1) for i in range(length - 1)]  # BASE (ignored), then one value per block
     want = dict(zip(LBW_ORDERS[length], values[1:]))
     for spec in (",".join(map(str, values)), "MYPRESET:" + ",".join(map(str, values))):
-        w = parse(spec, adapter)
+        w = layer_weights(spec, adapter.targets)
         for name, block in layers.items():
             assert w[name] == (want.get(block, 1.0) if block else 1.0), (spec, name)
 
@@ -103,7 +103,7 @@ def test_lora_block_weight_vectors_with_and_without_their_label(length, layers, 
 def test_flux_vector_is_base_then_double_then_single_blocks(rng):
     adapter = adapter_with(FLUX, rng)
     values = [1.0] + [0.0] * 19 + [0.5] * 38
-    w = parse(",".join(map(str, values)), adapter)
+    w = layer_weights(",".join(map(str, values)), adapter.targets)
     assert {FLUX[n]: v for n, v in w.items()} == {"D0": 0.0, "D1": 0.0, "D18": 0.0, "S0": 0.5, "S37": 0.5, None: 1.0}
 
 
@@ -111,7 +111,7 @@ def test_flux_vector_is_base_then_double_then_single_blocks(rng):
                                         ("1,0,1", "has 3 numbers"), ("OUT01=nan", "not a finite"), ("IN04-D7=1", "range")])
 def test_bad_specs_get_one_sentence(spec, words, rng):
     with pytest.raises(AdapterError, match=words):
-        parse(spec, adapter_with(SDXL, rng))
+        layer_weights(spec, adapter_with(SDXL, rng).targets)
 
 
 def test_a_spec_longer_than_any_real_one_is_refused_before_any_work(rng):
@@ -121,7 +121,7 @@ def test_a_spec_longer_than_any_real_one_is_refused_before_any_work(rng):
         with pytest.raises(AdapterError, match=r"Block weights: the text is [\d,]+ characters"):
             apply_block_weights(adapter, spec)
     longest = ",".join(["0.30000000000000004"] * 58)  # a Flux vector (BASE, D0-D18, S0-S37), every number as long as Python writes it
-    assert set(parse(longest, adapter).values()) == {0.30000000000000004, 1.0}
+    assert set(layer_weights(longest, adapter.targets).values()) == {0.30000000000000004, 1.0}
 
 
 def test_a_character_no_file_can_hold_is_refused_even_where_it_names_no_block(rng):
@@ -134,5 +134,5 @@ def test_a_repeated_entry_counts_where_it_last_appears_and_the_file_stores_the_s
     adapter = adapter_with(SDXL, rng)
     spec = "out01 = 1,\n *=0 ; OUT01=2.5, " + "IN04=3, " * 200
     weighted, _ = apply_block_weights(adapter, spec)
-    assert {SDXL[n]: v for n, v in parse(spec, adapter).items()} == {**{b: 0.0 for b in SDXL.values()}, "OUT01": 2.5, "IN04": 3.0}
+    assert {SDXL[n]: v for n, v in layer_weights(spec, adapter.targets).items()} == {**{b: 0.0 for b in SDXL.values()}, "OUT01": 2.5, "IN04": 3.0}
     assert weighted.metadata["block_weights"] == "*=0.0, OUT01=2.5, IN04=3.0"
