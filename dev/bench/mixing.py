@@ -754,13 +754,16 @@ def opener(path: str):
     return gzip.open if path.endswith(".gz") else open
 
 
+def _load_json(path: str):
+    with opener(path)(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
 def read_results(path: str) -> dict:
     """A run's JSON, plain or compressed (opener); a kept run's trials (keep) joined back from their own file."""
-    with opener(path)(path, "rt", encoding="utf-8") as f:
-        results = json.load(f)
+    results = _load_json(path)
     if "trials" not in results and results.get("trials_file"):
-        with opener(results["trials_file"])(os.path.join(os.path.dirname(path), results["trials_file"]), "rt", encoding="utf-8") as f:
-            results["trials"] = json.load(f)
+        results["trials"] = _load_json(os.path.join(os.path.dirname(path), results["trials_file"]))
     return results
 
 

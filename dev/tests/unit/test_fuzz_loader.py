@@ -105,13 +105,13 @@ def test_random_headers_after_a_plausible_start_fail_cleanly(tmp_path_factory, t
 @pytest.mark.parametrize("bad_id", [".asis", "a/b", "../basis", "x" * 300])
 def test_a_compact_file_naming_an_impossible_basis_id_is_blamed_by_name(tmp_path, valid_files, bad_id):
     """A header's basis id that could leave the bases folder (CI's fuzz found '.asis'): the one sentence names the adapter file."""
-    raw = valid_files["compact"]
-    size = int.from_bytes(raw[:8], "little")
-    header = raw[8 : 8 + size].replace(b'"qrlora.basis_id":"basis"', b'"qrlora.basis_id":' + f'"{bad_id}"'.encode())
-    assert header != raw[8 : 8 + size]
+    def edit(header):
+        assert header["__metadata__"]["qrlora.basis_id"] == "basis"
+        header["__metadata__"]["qrlora.basis_id"] = bad_id
+
     with pytest.raises(AdapterError, match="fuzz.safetensors.*not a valid basis id"):
         (tmp_path / "basis.safetensors").write_bytes(valid_files["basis"])
-        (tmp_path / "fuzz.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + size :])
+        (tmp_path / "fuzz.safetensors").write_bytes(_with_header(valid_files["compact"], edit))
         load_adapter(str(tmp_path / "fuzz.safetensors"), basis_loader=BasisStore(str(tmp_path)).load)
 
 
