@@ -24,7 +24,10 @@ def test_fresh_seed_interval_is_the_beta_binomial_fitted_to_the_seeds_rates():
     from scipy.stats import betabinom, binom
 
     assert mixing.fresh_seed_interval({0: 4, 1: 4, 2: 4}, 8) == [binom.ppf(0.025, 8, 0.5), binom.ppf(0.975, 8, 0.5)] == [1, 7]
-    assert mixing.fresh_seed_interval({0: 0, 1: 0, 2: 0}, 8) == [0, 0] and mixing.fresh_seed_interval({0: 8, 1: 8}, 8) == [8, 8]
+    for counts, seeds_at_edge in (((0, 0, 0), 0.5 / 24), ((8, 8), 1 - 0.5 / 16), ((8,) * 6, 1 - 0.5 / 48)):  # half a trial in
+        assert mixing.fresh_seed_interval(dict(enumerate(counts)), 8) == [binom.ppf(0.025, 8, seeds_at_edge), binom.ppf(0.975, 8, seeds_at_edge)], counts
+    all_drawn, one_missed = mixing.fresh_seed_interval({0: 8, 1: 8, 2: 8}, 8), mixing.fresh_seed_interval({0: 8, 1: 8, 2: 7}, 8)
+    assert all_drawn[0] < 8 and all_drawn[0] >= one_missed[0], "seeds that all drew 8 of 8 promise the next one less than 8, more than 23 of 24 do"
     for counts in ((6, 8, 2), (6, 8, 5), (3, 2, 3), (1, 0, 3, 2)):
         p = sum(counts) / (8 * len(counts))
         between = np.var(np.array(counts) / 8, ddof=1) - p * (1 - p) / 8
