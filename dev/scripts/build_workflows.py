@@ -87,7 +87,8 @@ NOTE_INFO = {"Note": {"input": {"required": {"text": ["STRING", {"multiline": Tr
 
 BLUE, GREEN, PURPLE, BROWN = "#3f5f7f", "#3f6f4f", "#5f4f7f", "#6f5a3f"
 # The sampler seed the workflows ship with, chosen on the toy world's first base model, where the shipped pair drew a
-# checkered heart at 8 of 17 seeds, this one among them; on the richer one it draws at none of 0-7 (docs/toy-world.md).
+# checkered heart at 8 of 17 seeds, this one among them; on the richer one, with the rank-32 adapters, at each of 0-7
+# (docs/mixing.md, session 20).
 DEMO_SEED = 1
 FOLDER_STEPS = 100  # the folder example's training: the world's recipe (dev/toy_world/adapters.py) at a quarter of its steps, a few CPU minutes
 

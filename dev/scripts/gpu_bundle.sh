@@ -6,6 +6,7 @@
 #   .gpu/run.sh       on the GPU machine: installs the wheels, unpacks ComfyUI, starts CUDA's MPS daemon, runs "$@"
 #   .whl/             the pure-Python wheels missing there (torchsde, trampoline), at the versions .venv holds
 # Then, from the repository root on the GPU machine:  bash .gpu/run.sh python3 dev/bench/mixing.py --comfyui /tmp/w/comfyui ...
+# (The tree and these pass the 64 MiB a device call carries: dev/scripts/gpu_tree.sh aside before the call, back after.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -f .comfyui/main.py ] || { echo "ComfyUI's source is not in .comfyui: run make setup first" >&2; exit 1; }

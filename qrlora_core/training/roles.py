@@ -24,12 +24,12 @@ PUBLISHED = "published"
 EXTRAPOLATED = "extrapolated (nothing measured it on this architecture)"
 
 _TOY_WORLD = ("the toy world (dev/toy_world: an SD1.5-architecture UNet), docs/mixing.md: picked with 400 training steps on two "
-              "tuning pairs (dev/bench/reference/2026-12-06-rich-world-steps-tuning.json.xz); on 16 held-out pairs over 3 training "
-              "seeds the mix drew 123 of 384, the paper's targets 71 of 384, a plain LoRA on the paper's targets 202 of 384 "
-              "(2026-12-06-rich-world-steps400-mixing.json.xz)")
+              "tuning pairs (dev/bench/reference/2026-12-06-rich-world-steps-tuning.json.xz); at rank 32, lr 2e-3, on 16 held-out "
+              "pairs over 6 training seeds the mix drew 384 of 768, the paper's targets 138 of 384 (3 seeds), a plain LoRA on the "
+              "paper's targets (rank 8) 382 of 768 (2026-12-07-rank32-2e-3-mixing.json.xz)")
 _B_LORA = "B-LoRA (Frenkel et al., ECCV 2024), SDXL"
 _PAPER = ("the paper's targets (QR-LoRA, Yang et al., ICCV 2025; Flux): every block; "
-          "on the toy world's 16 held-out pairs a content and a style adapter so trained mixed 71 of 384 times (docs/mixing.md)")
+          "on the toy world's 16 held-out pairs a content and a style adapter so trained mixed 138 of 384 times at rank 32 (docs/mixing.md)")
 
 
 @dataclass(frozen=True)
