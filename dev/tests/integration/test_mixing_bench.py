@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bench import mixing
+from toy_world import adapters as recipe
 from devkit.host import DEV_ROOT, PACK_ROOT
 
 
@@ -204,6 +205,12 @@ def test_plan_of_several_step_counts_trains_each_adapter_once_and_mixes_each_che
     assert jobs["oracle"]["steps"] == 300 and not jobs["oracle"]["checkpoint_every"], "--steps leaves the oracle its own"
     mixes = {arm: (ck.split("@")[1], sk.split("@")[1]) for _, arm, _, ck, sk, _ in plan.cells if sk}
     assert mixes == {"default@100": ("100", "100"), "default@200": ("200", "200"), "default@400": ("400", "400")}, "checkpoints mix at one step count"
+
+
+def test_lora_fair_trains_at_the_rank_its_rate_was_chosen_at_whatever_the_recipes_rank():
+    fair, default = mixing.arm_plan("lora_fair", "shipped", 1e-3), mixing.arm_plan("default", "shipped")
+    assert all(side["rank"] == mixing.LORA_FAIR_RANK and side["plain_lora"] for side in fair[:2])
+    assert [side["rank"] for side in default[:2]] == [recipe.RECIPE["rank"]] * 2 != [mixing.LORA_FAIR_RANK] * 2
 
 
 def test_a_seeds_trainings_go_out_longest_first():
