@@ -117,7 +117,7 @@ class QRLoRASimilarity(io.ComfyNode):
         only_a = len(qr_lora_a.targets.keys() - cosines.keys())
         only_b = len(qr_lora_b.targets.keys() - cosines.keys())
         text = report(stats, qr_lora_a.source, qr_lora_b.source, only_a, only_b)
-        title = f"ΔR cosine per layer: {qr_lora_a.source or 'A'} vs {qr_lora_b.source or 'B'}"
+        title = f"dR cosine per layer: {qr_lora_a.source or 'A'} vs {qr_lora_b.source or 'B'}"  # PIL's own font has no Δ
         picture = torch.from_numpy(np.asarray(plot(stats, title), dtype=np.float32) / 255.0)[None]
         payload = {**stats, "a": qr_lora_a.source, "b": qr_lora_b.source, "only_a": only_a, "only_b": only_b}
         preview = ui.PreviewImage(picture, cls=cls).as_dict()

@@ -85,6 +85,30 @@ def test_similarity_numbers_match_delta_cosine_and_the_plot_is_drawn(comfy, clie
         assert image.std() > 20, "the plot is blank"
         red, green = (image == (200, 60, 50)).all(-1).sum(), (image == (46, 150, 90)).all(-1).sum()
         assert red > 200 and green > 200, "the |cos| 0.95 layer should draw red and the ~0 layer green"
+        assert_title_drawn(image, f"dR cosine per layer: {pair['content']} vs {pair['style']}")
+
+
+def assert_title_drawn(image: np.ndarray, title: str) -> None:
+    """The plot's first line is `title` in PIL's own font, every character a glyph of it (a Δ, which it lacks, drew
+    a box: the title says dR)."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+
+    def drawn(text: str, width: int) -> np.ndarray:
+        canvas = Image.new("L", (width, 22), 255)
+        ImageDraw.Draw(canvas).text((2, 2), text, fill=0, font=font)
+        return np.asarray(canvas) < 128
+
+    missing = drawn("\uffff", 20)
+    assert not [c for c in set(title) - {" "} if (drawn(c, 20) == missing).all()], "a character PIL's font has no glyph for"
+    def inked(mask: np.ndarray) -> np.ndarray:  # cropped to its ink
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        return mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+    theirs = inked(image[4:23, :, :].mean(-1) < 128)  # the title (drawn at y 8), above the second line (at y 24)
+    ours = inked(drawn(title, image.shape[1]))
+    assert theirs.shape == ours.shape and (theirs != ours).mean() < 0.01, "the title drawn is another text (a box for a missing glyph?)"
 
 
 def test_adapters_without_a_common_layer_are_an_error_a_person_understands(client, pair):
