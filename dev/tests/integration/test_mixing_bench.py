@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bench import mixing
-from toy_world import adapters as recipe
 from devkit.host import DEV_ROOT, PACK_ROOT
+from toy_world import adapters as recipe
 
 
 def test_wilson_interval_matches_the_textbook_values():

@@ -102,6 +102,7 @@ def assert_title_drawn(image: np.ndarray, title: str) -> None:
 
     missing = drawn("\uffff", 20)
     assert not [c for c in set(title) - {" "} if (drawn(c, 20) == missing).all()], "a character PIL's font has no glyph for"
+
     def inked(mask: np.ndarray) -> np.ndarray:  # cropped to its ink
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         return mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
