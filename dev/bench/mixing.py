@@ -137,12 +137,15 @@ ROUTES = {
 }
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
-LORA_LRS = (1e-3, 5e-3)  # plain LoRA learning rates tried on the tuning pairs
+LORA_LRS = (1e-3, 5e-3)  # plain LoRA learning rates tried on the tuning pairs (lora_recipe: at the recipe's rank)
 LORA_LR = {"lora_fair": 1e-3, "lora_recipe": 1e-3}  # likewise
 # lora_fair's rate was chosen at rank 8, where it mixes 50% held out; at the recipe's rank 32 that rate draws noise (2%,
 # docs/mixing.md, session 20). So it keeps the rank its rate was chosen at: an arm whose rate nobody chose at its rank
-# would make any default look good.
+# would make any default look good. Its tuning tries each (rank, rate) of LORA_FAIR_CANDIDATES: rank 8 at the rate
+# chosen there, and the recipe's rank at lower rates (session 21), so the arm gets the rank the default has if that
+# serves it better on the tuning pairs.
 LORA_FAIR_RANK = 8
+LORA_FAIR_CANDIDATES = ((LORA_FAIR_RANK, 1e-3), *((recipe.RECIPE["rank"], lr) for lr in (2e-4, 5e-4, 1e-3)))
 ARMS = ("paper", "default", "lora_fair", "lora_recipe", "oracle")
 
 
@@ -212,14 +215,14 @@ def role_settings(role: str, route: str, plain_lr: float | None = None) -> dict:
     return out
 
 
-def arm_plan(arm: str, route: str, lora_lr: float | None = None) -> tuple[dict, dict, str]:
-    """(content settings, style settings, mix) of an arm."""
+def arm_plan(arm: str, route: str, lora_lr: float | None = None, lora_rank: int | None = None) -> tuple[dict, dict, str]:
+    """(content settings, style settings, mix) of an arm; `lora_rank`: lora_fair's (default LORA_FAIR_RANK)."""
     if arm == "paper":
         return role_settings("content", "shipped") | PAPER, role_settings("style", "shipped") | PAPER, "sum"
     if arm == "default":
         return role_settings("content", route), role_settings("style", route), ROUTES[route][2]
     if arm == "lora_fair":
-        fair = PAPER | {"rank": LORA_FAIR_RANK}
+        fair = PAPER | {"rank": lora_rank or LORA_FAIR_RANK}
         return role_settings("content", "shipped", lora_lr) | fair, role_settings("style", "shipped", lora_lr) | fair, "sum"
     if arm == "lora_recipe":
         mix = ROUTES[route][2]  # its weights too; a plain LoRA has no ΔR to decorrelate
@@ -830,7 +833,8 @@ def save(results: dict, images: dict, plan: Plan, gallery_pairs, out: str | None
 def choose(results: dict) -> dict:
     """The tuning run's picks, by rules fixed before it ran: the route (and, in a run of several step counts, the
     steps) whose mix succeeds most on the tuning pairs less its worse adapter alone (ties: the higher mean pattern);
-    per plain-LoRA arm, at those steps, the rate whose mix succeeds most (ties: the higher mean pattern + shape IoU)."""
+    per plain-LoRA arm, at those steps, the rate (lora_fair: the rank and rate) whose mix succeeds most (ties: the
+    higher mean pattern + shape IoU)."""
     rows = {}  # (arm, route or rate, steps or None) -> summary row
     for name, row in results["summary"].items():
         arm, _, rest = name.partition(":")
@@ -846,7 +850,10 @@ def choose(results: dict) -> dict:
     out = {"route": picked[1] if picked else None, "steps": picked[2] if picked else None}
     for arm in ("lora_fair", "lora_recipe"):
         lr = best(arm, lambda r: (r["success"], r["continuous"]["pattern"] + r["continuous"]["shape_iou"]), out["steps"])
-        out[arm] = float(lr[1]) if lr else None
+        rate, _, rank = lr[1].partition("/r") if lr else (None, "", "")
+        out[arm] = float(rate) if lr else None
+        if arm == "lora_fair":  # a candidate's rank, where it has one (LORA_FAIR_CANDIDATES)
+            out["lora_fair_rank"] = int(rank) if rank else None
     return out
 
 
@@ -1017,21 +1024,23 @@ def main() -> int:
         pairs = tuning
         arms = {"paper": arm_plan("paper", "shipped"), "oracle": ({}, {}, "alone")}
         arms |= {f"default:{route}": arm_plan("default", route) for route in ROUTES}
-        arms |= {f"{arm}:{lr:g}": arm_plan(arm, "shipped", lr) for arm in ("lora_fair", "lora_recipe") for lr in LORA_LRS}
+        arms |= {f"lora_fair:{lr:g}/r{rank}": arm_plan("lora_fair", "shipped", lr, rank) for rank, lr in LORA_FAIR_CANDIDATES}
+        arms |= {f"lora_recipe:{lr:g}": arm_plan("lora_recipe", "shipped", lr) for lr in LORA_LRS}
         if args.arms:
             arms = {a: arms[a] for a in args.arms.split(",")}
         held_out = []
     else:
         pairs = held_out if args.phase == "test" else held_out + tuning
-        route, rates = args.route, dict(LORA_LR)
+        route, rates, fair_rank = args.route, dict(LORA_LR), LORA_FAIR_RANK
         if args.choice:
             tuned = read_results(args.choice)
             picked = tuned.get("choice") or choose(tuned)  # a tuning run cut short has its summary but no pick yet
             log(f"the tuning run's pick: {picked}")
             route, rates = RENAMED.get(picked["route"], picked["route"]), {a: picked[a] for a in LORA_LR}
+            fair_rank = picked.get("lora_fair_rank") or LORA_FAIR_RANK  # runs before session 21 tried rank 8 only
             if picked.get("steps") and not args.steps:  # the steps the tuning run picked, for every arm
                 args.steps = [picked["steps"]]
-        arms = {a: ({}, {}, "alone") if a == "oracle" else arm_plan(a, route, rates.get(a)) for a in ARMS}
+        arms = {a: ({}, {}, "alone") if a == "oracle" else arm_plan(a, route, rates.get(a), fair_rank) for a in ARMS}
         if args.phase == "ceiling":
             arms = {"oracle": arms["oracle"]}
         elif args.arms:

@@ -275,8 +275,22 @@ def test_choose_picks_steps_with_the_route_and_the_lora_rates_at_those_steps():
     summary = {"default:shipped@100": row(0.1), "default:shipped@200": row(0.4), "default:ema@200": row(0.5, alone=0.2),
                "lora_fair:0.001@100": row(0.9), "lora_fair:0.001@200": row(0.2), "lora_fair:0.005@200": row(0.3),
                "lora_recipe:0.005@200": row(0.1), "paper": row(0.0)}
-    assert mixing.choose({"summary": summary}) == {"route": "shipped", "steps": 200, "lora_fair": 0.005, "lora_recipe": 0.005}
+    assert mixing.choose({"summary": summary}) == {"route": "shipped", "steps": 200, "lora_fair": 0.005, "lora_fair_rank": None, "lora_recipe": 0.005}
     assert mixing.choose({"summary": {"default:ema": row(0.2), "default:shipped": row(0.1)}})["steps"] is None
+
+
+def test_lora_fair_tunes_its_rank_with_its_rate_and_the_test_phase_trains_the_pick(tmp_path):
+    def row(success):
+        return {"success": success, "alone_content": 0.0, "alone_style": 0.0, "continuous": {"pattern": 0.5, "shape_iou": 0.5}}
+
+    names = [f"{lr:g}/r{rank}" for rank, lr in mixing.LORA_FAIR_CANDIDATES]
+    assert len(set(names)) == len(names) > 1 and {r for r, _ in mixing.LORA_FAIR_CANDIDATES} == {mixing.LORA_FAIR_RANK, recipe.RECIPE["rank"]}
+    summary = {"default:shipped": row(0.3), **{f"lora_fair:{n}": row(0.1 + 0.01 * i) for i, n in enumerate(names)}}
+    best = max(range(len(names)), key=lambda i: 0.1 + 0.01 * i)
+    picked = mixing.choose({"summary": summary})
+    assert (picked["lora_fair_rank"], picked["lora_fair"]) == mixing.LORA_FAIR_CANDIDATES[best]
+    fair = mixing.arm_plan("lora_fair", "shipped", picked["lora_fair"], picked["lora_fair_rank"])
+    assert [(side["rank"], side["learning_rate"]) for side in fair[:2]] == [mixing.LORA_FAIR_CANDIDATES[best]] * 2
 
 
 @pytest.mark.timeout(600)
