@@ -237,6 +237,12 @@ def mix_weights(mix: str) -> tuple:
     return (how, *map(float, weights)) if weights else (how, 1.0, 1.0)
 
 
+def run_seeds(seed_list: str | None, count: int) -> list:
+    """The training seeds of a run: --seed-list's, else the first `count` (0, 1, ...; as many as asked, not capped at
+    the default TRAINING_SEEDS: a tuning run of 6 once ran 3)."""
+    return [int(k) for k in seed_list.split(",")] if seed_list else list(range(count))
+
+
 def training_seed(name: str, k: int) -> int:
     """Image draw and trainer seed of training seed k for one shape or style (stable across runs and machines)."""
     return 1000 * (k + 1) + zlib.crc32(name.encode()) % 1000
@@ -517,7 +523,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
     import torch
 
     cpu = args.smoke or not torch.cuda.is_available()
-    seeds = [int(k) for k in args.seed_list.split(",")] if args.seed_list else TRAINING_SEEDS[: args.training_seeds]
+    seeds = run_seeds(args.seed_list, args.training_seeds)
     sampler_seeds = SAMPLER_SEEDS[: args.sampler_seeds]
     plan = Plan(pairs, arms, seeds, sampler_seeds, steps=args.steps, images=args.images,
                 oracle_steps=args.oracle_steps, name_colours=args.colours == "named", overrides=args.recipe)

@@ -279,6 +279,11 @@ def test_choose_picks_steps_with_the_route_and_the_lora_rates_at_those_steps():
     assert mixing.choose({"summary": {"default:ema": row(0.2), "default:shipped": row(0.1)}})["steps"] is None
 
 
+def test_a_run_trains_as_many_seeds_as_asked_or_the_listed_ones():
+    assert mixing.run_seeds(None, 6) == [0, 1, 2, 3, 4, 5] and mixing.run_seeds(None, len(mixing.TRAINING_SEEDS)) == list(mixing.TRAINING_SEEDS)
+    assert mixing.run_seeds("3,5", 6) == [3, 5]
+
+
 def test_lora_fair_tunes_its_rank_with_its_rate_and_the_test_phase_trains_the_pick(tmp_path):
     def row(success):
         return {"success": success, "alone_content": 0.0, "alone_style": 0.0, "continuous": {"pattern": 0.5, "shape_iou": 0.5}}
