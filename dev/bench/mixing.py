@@ -131,7 +131,8 @@ ROUTES = {
     # Session 20. Where the QR mixes miss and lora_fair draws (the plaid pairs), the QR oracle misses too: its delta
     # lives in the base weight's top 8 output directions. Four times as many, at the recipe's rate and at 2e-3. Every
     # route overrides the recipe of its day; rank_32_2e-3 won and became the recipe (toy_world/adapters.py), so it is
-    # shipped now, and the routes above it ran over the rank-8 recipe at 5e-3.
+    # shipped now, and the routes above it ran over the rank-8 recipe at 5e-3 until session 21 ran six of them again
+    # over rank 32 (style_up_1.25 won there and held out 31%: docs/mixing.md).
     "rank_32": ({"rank": 32}, {"rank": 32}, "sum"),
     "rank_32_2e-3": ({"rank": 32, "learning_rate": 2e-3}, {"rank": 32, "learning_rate": 2e-3}, "sum"),
 }
