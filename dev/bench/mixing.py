@@ -129,11 +129,12 @@ ROUTES = {
     "ema_0.995": ({"ema_decay": 0.995}, {"ema_decay": 0.995}, "sum"),
     "style_up_ema_0.99": ({"ema_decay": 0.99}, UP_BLOCKS | {"ema_decay": 0.99}, "sum"),
     # Session 20. Where the QR mixes miss and lora_fair draws (the plaid pairs), the QR oracle misses too: its delta
-    # lives in the base weight's top 8 output directions. Four times as many, at the recipe's rate and at 2e-3. Every
-    # route overrides the recipe of its day; rank_32_2e-3 won and became the recipe (toy_world/adapters.py), so it is
-    # shipped now, and the routes above it ran over the rank-8 recipe at 5e-3 until session 21 ran six of them again
-    # over rank 32 (style_up_1.25 won there and held out 31%: docs/mixing.md).
-    "rank_32": ({"rank": 32}, {"rank": 32}, "sum"),
+    # lives in the base weight's top 8 output directions. Four times as many, at the recipe's rate then (5e-3, pinned
+    # here so the name keeps meaning what scored 0 of 96) and at 2e-3. Every other route overrides the recipe of its
+    # day; rank_32_2e-3 won and became the recipe (toy_world/adapters.py), so it is shipped now, and the routes above it
+    # ran over the rank-8 recipe at 5e-3 until session 21 ran six of them again over rank 32 (style_up_1.25 won there
+    # and held out 31%: docs/mixing.md).
+    "rank_32": ({"rank": 32, "learning_rate": 5e-3}, {"rank": 32, "learning_rate": 5e-3}, "sum"),
     "rank_32_2e-3": ({"rank": 32, "learning_rate": 2e-3}, {"rank": 32, "learning_rate": 2e-3}, "sum"),
 }
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then

@@ -359,3 +359,10 @@ def test_a_pair_of_your_own_folders_trains_both_adapters_and_writes_the_mix_and_
     alone = subprocess.run([sys.executable, os.path.join(DEV_ROOT, "bench", "mixing.py"), "--content-dir", str(content)],
                            cwd=PACK_ROOT, capture_output=True, text=True, timeout=120)
     assert alone.returncode != 0 and "--content-dir and --style-dir go together" in alone.stderr
+
+
+def test_no_two_routes_train_and_mix_the_same_but_a_pick_that_became_the_recipe():
+    plans = {route: json.dumps(mixing.arm_plan("default", route), sort_keys=True) for route in mixing.ROUTES}
+    same = {route for route, plan in plans.items() if route != "shipped" and plan == plans["shipped"]}
+    assert same == {"rank_32_2e-3"}, f"routes that now train the shipped recipe under another name: {same}"
+    assert len(set(plans.values())) == len(plans) - len(same)
