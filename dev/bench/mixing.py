@@ -98,7 +98,9 @@ ROUTES = {
     "decorrelate": ({}, {}, "decorrelate"),
     "content_all": (PAPER, {}, "sum"),  # content on every block
     "style_up": ({}, UP_BLOCKS, "sum"),  # style on the up blocks only: no layer carries both (B-LoRA's split, by block)
-    "lower_rate": ({"learning_rate": 2e-3}, {"learning_rate": 2e-3}, "sum"),  # 5e-3 swings between checkpoints (docs/mixing.md); with --steps 100,200,400
+    # 5e-3 swings between checkpoints (docs/mixing.md); with --steps 100,200,400. Pinned to the rank-8 recipe it lowered
+    # the rate of: at the rank-32 recipe 2e-3 is the recipe's own rate.
+    "lower_rate": ({"rank": 8, "learning_rate": 2e-3}, {"rank": 8, "learning_rate": 2e-3}, "sum"),
     "lowest_rate": ({"learning_rate": 1e-3}, {"learning_rate": 1e-3}, "sum"),  # the rate plain LoRA's tuning picked (lora_fair)
     # Halves of one basis of twice the recipe's rank (TrainConfig.basis_part): each adapter trains as many directions of
     # Q as the recipe's rank does, but content's and style's are orthogonal, so their sum adds to different output
