@@ -20,8 +20,8 @@ optimizer, clipping, images, captions, batch and steps:
 - default: the world's recipe (toy_world/adapters.py, the roles' targets and
   options), mixed the same way;
 - lora_fair: a plain LoRA (TrainConfig.plain_lora: alpha = rank, up zero,
-  down Kaiming-uniform) on the paper's targets, its learning rate chosen on
-  the tuning pairs; Merge sums the two deltas;
+  down Kaiming-uniform) on the paper's targets, its rank and learning rate
+  chosen on the tuning pairs; Merge sums the two deltas;
 - lora_recipe: a plain LoRA with the default recipe's other choices
   (targets, noise ranges, averaging), its own learning rate;
 - oracle: one QR-LoRA on every block trained on renderings of the target
