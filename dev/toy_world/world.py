@@ -45,7 +45,8 @@ BENCH_STYLES = (HELD_OUT_STYLE, "concentric rings")
 MIXING_SHAPES = ("crescent", "arrow", "hourglass", "tee")
 MIXING_STYLES = ("bricks", "harlequin", "windows", "plaid")
 # A second style for the mixing bench's tuning pairs only (bench/mixing.py TUNING_PAIRS; never a test pair): until
-# 2026-12-06 both tuning pairs were checkerboard pairs, so every pick was ranked by one style.
+# 2026-12-06 both tuning pairs were checkerboard pairs, so every pick was ranked by one style; then both were crosses
+# pairs, until session 21 paired crosses with checkerboard.
 TUNING_STYLES = ("crosses",)
 FIXED_COLOURS = {
     HELD_OUT_STYLE: CHECKER_COLOURS, "concentric rings": ((40, 80, 220), (245, 130, 30)),
