@@ -244,6 +244,11 @@ def mix_weights(mix: str) -> tuple:
     return (how, *map(float, weights)) if weights else (how, 1.0, 1.0)
 
 
+def plain_candidate(lr: float, rank: int | None = None) -> str:
+    """A plain-LoRA arm's tuning candidate as its name says it ('0.001', lora_fair's '0.001/r8'); choose reads it back."""
+    return f"{lr:g}" if rank is None else f"{lr:g}/r{rank}"
+
+
 def run_seeds(seed_list: str | None, count: int) -> list:
     """The training seeds of a run: --seed-list's, else the first `count` (0, 1, ...; as many as asked, not capped at
     the default TRAINING_SEEDS: a tuning run of 6 once ran 3)."""
@@ -863,8 +868,8 @@ def choose(results: dict) -> dict:
     out = {"route": picked[1] if picked else None, "steps": picked[2] if picked else None}
     for arm in ("lora_fair", "lora_recipe"):
         lr = best(arm, lambda r: (r["success"], r["continuous"]["pattern"] + r["continuous"]["shape_iou"]), out["steps"])
-        rate, _, rank = lr[1].partition("/r") if lr else (None, "", "")
-        out[arm] = float(rate) if lr else None
+        rate, _, rank = lr[1].partition("/r") if lr else ("", "", "")  # plain_candidate's name read back
+        out[arm] = float(rate) if rate else None
         if arm == "lora_fair":  # a candidate's rank, where it has one (LORA_FAIR_CANDIDATES)
             out["lora_fair_rank"] = int(rank) if rank else None
     return out
@@ -1037,20 +1042,20 @@ def main() -> int:
         pairs = tuning
         arms = {"paper": arm_plan("paper", "shipped"), "oracle": ({}, {}, "alone")}
         arms |= {f"default:{route}": arm_plan("default", route) for route in ROUTES}
-        arms |= {f"lora_fair:{lr:g}/r{rank}": arm_plan("lora_fair", "shipped", lr, rank) for rank, lr in LORA_FAIR_CANDIDATES}
-        arms |= {f"lora_recipe:{lr:g}": arm_plan("lora_recipe", "shipped", lr) for lr in LORA_LRS}
+        arms |= {f"lora_fair:{plain_candidate(lr, rank)}": arm_plan("lora_fair", "shipped", lr, rank) for rank, lr in LORA_FAIR_CANDIDATES}
+        arms |= {f"lora_recipe:{plain_candidate(lr)}": arm_plan("lora_recipe", "shipped", lr) for lr in LORA_LRS}
         if args.arms:
             arms = {a: arms[a] for a in args.arms.split(",")}
         held_out = []
     else:
         pairs = held_out if args.phase == "test" else held_out + tuning
-        route, rates, fair_rank = args.route, dict(LORA_LR), LORA_FAIR_RANK
+        route, rates, fair_rank = args.route, dict(LORA_LR), None  # fair_rank None: arm_plan's LORA_FAIR_RANK
         if args.choice:
             tuned = read_results(args.choice)
             picked = tuned.get("choice") or choose(tuned)  # a tuning run cut short has its summary but no pick yet
             log(f"the tuning run's pick: {picked}")
             route, rates = RENAMED.get(picked["route"], picked["route"]), {a: picked[a] for a in LORA_LR}
-            fair_rank = picked.get("lora_fair_rank") or LORA_FAIR_RANK  # runs before session 21 tried rank 8 only
+            fair_rank = picked.get("lora_fair_rank")  # None in runs before session 21, which tried rank 8 only
             if picked.get("steps") and not args.steps:  # the steps the tuning run picked, for every arm
                 args.steps = [picked["steps"]]
         arms = {a: ({}, {}, "alone") if a == "oracle" else arm_plan(a, route, rates.get(a), fair_rank) for a in ARMS}
