@@ -141,7 +141,13 @@ ROUTES = {
     # and held out 31%: docs/mixing.md).
     "rank_32": ({"rank": 32, "learning_rate": 5e-3}, {"rank": 32, "learning_rate": 5e-3}, "sum"),
     "rank_32_2e-3": ({"rank": 32, "learning_rate": 2e-3}, {"rank": 32, "learning_rate": 2e-3}, "sum"),
+    # Session 22. ZipLoRA's fitted mix (a baseline METHOD.md names, never tried here): the shipped pair, then per layer
+    # and input column a merger per adapter fitted for 100 steps on both adapters' own images so that the mix does
+    # what each adapter alone does there (integration/training/zip_session.py); with ZipLoRA's overlap term and without.
+    "zip": ({}, {}, "zip"),
+    "zip_no_overlap": ({}, {}, "zip_no_overlap"),
 }
+ZIP_FITS = {"zip": 0.01, "zip_no_overlap": 0.0}  # a mix that fits the pair first -> its overlap weight (ZipLoRA's λ)
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
 LORA_LRS = (1e-3, 5e-3)  # plain LoRA learning rates tried on the tuning pairs (lora_recipe: at the recipe's rank)
@@ -325,7 +331,10 @@ class Plan:
                 jobs.append({"id": f"{arm}|{shape}|{style}|{k}", "adapters": [(ck, 1.0)], "mix": "alone", "prompt": prompt})
                 continue
             how, wc, ws = mix_weights(mix)
-            jobs.append({"id": f"{arm}|{shape}|{style}|{k}", "adapters": [(ck, wc), (sk, ws)], "mix": how, "prompt": prompt})
+            job = {"id": f"{arm}|{shape}|{style}|{k}", "adapters": [(ck, wc), (sk, ws)], "mix": how, "prompt": prompt}
+            if how in ZIP_FITS:  # the fit needs both adapters' own images and captions, as their trainings drew them
+                job["fit"] = [{x: self.trainings[key][x] for x in ("kind", "name", "seed", "images", "name_colours")} for key in (ck.split("@")[0], sk.split("@")[0])]
+            jobs.append(job)
             for key, weights in ((ck, [(ck, 1.0), (sk, 0.0)]), (sk, [(ck, 0.0), (sk, 1.0)])):
                 sampling = self.alone_id(key, style)
                 alone[sampling] = {"id": sampling, "adapters": weights, "mix": "sum", "prompt": prompt}
@@ -464,13 +473,36 @@ def _sample(job: dict) -> dict:
         (content, wc), (style, ws) = loaded
         if job["mix"] == "decorrelate":
             style = decorrelated(content, style)
+        fitted = {}
+        if job["mix"] in ZIP_FITS:
+            content, style = fitted_pair(job, content, style)
+            fitted = {f"{job['id']}|{part}": pipeline.mix_qrlora(model, content, style, *weights)
+                      for part, weights in (("alone_content", (1.0, 0.0)), ("alone_style", (0.0, 1.0)))}
         patched = pipeline.mix_qrlora(model, content, style, wc, ws)
     started = time.time()
     conditioning = _STATE.setdefault("conditioning", {})
     if job["prompt"] not in conditioning:
         conditioning[job["prompt"]] = (pipeline.encode_text(clip, job["prompt"]), pipeline.encode_text(clip, ""))
     images = pipeline.generate_batch(patched, clip, vae, job["prompt"], job["seeds"], conditioning[job["prompt"]])
-    return {"id": job["id"], "images": images, "seconds": time.time() - started}
+    more = {sampling: pipeline.generate_batch(p, clip, vae, job["prompt"], job["seeds"], conditioning[job["prompt"]]) for sampling, p in fitted.items()}
+    return {"id": job["id"], "images": images, "more": more, "seconds": time.time() - started}
+
+
+def fitted_pair(job: dict, content, style) -> tuple:
+    """The pair refitted to each other by ZipLoRA's mergers (integration/training/zip_session.fit_mix), on each adapter's
+    own training images and captions; seeded by the content adapter's training seed."""
+    from comfyui_qrlora.integration.training.zip_session import fit_mix
+
+    model, clip, vae = _STATE["models"]
+    data = []
+    for part in job["fit"]:
+        items, captions = _data(part)
+        data.append(([pipeline.encode_images(vae, [world.render(i) for i in items])], [pipeline.encode_text(clip, c) for c in captions]))
+    started = time.time()
+    (content, style), losses, _ = fit_mix(model, [content, style], data, overlap_weight=ZIP_FITS[job["mix"]], seed=job["fit"][0]["seed"],
+                                          batch_size=recipe.RECIPE["batch_size"], training_dtype=recipe.RECIPE["training_dtype"])
+    log(f"fitted {job['id']} in {time.time() - started:.0f} s, loss {np.mean(losses[:10]):.4g} -> {np.mean(losses[-10:]):.4g}")
+    return content, style
 
 
 def _work(task):
@@ -607,6 +639,7 @@ def run(args, pairs, arms: dict, held_out, tuning) -> dict:
             else:
                 if not error:
                     images[out["id"]] = out["images"]
+                    images.update(out.get("more", {}))
                 k = seed_of[out["id"]] if schedule.sampled(seed_of[out["id"]]) else None
             if k is not None:
                 done = [s for s in seeds if s in done or s == k]  # in the run's order, however the seeds' ends interleave
@@ -649,7 +682,10 @@ def trials(plan: Plan, images: dict, done) -> list:
             continue
         entry = {"pair": list(pair), "arm": arm, "k": k, "mix": judged(images, sampling, *pair), "samplings": {"mix": sampling}}
         if sk is not None:
-            entry["samplings"] |= {"alone_content": plan.alone_id(ck, pair[1]), "alone_style": plan.alone_id(sk, pair[1])}
+            if mix_weights(mix)[0] in ZIP_FITS:  # each fitted adapter alone
+                entry["samplings"] |= {part: f"{sampling}|{part}" for part in ("alone_content", "alone_style")}
+            else:
+                entry["samplings"] |= {"alone_content": plan.alone_id(ck, pair[1]), "alone_style": plan.alone_id(sk, pair[1])}
             for part in ("alone_content", "alone_style"):
                 entry[part] = judged(images, entry["samplings"][part], *pair)
         out.append(entry)
