@@ -88,7 +88,7 @@ class ZipTargets:
                 if t.delta_r.shape[0] != q.shape[1]:
                     raise AdapterError(f"{adapters[0].source} and {adapters[1].source} have different ranks at layer {name}: "
                                        "train both at one rank to fit their mix.")
-                parts.append((scale / reference.scale) * (q.T @ t.q) @ t.delta_r)  # into the first adapter's basis and scale
+                parts.append((scale / reference.scale) * (q.T @ t.q.to(q)) @ t.delta_r.to(q))  # into the first adapter's basis and scale
             where = device if device is not None else q.device
             self.layers[name] = ZipDelta(q.to(where), torch.stack(parts).to(where), [i for i, _, _ in present], reference.scale)
 
