@@ -54,7 +54,7 @@ class ZipSession(TrainingSession):
                 with self.targets.teacher(i):
                     teachers[i] = self.denoise(x_t, batch.sigma, batch.conds).float()
         pick = owners.reshape(-1, *([1] * (batch.x0.dim() - 1)))
-        target = teachers[0] if len(teachers) == 1 else torch.where(pick == 0, teachers.get(0), teachers.get(1))
+        target = next(iter(teachers.values())) if len(teachers) == 1 else torch.where(pick == 0, teachers[0], teachers[1])
         denoised = self.denoise(x_t, batch.sigma, batch.conds)
         if self.config.objective == COMFYUI:
             return denoised_mse(denoised, target)
