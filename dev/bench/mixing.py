@@ -143,7 +143,7 @@ ROUTES = {
     "rank_32_2e-3": ({"rank": 32, "learning_rate": 2e-3}, {"rank": 32, "learning_rate": 2e-3}, "sum"),
     # Session 22. ZipLoRA's fitted mix (a baseline METHOD.md names, never tried here): the shipped pair, then per layer
     # and input column a merger per adapter fitted for 100 steps on both adapters' own images so that the mix does
-    # what each adapter alone does there (integration/training/zip_session.py); with ZipLoRA's overlap term and without.
+    # what each adapter alone does there (fitted_mix_session.py); with ZipLoRA's overlap term and without.
     "zip": ({}, {}, "zip"),
     "zip_no_overlap": ({}, {}, "zip_no_overlap"),
 }
@@ -489,9 +489,9 @@ def _sample(job: dict) -> dict:
 
 
 def fitted_pair(job: dict, content, style) -> tuple:
-    """The pair refitted to each other by ZipLoRA's mergers (integration/training/zip_session.fit_mix), on each adapter's
+    """The pair refitted to each other by ZipLoRA's mergers (fitted_mix_session.fit_mix), on each adapter's
     own training images and captions; seeded by the content adapter's training seed."""
-    from comfyui_qrlora.integration.training.zip_session import fit_mix
+    from bench.fitted_mix_session import fit_mix
 
     model, clip, vae = _STATE["models"]
     data = []

@@ -1,4 +1,5 @@
-"""ZipLoRA's fitted mix (Shah et al., 2023) on QR-LoRA adapters: learn how much of each adapter's ΔR each input
+"""ZipLoRA's fitted mix (Shah et al., 2023) on QR-LoRA adapters, a mixing route of the bench (mixing.py: zip; it lost
+on the tuning pairs, docs/mixing.md, so it is not in the pack): learn how much of each adapter's ΔR each input
 column keeps, so that the mix still does what each adapter alone does on its own images.
 
 Per layer, with the adapters' ΔR_i on one basis Q and a merger vector m_i
@@ -7,7 +8,7 @@ Per layer, with the adapters' ΔR_i on one basis Q and a merger vector m_i
 
     W' = W + s · Q · Σ_i (ΔR_i ⊙ m_i)
 
-Only the m_i are learned. The host (integration/training/zip_session.py)
+Only the m_i are learned. The host (fitted_mix_session.py)
 trains them on each adapter's own training images and captions, against
 that adapter alone as the teacher, plus λ · mean |m_c ⊙ m_s| over the
 layers both adapters change, which pushes the two to different columns
@@ -20,12 +21,12 @@ import contextlib
 
 import torch
 
-from ..adapter import QRLoRA, QRTarget
-from ..decompose import subspace_error
-from ..errors import AdapterError
-from ..merge import Q_TOLERANCE
-from ..patch import add_delta, add_delta_
-from .layer import QRWeightWrapper
+from comfyui_qrlora.qrlora_core.adapter import QRLoRA, QRTarget
+from comfyui_qrlora.qrlora_core.decompose import subspace_error
+from comfyui_qrlora.qrlora_core.errors import AdapterError
+from comfyui_qrlora.qrlora_core.merge import Q_TOLERANCE
+from comfyui_qrlora.qrlora_core.patch import add_delta, add_delta_
+from comfyui_qrlora.qrlora_core.training.layer import QRWeightWrapper
 
 
 class ZipDelta(torch.nn.Module):

@@ -1,4 +1,5 @@
-"""Fitting two adapters' mix (ZipLoRA, qrlora_core/training/zip_mix.py) on a ComfyUI MODEL.
+"""Fitting two adapters' mix (ZipLoRA, fitted_mix.py) on a ComfyUI MODEL: the bench's zip route (import it after the
+host: toy_world.pipeline.import_host).
 
 A TrainingSession whose trained values are the mergers of a ZipTargets and
 whose loss is ZipLoRA's: on each adapter's own images and captions, the
@@ -11,12 +12,13 @@ is the training session's own.
 
 import torch
 
-from ...qrlora_core.errors import AdapterError
-from ...qrlora_core.merge import merge
-from ...qrlora_core.training import TrainConfig
-from ...qrlora_core.training.objective import COMFYUI, denoised_mse, prediction_mse
-from ...qrlora_core.training.zip_mix import ZipTargets
-from .session import Batch, TrainingSession, captions_per_image, choose_targets, training_latents
+from comfyui_qrlora.integration.training.session import Batch, TrainingSession, captions_per_image, choose_targets, training_latents
+from comfyui_qrlora.qrlora_core.errors import AdapterError
+from comfyui_qrlora.qrlora_core.merge import merge
+from comfyui_qrlora.qrlora_core.training import TrainConfig
+from comfyui_qrlora.qrlora_core.training.objective import COMFYUI, denoised_mse, prediction_mse
+
+from bench.fitted_mix import ZipTargets
 
 STEPS, LEARNING_RATE, OVERLAP_WEIGHT = 100, 1e-2, 0.01  # ZipLoRA's: 100 steps, mergers at lr 0.01, λ = 0.01
 

@@ -1,4 +1,4 @@
-"""ZipLoRA's fitted mix (qrlora_core/training/zip_mix.py) against float64 references."""
+"""ZipLoRA's fitted mix (dev/bench/fitted_mix.py) against float64 references."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from comfyui_qrlora.qrlora_core import QRLoRA, QRTarget, merge
 from comfyui_qrlora.qrlora_core.decompose import decompose
 from comfyui_qrlora.qrlora_core.errors import AdapterError
-from comfyui_qrlora.qrlora_core.training.zip_mix import ZipTargets
+from bench.fitted_mix import ZipTargets
 
 SHAPES = {"a.to_q": (20, 12), "a.ff": (36, 12), "b.to_k": (16, 10)}  # b.to_k: the style adapter's only
 

@@ -1,4 +1,4 @@
-"""Fitting a mix (ZipLoRA's mergers, integration/training/zip_session.py) inside ComfyUI's real ModelPatcher, in this process."""
+"""Fitting a mix (ZipLoRA's mergers, dev/bench/fitted_mix_session.py) inside ComfyUI's real ModelPatcher, in this process."""
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ def pair(pack, model, rng):
 
 
 def test_fit_rescales_columns_and_leaves_the_base_alone(pack, folders, rng):
-    from comfyui_qrlora.integration.training.zip_session import fit_mix
+    from bench.fitted_mix_session import fit_mix
 
     base = models.patcher("sd15")
     seed = int(torch.randint(0, 2**31, (1,), generator=rng))
@@ -43,7 +43,7 @@ def test_fit_rescales_columns_and_leaves_the_base_alone(pack, folders, rng):
 
 
 def test_overlap_weight_pushes_the_shared_columns_apart(pack, folders, rng):
-    from comfyui_qrlora.integration.training.zip_session import fit_mix
+    from bench.fitted_mix_session import fit_mix
 
     base = models.patcher("sd15")
     content, style, data = pair(pack, base, rng)
@@ -57,7 +57,7 @@ def test_overlap_weight_pushes_the_shared_columns_apart(pack, folders, rng):
 
 
 def test_adapters_of_other_bases_are_refused_in_words(pack, folders, rng):
-    from comfyui_qrlora.integration.training.zip_session import fit_mix
+    from bench.fitted_mix_session import fit_mix
     from comfyui_qrlora.qrlora_core.errors import AdapterError
 
     base = models.patcher("sd15")
@@ -72,7 +72,7 @@ def test_each_sample_is_held_to_its_own_adapter(pack, folders, rng):
     """With the content adapter's ΔR zeroed, the mix is the style adapter alone: a batch of style images costs 0,
     a batch of content images (whose teacher is then the base model) does not."""
     from comfyui_qrlora.integration.training.session import Batch
-    from comfyui_qrlora.integration.training.zip_session import ZipSession
+    from bench.fitted_mix_session import ZipSession
     from comfyui_qrlora.qrlora_core.training import TrainConfig
 
     base = models.patcher("sd15")
