@@ -467,13 +467,13 @@ def _sample(job: dict) -> dict:
 
     model, clip, vae = _STATE["models"]
     loaded = [(load_adapter(path), w) for path, w in job["paths"]]
+    fitted = {}  # sampling id -> a fitted adapter alone, patched (the fitted mixes' own alone samplings)
     if job["mix"] == "alone":
         patched = pipeline.node(QRLoRAApply.execute, model=model, qr_lora=loaded[0][0], strength=1.0)[0]
     else:
         (content, wc), (style, ws) = loaded
         if job["mix"] == "decorrelate":
             style = decorrelated(content, style)
-        fitted = {}
         if job["mix"] in ZIP_FITS:
             content, style = fitted_pair(job, content, style)
             fitted = {f"{job['id']}|{part}": pipeline.mix_qrlora(model, content, style, *weights)

@@ -195,6 +195,21 @@ def test_a_weights_route_mixes_the_shipped_adapters_at_its_weights_and_trains_no
     assert mixing.arm_plan("lora_recipe", "decorrelate", 1e-3)[2] == "sum", "a plain LoRA has no ΔR to decorrelate"
 
 
+def test_a_fitted_mix_refits_the_shipped_pair_on_both_adapters_own_data_and_judges_the_fitted_adapters_alone(monkeypatch):
+    arms = {"default:shipped": mixing.arm_plan("default", "shipped"), "default:zip": mixing.arm_plan("default", "zip")}
+    plan = mixing.Plan([("tee", "bricks")], arms, [1], [0])
+    assert len(plan.trainings) == 2, "the fitted mix starts from the shipped adapters"
+    (job,) = [j for j in plan.samplings(1) if j["id"].startswith("default:zip")]
+    assert job["mix"] == "zip" and [(p["kind"], p["name"], p["seed"]) for p in job["fit"]] == [
+        ("content", "tee", mixing.training_seed("tee", 1)), ("style", "bricks", mixing.training_seed("bricks", 1))]
+    verdict = {"called_shape": "tee", "shape_iou": 0.9, "pattern": 0.8, "content_leak": 0.0, "style_leak": 0.1, "dirt": 0.0, "valid": True, "success": True}
+    images = {s: [] for s in (job["id"], f"{job['id']}|alone_content", f"{job['id']}|alone_style")}
+    for sampling in images:  # judged already: the verdicts stand in for images
+        monkeypatch.setitem(mixing._JUDGED, (sampling, "tee", "bricks"), [verdict])
+    (trial,) = [t for t in mixing.trials(plan, images, [1]) if t["arm"] == "default:zip"]
+    assert trial["samplings"] == {"mix": job["id"], "alone_content": f"{job['id']}|alone_content", "alone_style": f"{job['id']}|alone_style"}
+
+
 def test_plan_of_several_step_counts_trains_each_adapter_once_and_mixes_each_checkpoint():
     arms = {"default": mixing.arm_plan("default", "shipped"), "oracle": ({}, {}, "alone")}
     plan = mixing.Plan([("tee", "bricks")], arms, [0], [0], steps=[200, 100, 400], oracle_steps=[300])
