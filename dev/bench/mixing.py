@@ -229,7 +229,11 @@ def role_settings(role: str, route: str, plain_lr: float | None = None) -> dict:
 
 
 def arm_plan(arm: str, route: str, lora_lr: float | None = None, lora_rank: int | None = None) -> tuple[dict, dict, str]:
-    """(content settings, style settings, mix) of an arm; `lora_rank`: lora_fair's (default LORA_FAIR_RANK)."""
+    """(content settings, style settings, mix) of an arm; `lora_lr`: a plain-LoRA arm's rate (default LORA_LR's: a
+    tuning run that tried no plain LoRA picks none, and a plain-LoRA arm without one once trained QR-LoRA under its
+    name), `lora_rank`: lora_fair's (default LORA_FAIR_RANK)."""
+    if arm in LORA_LR:
+        lora_lr = lora_lr or LORA_LR[arm]
     if arm == "paper":
         return role_settings("content", "shipped") | PAPER, role_settings("style", "shipped") | PAPER, "sum"
     if arm == "default":
@@ -770,12 +774,19 @@ def oracle_valid_pairs(per_pair: list, held_out) -> list | None:
 
 
 def trained_as(results: dict, arm: str) -> dict | None:
-    """An arm's settings as its run trained them: a run's --steps (its recipe's `steps`) replace the steps the arm's
-    settings carry from the world's recipe when the run was made."""
+    """An arm's settings as its run trained them: its --recipe overrides over each adapter's settings (a run of rank 32
+    by --recipe on the rank-8 recipe of its day trained what a later run of the rank-32 recipe trains), and a run's
+    --steps (its recipe's `steps`) in place of the steps the arm's settings carry from the world's recipe."""
     plan = results["arms"].get(arm)
-    if not plan or not (results.get("recipe") or {}).get("steps"):
+    if not plan:
         return plan
-    return {part: {k: v for k, v in value.items() if k != "steps"} if isinstance(value, dict) else value for part, value in plan.items()}
+    overrides, steps_given = results.get("recipe_overrides") or {}, bool((results.get("recipe") or {}).get("steps"))
+
+    def adapter(value: dict) -> dict:
+        value = {**value, **overrides}
+        return {k: v for k, v in value.items() if k != "steps"} if steps_given else value
+
+    return {part: adapter(value) if isinstance(value, dict) else value for part, value in plan.items()}
 
 
 def combine(paths: list, out: str | None) -> dict:

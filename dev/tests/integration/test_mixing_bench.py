@@ -185,6 +185,29 @@ def test_combine_compares_arms_at_the_steps_their_runs_trained(tmp_path):
         mixing.combine([str(tmp_path / "a.json"), str(tmp_path / "c.json")], None)
 
 
+def test_combine_reads_an_arm_through_its_runs_recipe_overrides(tmp_path):
+    """A run of rank 32 by --recipe on the rank-8 recipe of its day trained what a later run of the rank-32 recipe trains."""
+    wins = {(("crescent", "bricks"), "paper"): 3, (("arrow", "plaid"), "paper"): 2}
+    for name, k, rank, overrides in (("a.json", 0, 8, {"rank": 32}), ("b.json", 1, 32, {}), ("c.json", 2, 8, {"rank": 16})):
+        results = _run_json(tmp_path / name, ["paper"], [k], wins)
+        results["arms"]["paper"]["content"]["rank"] = rank
+        results["recipe_overrides"] = overrides
+        (tmp_path / name).write_text(json.dumps(results))
+    joined = mixing.combine([str(tmp_path / "a.json"), str(tmp_path / "b.json")], None)
+    assert joined["summary"]["paper"]["training_seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="c.json trained the arm 'paper' otherwise"):
+        mixing.combine([str(tmp_path / "a.json"), str(tmp_path / "c.json")], None)
+
+
+def test_a_plain_lora_arm_trains_plain_lora_even_when_the_tuning_run_picked_no_rate():
+    """A tuning run of routes alone picks no plain-LoRA rate; its --choice once made lora_fair and lora_recipe train
+    QR-LoRA under their names (session 20's rank-32 run of both)."""
+    for arm in ("lora_fair", "lora_recipe"):
+        for content in mixing.arm_plan(arm, "shipped", None)[:2]:
+            assert content["plain_lora"] and content["learning_rate"] == mixing.LORA_LR[arm], arm
+    assert "plain_lora" not in mixing.arm_plan("default", "shipped", None)[0]
+
+
 def test_a_weights_route_mixes_the_shipped_adapters_at_its_weights_and_trains_nothing_of_its_own():
     arms = {"default:shipped": mixing.arm_plan("default", "shipped"), "default:style_weight_0.5": mixing.arm_plan("default", "style_weight_0.5"),
             "lora_recipe": mixing.arm_plan("lora_recipe", "style_weight_0.5", 1e-3)}
