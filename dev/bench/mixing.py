@@ -146,17 +146,21 @@ ROUTES = {
     # what each adapter alone does there (fitted_mix_session.py); with ZipLoRA's overlap term and without.
     "zip": ({}, {}, "zip"),
     "zip_no_overlap": ({}, {}, "zip_no_overlap"),
+    # Session 22, for the next tuning run (not run yet). On the same roles a plain LoRA draws every plaid pair and no
+    # windows pair held out, the QR-LoRA roles the reverse (docs/mixing.md): one adapter of each kind, summed as
+    # separate deltas (Merge ΔR's fallback: a plain LoRA shares no basis).
+    "plain_content": (PLAIN, {}, "sum"),
+    "plain_style": ({}, PLAIN, "sum"),
 }
 ZIP_FITS = {"zip": 0.01, "zip_no_overlap": 0.0}  # a mix that fits the pair first -> its overlap weight (ZipLoRA's λ)
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
 DEFAULT_ROUTE = "shipped"  # the test phase's `default` arm unless --choice names the tuning run's pick
 LORA_LRS = (1e-3, 5e-3)  # plain LoRA learning rates tried on the tuning pairs (lora_recipe: at the recipe's rank)
 LORA_LR = {"lora_fair": 1e-3, "lora_recipe": 1e-3}  # likewise
-# lora_fair's rate was chosen at rank 8, where it mixes 50% held out; at the recipe's rank 32 that rate draws noise (2%,
-# docs/mixing.md, session 20). So it keeps the rank its rate was chosen at: an arm whose rate nobody chose at its rank
-# would make any default look good. Its tuning tries each (rank, rate) of LORA_FAIR_CANDIDATES: rank 8 at the rate
-# chosen there, and the recipe's rank at lower rates (session 21), so the arm gets the rank the default has if that
-# serves it better on the tuning pairs.
+# lora_fair's rate was chosen at rank 8, where it mixes 50% held out. An arm whose rate nobody chose at its rank would
+# make any default look good, so its tuning tries each (rank, rate) of LORA_FAIR_CANDIDATES: rank 8 at the rate chosen
+# there, and the recipe's rank at lower rates (sessions 21 and 22: rank 8 won both times; the rank-32 candidates drew
+# 1 of 144 mixes on the tuning pairs in 21 and 0 of 96 in 22; docs/mixing.md).
 LORA_FAIR_RANK = 8
 LORA_FAIR_CANDIDATES = ((LORA_FAIR_RANK, 1e-3), *((recipe.RECIPE["rank"], lr) for lr in (2e-4, 5e-4, 1e-3)))
 ARMS = ("paper", "default", "lora_fair", "lora_recipe", "oracle")
