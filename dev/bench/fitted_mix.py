@@ -26,7 +26,7 @@ from comfyui_qrlora.qrlora_core.decompose import subspace_error
 from comfyui_qrlora.qrlora_core.errors import AdapterError
 from comfyui_qrlora.qrlora_core.merge import Q_TOLERANCE
 from comfyui_qrlora.qrlora_core.patch import add_delta, add_delta_
-from comfyui_qrlora.qrlora_core.training.layer import QRWeightWrapper
+from comfyui_qrlora.qrlora_core.training.model import weight_wrappers
 
 
 class ZipDelta(torch.nn.Module):
@@ -97,12 +97,7 @@ class ZipTargets:
         return [layer.mergers for layer in self.layers.values()]
 
     def wrappers(self, where: dict) -> dict:
-        """weight key -> QRWeightWrapper, as TrainTargets.wrappers groups them (`where`: name -> (key, row offset or None))."""
-        grouped: dict = {}
-        for name, layer in self.layers.items():
-            key, offset = where[name]
-            grouped.setdefault(key, []).append((layer, None if offset is None else (offset[1], offset[2])))
-        return {key: QRWeightWrapper([l for l, _ in parts], [r for _, r in parts]) for key, parts in grouped.items()}
+        return weight_wrappers(self.layers, where)
 
     @contextlib.contextmanager
     def teacher(self, index: int):
@@ -119,9 +114,6 @@ class ZipTargets:
         """ZipLoRA's similarity term: mean over the layers both adapters change of mean |m_0 ⊙ m_1| (0 where none is shared)."""
         terms = [t for layer in self.layers.values() if (t := layer.overlap()) is not None]
         return torch.stack(terms).mean() if terms else torch.zeros(())
-
-    def all_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.parameters())
 
     @torch.no_grad()
     def fitted(self, metadata: dict | None = None) -> list[QRLoRA]:

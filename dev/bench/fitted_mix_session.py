@@ -16,7 +16,6 @@ from comfyui_qrlora.integration.training.session import Batch, TrainingSession, 
 from comfyui_qrlora.qrlora_core.errors import AdapterError
 from comfyui_qrlora.qrlora_core.merge import merge
 from comfyui_qrlora.qrlora_core.training import TrainConfig
-from comfyui_qrlora.qrlora_core.training.objective import COMFYUI, denoised_mse, prediction_mse
 
 from bench.fitted_mix import ZipTargets
 
@@ -47,8 +46,7 @@ class ZipSession(TrainingSession):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """ZipLoRA's distillation: the mix's output against each sample's own adapter alone, in the objective's units."""
-        s = self.sampling
-        x_t = s.noise_scaling(batch.sigma, batch.noise, batch.x0, False)
+        x_t = self.sampling.noise_scaling(batch.sigma, batch.noise, batch.x0, False)
         owners = torch.tensor([self.owner[i] for i in batch.images], device=self.device)
         with torch.no_grad():
             teachers = {}
@@ -57,12 +55,7 @@ class ZipSession(TrainingSession):
                     teachers[i] = self.denoise(x_t, batch.sigma, batch.conds).float()
         pick = owners.reshape(-1, *([1] * (batch.x0.dim() - 1)))
         target = next(iter(teachers.values())) if len(teachers) == 1 else torch.where(pick == 0, teachers[0], teachers[1])
-        denoised = self.denoise(x_t, batch.sigma, batch.conds)
-        if self.config.objective == COMFYUI:
-            return denoised_mse(denoised, target)
-        ones = torch.ones((len(batch.images),) + (1,) * (batch.x0.dim() - 1), device=self.device)
-        output_scale = s.calculate_denoised(batch.sigma, ones, torch.zeros_like(ones)).flatten()
-        return prediction_mse(denoised, target, output_scale)
+        return self.objective(self.denoise(x_t, batch.sigma, batch.conds), target, batch.sigma)
 
     def micro_loss(self, draws) -> torch.Tensor | None:
         loss = super().micro_loss(draws)

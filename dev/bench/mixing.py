@@ -1100,7 +1100,7 @@ def main() -> int:
         held_out = []
     else:
         pairs = held_out if args.phase == "test" else held_out + tuning
-        route, rates, fair_rank = args.route, dict(LORA_LR), None  # fair_rank None: arm_plan's LORA_FAIR_RANK
+        route, rates, fair_rank = args.route, {}, None  # none given: arm_plan's LORA_LR and LORA_FAIR_RANK
         if args.choice:
             tuned = read_results(args.choice)
             picked = tuned.get("choice") or choose(tuned)  # a tuning run cut short has its summary but no pick yet

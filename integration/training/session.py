@@ -583,14 +583,16 @@ class TrainingSession:
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The configured objective on one batch (the loss the run reports and trains on)."""
-        s = self.sampling
-        x_t = s.noise_scaling(batch.sigma, batch.noise, batch.x0, False)
-        denoised = self.denoise(x_t, batch.sigma, batch.conds)
+        x_t = self.sampling.noise_scaling(batch.sigma, batch.noise, batch.x0, False)
+        return self.objective(self.denoise(x_t, batch.sigma, batch.conds), batch.x0, batch.sigma)
+
+    def objective(self, denoised: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The configured objective of a denoised estimate against what it should be (the clean latent, when training)."""
         if self.config.objective == COMFYUI:
-            return denoised_mse(denoised, batch.x0)
-        ones = torch.ones((len(batch.images),) + (1,) * (batch.x0.dim() - 1), device=self.device)
-        output_scale = s.calculate_denoised(batch.sigma, ones, torch.zeros_like(ones)).flatten()  # b(sigma): D = a x + b out
-        return prediction_mse(denoised, batch.x0, output_scale)
+            return denoised_mse(denoised, target)
+        ones = torch.ones((len(sigma),) + (1,) * (target.dim() - 1), device=self.device)
+        output_scale = self.sampling.calculate_denoised(sigma, ones, torch.zeros_like(ones)).flatten()  # b(sigma): D = a x + b out
+        return prediction_mse(denoised, target, output_scale)
 
     def micro_loss(self, draws) -> torch.Tensor | None:
         """The mean loss of the next micro-batch; in a parallel run, this process's share of it (None: no share)."""

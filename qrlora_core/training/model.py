@@ -19,6 +19,19 @@ from ..fingerprint import digest, sketch
 from .layer import LoRADelta, QRDelta, QRWeightWrapper
 
 
+def weight_wrappers(layers: dict, where: dict) -> dict:
+    """weight key -> QRWeightWrapper of the trained `layers` (name -> QRDelta or alike); `where` maps a name to
+    (key, None) or (key, (dim, start, length))."""
+    grouped: dict = {}
+    for name, layer in layers.items():
+        key, offset = where[name]
+        if offset is not None and offset[0] != 0:
+            raise AdapterError(f"Layer {name} is a column slice of {key}, which QR-LoRA training does not support: leave it out with the target pattern.")
+        rows = None if offset is None else (offset[1], offset[2])
+        grouped.setdefault(key, []).append((layer, rows))
+    return {key: QRWeightWrapper([l for l, _ in parts], [r for _, r in parts]) for key, parts in grouped.items()}
+
+
 def select(names, pattern) -> list[str]:
     """The names the target pattern finds (searched anywhere in the name, as re.search), in order."""
     return [n for n in names if pattern.search(n)]
@@ -110,15 +123,7 @@ class TrainTargets:
         return sum(p.numel() for p in self.parameters()) - unused
 
     def wrappers(self, where: dict) -> dict:
-        """weight key -> QRWeightWrapper; `where` maps a name to (key, None) or (key, (dim, start, length))."""
-        grouped: dict = {}
-        for name, layer in self.layers.items():
-            key, offset = where[name]
-            if offset is not None and offset[0] != 0:
-                raise AdapterError(f"Layer {name} is a column slice of {key}, which QR-LoRA training does not support: leave it out with the target pattern.")
-            rows = None if offset is None else (offset[1], offset[2])
-            grouped.setdefault(key, []).append((layer, rows))
-        return {key: QRWeightWrapper([l for l, _ in parts], [r for _, r in parts]) for key, parts in grouped.items()}
+        return weight_wrappers(self.layers, where)
 
     def base_fingerprint(self) -> str:
         return digest(self.sketches)
