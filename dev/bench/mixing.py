@@ -151,6 +151,11 @@ ROUTES = {
     # separate deltas (Merge ΔR's fallback: a plain LoRA shares no basis).
     "plain_content": (PLAIN, {}, "sum"),
     "plain_style": ({}, PLAIN, "sum"),
+    # Session 23. Each adapter alone shows where the mixes' misses start: the QR style adapter alone draws plaid at
+    # pattern 0.70 held out (the pass is 0.75) and checkerboard at 0.84 on the tuning pairs, where the QR oracle too
+    # missed plaid while its delta lived in the base weight's top output directions (session 20). The style adapter on
+    # twice the basis, the content adapter as shipped (rank 32 lost the shape on the content side, session 21).
+    "style_rank_64": ({}, {"rank": 2 * recipe.RECIPE["rank"]}, "sum"),
 }
 ZIP_FITS = {"zip": 0.01, "zip_no_overlap": 0.0}  # a mix that fits the pair first -> its overlap weight (ZipLoRA's λ)
 RENAMED = {"every_level": "shipped"}  # a pick of the richer world's tuning run (2026-12-06) by its name then
