@@ -154,7 +154,8 @@ ROUTES = {
     # Session 23. Each adapter alone shows where the mixes' misses start: the QR style adapter alone draws plaid at
     # pattern 0.70 held out (the pass is 0.75) and checkerboard at 0.84 on the tuning pairs, where the QR oracle too
     # missed plaid while its delta lived in the base weight's top output directions (session 20). The style adapter on
-    # twice the basis, the content adapter as shipped (rank 32 lost the shape on the content side, session 21).
+    # twice the basis, the content adapter as shipped (rank 32 lost the shape on the content side, session 21). Its CPU
+    # hedge on the tuning pairs (training seed 0) drew 0 of 16: the stronger style took the star's shape with it.
     "style_rank_64": ({}, {"rank": 2 * recipe.RECIPE["rank"]}, "sum"),
 }
 ZIP_FITS = {"zip": 0.01, "zip_no_overlap": 0.0}  # a mix that fits the pair first -> its overlap weight (ZipLoRA's λ)
