@@ -146,9 +146,10 @@ ROUTES = {
     # what each adapter alone does there (fitted_mix_session.py); with ZipLoRA's overlap term and without.
     "zip": ({}, {}, "zip"),
     "zip_no_overlap": ({}, {}, "zip_no_overlap"),
-    # Session 22, for the next tuning run (not run yet). On the same roles a plain LoRA draws every plaid pair and no
-    # windows pair held out, the QR-LoRA roles the reverse (docs/mixing.md): one adapter of each kind, summed as
-    # separate deltas (Merge ΔR's fallback: a plain LoRA shares no basis).
+    # Session 22, for the next tuning run. On the same roles a plain LoRA draws every plaid pair and no windows pair
+    # held out, the QR-LoRA roles the reverse (docs/mixing.md): one adapter of each kind, summed as separate deltas
+    # (Merge ΔR's fallback: a plain LoRA shares no basis). Run on the CPU only so far (training seeds 0-1, of 32:
+    # plain_content 16, plain_style 6, shipped 2); the GPU tuning run at 6 seeds has not run.
     "plain_content": (PLAIN, {}, "sum"),
     "plain_style": ({}, PLAIN, "sum"),
     # Session 23. Each adapter alone shows where the mixes' misses start: the QR style adapter alone draws plaid at
